@@ -1,0 +1,58 @@
+"""Stream names and the shared-memory names derived from them.
+
+A stream is named ``<session>/<worker>/<port>`` (``default/acq/continuous``).
+Shared-memory names are a hash of that, so they are deterministic (any
+process that knows the stream name finds the segment), free of characters
+the OS forbids, and short enough for macOS, which limits POSIX shared-memory
+names to 31 characters including the leading slash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+#: Every segment rigpipe creates starts with this, so ``sweep`` and
+#: ``rigpipe streams`` can tell ours from other programs' segments.
+SHM_PREFIX = "rp_"
+_HASH_BYTES = 12  # 24 hex characters: "rp_" + 24 = 27 characters, "/" + 27 = 28 <= 31
+MAX_STREAM_BYTES = 200
+_PART = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def validate_stream(stream: str) -> str:
+    """Return ``stream`` unchanged if it is a valid stream name, else raise ValueError.
+
+    A stream name is one or more parts separated by ``/``; each part uses
+    letters, digits, ``_``, ``.`` or ``-``.
+    """
+    if not isinstance(stream, str):
+        raise TypeError(f"stream name must be a str, got {type(stream).__name__}")
+    if len(stream.encode()) > MAX_STREAM_BYTES:
+        raise ValueError(
+            f"stream name {stream[:40]!r}... is {len(stream.encode())} bytes; "
+            f"the limit is {MAX_STREAM_BYTES}"
+        )
+    parts = stream.split("/")
+    bad = [p for p in parts if not _PART.fullmatch(p)]
+    if bad:
+        raise ValueError(
+            f"invalid stream name {stream!r}: part {bad[0]!r} is empty or has a character "
+            "outside letters, digits, '_', '.', '-'; use a name like 'default/acq/continuous'"
+        )
+    return stream
+
+
+def shm_name(stream: str) -> str:
+    """Deterministic shared-memory name for ``stream`` (a stream or a derived key).
+
+    >>> shm_name("default/acq/continuous")
+    'rp_1e1ef5d1bd5327cc8e9f3cb9'
+    """
+    digest = hashlib.blake2b(stream.encode(), digest_size=_HASH_BYTES).hexdigest()
+    return SHM_PREFIX + digest
+
+
+def data_key(stream: str, generation: int) -> str:
+    """The key whose hash names generation ``generation``'s data segment."""
+    return f"{stream}/buffer{generation}"

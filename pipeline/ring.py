@@ -1,0 +1,636 @@
+"""Shared-memory ring buffers: one writer, any number of readers, no locks.
+
+Vocabulary (after the LMAX Disruptor): a *sequence* numbers every frame a
+stream has ever published and never wraps; the writer's ``write_cursor`` is
+the sequence after its last published frame; frame ``s`` lives in slot
+``s % capacity``; each reader keeps its own ``cursor``; a *generation* is one
+incarnation of the stream's buffer (a new format, or a restarted writer).
+Sequences continue across generations, so a reader's cursor always means the
+same frame. The byte layout is drawn in :mod:`pipeline.layout`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline import naming, shm
+from pipeline.errors import (
+    EndOfStream,
+    ReaderClosed,
+    SegmentCorrupt,
+    StreamExists,
+    StreamNotFound,
+    WriterClosed,
+)
+from pipeline.layout import (
+    CLAIM_CURSOR,
+    LAST_PUBLISH,
+    WRITE_CURSOR,
+    Format,
+    Generation,
+    State,
+    StreamSegment,
+    dtype_to_record,
+)
+from pipeline.segments import list_streams, process_alive, process_identity
+
+_ATTACH_RETRY_S = 1.0  # how long attach waits for a segment that is being created or replaced
+
+
+# -- chunks ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Frames handed to a reader: copies, never views of the live ring."""
+
+    data: np.ndarray
+    """``(frames, *frame_shape)`` copy of the frames, in the stream's dtype."""
+    timestamps_ns: np.ndarray
+    """int64 ``(frames,)``: the device timestamp of every frame, ns."""
+    start_cursor: int
+    """Sequence number of ``data[0]``; the next chunk starts at ``end_cursor + its dropped``."""
+    dropped: int
+    """Frames lost just before this chunk because the writer lapped the reader (exact)."""
+    generation: int
+    """Generation these frames came from."""
+    format_changed: bool = False
+    """True on the first chunk after the reader switched to a new generation."""
+
+    @property
+    def frames(self) -> int:
+        return len(self.data)
+
+    @property
+    def end_cursor(self) -> int:
+        return self.start_cursor + len(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+# -- writer --------------------------------------------------------------------------------------
+class RingWriter:
+    """Create stream ``stream`` and publish frames into it.
+
+    ``dtype`` and ``frame_shape`` describe one frame (``frame_shape=(256,)``
+    for 256 channels, ``()`` for a structured event record); ``capacity`` is
+    how many frames the ring keeps for readers that fall behind;
+    ``sample_rate`` is in Hz (0.0 for an irregular event stream);
+    ``descriptor`` is a small msgpack-able dict (channel labels, units, scale
+    factors, source) that readers get with the stream.
+
+    If a previous writer of the stream died without closing it, this writer
+    takes the stream over as a new generation, continuing its sequence, so
+    attached readers follow it. If that writer is still alive,
+    :class:`StreamExists` is raised.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        dtype: np.typing.DTypeLike,
+        frame_shape: int | Sequence[int],
+        capacity: int,
+        sample_rate: float,
+        descriptor: dict[str, Any] | None = None,
+    ) -> None:
+        self.stream = naming.validate_stream(stream)
+        fmt, capacity, sample_rate = _check_format(
+            dtype, frame_shape, capacity, sample_rate, descriptor
+        )
+        self._identity = process_identity()
+        self._closed = False
+        self._meta, previous, created = _claim_stream(stream, self._identity)
+        try:
+            start_cursor = 0 if previous is None else previous.write_cursor
+            generation = self._meta.header.generation + 1
+            self._gen = Generation.create(
+                stream, generation, fmt, capacity, sample_rate, start_cursor, self._identity
+            )
+        except BaseException:
+            if created:
+                self._meta.segment.unlink()
+            self._meta.close()
+            if previous is not None:
+                previous.close()
+            raise
+        self._meta.publish(generation, self._identity)
+        if previous is not None:
+            _retire(previous, State.SUPERSEDED)
+        self._bind(self._gen)
+
+    def _bind(self, gen: Generation) -> None:
+        """Cache what the hot path touches for generation ``gen``."""
+        self._fields = gen.fields
+        self._frames = gen.frames
+        self._timestamps = gen.timestamps_ns
+        self._publish = gen.publish_ns
+        self._wake = gen.wake
+        self._capacity = gen.capacity
+        self._cursor = gen.write_cursor
+        self._frame_shape = gen.frame_shape
+        self._dtype = gen.dtype
+        self._period_ns = 1e9 / gen.sample_rate if gen.sample_rate > 0 else 0.0
+        self._offsets: dict[int, np.ndarray] = {}
+
+    # Properties of the current generation.
+    @property
+    def generation(self) -> int:
+        return self._gen.header.generation
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return self._frame_shape
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def sample_rate(self) -> float:
+        return self._gen.sample_rate
+
+    @property
+    def descriptor(self) -> dict[str, Any]:
+        return self._gen.descriptor
+
+    @property
+    def write_cursor(self) -> int:
+        return self._cursor
+
+    def write(self, frames: np.ndarray, timestamps_ns: np.ndarray | None = None) -> int:
+        """Publish ``frames`` (time on the first axis); return the new write cursor.
+
+        ``timestamps_ns`` gives each frame's device time; without it, frames
+        are stamped from the host monotonic clock, the last frame now and the
+        earlier ones one sample period apart.
+        """
+        if self._closed:
+            raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
+        if not isinstance(frames, np.ndarray):
+            frames = np.asarray(frames)
+        if frames.ndim == 0 or frames.dtype != self._dtype or frames.shape[1:] != self._frame_shape:
+            raise ValueError(
+                f"stream {self.stream!r} expects frames of shape (n, "
+                f"{', '.join(map(str, self._frame_shape))}) dtype {self._dtype}; "
+                f"given shape {frames.shape} dtype {frames.dtype}"
+            )
+        n = len(frames)
+        capacity = self._capacity
+        if n == 0:
+            return self._cursor
+        if n > capacity:
+            raise ValueError(
+                f"a write of {n} frames does not fit stream {self.stream!r}, which holds "
+                f"{capacity}; write smaller blocks or create the ring with a larger capacity"
+            )
+        now = time.monotonic_ns()
+        if timestamps_ns is None:
+            timestamps_ns = now - self._timestamp_offsets(n)
+        else:
+            timestamps_ns = np.asarray(timestamps_ns, dtype=np.int64)
+            if timestamps_ns.shape != (n,):
+                raise ValueError(
+                    f"timestamps_ns has shape {timestamps_ns.shape}; expected ({n},), one per frame"
+                )
+        cursor = self._cursor
+        fields = self._fields
+        fields[CLAIM_CURSOR] = cursor + n
+        slot = cursor % capacity
+        first = min(n, capacity - slot)
+        self._frames[slot : slot + first] = frames[:first]
+        self._timestamps[slot : slot + first] = timestamps_ns[:first]
+        self._publish[slot : slot + first] = now
+        if first < n:
+            rest = n - first
+            self._frames[:rest] = frames[first:]
+            self._timestamps[:rest] = timestamps_ns[first:]
+            self._publish[:rest] = now
+        cursor += n
+        fields[WRITE_CURSOR] = cursor
+        fields[LAST_PUBLISH] = now
+        self._cursor = cursor
+        self._wake.notify()
+        return cursor
+
+    def _timestamp_offsets(self, n: int) -> np.ndarray:
+        offsets = self._offsets.get(n)
+        if offsets is None:
+            offsets = np.round(np.arange(n - 1, -1, -1) * self._period_ns).astype(np.int64)
+            self._offsets[n] = offsets
+        return offsets
+
+    def reformat(
+        self,
+        *,
+        dtype: np.typing.DTypeLike | None = None,
+        frame_shape: int | Sequence[int] | None = None,
+        sample_rate: float | None = None,
+        descriptor: dict[str, Any] | None = None,
+        capacity: int | None = None,
+    ) -> int:
+        """Start generation N+1 with a new format; return its number.
+
+        Arguments left out keep their current value. Readers finish the
+        frames of generation N, then switch by themselves and see
+        ``format_changed`` on their next chunk. The sequence continues.
+        """
+        if self._closed:
+            raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
+        old = self._gen
+        fmt, capacity, sample_rate = _check_format(
+            old.dtype if dtype is None else dtype,
+            old.frame_shape if frame_shape is None else frame_shape,
+            old.capacity if capacity is None else capacity,
+            old.sample_rate if sample_rate is None else sample_rate,
+            old.descriptor if descriptor is None else descriptor,
+        )
+        gen = Generation.create(
+            self.stream,
+            old.header.generation + 1,
+            fmt,
+            capacity,
+            sample_rate,
+            self._cursor,
+            self._identity,
+        )
+        self._meta.publish(gen.header.generation, self._identity)
+        self._gen = gen
+        self._bind(gen)
+        _retire(old, State.SUPERSEDED)
+        return gen.header.generation
+
+    def close(self) -> None:
+        """End the stream: readers get the remaining frames, then EndOfStream. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        del self._fields, self._frames, self._timestamps, self._publish, self._wake
+        self._meta.header.state = State.CLOSED
+        self._meta.segment.unlink()
+        self._meta.close()
+        _retire(self._gen, State.CLOSED)
+
+    def __enter__(self) -> RingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"generation {self.generation}, cursor {self._cursor}"
+        return f"<RingWriter {self.stream!r} {state}>"
+
+
+def _check_format(
+    dtype: np.typing.DTypeLike,
+    frame_shape: int | Sequence[int],
+    capacity: int,
+    sample_rate: float,
+    descriptor: dict[str, Any] | None,
+) -> tuple[Format, int, float]:
+    """Validate writer arguments; return the format record, capacity and rate."""
+    dt = np.dtype(dtype)
+    shape = (frame_shape,) if isinstance(frame_shape, int | np.integer) else tuple(frame_shape)
+    if not all(isinstance(d, int | np.integer) and d > 0 for d in shape):
+        raise ValueError(f"frame_shape must be positive integers, given {frame_shape!r}")
+    if not isinstance(capacity, int | np.integer) or capacity < 1:
+        raise ValueError(f"capacity must be a positive number of frames, given {capacity!r}")
+    if not np.isfinite(sample_rate) or sample_rate < 0:
+        raise ValueError(
+            "sample_rate must be a finite rate in Hz, or 0.0 for an event stream; "
+            f"given {sample_rate!r}"
+        )
+    if descriptor is not None and not isinstance(descriptor, dict):
+        raise TypeError(f"descriptor must be a dict, given {type(descriptor).__name__}")
+    try:
+        fmt = Format(dtype_to_record(dt), tuple(int(d) for d in shape), dict(descriptor or {}))
+    except TypeError as exc:
+        raise ValueError(f"descriptor must hold only msgpack-able values: {exc}") from exc
+    return fmt, int(capacity), float(sample_rate)
+
+
+def _claim_stream(
+    stream: str, identity: tuple[int, int]
+) -> tuple[StreamSegment, Generation | None, bool]:
+    """Create the stream segment, or take over one whose writer died.
+
+    Returns the stream segment, the previous writer's current generation
+    (None for a new stream or when that generation is gone) and whether the
+    stream segment was created here.
+    """
+    try:
+        return StreamSegment.create(stream, identity), None, True
+    except FileExistsError:
+        pass
+    try:
+        meta = StreamSegment.open(stream)
+    except (FileNotFoundError, SegmentCorrupt):
+        # A stale or foreign leftover under our name, and nobody can attach to it: replace it.
+        shm.unlink(naming.shm_name(stream))
+        return StreamSegment.create(stream, identity), None, True
+    pid, start_ms = meta.header.writer
+    if meta.header.state is not State.CLOSED and process_alive(pid, start_ms):
+        meta.close()
+        raise StreamExists(
+            f"stream {stream!r} is already written by live process {pid}; "
+            "stop that writer or choose another stream name"
+        )
+    try:
+        previous = Generation.open(stream, meta.header.generation)
+    except (FileNotFoundError, SegmentCorrupt):
+        previous = None
+    return meta, previous, False
+
+
+def _retire(gen: Generation, state: State) -> None:
+    """End generation ``gen`` (SUPERSEDED or CLOSED), wake its readers, unlink and unmap it."""
+    gen.end(state)
+    gen.segment.unlink()
+    gen.close()
+
+
+# -- reader ----------------------------------------------------------------------------------------
+class RingReader:
+    """Reads one stream from any process; made by :func:`attach`.
+
+    Not thread-safe: give each thread its own reader.
+    """
+
+    def __init__(self, stream: str, meta: StreamSegment, gen: Generation, cursor: int) -> None:
+        self.stream = stream
+        self._meta = meta
+        self._gen = gen
+        self._cursor = cursor
+        self._pending_dropped = 0
+        self._format_changed = False
+        self._closed = False
+
+    # Properties of the generation the reader is on.
+    @property
+    def generation(self) -> int:
+        return self._current().header.generation
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._current().dtype
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return self._current().frame_shape
+
+    @property
+    def capacity(self) -> int:
+        return self._current().capacity
+
+    @property
+    def sample_rate(self) -> float:
+        return self._current().sample_rate
+
+    @property
+    def descriptor(self) -> dict[str, Any]:
+        return self._current().descriptor
+
+    @property
+    def write_cursor(self) -> int:
+        return self._current().fields[WRITE_CURSOR]
+
+    @property
+    def cursor(self) -> int:
+        """Sequence of the next frame this reader will return."""
+        return self._cursor
+
+    @property
+    def lag(self) -> int:
+        """Frames published but not yet read by this reader."""
+        return self.write_cursor - self._cursor
+
+    @property
+    def writer_alive(self) -> bool:
+        """True while the process writing the current generation runs and has not closed it."""
+        gen = self._current()
+        if gen.header.state is State.CLOSED:
+            return False
+        return process_alive(*gen.header.writer)
+
+    def _current(self) -> Generation:
+        """The reader's generation, after following any newer one that replaced it."""
+        if self._closed:
+            raise ReaderClosed(f"RingReader for {self.stream!r} is closed")
+        gen = self._gen
+        if gen.header.state is State.SUPERSEDED and gen.fields[WRITE_CURSOR] <= self._cursor:
+            self._switch()
+        return self._gen
+
+    def read(self, max_frames: int | None = None, timeout_s: float | None = None) -> Chunk:
+        """Return the frames published since the last read, waiting up to ``timeout_s``.
+
+        At most ``max_frames`` frames come back (all available if None). If
+        nothing arrives in time the chunk is empty. ``timeout_s=None`` waits
+        until frames arrive; ``0`` does not wait. Raises :class:`EndOfStream`
+        once the writer closed the stream and everything was read.
+        """
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1 or None, given {max_frames}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            gen = self._current()
+            fields = gen.fields
+            seen = gen.wake.load()
+            state = (
+                gen.header.state
+            )  # read before the cursor: a state change follows the last publish
+            if fields[WRITE_CURSOR] > self._cursor:
+                chunk = self._copy(gen, max_frames)
+                if chunk is not None:
+                    return chunk
+                continue
+            if state is State.SUPERSEDED:
+                self._switch()
+                continue
+            if state is State.CLOSED:
+                raise EndOfStream(f"stream {self.stream!r} was closed by its writer")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return self._empty(gen)
+            gen.wake.wait(seen, remaining)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        """Yield chunks as they arrive, until the writer closes the stream."""
+        while True:
+            try:
+                yield self.read()
+            except EndOfStream:
+                return
+
+    def _copy(self, gen: Generation, max_frames: int | None) -> Chunk | None:
+        """Copy frames from the reader's cursor; None if every one was overwritten meanwhile."""
+        fields = gen.fields
+        capacity = gen.capacity
+        write = fields[WRITE_CURSOR]
+        start = max(self._cursor, fields[CLAIM_CURSOR] - capacity, gen.start_cursor)
+        if start > write:  # the writer lapped us again since we read write_cursor
+            write = start
+        end = write if max_frames is None else min(write, start + max_frames)
+        data, timestamps = _copy_slots(gen, start, end)
+        # Frames below claim - capacity may have been overwritten while we copied.
+        intact_from = fields[CLAIM_CURSOR] - capacity
+        if intact_from > start:
+            cut = min(intact_from, end) - start
+            data, timestamps, start = data[cut:], timestamps[cut:], start + cut
+        dropped = start - self._cursor + self._pending_dropped
+        self._cursor = end
+        if start == end:
+            self._pending_dropped = dropped
+            return None
+        self._pending_dropped = 0
+        changed, self._format_changed = self._format_changed, False
+        return Chunk(data, timestamps, start, dropped, gen.header.generation, changed)
+
+    def latest(self, n: int) -> Chunk:
+        """The newest ``n`` frames (fewer if the stream holds fewer), for displays.
+
+        Does not move the reader's cursor. ``dropped`` is always 0. It follows
+        the stream to a new generation at once; frames of the old generation
+        that ``read`` had not returned yet then count as dropped.
+        """
+        if n < 1:
+            raise ValueError(f"latest() needs n >= 1, given {n}")
+        while True:
+            gen = self._current()
+            if gen.header.state is State.SUPERSEDED:
+                self._switch()
+                continue
+            fields = gen.fields
+            write = fields[WRITE_CURSOR]
+            start = max(write - n, fields[CLAIM_CURSOR] - gen.capacity, gen.start_cursor)
+            data, timestamps = _copy_slots(gen, start, write)
+            intact_from = fields[CLAIM_CURSOR] - gen.capacity
+            if intact_from > start:
+                cut = min(intact_from, write) - start
+                data, timestamps, start = data[cut:], timestamps[cut:], start + cut
+            return Chunk(data, timestamps, start, 0, gen.header.generation)
+
+    def _switch(self) -> None:
+        """Follow the stream to its current generation.
+
+        Frames skipped on the way (unread frames of the old generation, or a
+        whole generation missed) count as dropped.
+        """
+        deadline = time.monotonic() + _ATTACH_RETRY_S
+        while True:
+            generation = self._meta.header.generation
+            try:
+                if generation == self._gen.header.generation:
+                    # Writers name the successor before superseding, so this is a
+                    # stream segment replaced under us (a swept and re-created stream).
+                    raise FileNotFoundError(generation)
+                gen = Generation.open(self.stream, generation)
+                break
+            except FileNotFoundError:
+                if time.monotonic() > deadline:
+                    raise SegmentCorrupt(
+                        f"stream {self.stream!r}: generation {self._gen.header.generation} was "
+                        f"superseded but its successor {generation} cannot be opened"
+                    ) from None
+                time.sleep(1e-4)  # replaced again while we looked; re-read the stream segment
+        old, self._gen = self._gen, gen
+        old.close()
+        if self._cursor < gen.start_cursor:
+            self._pending_dropped += gen.start_cursor - self._cursor
+            self._cursor = gen.start_cursor
+        self._format_changed = True
+
+    def _empty(self, gen: Generation) -> Chunk:
+        return Chunk(
+            np.empty((0, *gen.frame_shape), gen.dtype),
+            np.empty(0, np.int64),
+            self._cursor,
+            0,
+            gen.header.generation,
+        )
+
+    def close(self) -> None:
+        """Detach from the stream (the stream itself is untouched). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._gen.close()
+        self._meta.close()
+
+    def __enter__(self) -> RingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<RingReader {self.stream!r} closed>"
+        generation = self._gen.header.generation
+        return f"<RingReader {self.stream!r} generation {generation} cursor {self._cursor}>"
+
+
+def _copy_slots(gen: Generation, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copy frames and timestamps of sequences ``[start, end)`` out of the ring."""
+    capacity = gen.capacity
+    slot = start % capacity
+    n = end - start
+    if slot + n <= capacity:
+        return gen.frames[slot : slot + n].copy(), gen.timestamps_ns[slot : slot + n].copy()
+    head = capacity - slot
+    data = np.empty((n, *gen.frame_shape), gen.dtype)
+    timestamps = np.empty(n, np.int64)
+    data[:head] = gen.frames[slot:]
+    data[head:] = gen.frames[: n - head]
+    timestamps[:head] = gen.timestamps_ns[slot:]
+    timestamps[head:] = gen.timestamps_ns[: n - head]
+    return data, timestamps
+
+
+def attach(stream: str, *, from_now: bool = True) -> RingReader:
+    """Attach a reader to ``stream`` from any process, knowing only its name.
+
+    ``from_now=True`` starts at the next frame published; ``False`` starts at
+    the oldest frame the ring still holds. Raises :class:`StreamNotFound`
+    (listing the streams that exist) or :class:`SegmentCorrupt`.
+    """
+    naming.validate_stream(stream)
+    deadline = time.monotonic() + _ATTACH_RETRY_S
+    while True:
+        try:
+            meta = StreamSegment.open(stream)
+        except FileNotFoundError:
+            raise StreamNotFound(stream, list_streams()) from None
+        except SegmentCorrupt:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1e-3)  # possibly still being created; give its writer a moment
+            continue
+        header = meta.header
+        try:
+            if header.state is State.CLOSED:
+                raise StreamNotFound(stream, list_streams())
+            if header.state is State.INITIALISING:
+                raise FileNotFoundError  # the first generation is not published yet
+            gen = Generation.open(stream, header.generation)
+        except FileNotFoundError:
+            meta.close()
+            if time.monotonic() > deadline:
+                raise StreamNotFound(stream, list_streams()) from None
+            time.sleep(1e-3)  # replaced while we looked: read the stream segment again
+            continue
+        except BaseException:
+            meta.close()
+            raise
+        write = gen.fields[WRITE_CURSOR]
+        cursor = write if from_now else max(write - gen.capacity, gen.start_cursor)
+        return RingReader(stream, meta, gen, cursor)

@@ -1,0 +1,162 @@
+"""The rigpipe segments on this machine: who writes them, listing them, sweeping dead ones.
+
+A segment's writer is identified by its pid *and* its process creation time,
+since pids are reused. ``sweep`` removes what dead writers left behind; the
+supervisor runs it when a session starts and ends, and ``rigpipe sweep`` runs
+it by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from pipeline import naming, shm
+from pipeline.errors import SegmentCorrupt
+from pipeline.layout import KIND_GENERATION, KIND_STREAM, Generation, Header, State, StreamSegment
+
+_CREATION_GRACE_S = 10.0  # sweep leaves unreadable segments younger than this alone
+
+
+def process_identity(pid: int | None = None) -> tuple[int, int]:
+    """(pid, creation time in ms) of a process: a pid alone can be reused after it exits."""
+    pid = os.getpid() if pid is None else pid
+    return pid, round(psutil.Process(pid).create_time() * 1000)
+
+
+def process_alive(pid: int, start_ms: int) -> bool:
+    """True if the process ``(pid, start_ms)`` still runs (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if round(proc.create_time() * 1000) != start_ms:
+            return False  # the pid now belongs to another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # it exists but is not ours to inspect: never sweep it
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """One rigpipe segment found in shared memory, as ``list_segments`` reports it."""
+
+    name: str
+    stream: str | None
+    kind: int | None
+    generation: int | None
+    writer_pid: int
+    writer_alive: bool
+    problem: str | None = None
+
+
+def list_segments() -> list[SegmentInfo] | None:
+    """Every rigpipe segment on this machine, or None where the OS cannot enumerate them."""
+    names = shm.list_names()
+    if names is None:
+        return None
+    found = []
+    for name in names:
+        try:
+            segment = shm.Segment.attach(name)
+        except (FileNotFoundError, PermissionError):
+            continue
+        try:
+            found.append(_describe(segment))
+        finally:
+            segment.close()
+    return found
+
+
+def _describe(segment: shm.Segment) -> SegmentInfo:
+    try:
+        header = Header(segment)
+    except SegmentCorrupt as exc:
+        return SegmentInfo(segment.name, None, None, None, 0, False, str(exc))
+    try:
+        pid, start_ms = header.writer
+        alive = process_alive(pid, start_ms)
+        kind = header.kind
+        try:
+            header.validate(kind if kind in (KIND_STREAM, KIND_GENERATION) else KIND_STREAM)
+            stream, generation, problem = header.stream, header.generation, None
+        except SegmentCorrupt as exc:
+            stream, generation, problem = None, None, str(exc)
+        return SegmentInfo(segment.name, stream, kind, generation, pid, alive, problem)
+    finally:
+        header.release()
+
+
+def list_streams() -> list[str] | None:
+    """Names of the streams that exist on this machine (None where that cannot be known)."""
+    segments = list_segments()
+    if segments is None:
+        return None
+    return sorted(
+        s.stream for s in segments if s.kind == KIND_STREAM and s.problem is None and s.stream
+    )
+
+
+def sweep(streams: Sequence[str] | None = None) -> list[str]:
+    """Remove the segments of streams whose writer process no longer exists.
+
+    On Linux every rigpipe segment is checked; elsewhere the OS cannot list
+    shared memory, so pass the stream names to check. Readers still attached
+    to a swept stream see it closed. Returns the names of removed segments.
+    """
+    removed: list[str] = []
+    if streams is None:
+        segments = list_segments()
+        if segments is None:
+            raise NotImplementedError(
+                "this platform cannot enumerate shared memory; call sweep(streams=[...])"
+            )
+        for info in segments:
+            if info.writer_alive or (info.problem and _maybe_being_created(info.name)):
+                continue
+            if _sweep_segment(info.name):
+                removed.append(info.name)
+        return removed
+    for stream in streams:
+        names = [naming.shm_name(stream)]
+        try:
+            meta = StreamSegment.open(stream)
+        except (FileNotFoundError, SegmentCorrupt):
+            continue
+        try:
+            if process_alive(*meta.header.writer) and meta.header.state is not State.CLOSED:
+                continue
+            current = meta.header.generation
+            names += [naming.shm_name(naming.data_key(stream, g)) for g in (current, current - 1)]
+        finally:
+            meta.close()
+        removed += [name for name in names if _sweep_segment(name)]
+    return removed
+
+
+def _maybe_being_created(name: str) -> bool:
+    """A segment whose header is not filled in yet may belong to a writer starting right now."""
+    age = shm.age_s(name)
+    return age is None or age < _CREATION_GRACE_S
+
+
+def _sweep_segment(name: str) -> bool:
+    """Mark a dead writer's generation CLOSED (waking its readers), then unlink it."""
+    try:
+        segment = shm.Segment.attach(name)
+    except FileNotFoundError:
+        return False
+    try:
+        gen = Generation(segment)
+    except SegmentCorrupt:
+        segment.close()
+    else:
+        if gen.header.state is not State.CLOSED:
+            gen.end(State.CLOSED)
+        gen.close()
+    return shm.unlink(name)

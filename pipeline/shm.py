@@ -1,0 +1,124 @@
+"""Named shared-memory segments that no resource tracker touches.
+
+``multiprocessing.shared_memory.SharedMemory`` on Python < 3.13 registers
+every segment it opens, even one it merely attached to, with the resource
+tracker, which unlinks it when that process exits (bpo-38119) and warns about
+"leaked" segments. For a ring that is wrong twice: a reader exiting must not
+delete the writer's stream, and a writer that crashes must leave its segments
+for the restarted writer and for ``sweep`` to decide about. So on POSIX we
+open segments with ``shm_open`` + ``mmap`` directly; cleanup is ours
+(``RingWriter.close`` and ``ring.sweep``). On Windows there is no tracker and
+a segment lives while any process holds it, so ``SharedMemory`` is used as is.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeline.naming import SHM_PREFIX
+
+_POSIX = os.name == "posix"
+if _POSIX:
+    import _posixshmem
+else:  # pragma: no cover - exercised on Windows only
+    from multiprocessing.shared_memory import SharedMemory
+
+#: Where Linux exposes POSIX shared memory as files; other systems cannot list segments.
+SHM_DIR = Path("/dev/shm")
+
+
+class Segment:
+    """One mapped shared-memory segment; ``buf`` is a writable memoryview of it.
+
+    The segment has one owner that calls ``close()``; the process that created
+    the name (or the sweeper) calls ``unlink()``. Closing while numpy views of
+    ``buf`` are still alive leaves the mapping to the garbage collector
+    instead of raising.
+    """
+
+    def __init__(self, name: str, mapping: mmap.mmap | SharedMemory) -> None:
+        self.name = name
+        self._mapping = mapping
+        self.buf: memoryview = memoryview(mapping) if _POSIX else mapping.buf
+        self.size = len(self.buf)
+
+    @classmethod
+    def create(cls, name: str, size: int) -> Segment:
+        """Create segment ``name`` of ``size`` bytes; FileExistsError if the name is taken."""
+        if size <= 0:
+            raise ValueError(f"segment size must be positive, got {size}")
+        if not _POSIX:  # pragma: no cover
+            return cls(name, SharedMemory(name, create=True, size=size))
+        fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            os.ftruncate(fd, size)
+            return cls(name, mmap.mmap(fd, size))
+        except BaseException:
+            _posixshmem.shm_unlink("/" + name)
+            raise
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """Map existing segment ``name``; FileNotFoundError if there is none."""
+        if not _POSIX:  # pragma: no cover
+            return cls(name, SharedMemory(name, create=False))
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                # Created but not yet sized by its writer: treat as absent for now.
+                raise FileNotFoundError(f"shared-memory segment {name!r} is still being created")
+            return cls(name, mmap.mmap(fd, size))
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Unmap the segment from this process (the name stays until ``unlink``)."""
+        buf, self.buf = self.buf, memoryview(b"")
+        try:
+            buf.release()
+            self._mapping.close()
+        except BufferError:
+            # numpy views handed out earlier still reference the mapping; the
+            # mapping is released when the last of them is garbage collected.
+            pass
+
+    def unlink(self) -> None:
+        """Remove the segment's name so no new process can attach to it."""
+        unlink(self.name)
+
+
+def unlink(name: str) -> bool:
+    """Remove segment ``name``; return False if it did not exist."""
+    if not _POSIX:  # pragma: no cover - Windows frees a segment when its last handle closes
+        return False
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def age_s(name: str) -> float | None:
+    """Seconds since segment ``name`` was last modified, where the OS shows it (Linux)."""
+    try:
+        return time.time() - (SHM_DIR / name).stat().st_mtime
+    except OSError:
+        return None
+
+
+def list_names() -> list[str] | None:
+    """Names of every rigpipe segment on this machine, or None where the OS cannot list them.
+
+    Linux lists ``/dev/shm``; macOS and Windows have no way to enumerate
+    shared memory, so callers must know the stream names there.
+    """
+    if not sys.platform.startswith("linux") or not SHM_DIR.is_dir():
+        return None
+    return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX))

@@ -1,0 +1,167 @@
+"""Block a reader until the writer publishes, without spinning.
+
+Each ring generation has two 32-bit words in shared memory:
+
+- the *wake word*, which the writer increments after every publish and every
+  state change (reformat, close);
+- the *waiters flag*, which a reader sets to 1 before it goes to sleep.
+
+Strategies (``RIGPIPE_WAIT`` = ``auto`` | ``futex`` | ``poll``):
+
+``futex`` (Linux)
+    The reader sleeps in ``futex(FUTEX_WAIT)`` on the wake word; the kernel
+    compares the word with the value the reader last saw, so a publish between
+    the reader's check and its sleep is never missed. The writer calls
+    ``futex(FUTEX_WAKE)`` only when the waiters flag is set and clears it, so
+    a writer nobody waits for makes no syscalls. Python has no memory fences,
+    so a sleep is capped at ``FUTEX_SLICE_S``: if a store/load reordering ever
+    hides the flag from the writer, the reader wakes by itself that much later
+    instead of hanging.
+``poll`` (every platform)
+    The reader sleeps in short, growing intervals (``POLL_MIN_S`` up to
+    ``POLL_MAX_S``) and re-reads the wake word. Slower to react, but portable;
+    an idle poller wakes ``1 / POLL_MAX_S`` times a second.
+
+``auto`` picks ``futex`` where the kernel offers it, else ``poll``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+FUTEX_SLICE_S = 0.02
+POLL_MIN_S = 50e-6
+POLL_MAX_S = 2e-3
+
+_FUTEX_WAIT = 0  # not FUTEX_PRIVATE_FLAG: the word is shared between processes
+_FUTEX_WAKE = 1
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine())
+_WAKE_ALL = 0x7FFFFFFF
+STRATEGIES = ("auto", "futex", "poll")
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+def _load_syscall() -> ctypes._CFuncPtr | None:
+    if not sys.platform.startswith("linux") or _SYS_FUTEX is None:
+        return None
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = (
+        ctypes.c_long,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    )
+    return syscall
+
+
+_syscall = _load_syscall()
+
+
+def futex_available() -> bool:
+    """True where this process can use futex waits (Linux on x86-64 or arm64)."""
+    return _syscall is not None
+
+
+def strategy_from_env() -> str:
+    """The wait strategy ``RIGPIPE_WAIT`` asks for, resolved (``futex`` or ``poll``)."""
+    asked = os.environ.get("RIGPIPE_WAIT", "auto").strip().lower() or "auto"
+    if asked not in STRATEGIES:
+        raise ValueError(f"RIGPIPE_WAIT={asked!r} is not one of {', '.join(STRATEGIES)}")
+    if asked == "auto":
+        return "futex" if futex_available() else "poll"
+    if asked == "futex" and not futex_available():
+        raise ValueError(
+            f"RIGPIPE_WAIT=futex, but futex is not available on {sys.platform}/"
+            f"{platform.machine()}; use RIGPIPE_WAIT=poll or auto"
+        )
+    return asked
+
+
+class WakeWord:
+    """The wake word and waiters flag of one ring generation.
+
+    ``words`` is an int32 numpy view of the two words inside the shared
+    segment (the view pins the mapping, so its owner must drop this object
+    before closing the segment).
+    """
+
+    __slots__ = ("_address", "_strategy", "_words")
+
+    def __init__(self, words: np.ndarray, strategy: str | None = None) -> None:
+        if words.dtype != np.int32 or words.shape != (2,):
+            raise ValueError("WakeWord needs an int32 view of exactly two words")
+        self._words = words
+        self._address = words.ctypes.data
+        self._strategy = strategy or strategy_from_env()
+
+    @property
+    def strategy(self) -> str:
+        return self._strategy
+
+    def load(self) -> int:
+        """The current value of the wake word."""
+        return int(self._words[0])
+
+    def notify(self) -> None:
+        """Writer side: announce a publish or a state change, waking any sleeper."""
+        words = self._words
+        words[0] = (int(words[0]) + 1) & _WAKE_ALL
+        if words[1]:
+            words[1] = 0
+            if _syscall is not None:
+                _syscall(_SYS_FUTEX, self._address, _FUTEX_WAKE, _WAKE_ALL, None, None, 0)
+
+    def wait(self, seen: int, timeout_s: float | None) -> bool:
+        """Reader side: sleep until the wake word differs from ``seen`` or the timeout passes.
+
+        Returns True if the word changed. ``timeout_s=None`` waits until it does.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + max(timeout_s, 0.0)
+        if self._strategy == "futex":
+            return self._wait_futex(seen, deadline)
+        return self._wait_poll(seen, deadline)
+
+    def _wait_futex(self, seen: int, deadline: float | None) -> bool:
+        words = self._words
+        timespec = _Timespec()
+        while True:
+            if int(words[0]) != seen:
+                return True
+            slice_s = FUTEX_SLICE_S
+            if deadline is not None:
+                slice_s = min(slice_s, deadline - time.monotonic())
+                if slice_s <= 0:
+                    return False
+            timespec.tv_sec = int(slice_s)
+            timespec.tv_nsec = int((slice_s - int(slice_s)) * 1e9)
+            words[1] = 1
+            # Returns 0 (woken), or -1 with EAGAIN (word already changed),
+            # ETIMEDOUT or EINTR: the loop re-reads the word in every case.
+            _syscall(_SYS_FUTEX, self._address, _FUTEX_WAIT, seen, ctypes.byref(timespec), None, 0)
+
+    def _wait_poll(self, seen: int, deadline: float | None) -> bool:
+        words = self._words
+        interval = POLL_MIN_S
+        while True:
+            if int(words[0]) != seen:
+                return True
+            sleep_s = interval
+            if deadline is not None:
+                sleep_s = min(sleep_s, deadline - time.monotonic())
+                if sleep_s <= 0:
+                    return False
+            time.sleep(sleep_s)
+            interval = min(interval * 2, POLL_MAX_S)
