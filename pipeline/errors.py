@@ -52,6 +52,13 @@ class SegmentCorrupt(RigpipeError):
     """
 
 
+class SegmentNotReady(SegmentCorrupt):
+    """A segment's header is still blank: its writer is creating it right now.
+
+    ``attach`` retries for a moment before giving up with this error.
+    """
+
+
 class EndOfStream(RigpipeError):
     """The writer closed the stream and every frame it wrote has been read.
 

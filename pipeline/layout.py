@@ -54,7 +54,7 @@ import msgspec
 import numpy as np
 
 from pipeline import shm
-from pipeline.errors import SegmentCorrupt
+from pipeline.errors import SegmentCorrupt, SegmentNotReady
 from pipeline.naming import data_key, shm_name
 from pipeline.wait import WakeWord
 
@@ -96,8 +96,30 @@ class Format(msgspec.Struct, frozen=True):
     descriptor: dict[str, Any] = {}
 
 
-_format_encoder = msgspec.msgpack.Encoder()
+def _encode_numpy(obj: Any) -> Any:
+    """Let descriptors hold numpy scalars and arrays (stored as plain numbers and lists)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"a stream descriptor cannot hold {type(obj).__name__} values")
+
+
+_format_encoder = msgspec.msgpack.Encoder(enc_hook=_encode_numpy)
 _format_decoder = msgspec.msgpack.Decoder(Format)
+
+
+def encode_format(fmt: Format) -> bytes:
+    """The msgpack record stored in a generation segment; ValueError if it cannot be stored."""
+    try:
+        record = _format_encoder.encode(fmt)
+    except TypeError as exc:
+        raise ValueError(f"descriptor must hold only msgpack-able values: {exc}") from exc
+    if len(record) > FORMAT_MAX:
+        raise ValueError(
+            f"the stream descriptor encodes to {len(record)} bytes; the limit is {FORMAT_MAX}"
+        )
+    return record
 
 
 def dtype_to_record(dtype: np.dtype) -> str | list[Any]:
@@ -202,10 +224,12 @@ class Header:
     def validate(self, kind: int, stream: str | None = None) -> None:
         """Raise SegmentCorrupt unless this is a ``kind`` segment of ``stream``, layout we know."""
         name = self.segment.name
+        if not any(self.segment.buf[:8]):
+            raise SegmentNotReady(f"segment {name!r} is still being created by its writer")
         if not self.magic_ok:
             raise SegmentCorrupt(
                 f"segment {name!r} has magic {bytes(self.segment.buf[:8])!r}, expected {MAGIC!r}: "
-                "it was not written by rigpipe or is still being created"
+                "it was not written by rigpipe; remove it with `rigpipe sweep` if it is stale"
             )
         if self.fields[_VERSION] != LAYOUT_VERSION:
             raise SegmentCorrupt(
@@ -317,11 +341,7 @@ class Generation:
     ) -> Generation:
         """Build generation ``generation`` in a new segment, fully initialised and VALID."""
         dtype = dtype_from_record(fmt.dtype)
-        record = _format_encoder.encode(fmt)
-        if len(record) > FORMAT_MAX:
-            raise ValueError(
-                f"the stream descriptor encodes to {len(record)} bytes; the limit is {FORMAT_MAX}"
-            )
+        record = encode_format(fmt)
         frame_bytes = dtype.itemsize * int(np.prod(fmt.frame_shape, dtype=np.int64))
         data_at = _align(FORMAT_AT + len(record))
         timestamps_at = _align(data_at + capacity * frame_bytes, 64)

@@ -23,6 +23,7 @@ from pipeline.errors import (
     EndOfStream,
     ReaderClosed,
     SegmentCorrupt,
+    SegmentNotReady,
     StreamExists,
     StreamNotFound,
     WriterClosed,
@@ -36,6 +37,7 @@ from pipeline.layout import (
     State,
     StreamSegment,
     dtype_to_record,
+    encode_format,
 )
 from pipeline.segments import list_streams, process_alive, process_identity
 
@@ -311,10 +313,8 @@ def _check_format(
         )
     if descriptor is not None and not isinstance(descriptor, dict):
         raise TypeError(f"descriptor must be a dict, given {type(descriptor).__name__}")
-    try:
-        fmt = Format(dtype_to_record(dt), tuple(int(d) for d in shape), dict(descriptor or {}))
-    except TypeError as exc:
-        raise ValueError(f"descriptor must hold only msgpack-able values: {exc}") from exc
+    fmt = Format(dtype_to_record(dt), tuple(int(d) for d in shape), dict(descriptor or {}))
+    encode_format(fmt)  # refuse an unstorable descriptor before any segment exists
     return fmt, int(capacity), float(sample_rate)
 
 
@@ -371,6 +371,7 @@ class RingReader:
         self._gen = gen
         self._cursor = cursor
         self._pending_dropped = 0
+        self._dropped_total = 0
         self._format_changed = False
         self._closed = False
 
@@ -407,6 +408,12 @@ class RingReader:
     def cursor(self) -> int:
         """Sequence of the next frame this reader will return."""
         return self._cursor
+
+    @property
+    def dropped_total(self) -> int:
+        """Frames this reader lost since it attached (the sum of every chunk's ``dropped``,
+        plus any loss not yet reported because no chunk followed it)."""
+        return self._dropped_total + self._pending_dropped
 
     @property
     def lag(self) -> int:
@@ -492,6 +499,7 @@ class RingReader:
             self._pending_dropped = dropped
             return None
         self._pending_dropped = 0
+        self._dropped_total += dropped
         changed, self._format_changed = self._format_changed, False
         return Chunk(data, timestamps, start, dropped, gen.header.generation, changed)
 
@@ -610,10 +618,10 @@ def attach(stream: str, *, from_now: bool = True) -> RingReader:
             meta = StreamSegment.open(stream)
         except FileNotFoundError:
             raise StreamNotFound(stream, list_streams()) from None
-        except SegmentCorrupt:
+        except SegmentNotReady:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(1e-3)  # possibly still being created; give its writer a moment
+            time.sleep(1e-3)  # its writer is creating it right now
             continue
         header = meta.header
         try:

@@ -37,7 +37,7 @@ import numpy as np
 
 FUTEX_SLICE_S = 0.02
 POLL_MIN_S = 50e-6
-POLL_MAX_S = 2e-3
+POLL_MAX_S = 10e-3
 
 _FUTEX_WAIT = 0  # not FUTEX_PRIVATE_FLAG: the word is shared between processes
 _FUTEX_WAKE = 1

@@ -1,0 +1,111 @@
+"""Fixtures that guarantee cleanup: no rigpipe segment and no child process outlives a test."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import uuid
+from collections.abc import Iterator
+from multiprocessing.context import SpawnProcess
+
+import psutil
+import pytest
+
+from pipeline import shm
+
+
+def _our_segments() -> set[str]:
+    names = shm.list_names()
+    return set(names) if names is not None else set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments() -> Iterator[None]:
+    """Fail a test that leaves rigpipe segments behind, and unlink them either way."""
+    before = _our_segments()
+    yield
+    leaked = _our_segments() - before
+    for name in leaked:
+        shm.unlink(name)
+    assert not leaked, f"test left {len(leaked)} shared-memory segment(s) behind: {sorted(leaked)}"
+
+
+def _stray_children() -> list[psutil.Process]:
+    """Children of the test process, apart from multiprocessing's own resource tracker."""
+    stray = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                stray.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return stray
+
+
+class Processes:
+    """Starts spawned processes for one test and makes sure each one is gone afterwards."""
+
+    def __init__(self) -> None:
+        self.ctx = mp.get_context("spawn")
+        self._started: list[SpawnProcess] = []
+
+    def start(self, target, *args, env: dict[str, str] | None = None) -> SpawnProcess:
+        """Start ``target(*args)`` in a new interpreter (``env`` is added to its environment)."""
+        saved = {key: os.environ.get(key) for key in (env or {})}
+        os.environ.update(env or {})
+        try:
+            proc = self.ctx.Process(target=target, args=args, daemon=True)
+            proc.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        self._started.append(proc)
+        return proc
+
+    def stop_all(self) -> list[str]:
+        """Terminate, then kill, every process still running; return those that needed it."""
+        forced = []
+        for proc in self._started:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+            if proc.is_alive():
+                forced.append(f"pid {proc.pid} ignored SIGTERM")
+                proc.kill()
+                proc.join(5)
+            if proc.is_alive():
+                raise RuntimeError(f"process {proc.pid} survived SIGKILL")
+        return forced
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+        stray = _stray_children()
+        for child in stray:
+            child.kill()
+        assert not stray, f"test left child processes running: {[c.pid for c in stray]}"
+
+
+@pytest.fixture
+def stream() -> str:
+    """A stream name no other test uses."""
+    return f"test{uuid.uuid4().hex[:10]}/acq/continuous"
+
+
+@pytest.fixture(params=["futex", "poll"])
+def wait_strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once per wake-up strategy, in this process and in spawned ones."""
+    from pipeline.wait import futex_available
+
+    if request.param == "futex" and not futex_available():
+        pytest.skip("futex waits need Linux")
+    monkeypatch.setenv("RIGPIPE_WAIT", request.param)
+    return request.param
