@@ -19,6 +19,10 @@ between layout versions, so ``sweep`` can judge any segment by its writer)::
     48      8     writer_start_ms         (process creation time; guards against pid reuse)
     56      8     name_len                (bytes of the stream name at NAME_AT)
 
+The stream segment continues::
+
+    64      8     final_cursor            the write cursor when the writer closed the stream
+
 A generation segment continues::
 
     64      8     write_cursor            frames ever published; a sequence, never wraps
@@ -68,6 +72,7 @@ _VERSION, _KIND, _GENERATION, _STATE, _WRITER_PID, _WRITER_START, _NAME_LEN = ra
 # Generation segment fields, in int64 slots. The three cursors are public: the
 # ring's hot path indexes ``Generation.fields`` with them directly.
 WRITE_CURSOR, CLAIM_CURSOR, LAST_PUBLISH = 8, 9, 10
+_FINAL_CURSOR = 8  # in the stream segment
 WAKE_AT = 128
 _START_CURSOR, _CAPACITY, _SAMPLE_RATE, _FRAME_BYTES = 24, 25, 26, 27
 _FORMAT_LEN, _DATA_AT, _TIMESTAMPS_AT, _PUBLISH_AT = 28, 29, 30, 31
@@ -281,6 +286,16 @@ class StreamSegment:
         fields[_WRITER_PID], fields[_WRITER_START] = writer
         fields[_GENERATION] = generation
         self.header.state = State.VALID
+
+    @property
+    def final_cursor(self) -> int:
+        """The write cursor at which the writer closed the stream (valid once CLOSED)."""
+        return self.header.fields[_FINAL_CURSOR]
+
+    def end(self, final_cursor: int) -> None:
+        """Record that the stream closed after ``final_cursor`` frames."""
+        self.header.fields[_FINAL_CURSOR] = final_cursor
+        self.header.state = State.CLOSED
 
     def close(self) -> None:
         self.header.release()

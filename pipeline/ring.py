@@ -276,7 +276,7 @@ class RingWriter:
             return
         self._closed = True
         del self._fields, self._frames, self._timestamps, self._publish, self._wake
-        self._meta.header.state = State.CLOSED
+        self._meta.end(self._cursor)
         self._meta.segment.unlink()
         self._meta.close()
         _retire(self._gen, State.CLOSED)
@@ -544,6 +544,16 @@ class RingReader:
                 gen = Generation.open(self.stream, generation)
                 break
             except FileNotFoundError:
+                if self._meta.header.state is State.CLOSED:
+                    # The writer closed the stream before this reader could map its last
+                    # generation: those frames are out of reach. Count them, then end.
+                    final = self._meta.final_cursor
+                    self._pending_dropped += max(0, final - self._cursor)
+                    self._cursor = max(self._cursor, final)
+                    raise EndOfStream(
+                        f"stream {self.stream!r} was closed by its writer; its last "
+                        "generation closed before this reader reached it"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise SegmentCorrupt(
                         f"stream {self.stream!r}: generation {self._gen.header.generation} was "

@@ -112,8 +112,9 @@ def paced_writer(stream: str, chunk_frames: int, rate_hz: float, start: int, rea
         time.sleep(max(0.0, next_t - time.monotonic()))
 
 
-def reformatting_writer(stream: str, go: Event, out: Queue) -> None:
-    """Write 8-channel frames, switch to 4 channels and 500 Hz, write more, close."""
+def reformatting_writer(stream: str, go: Event, drained: Event, out: Queue) -> None:
+    """Write 8-channel frames, switch to 4 channels and 500 Hz, write more; close once
+    the reader says it has everything."""
     writer = pipeline.RingWriter(stream, np.int64, (8,), 10_000, 1000.0, {"channels": 8})
     out.put("ready")
     go.wait(30)
@@ -122,6 +123,7 @@ def reformatting_writer(stream: str, go: Event, out: Queue) -> None:
     writer.reformat(frame_shape=(4,), sample_rate=500.0, descriptor={"channels": 4})
     for start in range(1000, 1500, 50):
         writer.write(sequence_frames(start, 50, 4))
+    drained.wait(30)
     writer.close()
     out.put("done")
 

@@ -55,14 +55,18 @@ def test_stress_small_ring_fast_writer_readers_at_three_speeds(processes, stream
 
 def test_lossless_reader_gets_every_frame_in_order(processes, stream, wait_strategy):
     ctx = processes.ctx
-    out, go, ready = ctx.Queue(), ctx.Event(), ctx.Event()
+    out, go, drained = ctx.Queue(), ctx.Event(), ctx.Event()
     # A ring far larger than what is written: nothing may be dropped.
-    processes.start(procs.reformatting_writer, stream, go, out)
+    processes.start(procs.reformatting_writer, stream, go, drained, out)
     assert _get(out, "writer ready") == "ready"
     with pipeline.attach(stream) as reader:
-        ready.set()
         go.set()
-        chunks = list(reader)
+        chunks = []
+        while reader.cursor < 1500:
+            chunks.append(reader.read(timeout_s=READ_TIMEOUT_S))
+        drained.set()
+        with pytest.raises(pipeline.EndOfStream):
+            reader.read(timeout_s=READ_TIMEOUT_S)
     assert _get(out, "writer done") == "done"
     before = [c for c in chunks if c.generation == 1]
     after = [c for c in chunks if c.generation == 2]

@@ -148,6 +148,19 @@ def test_after_close_readers_drain_then_get_end_of_stream(stream):
         writer.write(frames_from(0, 1))
 
 
+def test_generation_closed_before_a_reader_reached_it_counts_as_dropped(stream):
+    writer = pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0)
+    with pipeline.attach(stream) as reader:
+        writer.write(frames_from(0, 3))
+        writer.reformat(frame_shape=(2,))
+        writer.write(np.zeros((5, 2), np.int32))
+        writer.close()  # generation 2 is unlinked before the reader ever mapped it
+        assert reader.read(timeout_s=0).frames == 3
+        with pytest.raises(EndOfStream, match="closed before this reader reached it"):
+            reader.read(timeout_s=0)
+        assert reader.dropped_total == 5 and reader.cursor == 8
+
+
 def test_event_stream_of_structured_records(stream):
     with pipeline.RingWriter(stream, SPIKE, (), 64, 0.0) as writer, pipeline.attach(stream) as r:
         spikes = np.array([(10, 3, 1), (20, 7, 0)], dtype=SPIKE)
