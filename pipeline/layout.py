@@ -37,10 +37,9 @@ A generation segment continues::
     224     8     format_len              bytes of the msgpack format record at FORMAT_AT
     232     8     data_at                 offset of the frames (4096-aligned)
     240     8     timestamps_at           int64[capacity] device timestamps, ns
-    248     8     publish_at              int64[capacity] host monotonic publish time, ns
     768     256   stream name (utf-8)
     1024    ...   format record: msgpack {dtype, frame_shape, descriptor}
-    data_at       capacity x frame_shape frames, then the two timestamp arrays
+    data_at       capacity x frame_shape frames, then the timestamp array
 
 Publishing frames ``[c, c+n)``: store ``claim_cursor = c+n``, copy into slots
 ``sequence % capacity``, store ``write_cursor = c+n``, bump the wake word. A
@@ -75,7 +74,8 @@ WRITE_CURSOR, CLAIM_CURSOR, LAST_PUBLISH = 8, 9, 10
 _FINAL_CURSOR = 8  # in the stream segment
 WAKE_AT = 128
 _START_CURSOR, _CAPACITY, _SAMPLE_RATE, _FRAME_BYTES = 24, 25, 26, 27
-_FORMAT_LEN, _DATA_AT, _TIMESTAMPS_AT, _PUBLISH_AT = 28, 29, 30, 31
+_FORMAT_LEN, _DATA_AT, _TIMESTAMPS_AT = 28, 29, 30
+STATE = _STATE  # the hot path compares raw state codes, not State objects
 NAME_AT = 768
 NAME_MAX = 256
 FORMAT_AT = 1024
@@ -329,7 +329,7 @@ class Generation:
         self.start_cursor = f[_START_CURSOR]
         self.sample_rate = segment.buf[_SAMPLE_RATE * 8 : _SAMPLE_RATE * 8 + 8].cast("d")[0]
         frame_bytes = self.dtype.itemsize * int(np.prod(self.frame_shape, dtype=np.int64))
-        end = f[_PUBLISH_AT] + 8 * capacity
+        end = f[_TIMESTAMPS_AT] + 8 * capacity
         if frame_bytes != f[_FRAME_BYTES] or end > segment.size:
             raise SegmentCorrupt(
                 f"segment {segment.name!r}: header says {f[_FRAME_BYTES]} bytes a frame and "
@@ -340,8 +340,7 @@ class Generation:
             (capacity, *self.frame_shape), self.dtype, buffer=buf, offset=f[_DATA_AT]
         )
         self.timestamps_ns = np.ndarray((capacity,), np.int64, buffer=buf, offset=f[_TIMESTAMPS_AT])
-        self.publish_ns = np.ndarray((capacity,), np.int64, buffer=buf, offset=f[_PUBLISH_AT])
-        self.wake = WakeWord(np.ndarray((2,), np.int32, buffer=buf, offset=WAKE_AT))
+        self.wake = WakeWord(buf, WAKE_AT)
 
     @classmethod
     def create(
@@ -360,17 +359,16 @@ class Generation:
         frame_bytes = dtype.itemsize * int(np.prod(fmt.frame_shape, dtype=np.int64))
         data_at = _align(FORMAT_AT + len(record))
         timestamps_at = _align(data_at + capacity * frame_bytes, 64)
-        publish_at = timestamps_at + 8 * capacity
         name = shm_name(data_key(stream, generation))
         shm.unlink(name)  # a leftover from a writer that died while reformatting
-        segment = shm.Segment.create(name, publish_at + 8 * capacity)
+        segment = shm.Segment.create(name, timestamps_at + 8 * capacity)
         header = Header(segment)
         f = header.fields
         f[WRITE_CURSOR] = f[CLAIM_CURSOR] = f[_START_CURSOR] = start_cursor
         f[_CAPACITY] = capacity
         f[_FRAME_BYTES] = frame_bytes
         f[_FORMAT_LEN] = len(record)
-        f[_DATA_AT], f[_TIMESTAMPS_AT], f[_PUBLISH_AT] = data_at, timestamps_at, publish_at
+        f[_DATA_AT], f[_TIMESTAMPS_AT] = data_at, timestamps_at
         segment.buf[_SAMPLE_RATE * 8 : _SAMPLE_RATE * 8 + 8].cast("d")[0] = float(sample_rate)
         segment.buf[FORMAT_AT : FORMAT_AT + len(record)] = record
         header.write_prefix(KIND_GENERATION, stream, generation, writer)
@@ -414,6 +412,7 @@ class Generation:
 
     def close(self) -> None:
         """Drop every view and unmap (readers' copies are unaffected)."""
-        del self.frames, self.timestamps_ns, self.publish_ns, self.wake
+        self.wake.release()
+        del self.frames, self.timestamps_ns, self.wake
         self.header.release()
         self.segment.close()

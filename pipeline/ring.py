@@ -31,6 +31,7 @@ from pipeline.errors import (
 from pipeline.layout import (
     CLAIM_CURSOR,
     LAST_PUBLISH,
+    STATE,
     WRITE_CURSOR,
     Format,
     Generation,
@@ -72,6 +73,81 @@ class Chunk:
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+class ChunkView:
+    """Frames handed out by :meth:`RingReader.read_view`: read-only views of the ring.
+
+    Valid until ``release()`` (or the end of the ``with`` block); after that,
+    ``intact`` says whether the writer overwrote any of the frames while they
+    were in use.
+    """
+
+    __slots__ = ("_gen", "_intact", "_reader", "data", "dropped", "generation")
+    __slots__ += ("format_changed", "start_cursor", "timestamps_ns")
+
+    def __init__(
+        self,
+        reader: RingReader,
+        gen: Generation | None,
+        data: np.ndarray,
+        timestamps_ns: np.ndarray,
+        start_cursor: int,
+        dropped: int,
+        generation: int,
+        format_changed: bool = False,
+    ) -> None:
+        self._reader = reader
+        self._gen = gen
+        self._intact: bool | None = None
+        self.data = data
+        self.timestamps_ns = timestamps_ns
+        self.start_cursor = start_cursor
+        self.dropped = dropped
+        self.generation = generation
+        self.format_changed = format_changed
+
+    @property
+    def frames(self) -> int:
+        return len(self.data)
+
+    @property
+    def end_cursor(self) -> int:
+        return self.start_cursor + len(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _overwritten(self) -> int:
+        gen = self._gen
+        if gen is None:
+            return 0
+        oldest_safe = gen.fields[CLAIM_CURSOR] - gen.capacity
+        return max(0, min(oldest_safe, self.end_cursor) - self.start_cursor)
+
+    @property
+    def intact(self) -> bool:
+        """True if no viewed frame has been overwritten (so far, or until ``release``)."""
+        if self._intact is not None:
+            return self._intact
+        return self._overwritten() == 0
+
+    def release(self) -> None:
+        """Stop using the view: settle whether it stayed intact and drop the references."""
+        if self._intact is not None:
+            return
+        overwritten = self._overwritten()
+        self._intact = overwritten == 0
+        self._reader._dropped_total += overwritten
+        self._gen = None
+        self.data = self.data[:0].copy()
+        self.timestamps_ns = self.timestamps_ns[:0].copy()
+
+    def __enter__(self) -> ChunkView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 # -- writer --------------------------------------------------------------------------------------
@@ -130,7 +206,6 @@ class RingWriter:
         self._fields = gen.fields
         self._frames = gen.frames
         self._timestamps = gen.timestamps_ns
-        self._publish = gen.publish_ns
         self._wake = gen.wake
         self._capacity = gen.capacity
         self._cursor = gen.write_cursor
@@ -179,7 +254,12 @@ class RingWriter:
             raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
         if not isinstance(frames, np.ndarray):
             frames = np.asarray(frames)
-        if frames.ndim == 0 or frames.dtype != self._dtype or frames.shape[1:] != self._frame_shape:
+        dtype = frames.dtype
+        if (
+            frames.ndim == 0
+            or (dtype is not self._dtype and dtype != self._dtype)
+            or frames.shape[1:] != self._frame_shape
+        ):
             raise ValueError(
                 f"stream {self.stream!r} expects frames of shape (n, "
                 f"{', '.join(map(str, self._frame_shape))}) dtype {self._dtype}; "
@@ -194,28 +274,31 @@ class RingWriter:
                 f"a write of {n} frames does not fit stream {self.stream!r}, which holds "
                 f"{capacity}; write smaller blocks or create the ring with a larger capacity"
             )
-        now = time.monotonic_ns()
-        if timestamps_ns is None:
-            timestamps_ns = now - self._timestamp_offsets(n)
-        else:
+        if timestamps_ns is not None:
             timestamps_ns = np.asarray(timestamps_ns, dtype=np.int64)
             if timestamps_ns.shape != (n,):
                 raise ValueError(
                     f"timestamps_ns has shape {timestamps_ns.shape}; expected ({n},), one per frame"
                 )
+        now = time.monotonic_ns()
         cursor = self._cursor
         fields = self._fields
         fields[CLAIM_CURSOR] = cursor + n
         slot = cursor % capacity
-        first = min(n, capacity - slot)
-        self._frames[slot : slot + first] = frames[:first]
-        self._timestamps[slot : slot + first] = timestamps_ns[:first]
-        self._publish[slot : slot + first] = now
-        if first < n:
-            rest = n - first
-            self._frames[:rest] = frames[first:]
-            self._timestamps[:rest] = timestamps_ns[first:]
-            self._publish[:rest] = now
+        if slot + n <= capacity:  # the common case: one contiguous run of slots
+            self._frames[slot : slot + n] = frames
+            if timestamps_ns is None:
+                np.subtract(now, self._timestamp_offsets(n), out=self._timestamps[slot : slot + n])
+            else:
+                self._timestamps[slot : slot + n] = timestamps_ns
+        else:
+            if timestamps_ns is None:
+                timestamps_ns = now - self._timestamp_offsets(n)
+            first = capacity - slot
+            self._frames[slot:] = frames[:first]
+            self._frames[: n - first] = frames[first:]
+            self._timestamps[slot:] = timestamps_ns[:first]
+            self._timestamps[: n - first] = timestamps_ns[first:]
         cursor += n
         fields[WRITE_CURSOR] = cursor
         fields[LAST_PUBLISH] = now
@@ -275,7 +358,7 @@ class RingWriter:
         if self._closed:
             return
         self._closed = True
-        del self._fields, self._frames, self._timestamps, self._publish, self._wake
+        del self._fields, self._frames, self._timestamps, self._wake
         self._meta.end(self._cursor)
         self._meta.segment.unlink()
         self._meta.close()
@@ -433,7 +516,7 @@ class RingReader:
         if self._closed:
             raise ReaderClosed(f"RingReader for {self.stream!r} is closed")
         gen = self._gen
-        if gen.header.state is State.SUPERSEDED and gen.fields[WRITE_CURSOR] <= self._cursor:
+        if gen.fields[STATE] == State.SUPERSEDED and gen.fields[WRITE_CURSOR] <= self._cursor:
             self._switch()
         return self._gen
 
@@ -449,26 +532,81 @@ class RingReader:
             raise ValueError(f"max_frames must be at least 1 or None, given {max_frames}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            gen = self._current()
+            gen = self._await(deadline)
+            if gen is None:
+                return self._empty(self._gen)
+            chunk = self._copy(gen, max_frames)
+            if chunk is not None:
+                return chunk
+
+    def read_view(self, max_frames: int | None = None, timeout_s: float | None = None) -> ChunkView:
+        """Like :meth:`read`, but the data is a read-only view of the ring itself (no copy).
+
+        Use it as a context manager and check ``view.intact`` after the block:
+        if the writer overwrote any of the viewed frames while they were in
+        use, ``intact`` is False, the caller must discard what it computed,
+        and those frames count in ``dropped_total``. A view never spans the
+        ring's wrap-around, so it may hold fewer frames than are available.
+        """
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1 or None, given {max_frames}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            gen = self._await(deadline)
+            if gen is None:
+                empty = self._empty(self._gen)
+                return ChunkView(self, None, empty.data, empty.timestamps_ns, self._cursor, 0, 0)
+            fields = gen.fields
+            capacity = gen.capacity
+            write = fields[WRITE_CURSOR]
+            start = max(self._cursor, fields[CLAIM_CURSOR] - capacity, gen.start_cursor)
+            slot = start % capacity
+            end = min(write, start + capacity - slot)
+            if max_frames is not None:
+                end = min(end, start + max_frames)
+            if end <= start:  # lapped again since we looked: count it, look again
+                self._pending_dropped += start - self._cursor
+                self._cursor = start
+                continue
+            dropped = self._account(start, end)
+            data = gen.frames[slot : slot + end - start]
+            timestamps = gen.timestamps_ns[slot : slot + end - start]
+            data.flags.writeable = timestamps.flags.writeable = False
+            changed, self._format_changed = self._format_changed, False
+            generation = gen.header.generation
+            return ChunkView(self, gen, data, timestamps, start, dropped, generation, changed)
+
+    def _await(self, deadline: float | None) -> Generation | None:
+        """Wait until a frame past the cursor is published; return its generation.
+
+        None when the deadline passes first; EndOfStream when the stream ended.
+        """
+        if self._closed:
+            raise ReaderClosed(f"RingReader for {self.stream!r} is closed")
+        while True:
+            gen = self._gen
             fields = gen.fields
             seen = gen.wake.load()
-            state = (
-                gen.header.state
-            )  # read before the cursor: a state change follows the last publish
+            state = fields[STATE]  # read before the cursor: a state change follows the last publish
             if fields[WRITE_CURSOR] > self._cursor:
-                chunk = self._copy(gen, max_frames)
-                if chunk is not None:
-                    return chunk
-                continue
-            if state is State.SUPERSEDED:
+                return gen
+            if state == State.SUPERSEDED:
                 self._switch()
                 continue
-            if state is State.CLOSED:
+            if state == State.CLOSED:
                 raise EndOfStream(f"stream {self.stream!r} was closed by its writer")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return self._empty(gen)
+                return None
             gen.wake.wait(seen, remaining)
+
+    def _account(self, start: int, end: int) -> int:
+        """Move the cursor to ``end``; return the frames lost before ``start`` (exact)."""
+        dropped = start - self._cursor + self._pending_dropped
+        self._cursor = end
+        self._pending_dropped = 0
+        self._dropped_total += dropped
+        return dropped
 
     def __iter__(self) -> Iterator[Chunk]:
         """Yield chunks as they arrive, until the writer closes the stream."""
@@ -493,13 +631,11 @@ class RingReader:
         if intact_from > start:
             cut = min(intact_from, end) - start
             data, timestamps, start = data[cut:], timestamps[cut:], start + cut
-        dropped = start - self._cursor + self._pending_dropped
-        self._cursor = end
         if start == end:
-            self._pending_dropped = dropped
+            self._pending_dropped += start - self._cursor
+            self._cursor = end
             return None
-        self._pending_dropped = 0
-        self._dropped_total += dropped
+        dropped = self._account(start, end)
         changed, self._format_changed = self._format_changed, False
         return Chunk(data, timestamps, start, dropped, gen.header.generation, changed)
 

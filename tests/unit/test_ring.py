@@ -99,6 +99,33 @@ def test_latest_returns_the_newest_frames_without_moving_the_cursor(writer, stre
         assert reader.cursor == 0
 
 
+def test_read_view_is_zero_copy_and_never_spans_the_wrap(writer, stream):
+    with pipeline.attach(stream) as reader:
+        writer.write(frames_from(0, 12))
+        reader.read(timeout_s=0)
+        writer.write(frames_from(12, 10))  # slots 12-15, then 0-5
+        with reader.read_view(timeout_s=0) as view:
+            np.testing.assert_array_equal(view.data, frames_from(12, 4))
+            assert not view.data.flags.writeable and not view.data.flags.owndata
+            assert (view.start_cursor, view.dropped, view.generation) == (12, 0, 1)
+        assert view.intact
+        with reader.read_view(timeout_s=0) as rest:
+            np.testing.assert_array_equal(rest.data, frames_from(16, 6))
+        assert reader.dropped_total == 0
+
+
+def test_read_view_overwritten_while_in_use_is_reported_and_counted(writer, stream):
+    with pipeline.attach(stream) as reader:
+        writer.write(frames_from(0, 8))
+        with reader.read_view(timeout_s=0) as view:
+            assert view.intact
+            writer.write(frames_from(8, 10))  # overwrites slots 0 and 1
+            assert not view.intact
+        assert not view.intact and view.data.size == 0  # released: no dangling view
+        assert reader.dropped_total == 2
+        assert reader.read(timeout_s=0).start_cursor == 8
+
+
 def test_read_times_out_with_an_empty_chunk(writer, stream):
     with pipeline.attach(stream) as reader:
         chunk = reader.read(timeout_s=0.05)
