@@ -46,8 +46,28 @@ _ATTACH_RETRY_S = 1.0  # how long attach waits for a segment that is being creat
 
 
 # -- chunks ----------------------------------------------------------------------------------------
+class _FrameSpan:
+    """What ``Chunk`` and ``ChunkView`` share: frames ``data`` starting at ``start_cursor``."""
+
+    __slots__ = ()
+    data: np.ndarray
+    start_cursor: int
+
+    @property
+    def frames(self) -> int:
+        return len(self.data)
+
+    @property
+    def end_cursor(self) -> int:
+        """Sequence number just past the last frame."""
+        return self.start_cursor + len(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
 @dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(_FrameSpan):
     """Frames handed to a reader: copies, never views of the live ring."""
 
     data: np.ndarray
@@ -63,19 +83,8 @@ class Chunk:
     format_changed: bool = False
     """True on the first chunk after the reader switched to a new generation."""
 
-    @property
-    def frames(self) -> int:
-        return len(self.data)
 
-    @property
-    def end_cursor(self) -> int:
-        return self.start_cursor + len(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-
-class ChunkView:
+class ChunkView(_FrameSpan):
     """Frames handed out by :meth:`RingReader.read_view`: read-only views of the ring.
 
     Valid until ``release()`` (or the end of the ``with`` block); after that,
@@ -106,17 +115,6 @@ class ChunkView:
         self.dropped = dropped
         self.generation = generation
         self.format_changed = format_changed
-
-    @property
-    def frames(self) -> int:
-        return len(self.data)
-
-    @property
-    def end_cursor(self) -> int:
-        return self.start_cursor + len(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
 
     def _overwritten(self) -> int:
         gen = self._gen
