@@ -145,7 +145,8 @@ def _ring_attach(stream: str):
             time.sleep(0.01)
 
 
-def ring_reader(cfg: Config, ready, out, stream: str) -> None:
+def ring_reader(cfg: Config, ready, out, stream: str, zero_copy: bool = False) -> None:
+    """Read until the end of the stream; latency from the newest whole writer chunk per read."""
     import pipeline
 
     meter = _Meter()
@@ -154,38 +155,25 @@ def ring_reader(cfg: Config, ready, out, stream: str) -> None:
         ready.set()
         try:
             while True:
-                chunk = reader.read(timeout_s=5)
-                # Latency of the newest whole writer chunk in this read.
-                last = (chunk.end_cursor // samples - 1) * samples - chunk.start_cursor
-                if last >= 0:
-                    meter.chunk(_stamp_of(chunk.data[last]), chunk.data.nbytes)
+                got = reader.read_view(timeout_s=5) if zero_copy else reader.read(timeout_s=5)
+                last = (got.end_cursor // samples - 1) * samples - got.start_cursor
+                stamp = _stamp_of(got.data[last]) if last >= 0 else None
+                nbytes = got.data.nbytes
+                if zero_copy:
+                    got.release()
+                    if not got.intact:
+                        continue  # overwritten while in use: counted in dropped_total
+                if stamp is None:
+                    meter.nbytes += nbytes
                 else:
-                    meter.nbytes += chunk.data.nbytes
+                    meter.chunk(stamp, nbytes)
         except pipeline.EndOfStream:
             pass
         out.put(meter.result(reader.dropped_total))
 
 
 def ring_view_reader(cfg: Config, ready, out, stream: str) -> None:
-    import pipeline
-
-    meter = _Meter()
-    samples = cfg.samples
-    with _ring_attach(stream) as reader:
-        ready.set()
-        try:
-            while True:
-                with reader.read_view(timeout_s=5) as view:
-                    last = (view.end_cursor // samples - 1) * samples - view.start_cursor
-                    stamp = _stamp_of(view.data[last]) if last >= 0 else None
-                    nbytes = view.data.nbytes
-                if view.intact and stamp is not None:
-                    meter.chunk(stamp, nbytes)
-                elif view.intact:
-                    meter.nbytes += nbytes
-        except pipeline.EndOfStream:
-            pass
-        out.put(meter.result(reader.dropped_total))
+    ring_reader(cfg, ready, out, stream, zero_copy=True)
 
 
 # -- the wake-up floor ---------------------------------------------------------------------------

@@ -526,9 +526,7 @@ class RingReader:
         until frames arrive; ``0`` does not wait. Raises :class:`EndOfStream`
         once the writer closed the stream and everything was read.
         """
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1 or None, given {max_frames}")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = _deadline(max_frames, timeout_s)
         while True:
             gen = self._await(deadline)
             if gen is None:
@@ -546,9 +544,7 @@ class RingReader:
         and those frames count in ``dropped_total``. A view never spans the
         ring's wrap-around, so it may hold fewer frames than are available.
         """
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1 or None, given {max_frames}")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = _deadline(max_frames, timeout_s)
         while True:
             gen = self._await(deadline)
             if gen is None:
@@ -729,6 +725,13 @@ class RingReader:
             return f"<RingReader {self.stream!r} closed>"
         generation = self._gen.header.generation
         return f"<RingReader {self.stream!r} generation {generation} cursor {self._cursor}>"
+
+
+def _deadline(max_frames: int | None, timeout_s: float | None) -> float | None:
+    """Check a read's arguments; return its monotonic deadline (None: wait for data)."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1 or None, given {max_frames}")
+    return None if timeout_s is None else time.monotonic() + timeout_s
 
 
 def _copy_slots(gen: Generation, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
