@@ -1,22 +1,31 @@
 """The ``rigpipe`` command.
 
-rigpipe demo [--seconds S]      a writer process and a live readout, then a clean stop
-rigpipe streams                 the streams on this machine and who writes them
-rigpipe tail STREAM             live rate, lag, drops and the newest values of a stream
-rigpipe sweep                   remove the shared memory of writers that died
+rigpipe run CONFIG [--duration S]     run a rig in the foreground, with a live status table
+rigpipe status                        workers, streams, rates, lags of the running rig
+rigpipe streams                       the running rig's streams (or every stream on the machine)
+rigpipe tail STREAM                   live rate, lag, drops and the newest values of a stream
+rigpipe annotate TEXT                 a time-stamped comment, broadcast to every listener
+rigpipe worker start|stop|restart W   control one worker
+rigpipe set WORKER PARAMETER VALUE    change a worker parameter while it runs
+rigpipe stop                          stop the running rig in order
+rigpipe sweep                         remove the shared memory of writers that died
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 
+import msgspec
 import numpy as np
 
-from pipeline import demo, segments
-from pipeline.errors import EndOfStream, RigpipeError
+from pipeline import config, messages, segments, session, table
+from pipeline.bus import Client
+from pipeline.errors import ConfigError, EndOfStream, RigpipeError
 from pipeline.layout import KIND_STREAM
 from pipeline.ring import RingReader, attach
 
@@ -26,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except ConfigError as exc:
+        print(f"rigpipe: config error: {exc}", file=sys.stderr)
+        return 2
     except RigpipeError as exc:
         print(f"rigpipe: {exc}", file=sys.stderr)
         return 1
@@ -34,47 +46,214 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rigpipe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="rigpipe",
+        description="Run and observe a rigpipe rig.",
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run a synthetic writer and read it live")
-    demo.add_argument("--seconds", type=float, default=5.0, help="how long to run (default 5)")
-    demo.add_argument("--channels", type=int, default=64, help="channels (default 64)")
-    demo.add_argument("--rate", type=float, default=30000.0, help="sample rate, Hz (default 30000)")
-    demo.add_argument("--stream", default="demo/acq/continuous", help="stream name")
-    demo.set_defaults(handler=_demo)
+    def command(name: str, handler, help: str, session_option: bool = True):
+        p = sub.add_parser(name, help=help, description=help)
+        if session_option:
+            p.add_argument("--session", help="which rig, when several run (default: the only one)")
+            p.add_argument("--timeout", type=float, default=5.0, help="reply timeout, s")
+        p.set_defaults(handler=handler)
+        return p
 
-    streams = sub.add_parser("streams", help="list the streams on this machine")
-    streams.set_defaults(handler=_streams)
+    run = command("run", _run, "run a rig from a config file, in the foreground", False)
+    run.add_argument("config", help="TOML config, e.g. configs/demo.toml")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--check", action="store_true", help="validate the config and exit")
 
-    tail = sub.add_parser("tail", help="follow a stream: rate, lag, drops, newest values")
-    tail.add_argument("stream", help="stream name, e.g. demo/acq/continuous")
+    status = command("status", _status, "show workers, streams, rates and lags")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    command("streams", _streams, "list the streams (of the running rig, else of this machine)")
+
+    tail = command("tail", _tail, "follow a stream: rate, lag, drops, newest values")
+    tail.add_argument(
+        "stream", help="acq/continuous (in the running rig) or session/acq/continuous"
+    )
     tail.add_argument("--seconds", type=float, default=None, help="stop after this long")
     tail.add_argument("--channels", type=int, default=6, help="channels to show (default 6)")
-    tail.set_defaults(handler=_tail)
 
-    sweep = sub.add_parser("sweep", help="remove shared memory left by writers that died")
-    sweep.set_defaults(handler=_sweep)
+    annotate = command("annotate", _annotate, "broadcast a time-stamped comment")
+    annotate.add_argument("text", nargs="+", help="the comment")
+
+    worker = command("worker", _worker, "start, stop or restart one worker")
+    worker.add_argument("action", choices=["start", "stop", "restart"])
+    worker.add_argument("name", help="worker name from the config")
+
+    setp = command("set", _set, "change a worker parameter while the rig runs")
+    setp.add_argument("worker", help="worker name from the config")
+    setp.add_argument("parameter", help="parameter name")
+    setp.add_argument("value", help='new value (JSON: 20, 0.5, true, "text"; else a string)')
+
+    command("stop", _stop, "stop the running rig in order")
+    command("sweep", _sweep, "remove shared memory left by writers that died", False)
     return parser
 
 
+# -- run ------------------------------------------------------------------------------------------
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.supervisor import Supervisor
+
+    rig = config.load(args.config)
+    if args.check:
+        workers = ", ".join(f"{p.name} ({p.config.kind})" for p in rig.workers)
+        print(f"{args.config}: valid; session {rig.session.name!r}; workers: {workers}")
+        return 0
+    logging.basicConfig(
+        level=rig.session.log_level.upper(), format="%(asctime)s %(name)s %(message)s"
+    )
+    display = _LiveTable() if sys.stdout.isatty() else _EventLog()
+    supervisor = Supervisor(rig, on_event=display.event, on_tick=display.tick)
+    code = supervisor.run(args.duration)
+    display.close()
+    return code
+
+
+class _EventLog:
+    """Non-interactive output: one line per event, a status summary every 10 s."""
+
+    def __init__(self) -> None:
+        self._next = time.monotonic() + 10
+
+    def event(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    def tick(self, status: messages.StatusReply) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + 10
+        running = sum(w.state == "running" for w in status.workers)
+        rates = ", ".join(f"{s.stream} {s.rate_hz:.0f} Hz" for s in status.streams)
+        self.event(f"status: {running}/{len(status.workers)} workers running; {rates}")
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
+class _LiveTable:
+    """Interactive output: the status table redrawn in place, the last events below it."""
+
+    def __init__(self) -> None:
+        self._events: deque[str] = deque(maxlen=8)
+        self._drawn = 0
+        self._last: messages.StatusReply | None = None
+
+    def event(self, text: str) -> None:
+        self._events.append(f"{time.strftime('%H:%M:%S')} {text.splitlines()[0]}")
+        if self._last is not None:
+            self.tick(self._last)
+
+    def tick(self, status: messages.StatusReply) -> None:
+        self._last = status
+        lines = [*table.render(status), "", *self._events, "", "Ctrl-C stops the rig in order"]
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        sys.stdout.write(up + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J")
+        sys.stdout.flush()
+        self._drawn = len(lines)
+
+    def close(self) -> None:
+        for text in list(self._events)[-3:]:
+            print(text)
+
+
+# -- talking to a running rig ---------------------------------------------------------------------
+def _request(args: argparse.Namespace, message: messages.Message) -> messages.Message:
+    discovery = session.find(args.session)
+    with Client(discovery.endpoints, args.timeout) as client:
+        return client.request(message)
+
+
+def _status(args: argparse.Namespace) -> int:
+    reply = _request(args, messages.Status())
+    assert isinstance(reply, messages.StatusReply)
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+    else:
+        print("\n".join(table.render(reply)))
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    reply = _request(args, messages.Annotate(text=" ".join(args.text)))
+    print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    kind = {
+        "start": messages.StartWorker,
+        "stop": messages.StopWorker,
+        "restart": messages.RestartWorker,
+    }[args.action]
+    reply = _request(args, kind(worker=args.name))
+    print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _set(args: argparse.Namespace) -> int:
+    try:
+        value = msgspec.json.decode(args.value)
+    except msgspec.DecodeError:
+        value = args.value
+    reply = _request(
+        args, messages.SetParameter(worker=args.worker, name=args.parameter, value=value)
+    )
+    print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    discovery = session.find(args.session)
+    with Client(discovery.endpoints, args.timeout) as client:
+        reply = client.request(messages.Shutdown())
+    print(getattr(reply, "detail", reply))
+    deadline = time.monotonic() + 60
+    while discovery.alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if discovery.alive:
+        print(f"rigpipe: the supervisor (pid {discovery.pid}) is still stopping", file=sys.stderr)
+        return 1
+    print(f"session {discovery.session!r} stopped")
+    return 0
+
+
 def _streams(args: argparse.Namespace) -> int:
+    try:
+        reply = _request(args, messages.ListStreams())
+    except RigpipeError as exc:
+        if args.session:
+            raise
+        print(f"({exc}; listing every stream on this machine)")
+        return _machine_streams()
+    assert isinstance(reply, messages.StreamsReply)
+    print(f"{'stream':40} {'gen':>4} {'writer':>10} {'rate Hz':>9} {'frames':>12}")
+    for s in reply.streams:
+        print(
+            f"{s.stream:40} {s.generation:>4} {s.writer:>10} {s.rate_hz:9.0f} {s.write_cursor:>12}"
+        )
+    return 0
+
+
+def _machine_streams() -> int:
     found = segments.list_segments()
     if found is None:
         print("this platform cannot list shared memory; attach to a stream by name instead")
         return 0
     streams = [s for s in found if s.kind == KIND_STREAM and s.problem is None]
     if not streams:
-        print("no streams on this machine; start one with `rigpipe demo`")
+        print(f"no streams on this machine; {session.START_HINT}")
         return 0
     print(f"{'stream':40} {'gen':>4} {'writer':>8} {'alive':>5} {'rate Hz':>9} {'frames':>12}")
     for info in sorted(streams, key=lambda s: s.stream or ""):
-        rate, cursor = "-", "-"
-        try:
-            with attach(info.stream or "") as reader:
-                rate, cursor = f"{reader.sample_rate:g}", str(reader.write_cursor)
-        except RigpipeError:
-            pass  # closed or replaced between listing and attaching
+        state = segments.stream_state(info.stream or "")
+        rate = f"{state.sample_rate:g}" if state else "-"
+        cursor = str(state.write_cursor) if state else "-"
         alive = "yes" if info.writer_alive else "no"
         pid = info.writer_pid
         print(f"{info.stream:40} {info.generation:>4} {pid:>8} {alive:>5} {rate:>9} {cursor:>12}")
@@ -82,7 +261,9 @@ def _streams(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    with attach(args.stream) as reader:
+    stream = session.resolve_stream(args.stream, args.session)
+    with attach(stream) as reader:
+        print(f"following {stream} (Ctrl-C to stop)")
         _follow(reader, args.seconds, args.channels)
     return 0
 
@@ -139,23 +320,6 @@ def _sweep(args: argparse.Namespace) -> int:
     for name in removed:
         print(f"  {name}")
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    writer = demo.start(args.stream, args.channels, args.rate, args.seconds)
-    try:
-        with demo.attach_when_ready(args.stream, writer) as reader:
-            print(f"demo: {args.channels} channels at {args.rate:g} Hz into {args.stream!r}")
-            print(f"      attach from elsewhere with: rigpipe tail {args.stream}")
-            _follow(reader, None, 6)
-            written, dropped = reader.write_cursor, reader.dropped_total
-        print(f"demo: {written} frames written, {dropped} dropped by this reader")
-    finally:
-        writer.join(10)
-        if writer.is_alive():
-            writer.terminate()
-            writer.join(5)
-    return 0 if writer.exitcode == 0 else 1
 
 
 if __name__ == "__main__":

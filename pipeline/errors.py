@@ -76,3 +76,58 @@ class ReaderClosed(RigpipeError):
 
 class WriterClosed(RigpipeError):
     """A ``RingWriter`` method was called after ``close()`` on that writer."""
+
+
+class ConfigError(RigpipeError):
+    """A config file is wrong; raised before anything is started.
+
+    The message names the file, the field path (``workers[0].parameters.channels``)
+    and what would be accepted there. Fix the file and run again.
+    """
+
+    def __init__(self, path: str, field: str, problem: str) -> None:
+        self.path = path
+        self.field = field
+        self.problem = problem
+        where = f"{path}: {field}: " if field else f"{path}: "
+        super().__init__(where + problem)
+
+
+class ProtocolError(RigpipeError):
+    """Bytes that arrived on a control socket are not a rigpipe message.
+
+    The supervisor answers such a message with an ``Error`` reply and counts
+    it; it never stops because of one. A client that gets this has a peer
+    speaking another protocol version, or something else bound to the endpoint.
+    """
+
+
+class RequestFailed(RigpipeError):
+    """The supervisor (or a worker it asked) refused or could not carry out a request.
+
+    The message is the reason it gave: an unknown worker, a parameter that does
+    not exist, a value of the wrong type.
+    """
+
+
+class BusTimeout(RigpipeError):
+    """No reply came back from the supervisor in time.
+
+    The rig may be overloaded or its supervisor may have died; ``rigpipe
+    status`` tells which. Raise the timeout with ``--timeout`` for slow requests.
+    """
+
+
+class SessionNotFound(RigpipeError):
+    """No running rig was found (no discovery file, or its supervisor is gone).
+
+    Start one with ``rigpipe run configs/demo.toml``, or name the session with
+    ``--session`` when several run at once.
+    """
+
+
+class SessionRunning(RigpipeError):
+    """``rigpipe run`` was asked to start a session whose supervisor is still alive.
+
+    Stop it first (``rigpipe stop --session NAME``) or give the new one another name.
+    """

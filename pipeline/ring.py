@@ -754,10 +754,17 @@ def _copy_slots(gen: Generation, start: int, end: int) -> tuple[np.ndarray, np.n
 def attach(stream: str, *, from_now: bool = True) -> RingReader:
     """Attach a reader to ``stream`` from any process, knowing only its name.
 
+    ``stream`` is a full name (``demo/acq/continuous``) or, inside the running
+    rig (``$RIGPIPE_SESSION``, else the only one running), ``acq/continuous``.
+
     ``from_now=True`` starts at the next frame published; ``False`` starts at
     the oldest frame the ring still holds. Raises :class:`StreamNotFound`
     (listing the streams that exist) or :class:`SegmentCorrupt`.
     """
+    if stream.count("/") == 1:  # "worker/port": a stream of the running session
+        from pipeline.session import resolve_stream
+
+        stream = resolve_stream(stream)
     naming.validate_stream(stream)
     deadline = time.monotonic() + _ATTACH_RETRY_S
     while True:

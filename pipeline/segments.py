@@ -102,6 +102,48 @@ def list_streams() -> list[str] | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """A stream's current generation as its segments say, read without attaching a reader."""
+
+    stream: str
+    generation: int
+    sample_rate: float
+    write_cursor: int
+    writer_pid: int
+    writer_alive: bool
+    closed: bool
+
+
+def stream_state(stream: str) -> StreamState | None:
+    """The state of ``stream`` now, or None if it does not exist (yet, or any more)."""
+    try:
+        meta = StreamSegment.open(stream)
+    except (FileNotFoundError, SegmentCorrupt):
+        return None
+    try:
+        header = meta.header
+        generation, (pid, start_ms), closed = (
+            header.generation,
+            header.writer,
+            header.state is State.CLOSED,
+        )
+        if header.state is State.INITIALISING:
+            return None
+        try:
+            gen = Generation.open(stream, generation)
+        except (FileNotFoundError, SegmentCorrupt):
+            return None
+        try:
+            rate, cursor = gen.sample_rate, gen.write_cursor
+        finally:
+            gen.close()
+    finally:
+        meta.close()
+    alive = not closed and process_alive(pid, start_ms)
+    return StreamState(stream, generation, rate, cursor, pid, alive, closed)
+
+
 def sweep(streams: Sequence[str] | None = None) -> list[str]:
     """Remove the segments of streams whose writer process no longer exists.
 

@@ -1,0 +1,218 @@
+"""ZeroMQ sockets of the control plane.
+
+The supervisor owns a :class:`Server`: a ROUTER for requests and replies and
+a PUB for events. Workers and outside programs use a :class:`Client` (a
+DEALER) and a :class:`Subscriber` (a SUB). Endpoints are ``ipc://`` sockets in
+the session's runtime directory, or TCP on loopback where the config asks for
+it (or where ``ipc://`` is unavailable, or ``RIGPIPE_TRANSPORT=tcp`` forces it).
+
+Nothing that arrives on the ROUTER can raise out of :meth:`Server.receive`:
+a malformed frame comes back as a :class:`~pipeline.errors.ProtocolError`
+next to the sender's identity, so the supervisor can answer and count it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import zmq
+
+from pipeline import messages
+from pipeline.errors import BusTimeout, ProtocolError, RequestFailed
+from pipeline.messages import Message
+
+#: Longest ``ipc://`` path libzmq accepts on Linux (sun_path is 108 bytes with the NUL).
+MAX_IPC_PATH = 107
+_TRANSPORTS = ("auto", "ipc", "tcp")
+
+
+class Endpoints(msgspec.Struct, frozen=True):
+    """Where a session's supervisor listens: ``control`` (ROUTER) and ``events`` (PUB)."""
+
+    control: str
+    events: str
+
+
+def transport_from_env(configured: str) -> str:
+    """The transport to use: ``RIGPIPE_TRANSPORT`` overrides the config; ``auto`` picks one."""
+    chosen = os.environ.get("RIGPIPE_TRANSPORT", configured) or "auto"
+    if chosen not in _TRANSPORTS:
+        raise ValueError(f"RIGPIPE_TRANSPORT={chosen!r}; use one of {', '.join(_TRANSPORTS)}")
+    if chosen == "auto":
+        return "ipc" if zmq.has("ipc") and os.name == "posix" else "tcp"
+    return chosen
+
+
+def ipc_endpoints(runtime_dir: Path) -> Endpoints:
+    """``ipc://`` endpoints inside ``runtime_dir``; ValueError if the path is too long."""
+    control = runtime_dir / "control.sock"
+    if len(str(control)) > MAX_IPC_PATH - 2:
+        raise ValueError(
+            f"runtime directory {str(runtime_dir)!r} is too long for an ipc:// socket "
+            f"(at most {MAX_IPC_PATH - 14} characters); choose a shorter session.runtime_dir"
+        )
+    return Endpoints(f"ipc://{control}", f"ipc://{runtime_dir / 'events.sock'}")
+
+
+def _socket(kind: int) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    return sock
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind; a TCP port 0 means any free port. Returns the endpoint actually bound."""
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        port = sock.bind_to_random_port(endpoint.rsplit(":", 1)[0])
+        return f"{endpoint.rsplit(':', 1)[0]}:{port}"
+    sock.bind(endpoint)
+    return endpoint
+
+
+class Server:
+    """The supervisor's ROUTER (requests, replies) and PUB (events)."""
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        self._router = _socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone peer raises, not lost
+        self._pub = _socket(zmq.PUB)
+        try:
+            control = _bind(self._router, endpoints.control)
+            events = _bind(self._pub, endpoints.events)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise OSError(f"cannot bind the control plane ({endpoints}): {exc}") from exc
+        self.endpoints = Endpoints(control, events)
+        self._poller = zmq.Poller()
+        self._poller.register(self._router, zmq.POLLIN)
+
+    def receive(self, timeout_s: float) -> list[tuple[bytes, Message | ProtocolError]]:
+        """Every message waiting (after up to ``timeout_s`` for the first), with its sender."""
+        received: list[tuple[bytes, Message | ProtocolError]] = []
+        if not self._poller.poll(max(0, int(timeout_s * 1000))):
+            return received
+        while len(received) < 1000:
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            identity, payload = frames[0], frames[1:]
+            if len(payload) != 1:
+                error = ProtocolError(
+                    f"expected one message frame after the identity, got {len(payload)}"
+                )
+                received.append((identity, error))
+                continue
+            try:
+                received.append((identity, messages.decode(payload[0])))
+            except ProtocolError as exc:
+                received.append((identity, exc))
+        return received
+
+    def send(self, identity: bytes, message: Message) -> bool:
+        """Send to one peer; False if that peer is gone or not keeping up."""
+        try:
+            self._router.send_multipart([identity, messages.encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH (peer gone) or EAGAIN (its queue is full)
+            return False
+        return True
+
+    def publish(self, event: Message) -> None:
+        """Broadcast an event under its topic (see :func:`pipeline.messages.topic`)."""
+        frames = [messages.topic(event).encode(), messages.encode(event)]
+        try:
+            self._pub.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # PUB drops for slow subscribers by design; nothing waits on an event
+
+    def close(self) -> None:
+        self._router.close(linger=0)
+        self._pub.close(linger=0)
+
+
+class Client:
+    """A DEALER connected to a supervisor: requests with timeouts, or raw sends for workers."""
+
+    def __init__(self, endpoints: Endpoints, timeout_s: float = 5.0, identity: str = "") -> None:
+        self.endpoints = endpoints
+        self.timeout_s = timeout_s
+        self._sock = _socket(zmq.DEALER)
+        if identity:
+            self._sock.setsockopt(zmq.ROUTING_ID, identity.encode())
+        self._sock.connect(endpoints.control)
+        self._ids = itertools.count(1)
+
+    def request(self, message: Message, timeout_s: float | None = None) -> Message:
+        """Send ``message`` and return its reply; raise on ``Error`` replies and timeouts."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        request_id = next(self._ids)
+        self.send(msgspec.structs.replace(message, request_id=request_id))
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            reply = self.receive(remaining)
+            if reply is None or getattr(reply, "request_id", None) != request_id:
+                continue  # a late reply to an earlier request that timed out
+            if isinstance(reply, messages.Error):
+                raise RequestFailed(reply.text)
+            return reply
+        raise BusTimeout(
+            f"no reply from the supervisor at {self.endpoints.control} within {timeout_s:g} s; "
+            "is the rig running? (`rigpipe status` checks)"
+        )
+
+    def send(self, message: Message) -> None:
+        """Send without waiting for anything (workers' heartbeats and replies)."""
+        try:
+            self._sock.send(messages.encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # nobody connected yet or the supervisor is not reading: heartbeats retry
+
+    def receive(self, timeout_s: float = 0.0) -> Message | None:
+        """The next message from the supervisor, or None after ``timeout_s``."""
+        if not self._sock.poll(max(0, int(timeout_s * 1000))):
+            return None
+        raw = self._sock.recv()
+        return messages.decode(raw)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Subscriber:
+    """A SUB socket on a session's events, filtered by topic prefix (``""`` = everything)."""
+
+    endpoints: Endpoints
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self._sock = _socket(zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, self.prefix.encode())
+        self._sock.connect(self.endpoints.events)
+
+    def receive(self, timeout_s: float) -> tuple[str, Message] | None:
+        """The next event as ``(topic, message)``, or None after ``timeout_s``."""
+        if not self._sock.poll(max(0, int(timeout_s * 1000))):
+            return None
+        topic, payload = self._sock.recv_multipart()
+        return topic.decode(), messages.decode(payload)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,294 @@
+"""The config file: schema, loading, and validation of the whole rig before anything starts.
+
+A config is TOML that mirrors the Structs below (see ``configs/README.md`` for
+every option)::
+
+    [session]
+    name = "demo"
+
+    [[workers]]
+    name = "acq"
+    kind = "acquisition"
+    [workers.parameters]
+    channels = 64
+
+:func:`load` reads and checks everything: the TOML syntax, every field's type
+and range, unknown keys, each worker's own parameters (against its kind's
+``Settings``), duplicate names, and that every stream a worker reads is
+written by another one. Any mistake is one :class:`ConfigError` naming the
+file, the field path and what is allowed there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import msgspec
+
+from pipeline.errors import ConfigError
+from pipeline.naming import _PART
+from pipeline.worker import Worker
+
+PositiveS = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class SessionConfig(_Table, kw_only=True):
+    """``[session]``: the rig as a whole."""
+
+    name: str = "default"
+    runtime_dir: str = ""  # sockets and worker logs; default $XDG_RUNTIME_DIR/rigpipe/<name>
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    recordings_dir: str = "recordings"
+    stop_timeout_s: PositiveS = 5.0
+
+
+class ControlConfig(_Table, kw_only=True):
+    """``[control]``: the ZeroMQ control plane."""
+
+    transport: Literal["auto", "ipc", "tcp"] = "auto"
+    host: str = "127.0.0.1"
+    control_port: Port = 0  # 0 = any free port
+    events_port: Port = 0
+    heartbeat_interval_s: PositiveS = 0.25
+    heartbeat_timeout_s: PositiveS = 2.0
+    request_timeout_s: PositiveS = 5.0
+
+
+class WorkerConfig(_Table, kw_only=True):
+    """``[[workers]]``: one worker process."""
+
+    name: str
+    kind: str
+    restart: Literal["always", "on-failure", "never"] = "on-failure"
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    backoff_s: PositiveS = 0.5
+    backoff_max_s: PositiveS = 10.0
+    start_timeout_s: PositiveS = 15.0
+    parameters: dict[str, Any] = {}
+
+
+class Config(_Table, kw_only=True):
+    session: SessionConfig = SessionConfig()
+    control: ControlConfig = ControlConfig()
+    workers: Annotated[list[WorkerConfig], msgspec.Meta(min_length=1)]
+
+
+@dataclass
+class WorkerPlan:
+    """A worker as the supervisor will run it: its config, class, settings and streams."""
+
+    config: WorkerConfig
+    worker_class: type[Worker]
+    settings: msgspec.Struct
+    outputs: list[str]  # session-relative stream names it writes ("acq/continuous")
+    inputs: list[str]  # session-relative stream names it reads
+    level: int = 0  # start order: 0 = no inputs; readers start after their writers
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class RigConfig:
+    """A loaded, fully validated config file."""
+
+    path: Path
+    text: str
+    config: Config
+    workers: list[WorkerPlan] = field(default_factory=list)
+
+    @property
+    def session(self) -> SessionConfig:
+        return self.config.session
+
+    @property
+    def control(self) -> ControlConfig:
+        return self.config.control
+
+    def worker(self, name: str) -> WorkerPlan:
+        for plan in self.workers:
+            if plan.name == name:
+                return plan
+        raise KeyError(name)
+
+
+def load(path: str | Path) -> RigConfig:
+    """Read and validate the config at ``path``; :class:`ConfigError` on any mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read the config file: {exc.strerror}") from None
+    return loads(text, str(path))
+
+
+def loads(text: str, where: str = "<config>") -> RigConfig:
+    """Validate config ``text``; ``where`` names it in errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, "", f"not valid TOML: {exc}") from None
+    config = _convert(raw, Config, where, "")
+    rig = RigConfig(Path(where), text, config)
+    _check_name(config.session.name, where, "session.name")
+    seen: dict[str, int] = {}
+    for index, worker in enumerate(config.workers):
+        at = f"workers[{index}]"
+        _check_name(worker.name, where, f"{at}.name")
+        if worker.name in seen:
+            raise ConfigError(
+                where,
+                f"{at}.name",
+                f"worker name {worker.name!r} is already used by workers[{seen[worker.name]}]; "
+                "each worker needs its own name",
+            )
+        seen[worker.name] = index
+        if worker.backoff_max_s < worker.backoff_s:
+            raise ConfigError(where, f"{at}.backoff_max_s", "must be at least backoff_s")
+        rig.workers.append(_plan(worker, where, at))
+    _check_streams(rig, where)
+    _order(rig, where)
+    return rig
+
+
+def _plan(worker: WorkerConfig, where: str, at: str) -> WorkerPlan:
+    cls = resolve_kind(worker.kind, where, f"{at}.kind")
+    settings = _convert(worker.parameters, cls.Settings, where, f"{at}.parameters")
+    try:
+        cls.check(settings)
+    except ValueError as exc:
+        raise ConfigError(where, f"{at}.parameters", str(exc)) from None
+    outputs = [f"{worker.name}/{port}" for port in cls.outputs(settings)]
+    return WorkerPlan(worker, cls, settings, outputs, list(cls.inputs(settings)))
+
+
+def known_kinds() -> list[str]:
+    """The worker kinds shipped in the ``workers`` package."""
+    import workers
+
+    return sorted(m.name for m in pkgutil.iter_modules(workers.__path__) if m.ispkg)
+
+
+def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[Worker]:
+    """The Worker class of ``kind``: a name from ``workers/`` or a dotted module path."""
+    module_name = kind if "." in kind else f"workers.{kind}"
+    allowed = ", ".join(known_kinds()) + ", or a dotted module path that defines WORKER"
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", kind):
+        raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
+        raise ConfigError(where, at, f"worker kind {kind!r} needs a missing package: {exc}")
+    cls = getattr(module, "WORKER", None)
+    if not (isinstance(cls, type) and issubclass(cls, Worker)):
+        raise ConfigError(where, at, f"module {module_name} has no WORKER (a Worker subclass)")
+    return cls
+
+
+def _check_name(name: str, where: str, at: str) -> None:
+    if not _PART.fullmatch(name):
+        raise ConfigError(
+            where, at, f"{name!r} is not a valid name; use letters, digits, '_', '.' or '-'"
+        )
+
+
+def _check_streams(rig: RigConfig, where: str) -> None:
+    written = {stream: plan.name for plan in rig.workers for stream in plan.outputs}
+    for index, plan in enumerate(rig.workers):
+        for stream in plan.inputs:
+            if stream not in written:
+                known = ", ".join(sorted(written)) or "none"
+                raise ConfigError(
+                    where,
+                    f"workers[{index}].parameters",
+                    f"worker {plan.name!r} reads stream {stream!r}, which no worker writes; "
+                    f"streams this config writes: {known}",
+                )
+
+
+def _order(rig: RigConfig, where: str) -> None:
+    """Give each worker its start level: one more than the writers of what it reads."""
+    writer = {stream: plan for plan in rig.workers for stream in plan.outputs}
+    resolved: dict[str, int] = {}
+
+    def level(plan: WorkerPlan, path: tuple[str, ...]) -> int:
+        if plan.name in path:
+            cycle = " -> ".join((*path, plan.name))
+            raise ConfigError(where, "workers", f"workers read each other in a cycle: {cycle}")
+        if plan.name not in resolved:
+            sources = [writer[s] for s in plan.inputs]
+            resolved[plan.name] = max(
+                (level(w, (*path, plan.name)) + 1 for w in sources), default=0
+            )
+        return resolved[plan.name]
+
+    for plan in rig.workers:
+        plan.level = level(plan, ())
+
+
+_ERROR_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _convert(raw: Any, schema: type, where: str, prefix: str) -> Any:
+    """msgspec.convert, with validation errors turned into ConfigError with a field path."""
+    try:
+        return msgspec.convert(raw, schema, strict=True)
+    except msgspec.ValidationError as exc:
+        match = _ERROR_AT.match(str(exc))
+        assert match is not None  # the pattern matches any string
+        sub_path = (match["path"] or "").lstrip(".")
+        full = ".".join(p for p in (prefix, sub_path) if p).replace(".[", "[")
+        problem = match["problem"]
+        hint = _allowed(schema, sub_path, problem)
+        raise ConfigError(where, full, problem + (f"; allowed: {hint}" if hint else "")) from None
+
+
+def _allowed(schema: Any, path: str, problem: str) -> str:
+    """What would be accepted at ``path`` of ``schema`` (field names or literal values)."""
+    target = schema
+    for part in [p for p in re.split(r"\.|\[\d+\]", path) if p]:
+        target = _field_type(target, part)
+        if target is None:
+            return ""
+    if "unknown field" in problem or "missing required field" in problem:
+        target = _unwrap(target)
+        if isinstance(target, type) and issubclass(target, msgspec.Struct):
+            return ", ".join(f.encode_name for f in msgspec.structs.fields(target))
+        return ""
+    values = _literal_values(target)
+    return ", ".join(repr(v) for v in values) if values else ""
+
+
+def _unwrap(schema: Any) -> Any:
+    while get_origin(schema) in (list, Annotated):
+        schema = get_args(schema)[0]
+    return schema
+
+
+def _field_type(schema: Any, name: str) -> Any:
+    schema = _unwrap(schema)
+    if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
+        for f in msgspec.structs.fields(schema):
+            if f.encode_name == name:
+                return f.type
+    return None
+
+
+def _literal_values(schema: Any) -> tuple[Any, ...]:
+    while get_origin(schema) is Annotated:
+        schema = get_args(schema)[0]
+    return get_args(schema) if get_origin(schema) is Literal else ()

@@ -1,0 +1,284 @@
+"""Every control-plane message, as msgspec Structs in one tagged union.
+
+On the wire a message is msgpack: a map whose ``type`` field names the
+message (``{"type": "status", "request_id": 7}``). :func:`decode` returns a
+typed object or raises :class:`~pipeline.errors.ProtocolError`; it never
+raises anything else, whatever bytes it is given.
+
+Requests are imperative (``StartWorker``), events past tense
+(``WorkerRestarted``). A request carries a ``request_id`` that its reply
+echoes. Events travel on the PUB socket under topics ``worker.<name>.<event>``
+or ``session.<event>``. New fields get defaults, so an older client can still
+talk to a newer supervisor; a change that breaks that bumps
+:data:`PROTOCOL_VERSION`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from pipeline.errors import ProtocolError
+
+#: Sent in ``Hello``; the supervisor refuses a peer with another version.
+PROTOCOL_VERSION = 1
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class Message(msgspec.Struct, tag_field="type", tag=_snake, frozen=True, kw_only=True):
+    """Base of every control-plane message."""
+
+
+# -- requests (client or worker -> supervisor) ----------------------------------------------------
+class Hello(Message, kw_only=True):
+    """First message of a worker: who it is. The supervisor answers ``Ok`` or ``Error``."""
+
+    request_id: int = 0
+    protocol_version: int = PROTOCOL_VERSION
+    worker: str = ""
+    pid: int = 0
+
+
+class Status(Message, kw_only=True):
+    """Ask for a ``StatusReply``: workers, streams, lags, counters."""
+
+    request_id: int = 0
+
+
+class ListStreams(Message, kw_only=True):
+    """Ask for a ``StreamsReply``: the session's streams by full name."""
+
+    request_id: int = 0
+
+
+class StartWorker(Message, kw_only=True):
+    """Start a worker that is stopped, failed or waiting in backoff."""
+
+    request_id: int = 0
+    worker: str
+
+
+class StopWorker(Message, kw_only=True):
+    """Stop a worker and keep it stopped (its restart policy is suspended)."""
+
+    request_id: int = 0
+    worker: str
+
+
+class RestartWorker(Message, kw_only=True):
+    """Stop a worker and start it again at once (counted as a restart)."""
+
+    request_id: int = 0
+    worker: str
+
+
+class SetParameter(Message, kw_only=True):
+    """Change one of a worker's settable parameters while it runs."""
+
+    request_id: int = 0
+    worker: str
+    name: str
+    value: Any
+
+
+class Annotate(Message, kw_only=True):
+    """A free-text comment, time-stamped by the supervisor and broadcast as ``Annotated``."""
+
+    request_id: int = 0
+    text: str
+
+
+class Shutdown(Message, kw_only=True):
+    """Stop the whole session in order, as Ctrl-C does."""
+
+    request_id: int = 0
+
+
+# -- worker -> supervisor -------------------------------------------------------------------------
+class ReaderReport(Message, kw_only=True):
+    """A lossless reader inside a worker: where its cursor is on a stream."""
+
+    stream: str
+    cursor: int
+    dropped: int = 0
+
+
+class Heartbeat(Message, kw_only=True):
+    """Sent by every worker each heartbeat interval; answered with ``HeartbeatAck``."""
+
+    worker: str
+    pid: int
+    ready: bool = False
+    counters: dict[str, float] = {}
+    readers: list[ReaderReport] = []
+
+
+class Report(Message, kw_only=True):
+    """Something a worker wants the session to know (a warning, a drop); published as an event."""
+
+    worker: str
+    level: str = "info"
+    text: str
+
+
+# -- supervisor -> worker -------------------------------------------------------------------------
+class HeartbeatAck(Message, kw_only=True):
+    """The supervisor is alive; a worker that stops getting these exits."""
+
+
+class Stop(Message, kw_only=True):
+    """Ask a worker to finish its work (drain, close files) and exit 0."""
+
+    request_id: int = 0
+
+
+# -- replies --------------------------------------------------------------------------------------
+class Ok(Message, kw_only=True):
+    """A request succeeded; ``detail`` says what happened."""
+
+    request_id: int = 0
+    detail: str = ""
+
+
+class Error(Message, kw_only=True):
+    """A request failed or could not be decoded; ``text`` says why and what to do."""
+
+    request_id: int = 0
+    text: str
+
+
+class WorkerStatus(Message, kw_only=True):
+    name: str
+    kind: str
+    state: str
+    pid: int = 0
+    restarts: int = 0
+    uptime_s: float = 0.0
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    heartbeat_age_s: float | None = None
+    exit_code: int | None = None
+    counters: dict[str, float] = {}
+
+
+class ReaderLag(Message, kw_only=True):
+    worker: str
+    cursor: int
+    lag: int
+    dropped: int = 0
+
+
+class StreamStatus(Message, kw_only=True):
+    stream: str
+    writer: str
+    generation: int = 0
+    sample_rate: float = 0.0
+    write_cursor: int = 0
+    rate_hz: float = 0.0
+    writer_alive: bool = False
+    readers: list[ReaderLag] = []
+
+
+class StatusReply(Message, kw_only=True):
+    request_id: int = 0
+    session: str
+    uptime_s: float
+    state: str
+    workers: list[WorkerStatus] = []
+    streams: list[StreamStatus] = []
+    bad_messages: int = 0
+
+
+class StreamsReply(Message, kw_only=True):
+    request_id: int = 0
+    streams: list[StreamStatus] = []
+
+
+# -- events (PUB) ---------------------------------------------------------------------------------
+class WorkerStateChanged(Message, kw_only=True):
+    worker: str
+    state: str
+    pid: int = 0
+    exit_code: int | None = None
+    detail: str = ""
+
+
+class WorkerRestarted(Message, kw_only=True):
+    worker: str
+    restarts: int
+    reason: str
+    pid: int = 0
+
+
+class ParameterChanged(Message, kw_only=True):
+    worker: str
+    name: str
+    value: Any
+
+
+class Annotated(Message, kw_only=True):
+    text: str
+    time_ns: int  # wall clock, ns since the epoch
+    monotonic_ns: int  # the supervisor's monotonic clock, the clock ring timestamps use
+
+
+class Reported(Message, kw_only=True):
+    worker: str
+    level: str
+    text: str
+
+
+class SessionStateChanged(Message, kw_only=True):
+    session: str
+    state: str
+
+
+Request = Hello | Status | ListStreams | StartWorker | StopWorker | RestartWorker
+AnyMessage = (
+    Request
+    | SetParameter
+    | Annotate
+    | Shutdown
+    | Heartbeat
+    | Report
+    | HeartbeatAck
+    | Stop
+    | Ok
+    | Error
+    | StatusReply
+    | StreamsReply
+    | WorkerStateChanged
+    | WorkerRestarted
+    | ParameterChanged
+    | Annotated
+    | Reported
+    | SessionStateChanged
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(message: Message) -> bytes:
+    """msgpack bytes of ``message``."""
+    return _encoder.encode(message)
+
+
+def decode(raw: bytes) -> Message:
+    """The message in ``raw``, or :class:`ProtocolError` saying what is wrong with it."""
+    try:
+        return _decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise ProtocolError(f"not a rigpipe message ({len(raw)} bytes): {exc}") from None
+
+
+def topic(message: Message) -> str:
+    """The PUB topic of an event: ``worker.<name>.<event>`` or ``session.<event>``."""
+    tag = type(message).__struct_config__.tag
+    worker = getattr(message, "worker", None)
+    return f"worker.{worker}.{tag}" if worker else f"session.{tag}"

@@ -1,0 +1,221 @@
+"""One configured worker and the OS process currently running it.
+
+:class:`WorkerProcess` is the supervisor's record of a worker: its state, its
+process (spawned as ``python -m pipeline.worker SPEC`` in a new process
+group, output appended to ``<runtime_dir>/logs/<worker>.log``), its last
+heartbeat, and the restart policy's arithmetic (consecutive failures,
+exponential backoff with a cap). The supervisor drives it; this module does
+not talk to the bus.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import psutil
+
+from pipeline import messages
+from pipeline.config import WorkerPlan
+from pipeline.segments import process_identity
+from pipeline.worker import WorkerSpec
+
+_TAIL_BYTES = 2000
+
+
+class WorkerState(enum.StrEnum):
+    STOPPED = "stopped"  # not running, and not going to be restarted (never started, or held)
+    STARTING = "starting"  # process spawned, setup() not finished
+    RUNNING = "running"  # ready heartbeat received
+    STOPPING = "stopping"  # asked to stop; waiting for it to exit
+    BACKOFF = "backoff"  # exited; waiting to be restarted
+    FAILED = "failed"  # exited and not restarted (policy, or too many restarts)
+    EXITED = "exited"  # exited with code 0 and the policy does not restart it
+
+
+@dataclass
+class WorkerProcess:
+    plan: WorkerPlan
+    spec: WorkerSpec
+    log_path: Path
+    state: WorkerState = WorkerState.STOPPED
+    popen: subprocess.Popen[bytes] | None = None
+    ps: psutil.Process | None = None
+    identity: bytes | None = None  # its DEALER's routing id on the supervisor's ROUTER
+    started_at: float = 0.0
+    last_heartbeat: float | None = None
+    restarts: int = 0
+    failures: int = 0  # consecutive; reset after a run longer than backoff_max_s
+    restart_at: float | None = None
+    stop_deadline: float | None = None
+    kill_stage: int = 0  # 0 = asked by message, 1 = SIGTERM sent, 2 = SIGKILL sent
+    exit_code: int | None = None
+    held: bool = False  # stopped by request: the restart policy is suspended
+    expected_exit: bool = False  # the supervisor asked it to stop (no failure)
+    reason: str = ""  # why it last exited or was killed, for the restart event
+    counters: dict[str, float] = field(default_factory=dict)
+    readers: list[messages.ReaderReport] = field(default_factory=list)
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid if self.popen is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def spawn(self) -> None:
+        """Start a new process for this worker (state STARTING)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
+        )
+        argv = [sys.executable, "-m", "pipeline.worker", msgspec.json.encode(self.spec).decode()]
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                **_new_group(),
+            )
+        try:
+            self.ps = psutil.Process(self.popen.pid)
+            self.ps.cpu_percent(None)  # first call primes the counter
+        except psutil.NoSuchProcess:
+            self.ps = None
+        self.state = WorkerState.STARTING
+        self.started_at = time.monotonic()
+        self.last_heartbeat = None
+        self.identity = None
+        self.exit_code = None
+        self.expected_exit = False
+        self.reason = ""
+        self.kill_stage = 0
+        self.stop_deadline = None
+        self.counters = {}
+        self.readers = []
+
+    def identity_now(self) -> tuple[int, int] | None:
+        """(pid, start_ms) of the running process, for the discovery file."""
+        if not self.alive:
+            return None
+        try:
+            return process_identity(self.pid)
+        except psutil.NoSuchProcess:
+            return None
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the worker's whole process group (it may have children)."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            if os.name == "posix":
+                os.killpg(self.popen.pid, sig)
+            elif sig == signal.SIGTERM:
+                self.popen.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+            else:
+                self.popen.kill()
+        except (ProcessLookupError, PermissionError):
+            pass  # exited between the check and the signal
+
+    def escalate(self, now: float, grace_s: float) -> None:
+        """Stop a worker that ignores Stop: SIGTERM at the deadline, SIGKILL 2 s later."""
+        if self.stop_deadline is None or now < self.stop_deadline:
+            return
+        if self.kill_stage == 0:
+            self.signal(signal.SIGTERM)
+            self.kill_stage, self.stop_deadline = 1, now + min(grace_s, 2.0)
+        elif self.kill_stage == 1:
+            self.signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+            self.kill_stage, self.stop_deadline = 2, None
+
+    def reap(self) -> int | None:
+        """The exit code if the process has exited since the last call, else None."""
+        if self.popen is None or self.exit_code is not None:
+            return None
+        code = self.popen.poll()
+        if code is None:
+            return None
+        self.exit_code = code
+        return code
+
+    def uptime_s(self, now: float) -> float:
+        return now - self.started_at if self.alive else 0.0
+
+    def next_restart(self, now: float, ran_s: float) -> float | None:
+        """Schedule a restart after a failure: the delay, or None if the policy gives up."""
+        cfg = self.plan.config
+        if ran_s >= cfg.backoff_max_s:
+            self.failures = 0  # it ran for a good while: this is a fresh failure
+        self.failures += 1
+        if self.failures > cfg.max_restarts:
+            return None
+        delay = min(cfg.backoff_s * 2 ** (self.failures - 1), cfg.backoff_max_s)
+        self.restart_at = now + delay
+        return delay
+
+    def should_restart(self, code: int) -> bool:
+        policy = self.plan.config.restart
+        return not self.held and (policy == "always" or (policy == "on-failure" and code != 0))
+
+    def log_tail(self) -> str:
+        """The last lines of the worker's log, to explain a crash."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-8:])
+
+    def sample_usage(self) -> None:
+        """CPU % since the previous sample and resident memory, from psutil."""
+        self.cpu_percent, self.rss_bytes = 0.0, 0
+        if self.ps is not None and self.alive:
+            try:
+                with self.ps.oneshot():
+                    self.cpu_percent = self.ps.cpu_percent(None)
+                    self.rss_bytes = self.ps.memory_info().rss
+            except psutil.Error:
+                pass  # exited while we looked; the next tick reaps it
+
+    def status(self, now: float) -> messages.WorkerStatus:
+        age = None if self.last_heartbeat is None else now - self.last_heartbeat
+        return messages.WorkerStatus(
+            name=self.name,
+            kind=self.plan.config.kind,
+            state=str(self.state),
+            pid=self.pid if self.alive else 0,
+            restarts=self.restarts,
+            uptime_s=self.uptime_s(now),
+            cpu_percent=self.cpu_percent,
+            rss_bytes=self.rss_bytes,
+            heartbeat_age_s=age,
+            exit_code=self.exit_code,
+            counters=self.counters,
+        )
+
+
+def _new_group() -> dict[str, object]:
+    """Popen arguments that put the child in its own process group (Ctrl-C reaches only us)."""
+    if os.name == "posix":
+        return {"start_new_session": True}
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]

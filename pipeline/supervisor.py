@@ -1,0 +1,648 @@
+"""The supervisor: runs a session's workers, watches them, restarts them, stops them in order.
+
+One loop, one thread. Each tick (50 ms) it answers what arrived on the
+ROUTER, reaps exited workers, checks heartbeats and start deadlines, starts
+workers whose backoff has elapsed, advances a start-up or shutdown that is
+under way, and samples stream cursors and psutil figures.
+
+- Start: workers start level by level (a reader after the writers of what it
+  reads); a level starts when every worker of the previous one is ready.
+- Restart: per policy (``always``, ``on-failure``, ``never``) with
+  exponential backoff from ``backoff_s`` to ``backoff_max_s``; after
+  ``max_restarts`` consecutive failures the worker is left FAILED. A worker
+  that stops heartbeating for ``heartbeat_timeout_s`` is killed and counts
+  as failed.
+- Stop (Ctrl-C, SIGTERM, ``rigpipe stop``, ``--duration``): sources first,
+  then the readers of their streams (which drain what is left), then the
+  rest; each gets ``Stop``, then SIGTERM, then SIGKILL. A second Ctrl-C kills
+  everything at once. Finally every segment of the session's streams is
+  unlinked and the discovery file removed.
+- Nothing that arrives on a socket can stop it: undecodable or unexpected
+  messages are answered with ``Error`` and counted in ``bad_messages``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pipeline import bus, messages, segments, session
+from pipeline.config import RigConfig
+from pipeline.errors import ProtocolError, SessionRunning
+from pipeline.messages import Message
+from pipeline.process import WorkerProcess, WorkerState
+from pipeline.worker import WorkerSpec
+
+log = logging.getLogger("rigpipe.supervisor")
+TICK_S = 0.05
+SAMPLE_S = 1.0
+FORWARD_TIMEOUT_S = 3.0
+_ALIVE = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
+
+
+@dataclass
+class _Forwarded:
+    """A request passed on to a worker, waiting for its reply."""
+
+    client: bytes
+    request_id: int
+    message: messages.SetParameter
+    deadline: float
+
+
+class Supervisor:
+    """Runs the session described by ``rig`` until it is stopped.
+
+    ``on_event(text)`` receives one human-readable line per event;
+    ``on_tick(status)`` receives a :class:`~pipeline.messages.StatusReply`
+    about once a second (``rigpipe run`` draws its table from it).
+    """
+
+    def __init__(
+        self,
+        rig: RigConfig,
+        on_event: Callable[[str], None] | None = None,
+        on_tick: Callable[[messages.StatusReply], None] | None = None,
+    ) -> None:
+        self.rig = rig
+        self.name = rig.session.name
+        self.on_event = on_event or (lambda text: log.info("%s", text))
+        self.on_tick = on_tick
+        self.streams = {
+            f"{self.name}/{stream}": plan.name for plan in rig.workers for stream in plan.outputs
+        }
+        self.state = "starting"
+        self.bad_messages = 0
+        self.workers: dict[str, WorkerProcess] = {}
+        self._levels = sorted({plan.level for plan in rig.workers})
+        self._started_levels = 0
+        self._stop_groups: list[list[WorkerProcess]] = []
+        self._stopping_group: list[WorkerProcess] = []
+        self._stop_requested: str | None = None
+        self._forced = False
+        self._killed_any = False
+        self._forwarded: dict[int, _Forwarded] = {}
+        self._ids = itertools.count(1)
+        self._rates: dict[str, tuple[float, int, float]] = {}
+        self._stream_states: dict[str, segments.StreamState] = {}
+        self._next_sample = 0.0
+        self._t0 = time.monotonic()
+        self.server: bus.Server | None = None
+
+    # -- session lifecycle ----------------------------------------------------------------------
+    def run(self, duration_s: float | None = None) -> int:
+        """Run until stopped; 0 after an ordered stop, 1 if a worker had to be killed."""
+        existing = session.read(self.name)
+        if existing is not None and existing.alive:
+            raise SessionRunning(
+                f"session {self.name!r} is already running (supervisor pid {existing.pid}); "
+                f"stop it with `rigpipe stop --session {self.name}` or rename this session"
+            )
+        for line in session.clean_stale(self.name):
+            self.on_event(f"cleaned up after a supervisor that died: {line}")
+        self.runtime_dir = session.runtime_dir(self.name, self.rig.session.runtime_dir)
+        self.server = bus.Server(self._endpoints())
+        self._make_workers()
+        previous = self._install_signals()
+        try:
+            self._write_discovery()
+            self.on_event(
+                f"session {self.name!r} up: control {self.server.endpoints.control}, "
+                f"logs in {self.runtime_dir / 'logs'}"
+            )
+            deadline = None if duration_s is None else time.monotonic() + duration_s
+            while self.state != "stopped":
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.request_stop(f"--duration {duration_s:g} s elapsed")
+                    deadline = None
+                self.tick()
+        finally:
+            self._kill_all()
+            self._restore_signals(previous)
+            self._cleanup()
+        return 1 if self._killed_any else 0
+
+    def _endpoints(self) -> bus.Endpoints:
+        control = self.rig.control
+        if bus.transport_from_env(control.transport) == "ipc":
+            return bus.ipc_endpoints(self.runtime_dir)
+        host = control.host
+        return bus.Endpoints(
+            f"tcp://{host}:{control.control_port}", f"tcp://{host}:{control.events_port}"
+        )
+
+    def _make_workers(self) -> None:
+        assert self.server is not None
+        for plan in self.rig.workers:
+            spec = WorkerSpec(
+                session=self.name,
+                name=plan.name,
+                kind=plan.worker_class.__module__,
+                parameters=plan.config.parameters,
+                endpoints=self.server.endpoints,
+                supervisor_pid=os.getpid(),
+                heartbeat_interval_s=self.rig.control.heartbeat_interval_s,
+                heartbeat_timeout_s=self.rig.control.heartbeat_timeout_s,
+                log_level=self.rig.session.log_level,
+                recordings_dir=str(Path(self.rig.session.recordings_dir).resolve()),
+            )
+            log_path = self.runtime_dir / "logs" / f"{plan.name}.log"
+            self.workers[plan.name] = WorkerProcess(plan, spec, log_path)
+
+    def _write_discovery(self) -> None:
+        assert self.server is not None
+        identities = {n: i for n, w in self.workers.items() if (i := w.identity_now()) is not None}
+        pid, start_ms = segments.process_identity()
+        session.write(
+            session.Discovery(
+                session=self.name,
+                pid=pid,
+                start_ms=start_ms,
+                endpoints=self.server.endpoints,
+                runtime_dir=str(self.runtime_dir),
+                config_path=str(self.rig.path.resolve()),
+                recordings_dir=str(Path(self.rig.session.recordings_dir).resolve()),
+                started_at=session.now_iso(),
+                streams=sorted(self.streams),
+                workers=identities,
+            )
+        )
+
+    def _install_signals(self) -> dict[int, Any]:
+        def on_signal(signum: int, frame: object) -> None:
+            if self._stop_requested is None:
+                self._stop_requested = signal.Signals(signum).name
+            else:
+                self._forced = True
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def request_stop(self, reason: str) -> None:
+        """Begin the ordered stop (idempotent)."""
+        if self._stop_requested is None:
+            self._stop_requested = reason
+
+    def _kill_all(self) -> None:
+        """SIGKILL whatever still runs (a forced stop, or an error in the loop)."""
+        alive = [w for w in self.workers.values() if w.alive]
+        for worker in alive:
+            worker.signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+            self._killed_any = True
+        for worker in alive:
+            with contextlib.suppress(Exception):
+                assert worker.popen is not None
+                worker.popen.wait(5)
+
+    def _cleanup(self) -> None:
+        removed = segments.sweep(streams=list(self.streams))
+        if removed:
+            self.on_event(f"unlinked {len(removed)} segment(s) the workers left behind")
+        if self.server is not None:
+            self.server.close()
+        for endpoint in (self.server.endpoints.control, self.server.endpoints.events):
+            if endpoint.startswith("ipc://"):
+                Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+        session.remove(self.name)
+        self.on_event(f"session {self.name!r} stopped")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def tick(self) -> None:
+        assert self.server is not None
+        for identity, message in self.server.receive(TICK_S):
+            self._dispatch(identity, message)
+        now = time.monotonic()
+        for worker in self.workers.values():
+            self._watch(worker, now)
+        self._expire_forwarded(now)
+        if self._forced:
+            self.on_event("second interrupt: killing every worker now")
+            self._kill_all()
+            self.state = "stopped"
+            return
+        if self._stop_requested is not None and self.state in ("starting", "running"):
+            self._begin_stop(self._stop_requested)
+        if self.state == "starting":
+            self._advance_start()
+        elif self.state == "stopping":
+            self._advance_stop(now)
+        if now >= self._next_sample:
+            self._next_sample = now + SAMPLE_S
+            self._sample(now)
+
+    def _advance_start(self) -> None:
+        if self._started_levels:
+            level = self._levels[self._started_levels - 1]
+            if any(
+                w.state is WorkerState.STARTING
+                for w in self.workers.values()
+                if w.plan.level == level
+            ):
+                return
+        if self._started_levels == len(self._levels):
+            self.state = "running"
+            self._publish(messages.SessionStateChanged(session=self.name, state="running"))
+            return
+        level = self._levels[self._started_levels]
+        self._started_levels += 1
+        for worker in self.workers.values():
+            if worker.plan.level == level:
+                self._spawn(worker)
+
+    def _spawn(self, worker: WorkerProcess) -> None:
+        worker.spawn()
+        self._write_discovery()
+        self._publish(
+            messages.WorkerStateChanged(worker=worker.name, state="starting", pid=worker.pid)
+        )
+
+    def _watch(self, worker: WorkerProcess, now: float) -> None:
+        code = worker.reap()
+        if code is not None:
+            self._exited(worker, code, now)
+            return
+        hb_timeout = self.rig.control.heartbeat_timeout_s
+        match worker.state:
+            case WorkerState.STARTING if (
+                now - worker.started_at > worker.plan.config.start_timeout_s
+            ):
+                self._kill(worker, f"not ready within {worker.plan.config.start_timeout_s:g} s")
+            case WorkerState.RUNNING if (
+                worker.last_heartbeat is not None and now - worker.last_heartbeat > hb_timeout
+            ):
+                self._kill(worker, f"no heartbeat for {now - worker.last_heartbeat:.1f} s")
+            case WorkerState.STOPPING:
+                worker.escalate(now, self.rig.session.stop_timeout_s)
+                self._killed_any |= worker.kill_stage >= 2
+            case WorkerState.BACKOFF if worker.restart_at is not None and now >= worker.restart_at:
+                reason, worker.restarts = worker.reason or "restart policy", worker.restarts + 1
+                self._spawn(worker)
+                self._publish(
+                    messages.WorkerRestarted(
+                        worker=worker.name, restarts=worker.restarts, reason=reason, pid=worker.pid
+                    )
+                )
+
+    def _kill(self, worker: WorkerProcess, reason: str) -> None:
+        self.on_event(f"worker {worker.name}: {reason}; killing it")
+        worker.reason = reason
+        worker.signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+
+    def _exited(self, worker: WorkerProcess, code: int, now: float) -> None:
+        ran_s = now - worker.started_at
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if worker.expected_exit or self.state in ("stopping", "stopped"):
+            restart = worker.state is WorkerState.STOPPING and not worker.held
+            worker.state = WorkerState.STOPPED
+            self._publish(
+                messages.WorkerStateChanged(
+                    worker=worker.name, state="stopped", exit_code=code, detail=how
+                )
+            )
+            if restart and self.state not in ("stopping", "stopped"):
+                worker.restarts += 1
+                self._spawn(worker)
+                self._publish(
+                    messages.WorkerRestarted(
+                        worker=worker.name,
+                        restarts=worker.restarts,
+                        reason="requested",
+                        pid=worker.pid,
+                    )
+                )
+            return
+        tail = worker.log_tail() if code != 0 else ""
+        worker.reason = f"{worker.reason}; {how}" if worker.reason else how
+        if worker.should_restart(code):
+            delay = worker.next_restart(now, ran_s)
+            if delay is None:
+                worker.state = WorkerState.FAILED
+                detail = f"{how}; gave up after {worker.plan.config.max_restarts} restarts"
+            else:
+                worker.state = WorkerState.BACKOFF
+                detail = f"{how}; restarting in {delay:g} s"
+        else:
+            worker.state = WorkerState.FAILED if code != 0 else WorkerState.EXITED
+            detail = f"{how}; restart policy {worker.plan.config.restart!r}"
+        self._publish(
+            messages.WorkerStateChanged(
+                worker=worker.name, state=str(worker.state), exit_code=code, detail=detail
+            )
+        )
+        if tail:
+            self.on_event(f"worker {worker.name} log ends with:\n{tail}")
+
+    def _begin_stop(self, reason: str) -> None:
+        self.on_event(f"stopping ({reason}): sources first, then readers, then the rest")
+        self.state = "stopping"
+        self._publish(messages.SessionStateChanged(session=self.name, state="stopping"))
+        levels = sorted({w.plan.level for w in self.workers.values()})
+        self._stop_groups = [
+            [w for w in self.workers.values() if w.plan.level == level] for level in levels
+        ]
+        for worker in self.workers.values():
+            if worker.state is WorkerState.BACKOFF:
+                worker.state = WorkerState.STOPPED
+        self._stop_next_group()
+
+    def _stop_next_group(self) -> None:
+        while self._stop_groups:
+            group = self._stop_groups.pop(0)
+            alive = [w for w in group if w.alive]
+            for worker in alive:
+                self._ask_to_stop(worker, hold=True)
+            if alive:
+                self._stopping_group = alive
+                return
+        self.state = "stopped"
+
+    def _advance_stop(self, now: float) -> None:
+        if not any(w.alive for w in self._stopping_group):
+            self._stop_next_group()
+
+    def _ask_to_stop(self, worker: WorkerProcess, hold: bool) -> None:
+        """Send Stop (SIGTERM if it never connected); escalate at the stop deadline."""
+        assert self.server is not None
+        worker.held = hold
+        worker.expected_exit = True
+        worker.state = WorkerState.STOPPING
+        worker.kill_stage = 0
+        worker.stop_deadline = time.monotonic() + self.rig.session.stop_timeout_s
+        sent = worker.identity is not None and self.server.send(
+            worker.identity, messages.Stop(request_id=next(self._ids))
+        )
+        if not sent:
+            worker.signal(signal.SIGTERM)
+            worker.kill_stage = 1
+        self._publish(messages.WorkerStateChanged(worker=worker.name, state="stopping"))
+
+    # -- sampling and status --------------------------------------------------------------------
+    def _sample(self, now: float) -> None:
+        for worker in self.workers.values():
+            worker.sample_usage()
+        for stream in self.streams:
+            state = segments.stream_state(stream)
+            if state is None:
+                self._stream_states.pop(stream, None)
+                continue
+            self._stream_states[stream] = state
+            t, cursor, rate = self._rates.get(stream, (now, state.write_cursor, 0.0))
+            if now > t:
+                rate = max(0.0, (state.write_cursor - cursor) / (now - t))
+            self._rates[stream] = (now, state.write_cursor, rate)
+        if self.on_tick is not None:
+            self.on_tick(self.status())
+
+    def status(self, request_id: int = 0) -> messages.StatusReply:
+        now = time.monotonic()
+        return messages.StatusReply(
+            request_id=request_id,
+            session=self.name,
+            uptime_s=now - self._t0,
+            state=self.state,
+            workers=[w.status(now) for w in self.workers.values()],
+            streams=self._stream_statuses(),
+            bad_messages=self.bad_messages,
+        )
+
+    def _stream_statuses(self) -> list[messages.StreamStatus]:
+        statuses = []
+        for stream, writer in sorted(self.streams.items()):
+            state = self._stream_states.get(stream)
+            cursor = state.write_cursor if state else 0
+            readers = [
+                messages.ReaderLag(
+                    worker=w.name, cursor=r.cursor, lag=cursor - r.cursor, dropped=r.dropped
+                )
+                for w in self.workers.values()
+                for r in w.readers
+                if f"{self.name}/{r.stream}" == stream
+            ]
+            statuses.append(
+                messages.StreamStatus(
+                    stream=stream,
+                    writer=writer,
+                    generation=state.generation if state else 0,
+                    sample_rate=state.sample_rate if state else 0.0,
+                    write_cursor=cursor,
+                    rate_hz=self._rates.get(stream, (0, 0, 0.0))[2],
+                    writer_alive=state.writer_alive if state else False,
+                    readers=readers,
+                )
+            )
+        return statuses
+
+    # -- control plane --------------------------------------------------------------------------
+    def _publish(self, event: Message) -> None:
+        if self.server is not None:
+            self.server.publish(event)
+        self.on_event(describe(event))
+
+    def _dispatch(self, identity: bytes, message: Message | ProtocolError) -> None:
+        """Answer one message; any failure becomes an Error reply, never an exception."""
+        assert self.server is not None
+        if isinstance(message, ProtocolError):
+            self.bad_messages += 1
+            self.server.send(identity, messages.Error(text=str(message)))
+            return
+        request_id = getattr(message, "request_id", 0)
+        try:
+            reply = self._handle(identity, message)
+        except Exception as exc:
+            log.exception("handling %r", message)
+            reply = messages.Error(request_id=request_id, text=f"internal error: {exc!r}")
+        if reply is not None:
+            self.server.send(identity, reply)
+
+    def _handle(self, identity: bytes, message: Message) -> Message | None:
+        match message:
+            case messages.Heartbeat():
+                return self._on_heartbeat(identity, message)
+            case messages.Hello():
+                return self._on_hello(identity, message)
+            case messages.Status(request_id=rid):
+                return self.status(rid)
+            case messages.ListStreams(request_id=rid):
+                return messages.StreamsReply(request_id=rid, streams=self._stream_statuses())
+            case messages.StartWorker() | messages.StopWorker() | messages.RestartWorker():
+                return self._on_worker_command(message)
+            case messages.SetParameter():
+                return self._on_set_parameter(identity, message)
+            case messages.Annotate(request_id=rid, text=text):
+                self._publish(
+                    messages.Annotated(
+                        text=text, time_ns=time.time_ns(), monotonic_ns=time.monotonic_ns()
+                    )
+                )
+                return messages.Ok(request_id=rid, detail="annotation recorded")
+            case messages.Shutdown(request_id=rid):
+                self.request_stop("shutdown requested")
+                return messages.Ok(request_id=rid, detail=f"stopping session {self.name!r}")
+            case messages.Report(worker=worker, level=level, text=text):
+                self._publish(messages.Reported(worker=worker, level=level, text=text))
+                return None
+            case messages.Ok() | messages.Error():
+                return self._on_worker_reply(identity, message)
+            case _:
+                self.bad_messages += 1
+                tag = type(message).__struct_config__.tag
+                return messages.Error(
+                    request_id=getattr(message, "request_id", 0),
+                    text=f"{tag!r} is not a request the supervisor accepts",
+                )
+
+    def _on_hello(self, identity: bytes, hello: messages.Hello) -> Message:
+        """A worker or client introduces itself; refused if its protocol version differs."""
+        if hello.protocol_version != messages.PROTOCOL_VERSION:
+            self.bad_messages += 1
+            return messages.Error(
+                request_id=hello.request_id,
+                text=f"protocol version {hello.protocol_version} is not supported; this "
+                f"supervisor speaks {messages.PROTOCOL_VERSION}: install the same rigpipe",
+            )
+        worker = self.workers.get(hello.worker)
+        if worker is not None and worker.pid == hello.pid:
+            worker.identity = identity
+        return messages.Ok(request_id=hello.request_id, detail=f"session {self.name}")
+
+    def _on_heartbeat(self, identity: bytes, beat: messages.Heartbeat) -> Message | None:
+        """Record a worker's heartbeat; the first ready one marks it RUNNING."""
+        worker = self.workers.get(beat.worker)
+        if worker is None:
+            self.bad_messages += 1
+            return messages.Error(text=f"no worker named {beat.worker!r} in this session")
+        if worker.pid != beat.pid or not worker.alive:
+            return None  # a previous process of this worker, being killed: no ack keeps it up
+        worker.identity = identity
+        worker.last_heartbeat = time.monotonic()
+        worker.counters = beat.counters
+        worker.readers = beat.readers
+        if beat.ready and worker.state is WorkerState.STARTING:
+            worker.state = WorkerState.RUNNING
+            self._publish(
+                messages.WorkerStateChanged(worker=worker.name, state="running", pid=worker.pid)
+            )
+        return messages.HeartbeatAck()
+
+    def _on_worker_command(
+        self, command: messages.StartWorker | messages.StopWorker | messages.RestartWorker
+    ) -> Message:
+        """Start, stop (and hold) or restart one worker by name."""
+        worker = self.workers.get(command.worker)
+        rid = command.request_id
+        if worker is None:
+            names = ", ".join(self.workers)
+            return messages.Error(
+                request_id=rid, text=f"no worker named {command.worker!r}; workers: {names}"
+            )
+        if self.state in ("stopping", "stopped"):
+            return messages.Error(request_id=rid, text="the session is stopping")
+        match command:
+            case messages.StartWorker():
+                if worker.alive:
+                    return messages.Error(request_id=rid, text=f"{worker.name} is already running")
+                worker.held, worker.failures = False, 0
+                self._spawn(worker)
+                return messages.Ok(request_id=rid, detail=f"starting {worker.name}")
+            case messages.StopWorker():
+                if not worker.alive:
+                    worker.held, worker.state = True, WorkerState.STOPPED
+                    return messages.Ok(request_id=rid, detail=f"{worker.name} is not running")
+                self._ask_to_stop(worker, hold=True)
+                return messages.Ok(request_id=rid, detail=f"stopping {worker.name}")
+            case _:
+                if not worker.alive:
+                    worker.held, worker.failures = False, 0
+                    worker.restarts += 1
+                    self._spawn(worker)
+                else:
+                    self._ask_to_stop(worker, hold=False)
+                return messages.Ok(request_id=rid, detail=f"restarting {worker.name}")
+
+    def _on_set_parameter(self, client: bytes, request: messages.SetParameter) -> Message | None:
+        """Pass a parameter change to its worker; the worker's answer is relayed back."""
+        worker = self.workers.get(request.worker)
+        rid = request.request_id
+        if worker is None:
+            names = ", ".join(self.workers)
+            return messages.Error(
+                request_id=rid, text=f"no worker named {request.worker!r}; workers: {names}"
+            )
+        if worker.state is not WorkerState.RUNNING or worker.identity is None:
+            return messages.Error(
+                request_id=rid, text=f"{worker.name} is {worker.state}, not running; try later"
+            )
+        forward_id = next(self._ids)
+        forwarded = msgspec.structs.replace(request, request_id=forward_id)
+        if not self.server or not self.server.send(worker.identity, forwarded):
+            return messages.Error(request_id=rid, text=f"{worker.name} is not reachable")
+        self._forwarded[forward_id] = _Forwarded(
+            client, rid, request, time.monotonic() + FORWARD_TIMEOUT_S
+        )
+        return None
+
+    def _on_worker_reply(self, identity: bytes, reply: messages.Ok | messages.Error) -> None:
+        pending = self._forwarded.pop(reply.request_id, None)
+        if pending is None:
+            return None  # the answer to a Stop, or to a request that already timed out
+        assert self.server is not None
+        self.server.send(
+            pending.client, msgspec.structs.replace(reply, request_id=pending.request_id)
+        )
+        if isinstance(reply, messages.Ok):
+            request = pending.message
+            self._publish(
+                messages.ParameterChanged(
+                    worker=request.worker, name=request.name, value=request.value
+                )
+            )
+        return None
+
+    def _expire_forwarded(self, now: float) -> None:
+        assert self.server is not None
+        for forward_id, pending in list(self._forwarded.items()):
+            if now >= pending.deadline:
+                del self._forwarded[forward_id]
+                self.server.send(
+                    pending.client,
+                    messages.Error(
+                        request_id=pending.request_id,
+                        text=f"{pending.message.worker} did not answer within {FORWARD_TIMEOUT_S:g} s",
+                    ),
+                )
+
+
+def describe(event: Message) -> str:
+    """One human-readable line for an event."""
+    match event:
+        case messages.WorkerStateChanged(worker=w, state=s, pid=pid, detail=detail):
+            extra = f" (pid {pid})" if pid else ""
+            return f"worker {w}: {s}{extra}" + (f": {detail}" if detail else "")
+        case messages.WorkerRestarted(worker=w, restarts=n, reason=reason, pid=pid):
+            return f"worker {w}: restarted (restart {n}, pid {pid}): {reason}"
+        case messages.ParameterChanged(worker=w, name=name, value=value):
+            return f"worker {w}: {name} = {value!r}"
+        case messages.Annotated(text=text):
+            return f"annotation: {text}"
+        case messages.Reported(worker=w, level=level, text=text):
+            return f"worker {w} {level}: {text}"
+        case messages.SessionStateChanged(session=s, state=state):
+            return f"session {s}: {state}"
+    return repr(event)

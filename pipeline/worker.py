@@ -1,0 +1,332 @@
+"""The ``Worker`` base class and the worker process entry point.
+
+A worker kind is a class with ``setup()``, ``step()`` (or ``run()``) and
+``teardown()``; its module names it ``WORKER``. The base class owns the rest:
+the bus connection, heartbeats, command dispatch (``Stop``, ``SetParameter``),
+signals, and leaving when the supervisor disappears (``PR_SET_PDEATHSIG`` on
+Linux; everywhere, a missing ``HeartbeatAck`` for ``heartbeat_timeout_s``).
+
+The supervisor starts each worker as ``python -m pipeline.worker SPEC``, where
+SPEC is the JSON of a :class:`WorkerSpec`, in its own process group::
+
+    class Counter(Worker):
+        Settings = CounterSettings            # msgspec Struct of its parameters
+
+        @classmethod
+        def outputs(cls, settings):           # ports it writes: "<worker>/<port>"
+            return ["count"]
+
+        def setup(self):
+            self.out = self.writer("count", np.int64, (), 1024, 10.0)
+
+        def step(self):
+            self.out.write(np.arange(1))
+            self.wait_until(time.monotonic() + 0.1)   # sleeps, serving the bus
+
+    WORKER = Counter
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import msgspec
+import numpy as np
+
+from pipeline import messages
+from pipeline.bus import Client, Endpoints
+from pipeline.errors import RigpipeError
+from pipeline.ring import RingReader, RingWriter, attach
+
+_PR_SET_PDEATHSIG = 1
+_PARENT_WATCHES = ("auto", "pdeathsig", "heartbeat")
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a worker process needs, given on its command line by the supervisor."""
+
+    session: str
+    name: str
+    kind: str  # module defining WORKER
+    parameters: dict[str, Any] = {}
+    endpoints: Endpoints
+    supervisor_pid: int
+    heartbeat_interval_s: float = 0.25
+    heartbeat_timeout_s: float = 2.0
+    log_level: str = "info"
+    recordings_dir: str = "recordings"
+
+
+class NoSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Parameters of a worker kind that takes none."""
+
+
+class Worker:
+    """Base class of every worker kind. Subclasses write the domain logic only."""
+
+    #: The worker's ``[workers.parameters]`` schema; unknown keys are refused.
+    Settings: ClassVar[type[msgspec.Struct]] = NoSettings
+    #: Parameters that ``rigpipe set`` / ``SetParameter`` may change while it runs.
+    settable: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def outputs(cls, settings: Any) -> list[str]:
+        """Ports this worker writes; stream ``<session>/<worker>/<port>`` each."""
+        return []
+
+    @classmethod
+    def inputs(cls, settings: Any) -> list[str]:
+        """Session-relative streams (``acq/continuous``) this worker reads."""
+        return []
+
+    @classmethod
+    def check(cls, settings: Any) -> None:
+        """Raise ValueError for settings that are valid field by field but not together."""
+
+    def __init__(self, spec: WorkerSpec, settings: Any) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.name = spec.name
+        self.log = logging.getLogger(f"rigpipe.{spec.name}")
+        #: Numbers shown by ``rigpipe status`` (chunks, late chunks, drift...).
+        self.counters: dict[str, float] = {}
+        self._readers: dict[str, RingReader] = {}
+        self._stopping = False
+        self._ready = False
+        self._bus: Client | None = None
+        self._next_heartbeat = 0.0
+        self._last_ack = time.monotonic()
+
+    # -- for subclasses -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Open devices, create rings. The worker counts as ready when this returns."""
+
+    def step(self) -> None:
+        """One unit of work; called until the worker is asked to stop."""
+        raise NotImplementedError(f"{type(self).__name__} must define step() or run()")
+
+    def run(self) -> None:
+        """Call :meth:`step` and serve the bus until asked to stop."""
+        while not self._stopping:
+            self.step()
+            self.service()
+
+    def teardown(self) -> None:
+        """Close what ``setup`` opened. Runs even when setup or run raised."""
+
+    def on_parameter(self, name: str, value: Any) -> None:
+        """Called after ``self.settings`` took a new value for ``name``."""
+
+    @property
+    def stopping(self) -> bool:
+        """True once the worker was asked to stop (Stop message, signal, supervisor gone)."""
+        return self._stopping
+
+    def stream(self, port: str) -> str:
+        """Full name of this worker's stream ``port``: ``<session>/<worker>/<port>``."""
+        return f"{self.spec.session}/{self.name}/{port}"
+
+    def writer(
+        self,
+        port: str,
+        dtype: np.typing.DTypeLike,
+        frame_shape: int | Sequence[int],
+        capacity: int,
+        sample_rate: float,
+        descriptor: dict[str, Any] | None = None,
+    ) -> RingWriter:
+        """A :class:`RingWriter` on this worker's stream ``port`` (taking over a dead one's)."""
+        return RingWriter(self.stream(port), dtype, frame_shape, capacity, sample_rate, descriptor)
+
+    def reader(self, stream: str, *, from_now: bool = False) -> RingReader:
+        """Attach to session stream ``stream`` (``acq/continuous``) as a lossless reader.
+
+        Its cursor is reported in every heartbeat, so ``rigpipe status`` shows its lag.
+        """
+        reader = attach(f"{self.spec.session}/{stream}", from_now=from_now)
+        self._readers[stream] = reader
+        return reader
+
+    def report(self, text: str, level: str = "warning") -> None:
+        """Publish ``text`` as a session event (and log it)."""
+        self.log.log(logging.getLevelName(level.upper()), "%s", text)
+        if self._bus is not None:
+            self._bus.send(messages.Report(worker=self.name, level=level, text=text))
+
+    def wait_until(self, deadline: float) -> None:
+        """Serve the bus, then sleep until ``deadline`` (monotonic seconds) or a stop."""
+        self.service()
+        while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
+            if remaining > 0.05 and self._bus is not None:
+                self._handle(self._bus.receive(min(remaining, self.spec.heartbeat_interval_s)))
+                self.service()
+            else:
+                time.sleep(remaining)
+
+    # -- bus ------------------------------------------------------------------------------------
+    def service(self) -> None:
+        """Heartbeat when due, handle waiting commands, notice a vanished supervisor."""
+        bus = self._bus
+        if bus is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + self.spec.heartbeat_interval_s
+            if now - self._last_ack > self.spec.heartbeat_timeout_s and not self._stopping:
+                self.log.error(
+                    "no heartbeat reply from the supervisor for %.1f s; it is gone, stopping",
+                    now - self._last_ack,
+                )
+                self._stopping = True
+        while (message := bus.receive(0)) is not None:
+            self._handle(message)
+
+    def _heartbeat(self) -> None:
+        assert self._bus is not None
+        readers = [
+            messages.ReaderReport(stream=s, cursor=r.cursor, dropped=r.dropped_total)
+            for s, r in self._readers.items()
+        ]
+        self._bus.send(
+            messages.Heartbeat(
+                worker=self.name,
+                pid=os.getpid(),
+                ready=self._ready,
+                counters=dict(self.counters),
+                readers=readers,
+            )
+        )
+
+    def _handle(self, message: messages.Message | None) -> None:
+        match message:
+            case None:
+                return
+            case messages.HeartbeatAck():
+                self._last_ack = time.monotonic()
+            case messages.Stop(request_id=request_id):
+                self.log.info("asked to stop")
+                self._stopping = True
+                self._reply(messages.Ok(request_id=request_id, detail="stopping"))
+            case messages.SetParameter(request_id=request_id, name=name, value=value):
+                self._reply(self._set_parameter(request_id, name, value))
+            case messages.Ok() | messages.Error():
+                self._last_ack = time.monotonic()  # the answer to Hello
+            case _:
+                self._reply(messages.Error(text=f"a worker does not handle {type(message)}"))
+
+    def _set_parameter(self, request_id: int, name: str, value: Any) -> messages.Message:
+        if name not in self.settable:
+            settable = ", ".join(sorted(self.settable)) or "none"
+            return messages.Error(
+                request_id=request_id,
+                text=f"worker {self.name!r} has no settable parameter {name!r}; "
+                f"settable: {settable}",
+            )
+        fields = msgspec.to_builtins(self.settings)
+        fields[name] = value
+        try:
+            settings = msgspec.convert(fields, type(self.settings), strict=True)
+            type(self).check(settings)
+        except (msgspec.ValidationError, ValueError) as exc:
+            return messages.Error(request_id=request_id, text=f"{name} = {value!r} refused: {exc}")
+        self.settings = settings
+        self.on_parameter(name, value)
+        self.log.info("parameter %s set to %r", name, value)
+        return messages.Ok(request_id=request_id, detail=f"{self.name}.{name} = {value!r}")
+
+    def _reply(self, message: messages.Message) -> None:
+        if self._bus is not None:
+            self._bus.send(message)
+
+    # -- process lifecycle ----------------------------------------------------------------------
+    def main(self) -> int:
+        """Connect, set up, run, tear down; the process exit code."""
+        identity = f"worker:{self.name}:{os.getpid()}"
+        self._bus = Client(self.spec.endpoints, self.spec.heartbeat_timeout_s, identity)
+        self._last_ack = time.monotonic()
+        self._bus.send(messages.Hello(worker=self.name, pid=os.getpid()))
+        code = 0
+        try:
+            self.setup()
+            self._ready = True
+            self._next_heartbeat = 0.0
+            self.service()
+            self.run()
+        except RigpipeError as exc:
+            self.log.error("%s", exc)
+            self.report(f"failed: {exc}", "error")
+            code = 1
+        except Exception:
+            self.log.exception("worker %s failed", self.name)
+            code = 1
+        finally:
+            try:
+                self.teardown()
+            finally:
+                for reader in self._readers.values():
+                    reader.close()
+                self._bus.close()
+        return code
+
+
+def parent_watch() -> str:
+    """How a worker notices its supervisor died: ``pdeathsig`` (Linux) or ``heartbeat``.
+
+    ``RIGPIPE_PARENT_WATCH=heartbeat`` forces the portable one (tests do that on Linux).
+    """
+    chosen = os.environ.get("RIGPIPE_PARENT_WATCH", "auto")
+    if chosen not in _PARENT_WATCHES:
+        raise ValueError(f"RIGPIPE_PARENT_WATCH={chosen!r}; use one of {_PARENT_WATCHES}")
+    if chosen == "auto":
+        return "pdeathsig" if sys.platform.startswith("linux") else "heartbeat"
+    return chosen
+
+
+def _die_with_parent(supervisor_pid: int) -> None:
+    """Linux: get SIGTERM when the supervisor dies; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != supervisor_pid:  # it died between our fork and the prctl
+        raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m pipeline.worker SPEC_JSON``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m pipeline.worker SPEC_JSON (started by the supervisor)")
+        return 2
+    spec = msgspec.json.decode(argv[0], type=WorkerSpec)
+    logging.basicConfig(
+        level=spec.log_level.upper(),
+        format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if parent_watch() == "pdeathsig":
+        _die_with_parent(spec.supervisor_pid)
+    cls = importlib.import_module(spec.kind).WORKER
+    worker = cls(spec, msgspec.convert(spec.parameters, cls.Settings, strict=True))
+
+    def stop(signum: int, frame: object) -> None:
+        if worker.stopping:
+            raise SystemExit(128 + signum)  # asked twice: stop now
+        worker.log.info("signal %d: stopping", signum)
+        worker._stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return worker.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
