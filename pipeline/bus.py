@@ -13,6 +13,7 @@ next to the sender's identity, so the supervisor can answer and count it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -125,10 +126,9 @@ class Server:
     def publish(self, event: Message) -> None:
         """Broadcast an event under its topic (see :func:`pipeline.messages.topic`)."""
         frames = [messages.topic(event).encode(), messages.encode(event)]
-        try:
+        # PUB drops for slow subscribers by design; nothing waits on an event
+        with contextlib.suppress(zmq.Again):
             self._pub.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # PUB drops for slow subscribers by design; nothing waits on an event
 
     def close(self) -> None:
         self._router.close(linger=0)
@@ -167,10 +167,9 @@ class Client:
 
     def send(self, message: Message) -> None:
         """Send without waiting for anything (workers' heartbeats and replies)."""
-        try:
+        # Again: not connected yet, or the supervisor is not reading; heartbeats retry
+        with contextlib.suppress(zmq.Again):
             self._sock.send(messages.encode(message), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # nobody connected yet or the supervisor is not reading: heartbeats retry
 
     def receive(self, timeout_s: float = 0.0) -> Message | None:
         """The next message from the supervisor, or None after ``timeout_s``."""

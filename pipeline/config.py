@@ -75,6 +75,7 @@ class WorkerConfig(_Table, kw_only=True):
     backoff_s: PositiveS = 0.5
     backoff_max_s: PositiveS = 10.0
     start_timeout_s: PositiveS = 15.0
+    blas_threads: Annotated[int, msgspec.Meta(ge=1)] = 1  # numpy's BLAS threads in this worker
     parameters: dict[str, Any] = {}
 
 
@@ -191,8 +192,12 @@ def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[W
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
-        raise ConfigError(where, at, f"worker kind {kind!r} needs a missing package: {exc}")
+            raise ConfigError(
+                where, at, f"unknown worker kind {kind!r}; allowed: {allowed}"
+            ) from None
+        raise ConfigError(
+            where, at, f"worker kind {kind!r} needs a missing package: {exc}"
+        ) from None
     cls = getattr(module, "WORKER", None)
     if not (isinstance(cls, type) and issubclass(cls, Worker)):
         raise ConfigError(where, at, f"module {module_name} has no WORKER (a Worker subclass)")

@@ -81,6 +81,8 @@ class WorkerProcess:
         """Start a new process for this worker (state STARTING)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        threads = str(self.plan.config.blas_threads)  # BLAS threads spin: one unless asked
+        env.update(OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
         )

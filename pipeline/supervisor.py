@@ -624,7 +624,8 @@ class Supervisor:
                     pending.client,
                     messages.Error(
                         request_id=pending.request_id,
-                        text=f"{pending.message.worker} did not answer within {FORWARD_TIMEOUT_S:g} s",
+                        text=f"{pending.message.worker} did not answer "
+                        f"within {FORWARD_TIMEOUT_S:g} s",
                     ),
                 )
 

@@ -30,7 +30,8 @@ def render(status: StatusReply) -> list[str]:
         )
     lines += [
         "",
-        f"{'stream':32} {'writer':10} {'gen':>4} {'rate Hz':>10} {'frames':>13}  readers (lag, dropped)",
+        f"{'stream':32} {'writer':10} {'gen':>4} {'rate Hz':>10} {'frames':>13}"
+        "  readers (lag, dropped)",
     ]
     for s in status.streams:
         readers = ", ".join(f"{r.worker} ({r.lag}, {r.dropped})" for r in s.readers) or "-"

@@ -30,6 +30,7 @@ from workers.acquisition.synthetic import SPIKE_DTYPE, SignalParameters, Synthet
 
 Microvolts = Annotated[float, msgspec.Meta(ge=0)]
 SPIKE_CAPACITY = 1 << 16
+BLOCK_S = 0.01  # data is generated 10 ms at a time and published chunk by chunk
 
 
 class AcquisitionSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -76,10 +77,12 @@ class AcquisitionWorker(Worker):
 
     def setup(self) -> None:
         s = self.settings
+        self.chunk_frames = max(1, round(s.chunk_s * s.sample_rate_hz))
+        chunks_per_block = max(1, round(BLOCK_S / (self.chunk_frames / s.sample_rate_hz)))
         self.signal = SyntheticSignal(
             s.channels,
             s.sample_rate_hz,
-            s.chunk_s,
+            self.chunk_frames * chunks_per_block,
             s.dtype,
             s.scale_uv,
             s.seed,
@@ -94,7 +97,7 @@ class AcquisitionWorker(Worker):
             "scale": self.signal.scale_uv,
             "source": source,
         }
-        capacity = max(4 * self.signal.frames_per_chunk, round(s.buffer_s * s.sample_rate_hz))
+        capacity = max(4 * self.signal.block_frames, round(s.buffer_s * s.sample_rate_hz))
         self.continuous = self.writer(
             "continuous", s.dtype, (s.channels,), capacity, s.sample_rate_hz, descriptor
         )
@@ -102,36 +105,51 @@ class AcquisitionWorker(Worker):
         self.spikes = self.writer("spikes", SPIKE_DTYPE, (), SPIKE_CAPACITY, 0.0, spikes_descriptor)
         self.period_ns = 1e9 / s.sample_rate_hz
         self.start_ns = time.monotonic_ns()
+        self.published = 0  # frames written to the ring
+        self._block_start = 0
+        self._block, self._block_spikes = self.signal.next_block()
+        self._timestamps = self._stamps(0, self.signal.block_frames)
         self.counters.update(frames=0, chunks=0, spikes=0, late_chunks=0, behind_ms=0.0)
         self.log.info(
-            "synthetic: %d channels at %g Hz, %d frames per chunk, into %s",
+            "synthetic: %d channels at %g Hz, chunks of %d frames, into %s",
             s.channels,
             s.sample_rate_hz,
-            self.signal.frames_per_chunk,
+            self.chunk_frames,
             self.continuous.stream,
         )
 
+    def _stamps(self, first: int, n: int) -> np.ndarray:
+        """Sample-clock timestamps (host monotonic ns) of frames ``first .. first + n``."""
+        return self.start_ns + np.round((first + np.arange(n)) * self.period_ns).astype(np.int64)
+
     def step(self) -> None:
-        data, spikes = self.signal.next_chunk()
-        first = self.signal.frames_generated - len(data)
-        frames = first + np.arange(len(data))
-        timestamps = self.start_ns + np.round(frames * self.period_ns).astype(np.int64)
-        due_ns = self.start_ns + round(self.signal.frames_generated * self.period_ns)
+        """Publish the next chunk when its last frame is due; make a new block when needed."""
+        if self.published == self._block_start + len(self._block):
+            self._block_start = self.published
+            self._block, self._block_spikes = self.signal.next_block()
+            self._timestamps = self._stamps(self._block_start, len(self._block))
+        begin = self.published - self._block_start
+        end = min(begin + self.chunk_frames, len(self._block))
+        due_ns = self.start_ns + round((self._block_start + end) * self.period_ns)
         self.wait_until(due_ns / 1e9)
-        self.continuous.write(data, timestamps)
-        if len(spikes):
-            records = np.empty(len(spikes), SPIKE_DTYPE)
-            records["timestamp_ns"] = self.start_ns + np.round(spikes["frame"] * self.period_ns)
-            records["channel"] = spikes["channel"]
-            records["unit"] = spikes["unit"]
+        self.continuous.write(self._block[begin:end], self._timestamps[begin:end])
+        first, last = self._block_start + begin, self._block_start + end
+        lo, hi = np.searchsorted(self._block_spikes["frame"], (first, last))
+        if hi > lo:
+            mine = self._block_spikes[lo:hi]
+            records = np.empty(len(mine), SPIKE_DTYPE)
+            records["timestamp_ns"] = self.start_ns + np.round(mine["frame"] * self.period_ns)
+            records["channel"] = mine["channel"]
+            records["unit"] = mine["unit"]
             self.spikes.write(records, records["timestamp_ns"])
+            self.counters["spikes"] += len(mine)
+        self.published = last
         behind_ms = (time.monotonic_ns() - due_ns) / 1e6
         c = self.counters
-        c["frames"] += len(data)
+        c["frames"] = self.published
         c["chunks"] += 1
-        c["spikes"] += len(spikes)
-        c["behind_ms"] = behind_ms
-        if behind_ms > 1000 * len(data) / self.settings.sample_rate_hz:
+        c["behind_ms"] = round(behind_ms, 3)
+        if behind_ms > 1000 * (end - begin) / self.settings.sample_rate_hz:
             c["late_chunks"] += 1
 
     def on_parameter(self, name: str, value: Any) -> None:

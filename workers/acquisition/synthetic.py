@@ -9,10 +9,11 @@ Per channel it sums, in microvolts:
 - spikes: a fraction of channels carry one or two units, each firing as a
   Poisson process at ``spike_rate_hz`` with its own biphasic waveform.
 
-It is cheap enough for 1024 channels at 30 kHz: the slow parts (background,
-LFP, line noise) are computed at a control rate near 1 kHz and interpolated
-linearly; the white noise is read from a pre-drawn table at a random offset per
-chunk. The same seed gives the same signal and the same spikes, chunk for chunk.
+It is cheap enough for 1024 channels at 30 kHz: data is made in blocks (the
+worker publishes each block as several chunks); the 1/f sources are computed at
+a control rate near 1 kHz and interpolated; the white noise is read from a
+pre-drawn table at a random offset per block. The same seed and block size give
+the same signal and the same spikes.
 """
 
 from __future__ import annotations
@@ -51,17 +52,24 @@ class SignalParameters:
 
 
 class SyntheticSignal:
-    """Generates chunks of ``frames_per_chunk`` frames x ``channels`` and their spikes.
+    """Generates blocks of ``block_frames`` frames x ``channels`` and their spikes.
 
     ``scale_uv`` is the microvolts per output unit (the int16 bit size; 1.0 for
     float32 output). Data is produced in output units.
+
+    The slow part is a mix: ``PINK_SOURCES`` independent 1/f sources, the LFP
+    (as a sine and a cosine) and line noise form a few basis signals, and a
+    fixed random matrix mixes them into the channels (one matrix product per
+    block), so neighbouring channels share background as real electrodes do.
     """
+
+    PINK_SOURCES = 6
 
     def __init__(
         self,
         channels: int,
         sample_rate: float,
-        chunk_s: float,
+        block_frames: int,
         dtype: str,
         scale_uv: float,
         seed: int,
@@ -73,27 +81,36 @@ class SyntheticSignal:
         self.dtype = np.dtype(dtype)
         self.scale_uv = scale_uv if self.dtype.kind == "i" else 1.0
         self.decimation = max(1, round(sample_rate / _CONTROL_RATE_HZ))
-        blocks = max(1, round(chunk_s * sample_rate / self.decimation))
-        self.frames_per_chunk = blocks * self.decimation
+        self.block_frames = block_frames
         self.params = parameters
         self.frames_generated = 0
-        self._rng = np.random.default_rng(seed)
-        rng = self._rng
-        table_frames = max(2048, 4 * self.frames_per_chunk)
-        self._white = rng.standard_normal((table_frames, channels), dtype=np.float32)
-        self._pink_state = np.zeros((3, channels))
+        self._rng = rng = np.random.default_rng(seed)
+        table_frames = max(2048, 4 * block_frames)
+        self._white_unit = rng.standard_normal((table_frames, channels), dtype=np.float32)
+        self._white = np.empty_like(self._white_unit)
+        self._white_scale: float | None = None
+        self._pink_state = np.zeros((3, self.PINK_SOURCES))
         self._pink_rms = _kellet_rms()
-        self._lfp_gain = rng.uniform(0.5, 1.5, channels)
-        self._lfp_phase = rng.uniform(0, 2 * np.pi, channels)
-        self._line_gain = rng.uniform(0.5, 1.5, channels)
+        self._mixing = self._make_mixing(rng)
         self._units = self._make_units(rng, unit_fraction)
-        self._ramp = (np.arange(self.decimation, dtype=np.float32) / self.decimation)[None, :, None]
-        self._slow_last = self._slow_point(0)
-        self._work = np.empty((blocks, self.decimation, channels), np.float32)
-        self._out = np.empty((self.frames_per_chunk, channels), self.dtype)
+        self._pink_frames = [0]  # control points: frames (multiples of decimation) and values
+        self._pink_values = [self._pink_point()]
+        self._basis = np.empty((block_frames, len(self._mixing)), np.float32)
+        self._work = np.empty((block_frames, channels), np.float32)
+        self._out = np.empty((block_frames, channels), self.dtype)
         self._carry: list[tuple[int, np.ndarray]] = []
         info = np.iinfo(self.dtype) if self.dtype.kind == "i" else None
         self._limits = (info.min, info.max) if info else None
+
+    def _make_mixing(self, rng: np.random.Generator) -> np.ndarray:
+        """(basis signals x channels): pink sources, LFP sine, LFP cosine, line noise."""
+        pink = rng.standard_normal((self.PINK_SOURCES, self.channels))
+        pink /= np.sqrt((pink**2).sum(axis=0))  # each channel: unit-RMS background
+        lfp_gain = rng.uniform(0.5, 1.5, self.channels)
+        lfp_phase = rng.uniform(0, 2 * np.pi, self.channels)
+        line_gain = rng.uniform(0.5, 1.5, self.channels)
+        rows = [pink, lfp_gain * np.cos(lfp_phase), lfp_gain * np.sin(lfp_phase), line_gain]
+        return np.vstack(rows).astype(np.float32)
 
     def _make_units(
         self, rng: np.random.Generator, fraction: float
@@ -117,62 +134,71 @@ class SyntheticSignal:
         """(channel, unit) of every simulated unit."""
         return [(c, u) for c, u, _ in self._units]
 
-    def _slow_point(self, frame: int) -> np.ndarray:
-        """Background + LFP + line noise at ``frame``, in output units, for every channel."""
-        p = self.params
-        white = self._rng.standard_normal(self.channels)
+    def _pink_point(self) -> np.ndarray:
+        """The next control-rate value of each unit-RMS pink source."""
+        white = self._rng.standard_normal(self.PINK_SOURCES)
         state = self._pink_state
         state *= _KELLET_POLES[:, None]
         state += _KELLET_GAINS[:, None] * white
-        pink = (state.sum(axis=0) + _KELLET_DIRECT * white) / self._pink_rms
-        t = frame / self.sample_rate
-        envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 0.2 * t)
-        value = p.background_uv * pink
-        value += (
-            p.lfp_uv
-            * envelope
-            * self._lfp_gain
-            * np.sin(2 * np.pi * p.lfp_hz * t + self._lfp_phase)
-        )
-        if p.line_noise_hz > 0:
-            value += p.line_noise_uv * self._line_gain * np.sin(2 * np.pi * p.line_noise_hz * t)
-        return (value / self.scale_uv).astype(np.float32)
+        return (state.sum(axis=0) + _KELLET_DIRECT * white) / self._pink_rms
 
-    def next_chunk(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next chunk (frames x channels, output dtype) and its spikes (frame offset, channel, unit).
+    def _fill_basis(self) -> None:
+        """The block's basis signals, in output units, into ``self._basis``."""
+        p, n = self.params, self.block_frames
+        first = self.frames_generated
+        frames = first + np.arange(n)
+        while self._pink_frames[-1] < first + n:
+            self._pink_frames.append(self._pink_frames[-1] + self.decimation)
+            self._pink_values.append(self._pink_point())
+        keep = max(0, len(self._pink_frames) - 2)  # the next block starts after these
+        pink = np.stack(self._pink_values)
+        ramped = np.empty((n, self.PINK_SOURCES))
+        for source in range(self.PINK_SOURCES):
+            ramped[:, source] = np.interp(frames, self._pink_frames, pink[:, source])
+        del self._pink_frames[:keep], self._pink_values[:keep]
+        unit = 1.0 / self.scale_uv
+        sources = self.PINK_SOURCES
+        self._basis[:, :sources] = ramped * (p.background_uv * unit)
+        t = frames / self.sample_rate
+        lfp = p.lfp_uv * unit * (0.6 + 0.4 * np.sin(2 * np.pi * 0.2 * t))
+        phase = 2 * np.pi * p.lfp_hz * t
+        self._basis[:, sources] = lfp * np.sin(phase)
+        self._basis[:, sources + 1] = lfp * np.cos(phase)
+        line = p.line_noise_uv * unit * np.sin(2 * np.pi * p.line_noise_hz * t)
+        self._basis[:, sources + 2] = line if p.line_noise_hz > 0 else 0.0
 
-        The data array is reused by the next call; copy it to keep it.
+    def next_block(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``block_frames`` frames (frames x channels, output dtype) and their spikes.
+
+        Spikes are records of (frame, channel, unit), ``frame`` counting from the
+        first frame generated. The data array is reused by the next call.
         """
-        n, d = self.frames_per_chunk, self.decimation
-        blocks = n // d
+        n = self.block_frames
+        self._fill_basis()
         work = self._work
-        points = [self._slow_last]
-        for block in range(1, blocks + 1):
-            points.append(self._slow_point(self.frames_generated + block * d))
-        slow = np.stack(points)
-        np.multiply((slow[1:] - slow[:-1])[:, None, :], self._ramp, out=work)
-        work += slow[:-1, None, :]
-        self._slow_last = points[-1]
+        np.matmul(self._basis, self._mixing, out=work)
+        scale = self.params.noise_uv / self.scale_uv
+        if scale != self._white_scale:  # rescale the table once, not every block
+            np.multiply(self._white_unit, np.float32(scale), out=self._white)
+            self._white_scale = scale
         offset = int(self._rng.integers(0, len(self._white) - n + 1))
-        noise = self._white[offset : offset + n].reshape(work.shape)
-        work += noise * np.float32(self.params.noise_uv / self.scale_uv)
-        flat = work.reshape(n, self.channels)
-        spikes = self._add_spikes(flat)
+        work += self._white[offset : offset + n]
+        spikes = self._add_spikes(work)
         if self._limits is not None:
-            np.rint(flat, out=flat)
-            np.clip(flat, *self._limits, out=flat)
-        np.copyto(self._out, flat, casting="unsafe")
+            np.clip(work, *self._limits, out=work)
+            np.rint(work, out=self._out, casting="unsafe")
+        else:
+            np.copyto(self._out, work)
         self.frames_generated += n
         return self._out, spikes
 
-    def _add_spikes(self, flat: np.ndarray) -> np.ndarray:
-        n = len(flat)
+    def _add_spikes(self, work: np.ndarray) -> np.ndarray:
+        n = len(work)
         carry, self._carry = self._carry, []
         for channel, rest in carry:
-            self._place(flat, 0, channel, rest)
-        count = self._rng.poisson(
-            self.params.spike_rate_hz * len(self._units) * n / self.sample_rate
-        )
+            self._place(work, 0, channel, rest)
+        rate = self.params.spike_rate_hz * len(self._units) / self.sample_rate
+        count = self._rng.poisson(rate * n)
         spikes = np.zeros(count, [("frame", "<i8"), ("channel", "<i4"), ("unit", "<i2")])
         if not count:
             return spikes
@@ -181,13 +207,13 @@ class SyntheticSignal:
         amplitude = self.params.spike_uv / self.scale_uv
         for i, (unit_index, frame) in enumerate(zip(which, frames, strict=True)):
             channel, unit, waveform = self._units[unit_index]
-            self._place(flat, int(frame), channel, amplitude * waveform)
+            self._place(work, int(frame), channel, amplitude * waveform)
             spikes[i] = (self.frames_generated + frame, channel, unit)
         return spikes
 
-    def _place(self, flat: np.ndarray, start: int, channel: int, waveform: np.ndarray) -> None:
-        """Add ``waveform`` at ``start``; what runs past the chunk is added to the next one."""
-        fits = min(len(waveform), len(flat) - start)
-        flat[start : start + fits, channel] += waveform[:fits]
+    def _place(self, work: np.ndarray, start: int, channel: int, waveform: np.ndarray) -> None:
+        """Add ``waveform`` at ``start``; what runs past the block is added to the next one."""
+        fits = min(len(waveform), len(work) - start)
+        work[start : start + fits, channel] += waveform[:fits]
         if fits < len(waveform):
             self._carry.append((channel, waveform[fits:]))
