@@ -74,6 +74,7 @@ class WorkerConfig(_Table, kw_only=True):
     max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
     backoff_s: PositiveS = 0.5
     backoff_max_s: PositiveS = 10.0
+    stable_s: PositiveS = 10.0  # running this long resets the count of consecutive failures
     start_timeout_s: PositiveS = 15.0
     blas_threads: Annotated[int, msgspec.Meta(ge=1)] = 1  # numpy's BLAS threads in this worker
     parameters: dict[str, Any] = {}

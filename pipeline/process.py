@@ -28,6 +28,7 @@ from pipeline.segments import process_identity
 from pipeline.worker import WorkerSpec
 
 _TAIL_BYTES = 2000
+_RUN_MARKER = "--- rigpipe:"
 
 
 class WorkerState(enum.StrEnum):
@@ -52,7 +53,8 @@ class WorkerProcess:
     started_at: float = 0.0
     last_heartbeat: float | None = None
     restarts: int = 0
-    failures: int = 0  # consecutive; reset after a run longer than backoff_max_s
+    failures: int = 0  # consecutive; reset after a run longer than stable_s
+    ready_at: float | None = None  # when it last became RUNNING
     restart_at: float | None = None
     stop_deadline: float | None = None
     kill_stage: int = 0  # 0 = asked by message, 1 = SIGTERM sent, 2 = SIGKILL sent
@@ -88,7 +90,8 @@ class WorkerProcess:
         )
         argv = [sys.executable, "-m", "pipeline.worker", msgspec.json.encode(self.spec).decode()]
         with open(self.log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"{_RUN_MARKER} {stamp} starting {self.name}\n".encode())
             log.flush()
             self.popen = subprocess.Popen(
                 argv,
@@ -106,6 +109,7 @@ class WorkerProcess:
         self.state = WorkerState.STARTING
         self.started_at = time.monotonic()
         self.last_heartbeat = None
+        self.ready_at = None
         self.identity = None
         self.exit_code = None
         self.expected_exit = False
@@ -162,11 +166,11 @@ class WorkerProcess:
     def uptime_s(self, now: float) -> float:
         return now - self.started_at if self.alive else 0.0
 
-    def next_restart(self, now: float, ran_s: float) -> float | None:
+    def next_restart(self, now: float) -> float | None:
         """Schedule a restart after a failure: the delay, or None if the policy gives up."""
         cfg = self.plan.config
-        if ran_s >= cfg.backoff_max_s:
-            self.failures = 0  # it ran for a good while: this is a fresh failure
+        if self.ready_at is not None and now - self.ready_at >= cfg.stable_s:
+            self.failures = 0  # it ran well for a good while: this is a fresh failure
         self.failures += 1
         if self.failures > cfg.max_restarts:
             return None
@@ -179,13 +183,15 @@ class WorkerProcess:
         return not self.held and (policy == "always" or (policy == "on-failure" and code != 0))
 
     def log_tail(self) -> str:
-        """The last lines of the worker's log, to explain a crash."""
+        """The last lines this process wrote to the worker's log, to explain a crash."""
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(max(0, log.seek(0, os.SEEK_END) - _TAIL_BYTES))
                 lines = log.read().decode(errors="replace").splitlines()
         except OSError:
             return ""
+        starts = [i for i, line in enumerate(lines) if line.startswith(_RUN_MARKER)]
+        lines = lines[starts[-1] + 1 :] if starts else lines
         return "\n".join(lines[-8:])
 
     def sample_usage(self) -> None:

@@ -306,7 +306,6 @@ class Supervisor:
         worker.signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
 
     def _exited(self, worker: WorkerProcess, code: int, now: float) -> None:
-        ran_s = now - worker.started_at
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         if worker.expected_exit or self.state in ("stopping", "stopped"):
             restart = worker.state is WorkerState.STOPPING and not worker.held
@@ -331,7 +330,7 @@ class Supervisor:
         tail = worker.log_tail() if code != 0 else ""
         worker.reason = f"{worker.reason}; {how}" if worker.reason else how
         if worker.should_restart(code):
-            delay = worker.next_restart(now, ran_s)
+            delay = worker.next_restart(now)
             if delay is None:
                 worker.state = WorkerState.FAILED
                 detail = f"{how}; gave up after {worker.plan.config.max_restarts} restarts"
@@ -536,6 +535,7 @@ class Supervisor:
         worker.readers = beat.readers
         if beat.ready and worker.state is WorkerState.STARTING:
             worker.state = WorkerState.RUNNING
+            worker.ready_at = worker.last_heartbeat
             self._publish(
                 messages.WorkerStateChanged(worker=worker.name, state="running", pid=worker.pid)
             )

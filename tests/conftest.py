@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 
 import psutil
 import pytest
 
 from pipeline import shm
+from tests.rig import Rig
 
 
 def _our_segments() -> set[str]:
@@ -109,3 +113,34 @@ def wait_strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         pytest.skip("futex waits need Linux")
     monkeypatch.setenv("RIGPIPE_WAIT", request.param)
     return request.param
+
+
+class Rigs:
+    """Makes :class:`tests.rig.Rig` sessions for one test and stops every one afterwards."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.made: list[Rig] = []
+
+    def new(self) -> Rig:
+        rig = Rig(self.directory, f"t{uuid.uuid4().hex[:8]}")
+        self.made.append(rig)
+        return rig
+
+    def cleanup(self) -> list[str]:
+        return [problem for rig in self.made for problem in rig.cleanup()]
+
+
+@pytest.fixture
+def rigs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rigs]:
+    """Sessions in a private runtime directory short enough for ipc:// socket paths."""
+    directory = Path(tempfile.mkdtemp(prefix="rp", dir="/tmp" if os.name == "posix" else None))
+    monkeypatch.setenv("RIGPIPE_RUNTIME_DIR", str(directory / "run"))
+    monkeypatch.delenv("RIGPIPE_SESSION", raising=False)
+    made = Rigs(directory)
+    try:
+        yield made
+    finally:
+        forced = made.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
+        assert not forced, f"test left rig processes behind: {forced}"

@@ -1,0 +1,348 @@
+"""A whole rig: a real supervisor process, real worker processes, real sockets and shared memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import attach, messages, naming, session, shm
+from pipeline.errors import RequestFailed
+from tests.rig import DEMO_WORKER, exited, wait_for
+
+
+def _read_frames(reader, seconds: float) -> list:
+    chunks = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        chunks.append(reader.read(timeout_s=0.5))
+    return chunks
+
+
+def _assert_contiguous(chunks) -> None:
+    cursor = chunks[0].start_cursor
+    for chunk in chunks:
+        assert chunk.dropped == 0
+        assert chunk.start_cursor == cursor, "a chunk does not start where the last ended"
+        cursor = chunk.end_cursor
+    stamps = np.concatenate([c.timestamps_ns for c in chunks if c.frames])
+    assert np.all(np.diff(stamps) > 0), "timestamps must increase frame by frame"
+
+
+def test_outside_reader_gets_contiguous_frames_at_the_configured_rate(rigs) -> None:
+    rig = rigs.new().start()
+    with attach("acq/continuous") as reader:  # session-relative: the only rig running
+        assert reader.stream == f"{rig.name}/acq/continuous"
+        assert reader.frame_shape == (8,) and reader.dtype == np.int16
+        assert reader.descriptor["channel_labels"][0] == "ch001"
+        start = time.monotonic()
+        chunks = _read_frames(reader, 1.0)
+        elapsed = time.monotonic() - start
+    _assert_contiguous(chunks)
+    frames = sum(c.frames for c in chunks)
+    assert 0.8 * 10000 * elapsed < frames < 1.2 * 10000 * elapsed + 1000
+    with attach(f"{rig.name}/acq/spikes", from_now=False) as spikes:
+        records = spikes.read(timeout_s=2).data
+    assert records.dtype.names == ("timestamp_ns", "channel", "unit")
+
+
+def test_killed_acquisition_worker_restarts_and_readers_follow(rigs) -> None:
+    rig = rigs.new().start()
+    with attach("acq/continuous") as reader:
+        _read_frames(reader, 0.3)
+        pid = rig.worker("acq").pid
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def restarted():
+            worker = rig.worker("acq")
+            return worker.state == "running" and worker.pid != pid and worker.restarts == 1
+
+        wait_for(restarted, 2.0, "the acquisition worker to be restarted")
+        assert time.monotonic() - killed_at < 2.0
+        chunks = _read_frames(reader, 1.0)
+        assert reader.generation == 2
+    assert any(c.format_changed for c in chunks)
+    after = [c for c in chunks if c.generation == 2]
+    assert sum(c.frames for c in after) > 5000
+    _assert_contiguous(after)
+    assert "restarted (restart 1" in rig.log()
+
+
+@pytest.mark.parametrize("watch", ["pdeathsig", "heartbeat"])
+def test_killed_supervisor_takes_its_workers_down_cleanly(rigs, watch) -> None:
+    rig = rigs.new().start(env={"RIGPIPE_PARENT_WATCH": watch})
+    workers = rig.worker_processes()
+    assert len(workers) == 1
+    stream = f"{rig.name}/acq/continuous"
+    rig.proc.kill()
+    rig.proc.wait(5)
+    killed_at = time.monotonic()
+    assert not exited(workers, 2.0), "workers still running 2 s after the supervisor died"
+    assert time.monotonic() - killed_at < 2.0
+    # They stopped in order: their rings were closed and unlinked, not abandoned.
+    assert naming.shm_name(stream) not in (shm.list_names() or [])
+    assert "stopping" in (rig.log_dir() / "acq.log").read_text()
+
+
+def test_next_run_cleans_up_after_a_supervisor_killed_with_its_workers(rigs) -> None:
+    rig = rigs.new().start()
+    workers = rig.worker_processes()
+    stream = f"{rig.name}/acq/continuous"
+    os.killpg(workers[0].pid, signal.SIGSTOP)  # the worker cannot react to its parent dying
+    rig.proc.kill()
+    rig.proc.wait(5)
+    for worker in workers:
+        worker.kill()
+    assert not exited(workers, 5)
+    assert session.read(rig.name) is not None, "a killed supervisor leaves its discovery file"
+    assert naming.shm_name(stream) in (shm.list_names() or [])
+
+    rig.start()  # same session name: the stale one is detected and cleaned first
+    assert "cleaned up after a supervisor that died: removed 4 shared-memory segment(s)" in (
+        rig.log()
+    ), rig.log()
+    with attach(stream) as reader:
+        assert reader.generation == 1, "a fresh stream, not a takeover of the stale one"
+    assert rig.interrupt() == 0
+    assert naming.shm_name(stream) not in (shm.list_names() or [])
+
+
+def test_ctrl_c_stops_in_order_and_leaves_nothing(rigs) -> None:
+    rig = rigs.new()
+    reader_worker = """
+[[workers]]
+name = "slow"
+kind = "tests.workers.lag_reader"
+[workers.parameters]
+frames_per_s = 50000.0
+"""
+    rig.write(DEMO_WORKER + reader_worker)
+    rig.start()
+    discovery = rig.discovery()
+    runtime = discovery.runtime_dir
+    names = [naming.shm_name(s) for s in discovery.streams]
+    workers = rig.worker_processes()
+    assert rig.interrupt() == 0
+    log = rig.log()
+    assert log.index("worker acq: stopped") < log.index("worker slow: stopped"), log
+    assert not exited(workers, 1)
+    assert not set(names) & set(shm.list_names() or [])
+    assert session.read(rig.name) is None
+    assert not any(p.suffix == ".sock" for p in os.scandir(runtime) if hasattr(p, "suffix"))
+    assert not [e.name for e in os.scandir(runtime) if e.name.endswith(".sock")]
+
+
+def test_second_ctrl_c_kills_a_worker_that_ignores_stop(rigs) -> None:
+    rig = rigs.new()
+    rig.write(
+        '[[workers]]\nname = "deaf"\nkind = "tests.workers.misbehaving"\n'
+        '[workers.parameters]\nmode = "deaf"\n'
+    )
+    rig.start()
+    workers = rig.worker_processes()
+    rig.proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert rig.proc.poll() is None, "the deaf worker should hold up the ordered stop"
+    assert rig.interrupt(timeout_s=10) == 1  # forced
+    assert not exited(workers, 2)
+
+
+def test_malformed_and_random_messages_never_stop_the_supervisor(rigs) -> None:
+    import zmq
+
+    rig = rigs.new().start()
+    endpoints = rig.discovery().endpoints
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoints.control)
+    rng = np.random.default_rng(7)
+    bad = [rng.bytes(int(n)) for n in rng.integers(0, 300, 300)]
+    bad += [
+        b"",
+        b"\x81\xa4type\xa6status\xa0",  # truncated msgpack
+        b"\x82\xa4type\xa6status\xaarequest_id\xa1x",  # request_id of the wrong type
+        b"\x81\xa4type\xa7explode",  # unknown tag
+        messages.encode(messages.StatusReply(session="x", uptime_s=0, state="y")),  # not a request
+        messages.encode(messages.Hello(protocol_version=99)),  # another protocol version
+    ]
+    try:
+        for payload in bad:
+            sock.send(payload)
+        sock.send_multipart([b"two", b"frames"])
+        replies = []
+        deadline = time.monotonic() + 10
+        while len(replies) < len(bad) + 1 and time.monotonic() < deadline:
+            if sock.poll(500):
+                replies.append(messages.decode(sock.recv()))
+    finally:
+        sock.close()
+    assert len(replies) == len(bad) + 1
+    assert all(isinstance(r, messages.Error) for r in replies)
+    assert rig.status().bad_messages == len(bad) + 1
+    # Raw bytes that are not ZeroMQ at all, on the same endpoint (libzmq may read them
+    # as old-protocol frames: those are answered and counted too, or dropped).
+    if endpoints.control.startswith("ipc://"):
+        import socket
+
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(endpoints.control.removeprefix("ipc://"))
+        raw.sendall(rng.bytes(4096))
+        raw.close()
+    time.sleep(0.3)
+    status = rig.status()
+    assert status.bad_messages >= len(bad) + 1
+    assert all(w.state == "running" for w in status.workers)
+    assert rig.proc.poll() is None
+
+
+def test_parameters_annotations_and_events(rigs) -> None:
+    rig = rigs.new().start()
+    with rig.subscriber() as events:
+        time.sleep(0.3)  # let the subscription reach the PUB socket
+        reply = rig.client().request(
+            messages.SetParameter(worker="acq", name="spike_rate_hz", value=40)
+        )
+        assert isinstance(reply, messages.Ok)
+        rig.client().request(messages.Annotate(text="drug applied"))
+        seen = []
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            event = events.receive(0.5)
+            if event and isinstance(event[1], messages.ParameterChanged | messages.Annotated):
+                seen.append(event)
+    assert seen[0][0] == "worker.acq.parameter_changed" and seen[0][1].value == 40
+    assert seen[1][0] == "session.annotated" and seen[1][1].text == "drug applied"
+    assert abs(seen[1][1].time_ns - time.time_ns()) < 10e9
+    with pytest.raises(RequestFailed, match=r"settable: .*spike_rate_hz"):
+        rig.client().request(messages.SetParameter(worker="acq", name="channels", value=4))
+    with pytest.raises(RequestFailed, match="Expected `float`"):
+        rig.client().request(messages.SetParameter(worker="acq", name="lfp_uv", value="big"))
+    with pytest.raises(RequestFailed, match="no worker named 'nope'; workers: acq"):
+        rig.client().request(messages.StopWorker(worker="nope"))
+
+
+def test_stop_start_and_restart_one_worker(rigs) -> None:
+    rig = rigs.new().start()
+    first = rig.worker("acq").pid
+    rig.client().request(messages.StopWorker(worker="acq"))
+    wait_for(lambda: rig.worker("acq").state == "stopped", 5, "the worker to stop")
+    time.sleep(0.8)  # longer than its backoff: a stopped worker stays stopped
+    assert rig.worker("acq").state == "stopped"
+    rig.client().request(messages.StartWorker(worker="acq"))
+    wait_for(lambda: rig.worker("acq").state == "running", 10, "the worker to start")
+    second = rig.worker("acq").pid
+    rig.client().request(messages.RestartWorker(worker="acq"))
+    wait_for(
+        lambda: (w := rig.worker("acq")).state == "running" and w.pid not in (first, second),
+        10,
+        "the worker to restart",
+    )
+    assert rig.worker("acq").restarts == 1
+
+
+def test_restart_policy_backs_off_then_gives_up(rigs) -> None:
+    rig = rigs.new()
+    rig.write(
+        '[[workers]]\nname = "flaky"\nkind = "tests.workers.misbehaving"\n'
+        "max_restarts = 2\nbackoff_s = 0.1\nbackoff_max_s = 0.2\n"
+        '[workers.parameters]\nmode = "crash"\nafter_s = 0.1\n'
+    )
+    rig.start(wait=False)
+    wait_for(lambda: rig.discovery() and rig.worker("flaky").state == "failed", 30, "failed")
+    flaky = rig.worker("flaky")
+    assert flaky.restarts == 2 and flaky.exit_code == 3
+    log = rig.log()
+    assert "restarting in 0.1 s" in log and "restarting in 0.2 s" in log
+    assert "gave up after 2 restarts" in log
+
+
+def test_a_worker_that_stops_heartbeating_is_killed_and_restarted(rigs) -> None:
+    rig = rigs.new()
+    rig.write(
+        '[[workers]]\nname = "hang"\nkind = "tests.workers.misbehaving"\nrestart = "always"\n'
+        '[workers.parameters]\nmode = "hang"\nafter_s = 0.3\n'
+    )
+    rig.start()
+    wait_for(lambda: rig.worker("hang").restarts >= 1, 10, "the hung worker to be restarted")
+    assert "no heartbeat for" in rig.log()
+
+
+def test_status_shows_a_lossless_readers_lag(rigs) -> None:
+    rig = rigs.new()
+    slow = """
+[[workers]]
+name = "slow"
+kind = "tests.workers.lag_reader"
+[workers.parameters]
+frames_per_s = 2000.0
+"""
+    rig.write(DEMO_WORKER + slow)
+    rig.start()
+
+    def lagging():
+        stream = next(s for s in rig.status().streams if s.stream.endswith("acq/continuous"))
+        return stream.readers and stream.readers[0].lag > 3000 and stream.readers[0]
+
+    reader = wait_for(lagging, 10, "the slow reader's lag to show")
+    assert reader.worker == "slow"
+
+
+def test_control_plane_over_tcp_when_forced(rigs) -> None:
+    rig = rigs.new().start(env={"RIGPIPE_TRANSPORT": "tcp"})
+    endpoints = rig.discovery().endpoints
+    assert endpoints.control.startswith("tcp://127.0.0.1:")
+    assert rig.status().workers[0].state == "running"
+
+
+def test_a_second_supervisor_for_a_running_session_is_refused(rigs) -> None:
+    rig = rigs.new().start()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(rig.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "already running" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_against_a_running_rig(rigs) -> None:
+    rig = rigs.new().start()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    status = cli("status")
+    assert status.returncode == 0 and "acq" in status.stdout and "running" in status.stdout
+    tail = cli("tail", "acq/continuous", "--seconds", "1.2")
+    assert tail.returncode == 0 and "frames/s" in tail.stdout
+    assert cli("annotate", "hello").stdout.strip() == "annotation recorded"
+    assert "acq.spike_rate_hz = 3" in cli("set", "acq", "spike_rate_hz", "3").stdout
+    stop = cli("stop")
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert rig.proc.wait(10) == 0
+
+
+def test_cli_without_a_rig_says_how_to_start_one(rigs) -> None:
+    for command in (["status"], ["stop"], ["annotate", "x"], ["tail", "acq/continuous"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1, command
+        assert result.stderr.strip() == (
+            "rigpipe: no rig is running; start one with `rigpipe run configs/demo.toml`"
+        )
