@@ -62,7 +62,6 @@ class ControlConfig(_Table, kw_only=True):
     events_port: Port = 0
     heartbeat_interval_s: PositiveS = 0.25
     heartbeat_timeout_s: PositiveS = 2.0
-    request_timeout_s: PositiveS = 5.0
 
 
 class WorkerConfig(_Table, kw_only=True):

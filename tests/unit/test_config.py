@@ -1,0 +1,93 @@
+"""Config loading: every kind of mistake is one ConfigError naming the file, field and fix."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from pipeline import config
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD = sorted((ROOT / "tests" / "configs").glob("*.toml"))
+
+
+def _expectation(path: Path) -> tuple[str, str]:
+    first = path.read_text().splitlines()[0]
+    match = re.fullmatch(r"# expect: (.*?) \| (.*)", first)
+    assert match, f"{path.name} must start with '# expect: FIELD | MESSAGE'"
+    return match[1].strip(), match[2]
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_each_bad_config_raises_its_config_error(path: Path) -> None:
+    field, message = _expectation(path)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    error = caught.value
+    assert error.path == str(path)
+    assert error.field == field
+    assert message in error.problem, f"{error.problem!r} lacks {message!r}"
+    assert str(error).startswith(f"{path}: ")
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_the_demo_config_is_valid_and_complete() -> None:
+    rig = config.load(ROOT / "configs" / "demo.toml")
+    assert rig.session.name == "demo"
+    (acq,) = rig.workers
+    assert acq.outputs == ["acq/continuous", "acq/spikes"] and acq.inputs == []
+    assert acq.settings.line_noise_hz == 60.0
+
+
+def test_readers_start_after_the_writers_they_read(tmp_path: Path) -> None:
+    path = tmp_path / "order.toml"
+    path.write_text(
+        '[[workers]]\nname = "reader"\nkind = "tests.workers.lag_reader"\n'
+        '[[workers]]\nname = "acq"\nkind = "acquisition"\n'
+    )
+    rig = config.load(path)
+    assert {p.name: p.level for p in rig.workers} == {"reader": 1, "acq": 0}
+
+
+def test_the_cli_prints_one_line_and_no_traceback_for_a_bad_config() -> None:
+    path = ROOT / "tests" / "configs" / "unknown_kind.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "workers[0].kind: unknown worker kind 'acquisitoin'" in result.stderr
+
+
+def test_the_reference_documents_every_option() -> None:
+    """configs/README.md names every field of every config table and worker settings."""
+    from workers.acquisition import AcquisitionSettings
+
+    reference = (ROOT / "configs" / "README.md").read_text()
+    tables = [
+        config.SessionConfig,
+        config.ControlConfig,
+        config.WorkerConfig,
+        AcquisitionSettings,
+    ]
+    missing = [
+        f"{table.__name__}.{field.name}"
+        for table in tables
+        for field in msgspec.structs.fields(table)
+        if f"`{field.name}`" not in reference
+    ]
+    assert not missing, f"configs/README.md does not describe: {missing}"
