@@ -7,33 +7,47 @@ An outside process needs only :func:`attach`::
         for chunk in reader:
             process(chunk.data, chunk.timestamps_ns)
 
-A worker that produces data needs :class:`RingWriter`.
+A stream writer needs :class:`RingWriter`; a worker kind subclasses :class:`Worker`.
 """
 
 from pipeline.errors import (
+    BusTimeout,
+    ConfigError,
     EndOfStream,
+    ProtocolError,
     ReaderClosed,
+    RequestFailed,
     RigpipeError,
     SegmentCorrupt,
     SegmentNotReady,
+    SessionNotFound,
+    SessionRunning,
     StreamExists,
     StreamNotFound,
     WriterClosed,
 )
 from pipeline.ring import Chunk, RingReader, RingWriter, attach
 from pipeline.segments import list_streams, sweep
+from pipeline.worker import Worker
 
 __all__ = [
+    "BusTimeout",
     "Chunk",
+    "ConfigError",
     "EndOfStream",
+    "ProtocolError",
     "ReaderClosed",
+    "RequestFailed",
     "RigpipeError",
     "RingReader",
     "RingWriter",
     "SegmentCorrupt",
     "SegmentNotReady",
+    "SessionNotFound",
+    "SessionRunning",
     "StreamExists",
     "StreamNotFound",
+    "Worker",
     "WriterClosed",
     "attach",
     "list_streams",

@@ -47,6 +47,8 @@ from pipeline.errors import RigpipeError
 from pipeline.ring import RingReader, RingWriter, attach
 
 _PR_SET_PDEATHSIG = 1
+#: The bus is polled at most this often by service(); commands wait at most this long.
+SERVICE_INTERVAL_S = 0.005
 _PARENT_WATCHES = ("auto", "pdeathsig", "heartbeat")
 
 
@@ -103,6 +105,7 @@ class Worker:
         self._ready = False
         self._bus: Client | None = None
         self._next_heartbeat = 0.0
+        self._next_service = 0.0
         self._last_ack = time.monotonic()
 
     # -- for subclasses -------------------------------------------------------------------------
@@ -167,6 +170,7 @@ class Worker:
         while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
             if remaining > 0.05 and self._bus is not None:
                 self._handle(self._bus.receive(min(remaining, self.spec.heartbeat_interval_s)))
+                self._next_service = 0.0
                 self.service()
             else:
                 time.sleep(remaining)
@@ -175,9 +179,10 @@ class Worker:
     def service(self) -> None:
         """Heartbeat when due, handle waiting commands, notice a vanished supervisor."""
         bus = self._bus
-        if bus is None:
-            return
         now = time.monotonic()
+        if bus is None or now < self._next_service:
+            return  # a step loop at 1 kHz need not poll the socket 1000 times a second
+        self._next_service = now + SERVICE_INTERVAL_S
         if now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + self.spec.heartbeat_interval_s
@@ -254,11 +259,16 @@ class Worker:
         self._bus = Client(self.spec.endpoints, self.spec.heartbeat_timeout_s, identity)
         self._last_ack = time.monotonic()
         self._bus.send(messages.Hello(worker=self.name, pid=os.getpid()))
+        answer = self._bus.receive(self.spec.heartbeat_timeout_s)
+        if isinstance(answer, messages.Error):
+            self.log.error("the supervisor refused this worker: %s", answer.text)
+            self._bus.close()
+            return 1
         code = 0
         try:
             self.setup()
             self._ready = True
-            self._next_heartbeat = 0.0
+            self._next_heartbeat = self._next_service = 0.0
             self.service()
             self.run()
         except RigpipeError as exc:

@@ -346,3 +346,26 @@ def test_cli_without_a_rig_says_how_to_start_one(rigs) -> None:
         assert result.stderr.strip() == (
             "rigpipe: no rig is running; start one with `rigpipe run configs/demo.toml`"
         )
+
+
+def test_the_readme_worker_example_runs_in_a_rig(rigs, monkeypatch) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Writing a worker") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("\n```", start)]
+    rig = rigs.new()
+    package = rig.directory / "mylab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "decoder.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", str(rig.directory))
+    rig.write(DEMO_WORKER + '[[workers]]\nname = "decoder"\nkind = "mylab.decoder"\n')
+    rig.start()
+    with attach(f"{rig.name}/decoder/rate", from_now=False) as rate:
+        values = rate.read(timeout_s=5).data
+    assert values.shape[1:] == (1,) and values.min() > 0
+    rig.client().request(messages.SetParameter(worker="decoder", name="gain", value=2.0))
+    stream = next(s for s in rig.status().streams if s.stream.endswith("acq/continuous"))
+    assert [r.worker for r in stream.readers] == ["decoder"]
