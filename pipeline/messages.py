@@ -56,25 +56,21 @@ class ListStreams(Message, kw_only=True):
     request_id: int = 0
 
 
-class StartWorker(Message, kw_only=True):
+class _WorkerCommand(Message, kw_only=True):
+    request_id: int = 0
+    worker: str
+
+
+class StartWorker(_WorkerCommand):
     """Start a worker that is stopped, failed or waiting in backoff."""
 
-    request_id: int = 0
-    worker: str
 
-
-class StopWorker(Message, kw_only=True):
+class StopWorker(_WorkerCommand):
     """Stop a worker and keep it stopped (its restart policy is suspended)."""
 
-    request_id: int = 0
-    worker: str
 
-
-class RestartWorker(Message, kw_only=True):
+class RestartWorker(_WorkerCommand):
     """Stop a worker and start it again at once (counted as a restart)."""
-
-    request_id: int = 0
-    worker: str
 
 
 class SetParameter(Message, kw_only=True):

@@ -541,17 +541,20 @@ class Supervisor:
             )
         return messages.HeartbeatAck()
 
+    def _no_such_worker(self, name: str, request_id: int) -> messages.Error:
+        names = ", ".join(self.workers)
+        return messages.Error(
+            request_id=request_id, text=f"no worker named {name!r}; workers: {names}"
+        )
+
     def _on_worker_command(
         self, command: messages.StartWorker | messages.StopWorker | messages.RestartWorker
     ) -> Message:
         """Start, stop (and hold) or restart one worker by name."""
-        worker = self.workers.get(command.worker)
         rid = command.request_id
+        worker = self.workers.get(command.worker)
         if worker is None:
-            names = ", ".join(self.workers)
-            return messages.Error(
-                request_id=rid, text=f"no worker named {command.worker!r}; workers: {names}"
-            )
+            return self._no_such_worker(command.worker, rid)
         if self.state in ("stopping", "stopped"):
             return messages.Error(request_id=rid, text="the session is stopping")
         match command:
@@ -578,13 +581,10 @@ class Supervisor:
 
     def _on_set_parameter(self, client: bytes, request: messages.SetParameter) -> Message | None:
         """Pass a parameter change to its worker; the worker's answer is relayed back."""
-        worker = self.workers.get(request.worker)
         rid = request.request_id
+        worker = self.workers.get(request.worker)
         if worker is None:
-            names = ", ".join(self.workers)
-            return messages.Error(
-                request_id=rid, text=f"no worker named {request.worker!r}; workers: {names}"
-            )
+            return self._no_such_worker(request.worker, rid)
         if worker.state is not WorkerState.RUNNING or worker.identity is None:
             return messages.Error(
                 request_id=rid, text=f"{worker.name} is {worker.state}, not running; try later"

@@ -29,6 +29,14 @@ chunk_s = 0.002
 """
 
 
+def slow_reader(frames_per_s: float) -> str:
+    """A lossless reader of ``acq/continuous`` (tests/workers/lag_reader.py) at this pace."""
+    return (
+        '[[workers]]\nname = "slow"\nkind = "tests.workers.lag_reader"\n'
+        f"[workers.parameters]\nframes_per_s = {frames_per_s}\n"
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
