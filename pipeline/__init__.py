@@ -28,7 +28,16 @@ from pipeline.errors import (
 )
 from pipeline.ring import Chunk, RingReader, RingWriter, attach
 from pipeline.segments import list_streams, sweep
-from pipeline.worker import Worker
+
+
+def __getattr__(name: str):
+    # Imported on first use: ``python -m pipeline.worker`` must not find it imported already.
+    if name == "Worker":
+        from pipeline.worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+
 
 __all__ = [
     "BusTimeout",

@@ -112,6 +112,7 @@ class Heartbeat(Message, kw_only=True):
     ready: bool = False
     counters: dict[str, float] = {}
     readers: list[ReaderReport] = []
+    note: str = ""  # one line for status: what it is doing, or what went wrong
 
 
 class Report(Message, kw_only=True):
@@ -160,6 +161,7 @@ class WorkerStatus(Message, kw_only=True):
     heartbeat_age_s: float | None = None
     exit_code: int | None = None
     counters: dict[str, float] = {}
+    note: str = ""
 
 
 class ReaderLag(Message, kw_only=True):

@@ -66,6 +66,7 @@ class WorkerProcess:
     readers: list[messages.ReaderReport] = field(default_factory=list)
     cpu_percent: float = 0.0
     rss_bytes: int = 0
+    note: str = ""
 
     @property
     def name(self) -> str:
@@ -118,6 +119,7 @@ class WorkerProcess:
         self.stop_deadline = None
         self.counters = {}
         self.readers = []
+        self.note = ""
 
     def identity_now(self) -> tuple[int, int] | None:
         """(pid, start_ms) of the running process, for the discovery file."""
@@ -219,6 +221,7 @@ class WorkerProcess:
             heartbeat_age_s=age,
             exit_code=self.exit_code,
             counters=self.counters,
+            note=self.note,
         )
 
 

@@ -751,15 +751,18 @@ def _copy_slots(gen: Generation, start: int, end: int) -> tuple[np.ndarray, np.n
     return data, timestamps
 
 
-def attach(stream: str, *, from_now: bool = True) -> RingReader:
+def attach(stream: str, *, from_now: bool = True, cursor: int | None = None) -> RingReader:
     """Attach a reader to ``stream`` from any process, knowing only its name.
 
     ``stream`` is a full name (``demo/acq/continuous``) or, inside the running
     rig (``$RIGPIPE_SESSION``, else the only one running), ``acq/continuous``.
 
     ``from_now=True`` starts at the next frame published; ``False`` starts at
-    the oldest frame the ring still holds. Raises :class:`StreamNotFound`
-    (listing the streams that exist) or :class:`SegmentCorrupt`.
+    the oldest frame the ring still holds. ``cursor`` starts at that sequence
+    number instead (a lossless reader resuming where it stopped): if the ring
+    no longer holds it, the first chunk reports the frames lost as ``dropped``.
+    Raises :class:`StreamNotFound` (listing the streams that exist) or
+    :class:`SegmentCorrupt`.
     """
     if stream.count("/") == 1:  # "worker/port": a stream of the running session
         from pipeline.session import resolve_stream
@@ -794,5 +797,8 @@ def attach(stream: str, *, from_now: bool = True) -> RingReader:
             meta.close()
             raise
         write = gen.fields[WRITE_CURSOR]
-        cursor = write if from_now else max(write - gen.capacity, gen.start_cursor)
-        return RingReader(stream, meta, gen, cursor)
+        if cursor is not None:
+            start = min(cursor, write)  # the ring's own accounting reports what is gone
+        else:
+            start = write if from_now else max(write - gen.capacity, gen.start_cursor)
+        return RingReader(stream, meta, gen, start)

@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ class Supervisor:
         self._stream_states: dict[str, segments.StreamState] = {}
         self._next_sample = 0.0
         self._t0 = time.monotonic()
+        self.session_id = str(uuid.uuid4())
         self.server: bus.Server | None = None
 
     # -- session lifecycle ----------------------------------------------------------------------
@@ -155,6 +157,9 @@ class Supervisor:
                 heartbeat_timeout_s=self.rig.control.heartbeat_timeout_s,
                 log_level=self.rig.session.log_level,
                 recordings_dir=str(Path(self.rig.session.recordings_dir).resolve()),
+                session_id=self.session_id,
+                supervisor_start_ms=segments.process_identity()[1],
+                config_text=self.rig.text,
             )
             log_path = self.runtime_dir / "logs" / f"{plan.name}.log"
             self.workers[plan.name] = WorkerProcess(plan, spec, log_path)
@@ -533,6 +538,7 @@ class Supervisor:
         worker.last_heartbeat = time.monotonic()
         worker.counters = beat.counters
         worker.readers = beat.readers
+        worker.note = beat.note
         if beat.ready and worker.state is WorkerState.STARTING:
             worker.state = WorkerState.RUNNING
             worker.ready_at = worker.last_heartbeat

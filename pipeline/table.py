@@ -40,10 +40,10 @@ def render(status: StatusReply) -> list[str]:
             f"{s.stream:32} {writer:10} {s.generation:>4} {s.rate_hz:10.0f} "
             f"{s.write_cursor:>13}  {readers}"
         )
-    counters = [w for w in status.workers if w.counters]
-    if counters:
+    noted = [w for w in status.workers if w.counters or w.note]
+    if noted:
         lines.append("")
-    for w in counters:
+    for w in noted:
         shown = "  ".join(f"{k} {v:g}" for k, v in sorted(w.counters.items()))
-        lines.append(f"{w.name}: {shown}")
+        lines.append(f"{w.name}: {w.note + '  ' if w.note else ''}{shown}")
     return lines

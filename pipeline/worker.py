@@ -65,6 +65,9 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_s: float = 2.0
     log_level: str = "info"
     recordings_dir: str = "recordings"
+    session_id: str = ""  # a uuid per supervisor run
+    supervisor_start_ms: int = 0  # with supervisor_pid: tells a restarted supervisor from ours
+    config_text: str = ""  # the config file as given, for provenance
 
 
 class NoSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -100,6 +103,8 @@ class Worker:
         self.log = logging.getLogger(f"rigpipe.{spec.name}")
         #: Numbers shown by ``rigpipe status`` (chunks, late chunks, drift...).
         self.counters: dict[str, float] = {}
+        #: One line shown by ``rigpipe status`` next to the worker ("recording to ...", an error).
+        self.note = ""
         self._readers: dict[str, RingReader] = {}
         self._stopping = False
         self._ready = False
@@ -149,14 +154,24 @@ class Worker:
         """A :class:`RingWriter` on this worker's stream ``port`` (taking over a dead one's)."""
         return RingWriter(self.stream(port), dtype, frame_shape, capacity, sample_rate, descriptor)
 
-    def reader(self, stream: str, *, from_now: bool = False) -> RingReader:
+    def reader(
+        self, stream: str, *, from_now: bool = False, cursor: int | None = None
+    ) -> RingReader:
         """Attach to session stream ``stream`` (``acq/continuous``) as a lossless reader.
 
-        Its cursor is reported in every heartbeat, so ``rigpipe status`` shows its lag.
+        Its cursor is reported in every heartbeat, so ``rigpipe status`` shows
+        its lag. ``cursor`` resumes at a sequence number (see ``attach``).
         """
-        reader = attach(f"{self.spec.session}/{stream}", from_now=from_now)
+        reader = attach(f"{self.spec.session}/{stream}", from_now=from_now, cursor=cursor)
+        self.close_reader(stream)
         self._readers[stream] = reader
         return reader
+
+    def close_reader(self, stream: str) -> None:
+        """Detach the reader of ``stream`` (it stops counting in status)."""
+        reader = self._readers.pop(stream, None)
+        if reader is not None:
+            reader.close()
 
     def report(self, text: str, level: str = "warning") -> None:
         """Publish ``text`` as a session event (and log it)."""
@@ -208,6 +223,7 @@ class Worker:
                 ready=self._ready,
                 counters=dict(self.counters),
                 readers=readers,
+                note=self.note,
             )
         )
 

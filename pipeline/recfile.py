@@ -1,0 +1,185 @@
+"""The rigpipe recording format: constants, record types, the manifest, and crash repair.
+
+A recording is a directory ``<recordings_dir>/<session>-<YYYYmmdd-HHMMSS>/``
+holding ``manifest.json`` and segment files ``segment-0000.h5``,
+``segment-0001.h5``, ... (docs/recording-format.md describes every group,
+dataset and attribute). This module is what both the recorder (which writes)
+and ``rigpipe inspect`` (which reads) need to agree on; it knows nothing about
+workers.
+
+Repair: a segment whose writer was killed while in SWMR mode keeps the
+"open for write" flags in its superblock, and plain ``h5py.File(path)``
+refuses it. :func:`clear_consistency_flags` clears those flags in place and
+rewrites the superblock checksum, which is what HDF5's ``h5clear -s`` does;
+the data is whatever the writer had flushed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+#: One row per control-plane event (annotations, restarts, parameter changes, reports).
+EVENT_DTYPE = np.dtype(
+    [("time_ns", "<i8"), ("monotonic_ns", "<i8"), ("topic", "S64"), ("payload", "S2048")]
+)
+#: One row per stretch of a stream that is missing from the recording, and why.
+GAP_DTYPE = np.dtype(
+    [
+        ("stream", "S128"),
+        ("at_frame", "<i8"),  # recording frame index of the first frame after the gap
+        ("lost_frames", "<i8"),  # estimated from the timestamps (or exact from the ring)
+        ("cursor_start", "<i8"),  # ring sequence numbers lost: [cursor_start, cursor_end)
+        ("cursor_end", "<i8"),
+        ("start_ns", "<i8"),  # timestamp of the last frame before the gap
+        ("end_ns", "<i8"),  # timestamp of the first frame after it
+        ("cause", "S128"),
+    ]
+)
+#: One row per worker restart seen during the recording.
+RESTART_DTYPE = np.dtype(
+    [("time_ns", "<i8"), ("worker", "S64"), ("restarts", "<i4"), ("reason", "S256")]
+)
+
+
+def group_name(stream: str) -> str:
+    """HDF5 group of a session stream: ``acq/continuous`` -> ``streams/acq.continuous``."""
+    return "streams/" + stream.replace("/", ".")
+
+
+class SegmentEntry(msgspec.Struct, kw_only=True):
+    """One segment file in the manifest."""
+
+    file: str
+    index: int
+    started_at: str
+    finished_at: str = ""
+    state: str = "open"  # open (being written or crashed), closed, repaired
+    first_frames: dict[str, int] = {}  # stream -> recording frame index of its row 0
+    frames: dict[str, int] = {}  # stream -> rows in this segment (when closed)
+    bytes: int = 0
+
+
+class Manifest(msgspec.Struct, kw_only=True):
+    """``manifest.json``: the segments of one recording, in order."""
+
+    schema_version: int = SCHEMA_VERSION
+    recording_id: str
+    session: str
+    session_id: str
+    started_at: str
+    finished_at: str = ""
+    streams: list[str] = []
+    segments: list[SegmentEntry] = []
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Replace the manifest atomically (and durably: fsync before the rename)."""
+    temporary = directory / f".{MANIFEST}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as out:
+        out.write(msgspec.json.format(msgspec.json.encode(manifest)))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, directory / MANIFEST)
+
+
+def read_manifest(directory: Path) -> Manifest:
+    return msgspec.json.decode((directory / MANIFEST).read_bytes(), type=Manifest)
+
+
+def text(value: Any, limit: int) -> bytes:
+    """UTF-8 bytes for a fixed-width field, cut at ``limit`` with a visible marker."""
+    raw = (value if isinstance(value, str) else json.dumps(value, default=str)).encode()
+    return raw if len(raw) <= limit else raw[: limit - 3] + b"..."
+
+
+# -- crash repair ---------------------------------------------------------------------------------
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_FLAGS_AT = 11
+_M32 = 0xFFFFFFFF
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle``: the checksum HDF5 puts in its metadata."""
+    length = len(data)
+    a = b = c = (0xDEADBEEF + length + initval) & _M32
+    pos = 0
+    while length > 12:
+        x, y, z = struct.unpack_from("<III", data, pos)
+        a, b, c = (a + x) & _M32, (b + y) & _M32, (c + z) & _M32
+        a = (a - c) & _M32 ^ _rot(c, 4)
+        c = (c + b) & _M32
+        b = (b - a) & _M32 ^ _rot(a, 6)
+        a = (a + c) & _M32
+        c = (c - b) & _M32 ^ _rot(b, 8)
+        b = (b + a) & _M32
+        a = (a - c) & _M32 ^ _rot(c, 16)
+        c = (c + b) & _M32
+        b = (b - a) & _M32 ^ _rot(a, 19)
+        a = (a + c) & _M32
+        c = (c - b) & _M32 ^ _rot(b, 4)
+        b = (b + a) & _M32
+        length -= 12
+        pos += 12
+    if length == 0:
+        return c
+    x, y, z = struct.unpack("<III", data[pos:] + bytes(12 - length))
+    a, b, c = (a + x) & _M32, (b + y) & _M32, (c + z) & _M32
+    c = (c ^ b) - _rot(b, 14) & _M32
+    a = (a ^ c) - _rot(c, 11) & _M32
+    b = (b ^ a) - _rot(a, 25) & _M32
+    c = (c ^ b) - _rot(b, 16) & _M32
+    a = (a ^ c) - _rot(c, 4) & _M32
+    b = (b ^ a) - _rot(a, 14) & _M32
+    c = (c ^ b) - _rot(b, 24) & _M32
+    return c
+
+
+def consistency_flags(path: Path) -> int:
+    """The superblock's file-consistency flags (0 for a cleanly closed file)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[:8] != _SIGNATURE or head[8] < 2:
+        raise ValueError(f"{path} is not an HDF5 file with a version 2/3 superblock")
+    return head[_FLAGS_AT]
+
+
+def clear_consistency_flags(path: Path) -> bool:
+    """Clear a crashed writer's "open for write / SWMR" flags, as ``h5clear -s`` does.
+
+    Returns False when the flags were already clear. Only superblock versions
+    2 and 3 (what ``libver="latest"`` writes) carry these flags.
+    """
+    with open(path, "r+b") as f:
+        head = f.read(16)
+        if head[:8] != _SIGNATURE or head[8] not in (2, 3):
+            raise ValueError(f"{path} is not an HDF5 file with a version 2/3 superblock")
+        if head[_FLAGS_AT] == 0:
+            return False
+        size_of_offsets = head[9]
+        checksum_at = 12 + 4 * size_of_offsets
+        f.seek(0)
+        superblock = bytearray(f.read(checksum_at + 4))
+        stored = struct.unpack_from("<I", superblock, checksum_at)[0]
+        if lookup3(bytes(superblock[:checksum_at])) != stored:
+            raise ValueError(f"{path}: the superblock checksum does not match; not repairing")
+        superblock[_FLAGS_AT] = 0
+        struct.pack_into("<I", superblock, checksum_at, lookup3(bytes(superblock[:checksum_at])))
+        f.seek(0)
+        f.write(superblock)
+        f.flush()
+        os.fsync(f.fileno())
+    return True

@@ -1,0 +1,297 @@
+"""Recording worker: every frame of the configured streams, and the session's events, to HDF5.
+
+A lossless reader of each stream (its lag shows in ``rigpipe status``). It
+writes segment files under SWMR and flushes every ``flush_s``; the frames in a
+flushed file survive a crash of any process. After a crash of the recorder
+itself, the restarted recorder reopens the segment it was writing, repairs it,
+and resumes each stream at the ring sequence number after the last frame in
+the file, so nothing is lost while the ring still holds those frames; if it
+does not, the lost range becomes a row in ``gaps``. ``rigpipe record
+start|stop`` (the settable parameter ``recording``) starts and stops it while
+the rig runs. See docs/recording-format.md for the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from pipeline import messages
+from pipeline.bus import Subscriber
+from pipeline.errors import EndOfStream, StreamNotFound
+from pipeline.ring import RingReader
+from pipeline.worker import Worker
+from workers.recording import provenance
+from workers.recording.recording import Recording, finish_abandoned
+from workers.recording.segment import StreamFormat
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+REATTACH_S = 0.5  # how often to look for a stream whose writer closed it
+RESTART_MARGIN_S = 3.0  # time a restarted recorder needs before it reads again
+
+
+class RecordingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[workers.parameters]`` of a recording worker."""
+
+    streams: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["acq/continuous", "acq/spikes"]
+    )
+    recording: bool = True
+    flush_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    rotate_minutes: NonNegative = 0.0
+    rotate_gb: NonNegative = 0.0
+    block_s: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    fsync: bool = False
+
+
+def _format(stream: str, reader: RingReader) -> StreamFormat:
+    return StreamFormat(
+        stream, reader.dtype, reader.frame_shape, reader.sample_rate, reader.descriptor
+    )
+
+
+class RecordingWorker(Worker):
+    Settings = RecordingSettings
+    settable = frozenset({"recording"})
+
+    @classmethod
+    def inputs(cls, settings: Any) -> list[str]:
+        return list(settings.streams)
+
+    @classmethod
+    def check(cls, settings: Any) -> None:
+        if len(set(settings.streams)) != len(settings.streams):
+            raise ValueError("streams lists a stream twice")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        if hasattr(signal, "SIGXFSZ"):  # a file-size limit becomes an error, not a kill
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        self.root = Path(self.spec.recordings_dir)
+        self.recording: Recording | None = None
+        self.formats: dict[str, StreamFormat] = {}
+        self.ended: dict[str, float] = {}  # stream -> when to look for it again
+        self.next_flush = time.monotonic() + self.settings.flush_s
+        self.events = Subscriber(self.spec.endpoints)
+        self.counters.update(frames=0, gaps=0, events=0, segments=0, flushes=0)
+        self.pointer = self.root / f".active-{self.spec.session}-{self.name}.json"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not self._resume_if_interrupted() and self.settings.recording:
+                self._start()
+        except (OSError, ValueError) as exc:
+            self._fail(exc)
+
+    def teardown(self) -> None:
+        try:
+            if self.recording is not None:
+                self._drain()
+                self._stop("the recorder stopped")
+        except (OSError, ValueError) as exc:
+            self._fail(exc)
+        self.events.close()
+
+    def on_parameter(self, name: str, value: Any) -> None:
+        if value and self.recording is None:
+            self.note = ""
+            self._guard(self._start)
+        elif not value and self.recording is not None:
+            self._guard(lambda: self._stop("recording stopped by request"))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def step(self) -> None:
+        self._guard(self._record_events)
+        written = self._guard(self._record_frames) or 0
+        if self.recording is not None and time.monotonic() >= self.next_flush:
+            self._guard(self._flush)
+        if not written:
+            self.wait_until(time.monotonic() + 0.01)
+
+    def _guard(self, action):
+        """Run ``action``; a write error (disk full, unwritable) stops recording, not the worker."""
+        try:
+            return action()
+        except (OSError, ValueError) as exc:
+            self._fail(exc)
+            return None
+
+    def _record_frames(self) -> int:
+        rec = self.recording
+        if rec is None:
+            return 0
+        written = 0
+        for stream in list(rec.streams):
+            reader = self._readers.get(stream)
+            if reader is None:
+                self._reattach(stream)
+                continue
+            block = max(1, round(self.settings.block_s * (reader.sample_rate or 10000.0)))
+            try:
+                chunk = reader.read(max_frames=block, timeout_s=0)
+            except EndOfStream:
+                self.close_reader(stream)
+                self.ended[stream] = time.monotonic() + REATTACH_S
+                rec.event("recorder", {"stream": stream, "text": "stream closed by its writer"})
+                continue
+            if not chunk.frames:
+                continue
+            if chunk.format_changed:
+                self.formats[stream] = _format(stream, reader)
+            cause = "recorder fell behind: the ring overwrote these frames"
+            rec.write(stream, chunk, cause, self.formats[stream])
+            written += chunk.frames
+        self.counters["frames"] += written
+        self.counters["gaps"] = rec.gaps
+        if rec.rotation_due():
+            rec.rotate()
+            self.counters["segments"] += 1
+        return written
+
+    def _reattach(self, stream: str) -> None:
+        """A stream whose writer closed it: follow it again once someone writes it."""
+        if time.monotonic() < self.ended.get(stream, 0.0):
+            return
+        try:
+            reader = self.reader(stream, from_now=False)
+        except StreamNotFound:
+            self.ended[stream] = time.monotonic() + REATTACH_S
+            return
+        self.formats[stream] = _format(stream, reader)
+        self.ended.pop(stream, None)
+
+    def _record_events(self) -> None:
+        while (event := self.events.receive(0)) is not None:
+            topic, message = event
+            if self.recording is None:
+                continue
+            restart = None
+            if isinstance(message, messages.WorkerRestarted):
+                restart = (message.worker, message.restarts, message.reason)
+            payload = msgspec.to_builtins(message)
+            self.recording.event(topic, payload, restart)
+            self.counters["events"] += 1
+
+    def _flush(self) -> None:
+        assert self.recording is not None
+        self.recording.flush()
+        if self.settings.fsync and self.recording.segment is not None:
+            fd = os.open(self.recording.segment.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.counters["flushes"] += 1
+        self.next_flush = time.monotonic() + self.settings.flush_s
+
+    def _drain(self) -> None:
+        """Before stopping: write what the rings still hold for us."""
+        deadline = time.monotonic() + 5.0
+        while self._record_frames() and time.monotonic() < deadline:
+            continue
+
+    # -- starting, resuming, stopping -----------------------------------------------------------
+    def _start(self) -> None:
+        s = self.settings
+        cursors = {}
+        for stream in s.streams:
+            reader = self.reader(stream, from_now=True)
+            self.formats[stream] = _format(stream, reader)
+            cursors[stream] = reader.cursor
+        self.recording = Recording.start(
+            self.root,
+            self.spec.session,
+            self.spec.session_id,
+            list(self.formats.values()),
+            cursors,
+            self._provenance(),
+            s.rotate_minutes * 60,
+            s.rotate_gb * 1e9,
+        )
+        self._write_pointer()
+        self._warn_if_ring_too_short()
+        self.note = f"recording to {self.recording.directory}"
+        self.log.info("%s", self.note)
+
+    def _provenance(self) -> dict[str, Any]:
+        return provenance.attributes(self.spec.session, self.spec.session_id, self.spec.config_text)
+
+    def _resume_if_interrupted(self) -> bool:
+        """Resume the recording a crashed recorder of this session left; True if resumed."""
+        try:
+            pointer = json.loads(self.pointer.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        directory = Path(pointer["directory"])
+        if pointer.get("session_id") != self.spec.session_id:
+            repaired = finish_abandoned(directory)
+            self.pointer.unlink(missing_ok=True)
+            self.report(f"finished recording {directory} left by an earlier session: {repaired}")
+            return False
+        s = self.settings
+        self.recording = Recording.resume(
+            directory, self._provenance(), s.rotate_minutes * 60, s.rotate_gb * 1e9
+        )
+        for stream, cursor in self.recording.next_cursors().items():
+            reader = self.reader(stream, cursor=cursor)
+            self.formats[stream] = _format(stream, reader)
+        self.recording.event("recorder", "resumed after a crash of the recorder")
+        self.note = f"recording to {directory} (resumed)"
+        self.report(f"resumed {directory} after a crash", "info")
+        return True
+
+    def _write_pointer(self) -> None:
+        assert self.recording is not None
+        record = {"directory": str(self.recording.directory), "session_id": self.spec.session_id}
+        temporary = self.pointer.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, self.pointer)
+
+    def _warn_if_ring_too_short(self) -> None:
+        for stream, fmt in self.formats.items():
+            reader = self._readers[stream]
+            if fmt.sample_rate <= 0:
+                continue
+            span_s = reader.capacity / fmt.sample_rate
+            needed = self.settings.flush_s + RESTART_MARGIN_S
+            if span_s < needed:
+                self.report(
+                    f"{stream} keeps {span_s:.1f} s in its ring; a recorder crash can lose frames "
+                    f"unless it keeps at least {needed:.0f} s (flush_s + restart time): "
+                    "raise the writer's buffer_s"
+                )
+
+    def _stop(self, why: str) -> None:
+        rec, self.recording = self.recording, None
+        if rec is None:
+            return
+        rec.event("recorder", why)
+        rec.finish()
+        self.pointer.unlink(missing_ok=True)
+        for stream in list(self._readers):
+            self.close_reader(stream)
+        self.note = f"not recording; last: {rec.directory}"
+        self.log.info("%s: %s", why, rec.directory)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Stop writing after an error; what was flushed stays readable."""
+        rec, self.recording = self.recording, None
+        self.note = f"ERROR, not recording: {exc}"
+        self.report(f"recording stopped: {exc}", "error")
+        self.counters["errors"] = self.counters.get("errors", 0) + 1
+        for stream in list(self._readers):
+            self.close_reader(stream)
+        if rec is not None:
+            with contextlib.suppress(Exception):  # the disk may refuse even the close
+                rec.finish()
+            with contextlib.suppress(OSError):
+                self.pointer.unlink(missing_ok=True)
+
+
+WORKER = RecordingWorker

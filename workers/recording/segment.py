@@ -1,0 +1,196 @@
+"""One HDF5 segment file of a recording, written in SWMR mode.
+
+Every dataset is created before SWMR starts (SWMR allows appending only), so a
+segment is opened knowing its streams and their formats; a format change
+starts the next segment. ``flush()`` makes everything appended so far durable
+against a crash of this process; a live reader with ``swmr=True`` sees it
+within milliseconds. ``close()`` ends SWMR, writes the finishing attributes
+and leaves a file plain ``h5py.File(path)`` opens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.recfile import (
+    EVENT_DTYPE,
+    GAP_DTYPE,
+    RESTART_DTYPE,
+    SCHEMA_VERSION,
+    clear_consistency_flags,
+    group_name,
+    text,
+)
+
+_CHUNK_BYTES = 1 << 20  # about 1 MiB per data chunk
+_CHUNK_CACHE_BYTES = 64 << 20  # so partial writes never evict a chunk being filled
+
+
+@dataclass
+class StreamFormat:
+    """What a stream's datasets are made from (from its ring)."""
+
+    stream: str  # session-relative, "acq/continuous"
+    dtype: np.dtype
+    frame_shape: tuple[int, ...]
+    sample_rate: float
+    descriptor: dict[str, Any]
+
+
+def _rows_per_chunk(fmt: StreamFormat) -> int:
+    frame_bytes = fmt.dtype.itemsize * int(np.prod(fmt.frame_shape, dtype=np.int64))
+    return int(np.clip(_CHUNK_BYTES // max(1, frame_bytes), 256, 65536))
+
+
+class Segment:
+    """An open segment file; rows are appended per stream, then flushed."""
+
+    def __init__(self, path: Path, file: h5py.File) -> None:
+        self.path = path
+        self.file = file
+        self.datasets: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
+        for group in file["streams"].values():
+            self.datasets[group.attrs["stream"]] = (group["data"], group["timestamps_ns"])
+        self.rows = {s: len(d) for s, (d, _) in self.datasets.items()}
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        attrs: dict[str, Any],
+        provenance: dict[str, Any],
+        formats: list[StreamFormat],
+        first_frames: dict[str, int],
+        first_cursors: dict[str, int],
+    ) -> Segment:
+        """A new segment file with a group per stream, then SWMR on."""
+        file = h5py.File(path, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+        try:
+            file.attrs.update(attrs)
+            file.attrs["schema_version"] = SCHEMA_VERSION
+            file.attrs["finished"] = False
+            for fmt in formats:
+                group = file.create_group(group_name(fmt.stream))
+                rows = _rows_per_chunk(fmt)
+                group.create_dataset(
+                    "data",
+                    shape=(0, *fmt.frame_shape),
+                    maxshape=(None, *fmt.frame_shape),
+                    dtype=fmt.dtype,
+                    chunks=(rows, *fmt.frame_shape),
+                )
+                group.create_dataset(
+                    "timestamps_ns", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(rows,)
+                )
+                _describe(group, fmt, first_frames[fmt.stream], first_cursors[fmt.stream])
+            for name, dtype in (("events", EVENT_DTYPE), ("gaps", GAP_DTYPE)):
+                file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
+            file.create_dataset(
+                "provenance/restarts",
+                shape=(0,),
+                maxshape=(None,),
+                dtype=RESTART_DTYPE,
+                chunks=(64,),
+            )
+            file["provenance"].attrs.update(provenance)
+            file.swmr_mode = True
+        except BaseException:
+            file.close()
+            raise
+        return cls(path, file)
+
+    @classmethod
+    def reopen(cls, path: Path) -> Segment:
+        """Continue a segment whose writer crashed: repair its flags, append again under SWMR."""
+        clear_consistency_flags(path)
+        file = h5py.File(path, "a", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+        try:
+            file.swmr_mode = True
+        except BaseException:
+            file.close()
+            raise
+        return cls(path, file)
+
+    def append(self, stream: str, data: np.ndarray, timestamps_ns: np.ndarray) -> None:
+        frames, stamps = self.datasets[stream]
+        start = self.rows[stream]
+        end = start + len(data)
+        frames.resize(end, axis=0)
+        frames[start:end] = data
+        stamps.resize(end, axis=0)
+        stamps[start:end] = timestamps_ns
+        self.rows[stream] = end
+
+    def add_row(self, dataset: str, row: np.void | np.ndarray) -> None:
+        """Append one record to ``events``, ``gaps`` or ``provenance/restarts``."""
+        table = self.file[dataset]
+        n = len(table)
+        table.resize(n + 1, axis=0)
+        table[n] = row
+
+    def first_cursor(self, stream: str) -> int:
+        return int(self.file[group_name(stream)].attrs["first_cursor"])
+
+    def first_frame(self, stream: str) -> int:
+        return int(self.file[group_name(stream)].attrs["first_frame"])
+
+    def lost_cursors(self, stream: str) -> int:
+        """Ring sequence numbers this segment skipped for ``stream`` (its gaps)."""
+        gaps = self.file["gaps"][:]
+        mine = gaps[gaps["stream"] == stream.encode()]
+        return int((mine["cursor_end"] - mine["cursor_start"]).sum())
+
+    def next_cursor(self, stream: str) -> int:
+        """The ring sequence number of the frame after the last one written."""
+        return self.first_cursor(stream) + self.rows[stream] + self.lost_cursors(stream)
+
+    def last_timestamp(self, stream: str) -> int | None:
+        stamps = self.datasets[stream][1]
+        return int(stamps[len(stamps) - 1]) if len(stamps) else None
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self, finished_attrs: dict[str, Any]) -> None:
+        """End SWMR and write the finishing attributes; the file then opens anywhere."""
+        self.file.flush()
+        self.file.close()
+        finalize(self.path, finished_attrs)
+
+
+def finalize(path: Path, finished_attrs: dict[str, Any]) -> None:
+    """Leave ``path`` openable by plain h5py, with its provenance's finishing attributes."""
+    clear_consistency_flags(path)  # a no-op after a clean close
+    with h5py.File(path, "a") as file:
+        file["provenance"].attrs.update(finished_attrs)
+        file.attrs["finished"] = True
+
+
+def _describe(group: h5py.Group, fmt: StreamFormat, first_frame: int, first_cursor: int) -> None:
+    d = fmt.descriptor
+    group.attrs["stream"] = fmt.stream
+    group.attrs["sample_rate"] = fmt.sample_rate
+    group.attrs["first_frame"] = first_frame
+    group.attrs["first_cursor"] = first_cursor
+    group.attrs["descriptor_json"] = json.dumps(d, default=str)
+    if "channel_labels" in d:
+        group.attrs["channel_labels"] = [str(x) for x in d["channel_labels"]]
+    for key in ("units", "scale", "offset"):
+        if isinstance(d.get(key), str | int | float):
+            group.attrs[key] = d[key]
+    if "source" in d:
+        group.attrs["source"] = json.dumps(d["source"], default=str)
+    group.attrs["layout"] = "frames x channels" if fmt.frame_shape else "records"
+
+
+def event_row(time_ns: int, monotonic_ns: int, topic: str, payload: Any) -> np.ndarray:
+    row = np.zeros((), EVENT_DTYPE)
+    row["time_ns"], row["monotonic_ns"] = time_ns, monotonic_ns
+    row["topic"], row["payload"] = text(topic, 64), text(payload, 2048)
+    return row
