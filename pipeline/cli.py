@@ -7,6 +7,8 @@ rigpipe tail STREAM                   live rate, lag, drops and the newest value
 rigpipe annotate TEXT                 a time-stamped comment, broadcast to every listener
 rigpipe worker start|stop|restart W   control one worker
 rigpipe set WORKER PARAMETER VALUE    change a worker parameter while it runs
+rigpipe record start|stop             start or stop recording while the rig runs
+rigpipe inspect PATH                  summarize a recording; non-zero exit if frames are missing
 rigpipe stop                          stop the running rig in order
 rigpipe sweep                         remove the shared memory of writers that died
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from pipeline import config, messages, segments, session, table
 from pipeline.bus import Client
-from pipeline.errors import ConfigError, EndOfStream, RigpipeError
+from pipeline.errors import ConfigError, EndOfStream, RequestFailed, RigpipeError
 from pipeline.layout import KIND_STREAM
 from pipeline.ring import RingReader, attach
 
@@ -90,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     setp.add_argument("worker", help="worker name from the config")
     setp.add_argument("parameter", help="parameter name")
     setp.add_argument("value", help='new value (JSON: 20, 0.5, true, "text"; else a string)')
+
+    record = command("record", _record, "start or stop recording while the rig runs")
+    record.add_argument("action", choices=["start", "stop"])
+    record.add_argument("--worker", help="the recording worker (default: the only one)")
+
+    inspect = command(
+        "inspect", _inspect, "summarize a recording and check that no frame is missing", False
+    )
+    inspect.add_argument("path", help="a recording directory, its manifest.json, or a segment")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
 
     command("stop", _stop, "stop the running rig in order")
     command("sweep", _sweep, "remove shared memory left by writers that died", False)
@@ -206,6 +218,45 @@ def _set(args: argparse.Namespace) -> int:
     )
     print(getattr(reply, "detail", reply))
     return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    discovery = session.find(args.session)
+    with Client(discovery.endpoints, args.timeout) as client:
+        status = client.request(messages.Status())
+        assert isinstance(status, messages.StatusReply)
+        recorders = [w.name for w in status.workers if w.kind.split(".")[-1] == "recording"]
+        if args.worker:
+            name = args.worker
+        elif len(recorders) == 1:
+            name = recorders[0]
+        else:
+            found = ", ".join(recorders) or "none"
+            raise RequestFailed(f"choose the recording worker with --worker (recorders: {found})")
+        on = args.action == "start"
+        client.request(messages.SetParameter(worker=name, name="recording", value=on))
+    print(f"{name}: recording {'started' if on else 'stopped'}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from pipeline.inspect import inspect, render
+
+    try:
+        report = inspect(args.path)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"rigpipe: cannot inspect {args.path}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(msgspec.json.encode(report, enc_hook=_plain).decode())
+    else:
+        print("\n".join(render(report)))
+    return 0 if report.ok else 1
+
+
+def _plain(value: object) -> object:
+    """JSON for numpy scalars and paths in an inspect report."""
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def _stop(args: argparse.Namespace) -> int:

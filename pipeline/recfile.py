@@ -27,6 +27,8 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+#: In a continuous stream, a timestamp step this many sample periods long (or more) is a gap.
+GAP_PERIODS = 1.5
 
 #: One row per control-plane event (annotations, restarts, parameter changes, reports).
 EVENT_DTYPE = np.dtype(
@@ -155,6 +157,67 @@ def consistency_flags(path: Path) -> int:
     if head[:8] != _SIGNATURE or head[8] < 2:
         raise ValueError(f"{path} is not an HDF5 file with a version 2/3 superblock")
     return head[_FLAGS_AT]
+
+
+def stored_end_of_file(path: Path) -> int:
+    """The end-of-file address the superblock records (version 2/3 superblocks)."""
+    with open(path, "rb") as f:
+        head = f.read(12 + 4 * 8)
+    size_of_offsets = head[9]
+    at = 12 + 2 * size_of_offsets  # after the base and superblock-extension addresses
+    return int.from_bytes(head[at : at + size_of_offsets], "little")
+
+
+def repair(path: Path) -> list[str]:
+    """Make a segment whose writer crashed (or hit a full disk) open with plain h5py.
+
+    1. Clear the "open for write / SWMR" flags (as ``h5clear -s``).
+    2. If a failed write left the file shorter than its superblock says, extend
+       it to that length (the missing bytes read as zeros).
+    3. Cut every table back to its last valid row: frames whose timestamp is 0
+       or goes backwards, and zero-filled event/gap/restart rows, were
+       allocated but never written.
+
+    Returns what was done, for the log and the manifest.
+    """
+    import h5py
+
+    done = []
+    if clear_consistency_flags(path):
+        done.append("cleared the open-for-write flags")
+    end = stored_end_of_file(path)
+    if os.path.getsize(path) < end:
+        os.truncate(path, end)
+        done.append(f"extended to the recorded end of file ({end} bytes)")
+    with h5py.File(path, "a") as file:
+        for group in file.get("streams", {}).values():
+            stamps = group["timestamps_ns"][:]
+            valid = _valid_prefix(stamps)
+            if valid < len(stamps):
+                group["timestamps_ns"].resize(valid, axis=0)
+                group["data"].resize(valid, axis=0)
+                done.append(f"cut {group.attrs['stream']} to {valid} frames")
+        for table, key in (
+            ("events", "time_ns"),
+            ("gaps", "end_ns"),
+            ("provenance/restarts", "time_ns"),
+        ):
+            if table not in file:
+                continue
+            rows = file[table][key]
+            valid = len(rows) if rows.all() else int(np.argmin(rows != 0))
+            if valid < len(rows):
+                file[table].resize(valid, axis=0)
+                done.append(f"cut {table} to {valid} rows")
+    return done
+
+
+def _valid_prefix(stamps: np.ndarray) -> int:
+    """Rows before the first zero or backwards timestamp."""
+    if not len(stamps):
+        return 0
+    bad = (stamps == 0) | np.concatenate(([False], np.diff(stamps) < 0))
+    return int(np.argmax(bad)) if bad.any() else len(stamps)
 
 
 def clear_consistency_flags(path: Path) -> bool:

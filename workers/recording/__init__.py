@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from workers.recording.recording import Recording, finish_abandoned
 from workers.recording.segment import StreamFormat
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+EXIT_WRITE_FAILED = 75  # EX_TEMPFAIL: restart me, the segment needs a repair
 REATTACH_S = 0.5  # how often to look for a stream whose writer closed it
 RESTART_MARGIN_S = 3.0  # time a restarted recorder needs before it reads again
 
@@ -49,6 +51,7 @@ class RecordingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     rotate_gb: NonNegative = 0.0
     block_s: Annotated[float, msgspec.Meta(gt=0)] = 0.2
     fsync: bool = False
+    min_free_mb: NonNegative = 200.0
 
 
 def _format(stream: str, reader: RingReader) -> StreamFormat:
@@ -59,7 +62,7 @@ def _format(stream: str, reader: RingReader) -> StreamFormat:
 
 class RecordingWorker(Worker):
     Settings = RecordingSettings
-    settable = frozenset({"recording"})
+    settable = frozenset({"recording", "min_free_mb"})
 
     @classmethod
     def inputs(cls, settings: Any) -> list[str]:
@@ -115,12 +118,32 @@ class RecordingWorker(Worker):
             self.wait_until(time.monotonic() + 0.01)
 
     def _guard(self, action):
-        """Run ``action``; a write error (disk full, unwritable) stops recording, not the worker."""
+        """Run ``action``, turning file errors into a stopped recording or a restart.
+
+        Before any segment is open (an unwritable directory) the error stops
+        recording and the worker stays up to say so. A write that fails with a
+        segment open leaves HDF5 in a state it may crash in, so the worker
+        reports it and exits; its restart repairs the segment and resumes.
+        """
         try:
             return action()
         except (OSError, ValueError) as exc:
-            self._fail(exc)
-            return None
+            if self.recording is None or self.recording.segment is None:
+                self._fail(exc)
+                return None
+            self.report(f"writing failed: {exc}; restarting to repair the segment", "error")
+            time.sleep(0.2)  # let the report leave before the process does
+            os._exit(EXIT_WRITE_FAILED)
+
+    def _disk_full(self) -> str:
+        """Why the disk cannot take more ("" while it can)."""
+        free_mb = shutil.disk_usage(self.root).free / 1e6
+        if free_mb >= self.settings.min_free_mb:
+            return ""
+        return (
+            f"disk nearly full: {free_mb:.0f} MB free in {self.root}, below "
+            f"min_free_mb = {self.settings.min_free_mb:g}; free space, then `rigpipe record start`"
+        )
 
     def _record_frames(self) -> int:
         rec = self.recording
@@ -181,6 +204,10 @@ class RecordingWorker(Worker):
     def _flush(self) -> None:
         assert self.recording is not None
         self.recording.flush()
+        if full := self._disk_full():
+            self._stop(full)
+            self._fail(OSError(full))
+            return
         if self.settings.fsync and self.recording.segment is not None:
             fd = os.open(self.recording.segment.path, os.O_RDONLY)
             try:
@@ -199,6 +226,8 @@ class RecordingWorker(Worker):
     # -- starting, resuming, stopping -----------------------------------------------------------
     def _start(self) -> None:
         s = self.settings
+        if full := self._disk_full():
+            raise OSError(full)
         cursors = {}
         for stream in s.streams:
             reader = self.reader(stream, from_now=True)
@@ -229,7 +258,7 @@ class RecordingWorker(Worker):
         except (FileNotFoundError, json.JSONDecodeError):
             return False
         directory = Path(pointer["directory"])
-        if pointer.get("session_id") != self.spec.session_id:
+        if pointer.get("session_id") != self.spec.session_id or self._disk_full():
             repaired = finish_abandoned(directory)
             self.pointer.unlink(missing_ok=True)
             self.report(f"finished recording {directory} left by an earlier session: {repaired}")
@@ -241,7 +270,11 @@ class RecordingWorker(Worker):
         for stream, cursor in self.recording.next_cursors().items():
             reader = self.reader(stream, cursor=cursor)
             self.formats[stream] = _format(stream, reader)
-        self.recording.event("recorder", "resumed after a crash of the recorder")
+        self.recording.event(
+            "recorder",
+            "resumed after a crash of the recorder",
+            restart=(self.name, 0, "the recorder crashed; resumed from the last flushed frame"),
+        )
         self.note = f"recording to {directory} (resumed)"
         self.report(f"resumed {directory} after a crash", "info")
         return True

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.recfile import (
     GAP_DTYPE,
+    GAP_PERIODS,
     RESTART_DTYPE,
     Manifest,
     SegmentEntry,
@@ -32,9 +33,6 @@ from pipeline.recfile import (
 from pipeline.ring import Chunk
 from pipeline.session import now_iso
 from workers.recording.segment import Segment, StreamFormat, event_row, finalize
-
-#: A timestamp step this many sample periods long (or more) is a gap.
-GAP_PERIODS = 1.5
 
 
 @dataclass

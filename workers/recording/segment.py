@@ -23,8 +23,8 @@ from pipeline.recfile import (
     GAP_DTYPE,
     RESTART_DTYPE,
     SCHEMA_VERSION,
-    clear_consistency_flags,
     group_name,
+    repair,
     text,
 )
 
@@ -107,8 +107,8 @@ class Segment:
 
     @classmethod
     def reopen(cls, path: Path) -> Segment:
-        """Continue a segment whose writer crashed: repair its flags, append again under SWMR."""
-        clear_consistency_flags(path)
+        """Continue a segment whose writer crashed: repair it, append again under SWMR."""
+        repair(path)
         file = h5py.File(path, "a", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
         try:
             file.swmr_mode = True
@@ -164,12 +164,13 @@ class Segment:
         finalize(self.path, finished_attrs)
 
 
-def finalize(path: Path, finished_attrs: dict[str, Any]) -> None:
+def finalize(path: Path, finished_attrs: dict[str, Any]) -> list[str]:
     """Leave ``path`` openable by plain h5py, with its provenance's finishing attributes."""
-    clear_consistency_flags(path)  # a no-op after a clean close
+    done = repair(path)  # nothing to do after a clean close
     with h5py.File(path, "a") as file:
         file["provenance"].attrs.update(finished_attrs)
         file.attrs["finished"] = True
+    return done
 
 
 def _describe(group: h5py.Group, fmt: StreamFormat, first_frame: int, first_cursor: int) -> None:

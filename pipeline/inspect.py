@@ -1,0 +1,238 @@
+"""``rigpipe inspect``: summarize a recording and check that no frame is missing unexplained.
+
+Reads a segment file, a recording directory (via its manifest) or a manifest
+path. Timestamps are scanned in blocks, so a week-long recording is checked in
+bounded memory. A continuous stream's timestamps must step by one sample
+period; every larger step must match a row of ``gaps`` at the same frame, and
+each segment must start at the frame where the previous one ended.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.recfile import GAP_PERIODS, MANIFEST, consistency_flags, read_manifest
+
+_BLOCK_ROWS = 1 << 20
+
+
+@dataclass
+class StreamSummary:
+    stream: str
+    dtype: str
+    frame_shape: tuple[int, ...]
+    sample_rate: float
+    frames: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    gaps: int = 0
+    lost_frames: int = 0
+    data_bytes: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        if self.first_ns is None or self.last_ns is None:
+            return 0.0
+        return (self.last_ns - self.first_ns) / 1e9
+
+
+@dataclass
+class Report:
+    """What ``inspect`` found; ``problems`` lists unexplained missing frames and broken files."""
+
+    path: Path
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    streams: dict[str, StreamSummary] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    restarts: list[dict[str, Any]] = field(default_factory=list)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    events: int = 0
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def segment_files(path: Path) -> list[Path]:
+    """The segment files of ``path`` in recording order."""
+    path = Path(path)
+    if path.is_dir() or path.name == MANIFEST:
+        directory = path if path.is_dir() else path.parent
+        if not (directory / MANIFEST).exists():
+            found = sorted(directory.glob("segment-*.h5"))
+            if not found:
+                raise FileNotFoundError(f"{directory} holds no {MANIFEST} and no segment files")
+            return found
+        return [directory / entry.file for entry in read_manifest(directory).segments]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return [path]
+
+
+def _open(path: Path, report: Report) -> h5py.File:
+    if consistency_flags(path):
+        report.warnings.append(
+            f"{path.name} was not finalized (its writer crashed or is still writing); "
+            "read with swmr=True. The recorder repairs it when it restarts or the session ends."
+        )
+        return h5py.File(path, "r", swmr=True)
+    return h5py.File(path, "r")
+
+
+def inspect(path: Path) -> Report:
+    """Summarize the recording at ``path`` and check its continuity."""
+    report = Report(Path(path))
+    expected_first: dict[str, int] = {}
+    last_ns: dict[str, int] = {}
+    for file_path in segment_files(Path(path)):
+        with _open(file_path, report) as file:
+            if not report.provenance:
+                report.provenance = dict(file["provenance"].attrs)
+            else:
+                report.provenance.update(
+                    {k: v for k, v in file["provenance"].attrs.items() if k.startswith("finish")}
+                )
+            gaps = file["gaps"][:]
+            report.gaps += [_row(g) for g in gaps]
+            report.restarts += [_row(r) for r in file["provenance/restarts"][:]]
+            report.events += len(file["events"])
+            sizes = {}
+            for group in file["streams"].values():
+                stream = str(group.attrs["stream"])
+                _check_stream(report, group, gaps, expected_first, last_ns, file_path.name)
+                sizes[stream] = len(group["data"])
+            report.segments.append(
+                {"file": file_path.name, "bytes": file_path.stat().st_size, "frames": sizes}
+            )
+    return report
+
+
+def _row(row: np.void) -> dict[str, Any]:
+    return {
+        name: (
+            row[name].decode(errors="replace") if isinstance(row[name], bytes) else row[name].item()
+        )
+        for name in row.dtype.names or ()
+    }
+
+
+def _check_stream(
+    report: Report,
+    group: h5py.Group,
+    gaps: np.ndarray,
+    expected_first: dict[str, int],
+    last_ns: dict[str, int],
+    file_name: str,
+) -> None:
+    stream = str(group.attrs["stream"])
+    data = group["data"]
+    dtype = "record" if data.dtype.names else str(data.dtype)
+    rate = float(group.attrs["sample_rate"])
+    summary = report.streams.setdefault(
+        stream,
+        StreamSummary(stream, dtype, tuple(data.shape[1:]), rate),
+    )
+    first_frame = int(group.attrs["first_frame"])
+    if stream in expected_first and first_frame != expected_first[stream]:
+        report.problems.append(
+            f"{stream}: {file_name} starts at frame {first_frame}, "
+            f"but the previous segment ended at frame {expected_first[stream]}"
+        )
+    rows = len(data)
+    expected_first[stream] = first_frame + rows
+    summary.frames += rows
+    summary.data_bytes += data.id.get_storage_size()
+    mine = gaps[gaps["stream"] == stream.encode()]
+    summary.gaps += len(mine)
+    summary.lost_frames += int(mine["lost_frames"].sum())
+    explained = set(mine["at_frame"].tolist())
+    stamps = group["timestamps_ns"]
+    period = 1e9 / summary.sample_rate if summary.sample_rate > 0 else None
+    for start in range(0, rows, _BLOCK_ROWS):
+        block = stamps[start : start + _BLOCK_ROWS].astype(np.int64)
+        if not len(block):
+            continue
+        if summary.first_ns is None:
+            summary.first_ns = int(block[0])
+        previous = last_ns.get(stream)
+        joined = block if previous is None else np.concatenate(([previous], block))
+        offset = first_frame + start - (0 if previous is None else 1)
+        steps = np.diff(joined)
+        last_ns[stream] = int(block[-1])
+        summary.last_ns = int(block[-1])
+        if period is None:
+            backwards = np.flatnonzero(steps < 0)
+            for i in backwards[:5]:
+                report.problems.append(
+                    f"{stream}: timestamps go backwards at frame {offset + i + 1}"
+                )
+            continue
+        for i in np.flatnonzero(steps <= 0)[:5]:
+            report.problems.append(
+                f"{stream}: timestamps do not increase at frame {offset + i + 1}"
+            )
+        for i in np.flatnonzero(steps > GAP_PERIODS * period):
+            frame = offset + int(i) + 1
+            lost = round(steps[i] / period) - 1
+            if frame not in explained:
+                report.problems.append(
+                    f"{stream}: about {lost} frame(s) missing before frame {frame} "
+                    f"({steps[i] / 1e6:.3f} ms step) and no gap explains it"
+                )
+
+
+def render(report: Report) -> list[str]:
+    """The human-readable summary ``rigpipe inspect`` prints."""
+    p = report.provenance
+    lines = [
+        f"recording {p.get('recording_id', '?')}  session {p.get('session', '?')}",
+        f"started {p.get('started_at', '?')}  finished {p.get('finished_at', 'not finished')}"
+        f"  wall {p.get('wall_seconds', '?')} s",
+    ]
+    host = json.loads(p.get("host_json", "{}"))
+    versions = json.loads(p.get("versions_json", "{}"))
+    if host:
+        lines.append(
+            f"host {host.get('hostname')} ({host.get('os')}), {host.get('cpu_count_logical')} CPUs"
+        )
+    if versions:
+        lines.append("versions " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    total = sum(s["bytes"] for s in report.segments)
+    lines += ["", f"{len(report.segments)} segment(s), {total / 1e6:.1f} MB:"]
+    lines += [f"  {s['file']}  {s['bytes'] / 1e6:9.1f} MB" for s in report.segments]
+    lines += [
+        "",
+        f"{'stream':24} {'dtype':>8} {'shape':>8} {'rate Hz':>9} {'frames':>12} {'seconds':>9} "
+        f"{'gaps':>5} {'lost':>8}",
+    ]
+    for s in report.streams.values():
+        shape = "x".join(map(str, s.frame_shape)) or "-"
+        lines.append(
+            f"{s.stream:24} {s.dtype[:8]:>8} {shape:>8} {s.sample_rate:9g} {s.frames:>12} "
+            f"{s.duration_s:9.2f} {s.gaps:>5} {s.lost_frames:>8}"
+        )
+    if report.gaps:
+        lines += ["", "gaps:"]
+        for g in report.gaps:
+            lines.append(
+                f"  {g['stream']} before frame {g['at_frame']}: "
+                f"{g['lost_frames']} frame(s), {g['cause']}"
+            )
+    lines += ["", f"{len(report.restarts)} worker restart(s), {report.events} event(s)"]
+    for r in report.restarts:
+        lines.append(f"  {r['worker']} restart {r['restarts']}: {r['reason']}")
+    lines += [f"warning: {w}" for w in report.warnings]
+    if report.ok:
+        lines += ["", "continuity: OK (every missing frame is explained by a gap)"]
+    else:
+        lines += ["", f"continuity: {len(report.problems)} problem(s):"]
+        lines += [f"  {problem}" for problem in report.problems[:50]]
+    return lines
