@@ -1,0 +1,256 @@
+"""Recording with a real supervisor, a real synthetic source and real HDF5 files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import psutil
+
+from pipeline import messages
+from pipeline.inspect import inspect
+from pipeline.recfile import consistency_flags, read_manifest
+from tests.rig import exited, wait_for
+
+RATE = 10000.0
+PERIOD_NS = 1e9 / RATE
+
+
+def _workers(recorder: str = "") -> str:
+    return f"""
+[[workers]]
+name = "acq"
+kind = "acquisition"
+backoff_s = 0.3
+[workers.parameters]
+channels = 8
+sample_rate_hz = {RATE}
+chunk_s = 0.002
+buffer_s = 10.0
+
+[[workers]]
+name = "rec"
+kind = "recording"
+backoff_s = 0.3
+[workers.parameters]
+flush_s = 0.5
+{recorder}
+"""
+
+
+def _rig(rigs, recorder: str = ""):
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    rig.write(_workers(recorder), session_extra=f'recordings_dir = "{recordings}"')
+    return rig, recordings
+
+
+def _recording(recordings: Path) -> Path:
+    (found,) = [p for p in recordings.iterdir() if p.is_dir()]
+    return found
+
+
+def _timestamps(directory: Path, stream: str = "acq/continuous") -> np.ndarray:
+    parts = []
+    for entry in read_manifest(directory).segments:
+        with h5py.File(directory / entry.file) as f:  # plain h5py: every file must open
+            parts.append(f[f"streams/{stream.replace('/', '.')}/timestamps_ns"][:])
+    return np.concatenate(parts)
+
+
+def _gaps(directory: Path, stream: str = "acq/continuous") -> list:
+    rows = []
+    for entry in read_manifest(directory).segments:
+        with h5py.File(directory / entry.file) as f:
+            gaps = f["gaps"][:]
+            rows += list(gaps[gaps["stream"] == stream.encode()])
+    return rows
+
+
+def _assert_contiguous(stamps: np.ndarray) -> None:
+    steps = np.diff(stamps)
+    assert len(stamps) > 1000
+    assert steps.min() >= np.floor(PERIOD_NS) and steps.max() <= np.ceil(PERIOD_NS), (
+        f"timestamps are not contiguous at 1/sample_rate: steps {np.unique(steps)[:10]}"
+    )
+
+
+def _kill(rig, worker: str) -> int:
+    pid = rig.worker(worker).pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (w := rig.worker(worker)).state == "running" and w.pid != pid,
+        10,
+        f"{worker} to be restarted",
+    )
+    return pid
+
+
+def test_a_recorder_killed_mid_recording_loses_no_frame(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    time.sleep(1.5)
+    _kill(rig, "rec")
+    time.sleep(1.5)
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    _assert_contiguous(_timestamps(directory))
+    assert _gaps(directory) == []
+    report = inspect(directory)
+    assert report.ok, report.problems
+    assert report.streams["acq/continuous"].duration_s > 2.5
+    assert any(r["worker"] == "rec" for r in report.restarts)
+    assert len(read_manifest(directory).segments) == 1, "resumed in the same segment"
+
+
+def test_a_killed_source_gives_exactly_one_recorded_gap(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    time.sleep(1.0)
+    _kill(rig, "acq")
+    time.sleep(1.0)
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    (gap,) = _gaps(directory)
+    assert gap["cause"] == b"source restarted (generation 1 -> 2)"
+    stamps = _timestamps(directory)
+    steps = np.diff(stamps)
+    (jump,) = np.flatnonzero(steps > 1.5 * PERIOD_NS)
+    assert gap["at_frame"] == jump + 1
+    assert gap["lost_frames"] == round(steps[jump] / PERIOD_NS) - 1 > 0
+    assert inspect(directory).ok
+    assert len(read_manifest(directory).segments) == 1, "the recording stays in its segment"
+    with h5py.File(directory / "segment-0000.h5") as f:
+        restarts = f["provenance/restarts"][:]
+    assert [r["worker"] for r in restarts] == [b"acq"]
+
+
+def test_a_killed_supervisor_leaves_closed_files(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    time.sleep(1.0)
+    workers = rig.worker_processes()
+    rig.proc.kill()
+    rig.proc.wait(5)
+    assert not exited(workers, 5)
+    directory = _recording(recordings)
+    segment = directory / "segment-0000.h5"
+    assert consistency_flags(segment) == 0
+    with h5py.File(segment) as f:
+        assert f.attrs["finished"]
+        assert f["provenance"].attrs["finished_at"]
+    assert read_manifest(directory).finished_at
+    _assert_contiguous(_timestamps(directory))
+
+
+def test_rotation_splits_and_the_manifest_stitches_the_segments(rigs) -> None:
+    rig, recordings = _rig(rigs, "rotate_minutes = 0.01")  # a new segment every 0.6 s
+    rig.start()
+    time.sleep(2.5)
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    manifest = read_manifest(directory)
+    assert len(manifest.segments) >= 3
+    assert all(e.state == "closed" for e in manifest.segments)
+    expected = 0
+    for entry in manifest.segments:
+        assert entry.first_frames["acq/continuous"] == expected
+        expected += entry.frames["acq/continuous"]
+    stamps = _timestamps(directory)
+    assert len(stamps) == expected
+    _assert_contiguous(stamps)
+    report = inspect(directory)
+    assert report.ok and report.streams["acq/continuous"].frames == expected
+
+
+def test_a_live_swmr_reader_in_another_process_sees_the_file_grow(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    segment = wait_for(lambda: list(recordings.glob("*/segment-0000.h5")), 10, "the first segment")[
+        0
+    ]
+    code = f"""
+import time, h5py
+f = h5py.File({str(segment)!r}, "r", swmr=True)
+d = f["streams/acq.continuous/timestamps_ns"]
+sizes = []
+for _ in range(8):
+    d.refresh()
+    sizes.append(d.shape[0])
+    time.sleep(0.3)
+print(sizes)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    sizes = eval(result.stdout)  # a list of ints printed by the reader
+    assert sizes == sorted(sizes) and len(set(sizes)) >= 3, f"no growth seen: {sizes}"
+
+
+def test_record_stop_and_start_while_the_rig_runs(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    time.sleep(0.5)
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "rec: recording stopped" in cli("record", "stop")
+    wait_for(lambda: rig.worker("rec").note.startswith("not recording"), 5, "recording to stop")
+    first = _recording(recordings)
+    assert read_manifest(first).finished_at
+    lag_streams = [s for s in rig.status().streams if s.readers]
+    assert lag_streams == [], "a stopped recorder is no reader"
+    assert "rec: recording started" in cli("record", "start")
+    wait_for(lambda: rig.worker("rec").note.startswith("recording to"), 5, "recording to start")
+    time.sleep(0.8)
+    stream = next(s for s in rig.status().streams if s.stream.endswith("acq/continuous"))
+    assert [r.worker for r in stream.readers] == ["rec"]
+    assert rig.interrupt() == 0
+    assert len([p for p in recordings.iterdir() if p.is_dir()]) == 2
+    for directory in recordings.iterdir():
+        if directory.is_dir():
+            assert inspect(directory).ok
+
+
+def test_an_unwritable_recordings_directory_is_reported_and_the_rig_stays_up(rigs) -> None:
+    rig = rigs.new()
+    blocker = rig.directory / "a-file"
+    blocker.write_text("not a directory")
+    rig.write(_workers(), session_extra=f'recordings_dir = "{blocker / "recordings"}"')
+    rig.start()
+    rec = wait_for(lambda: (w := rig.worker("rec")).note.startswith("ERROR") and w, 10, "error")
+    assert "Not a directory" in rec.note or "exists" in rec.note
+    assert rec.state == "running" and rig.worker("acq").state == "running"
+    assert "worker rec error: recording stopped" in rig.log()
+
+
+def test_a_nearly_full_disk_stops_recording_cleanly(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    time.sleep(1.0)
+    free_mb = __import__("shutil").disk_usage(recordings).free / 1e6
+    rig.client().request(
+        messages.SetParameter(worker="rec", name="min_free_mb", value=free_mb + 1e6)
+    )
+    rec = wait_for(lambda: (w := rig.worker("rec")).note.startswith("ERROR") and w, 10, "error")
+    assert "disk nearly full" in rec.note and rec.state == "running"
+    directory = _recording(recordings)
+    with h5py.File(directory / "segment-0000.h5") as f:  # closed cleanly, opens plainly
+        assert f.attrs["finished"]
+    _assert_contiguous(_timestamps(directory))
+    assert inspect(directory).ok
+    assert psutil.pid_exists(rig.worker("rec").pid)
