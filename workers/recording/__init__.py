@@ -167,6 +167,8 @@ class RecordingWorker(Worker):
                 continue
             if chunk.format_changed:
                 self.formats[stream] = _format(stream, reader)
+                text = f"now generation {chunk.generation}: {reader.frame_shape} {reader.dtype}"
+                rec.event("recorder", {"stream": stream, "text": text})
             cause = "recorder fell behind: the ring overwrote these frames"
             rec.write(stream, chunk, cause, self.formats[stream])
             written += chunk.frames
