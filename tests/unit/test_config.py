@@ -44,9 +44,11 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_the_demo_config_is_valid_and_complete() -> None:
     rig = config.load(ROOT / "configs" / "demo.toml")
     assert rig.session.name == "demo"
-    (acq,) = rig.workers
+    acq, rec = rig.workers
     assert acq.outputs == ["acq/continuous", "acq/spikes"] and acq.inputs == []
     assert acq.settings.line_noise_hz == 60.0
+    assert rec.inputs == acq.outputs and (acq.level, rec.level) == (0, 1)
+    assert not rec.settings.recording, "the demo records only when asked"
 
 
 def test_readers_start_after_the_writers_they_read(tmp_path: Path) -> None:
@@ -76,6 +78,7 @@ def test_the_cli_prints_one_line_and_no_traceback_for_a_bad_config() -> None:
 def test_the_reference_documents_every_option() -> None:
     """configs/README.md names every field of every config table and worker settings."""
     from workers.acquisition import AcquisitionSettings
+    from workers.recording import RecordingSettings
 
     reference = (ROOT / "configs" / "README.md").read_text()
     tables = [
@@ -83,6 +86,7 @@ def test_the_reference_documents_every_option() -> None:
         config.ControlConfig,
         config.WorkerConfig,
         AcquisitionSettings,
+        RecordingSettings,
     ]
     missing = [
         f"{table.__name__}.{field.name}"
