@@ -67,12 +67,12 @@ chunk_s = {chunk_s}
 class Rig:
     """A supervisor subprocess running a config, in a private runtime directory."""
 
-    def __init__(self, workers: str) -> None:
+    def __init__(self, workers: str, session_extra: str = "") -> None:
         self.name = f"bench{uuid.uuid4().hex[:6]}"
         self.dir = Path(tempfile.mkdtemp(prefix="rpb", dir="/tmp" if os.name == "posix" else None))
         os.environ["RIGPIPE_RUNTIME_DIR"] = str(self.dir / "run")
         config = self.dir / "rig.toml"
-        config.write_text(f'[session]\nname = "{self.name}"\n{workers}')
+        config.write_text(f'[session]\nname = "{self.name}"\n{session_extra}\n{workers}')
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", str(config)],
             cwd=ROOT,

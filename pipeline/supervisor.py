@@ -95,7 +95,6 @@ class Supervisor:
         self._forwarded: dict[int, _Forwarded] = {}
         self._ids = itertools.count(1)
         self._rates: dict[str, tuple[float, int, float]] = {}
-        self._stream_states: dict[str, segments.StreamState] = {}
         self._next_sample = 0.0
         self._t0 = time.monotonic()
         self.session_id = str(uuid.uuid4())
@@ -404,9 +403,7 @@ class Supervisor:
         for stream in self.streams:
             state = segments.stream_state(stream)
             if state is None:
-                self._stream_states.pop(stream, None)
                 continue
-            self._stream_states[stream] = state
             t, cursor, rate = self._rates.get(stream, (now, state.write_cursor, 0.0))
             if now > t:
                 rate = max(0.0, (state.write_cursor - cursor) / (now - t))
@@ -427,13 +424,14 @@ class Supervisor:
         )
 
     def _stream_statuses(self) -> list[messages.StreamStatus]:
+        """Streams as they are now (a lag needs the current write cursor, not a sampled one)."""
         statuses = []
         for stream, writer in sorted(self.streams.items()):
-            state = self._stream_states.get(stream)
+            state = segments.stream_state(stream)
             cursor = state.write_cursor if state else 0
             readers = [
                 messages.ReaderLag(
-                    worker=w.name, cursor=r.cursor, lag=cursor - r.cursor, dropped=r.dropped
+                    worker=w.name, cursor=r.cursor, lag=max(0, cursor - r.cursor), dropped=r.dropped
                 )
                 for w in self.workers.values()
                 for r in w.readers

@@ -81,6 +81,7 @@ class RecordingWorker(Worker):
         self.recording: Recording | None = None
         self.formats: dict[str, StreamFormat] = {}
         self.ended: dict[str, float] = {}  # stream -> when to look for it again
+        self.last_write: dict[str, float] = {}  # stream -> when it was last written
         self.next_flush = time.monotonic() + self.settings.flush_s
         self.events = Subscriber(self.spec.endpoints)
         self.counters.update(frames=0, gaps=0, events=0, segments=0, flushes=0)
@@ -115,7 +116,7 @@ class RecordingWorker(Worker):
         if self.recording is not None and time.monotonic() >= self.next_flush:
             self._guard(self._flush)
         if not written:
-            self.wait_until(time.monotonic() + 0.01)
+            self.wait_until(time.monotonic() + min(0.05, self.settings.block_s / 4))
 
     def _guard(self, action):
         """Run ``action``, turning file errors into a stopped recording or a restart.
@@ -145,17 +146,23 @@ class RecordingWorker(Worker):
             f"min_free_mb = {self.settings.min_free_mb:g}; free space, then `rigpipe record start`"
         )
 
-    def _record_frames(self) -> int:
+    def _record_frames(self, drain: bool = False) -> int:
+        """Write each stream's frames once a block has gathered (or ``block_s`` passed)."""
         rec = self.recording
         if rec is None:
             return 0
         written = 0
+        now = time.monotonic()
         for stream in list(rec.streams):
             reader = self._readers.get(stream)
             if reader is None:
                 self._reattach(stream)
                 continue
             block = max(1, round(self.settings.block_s * (reader.sample_rate or 10000.0)))
+            due = now - self.last_write.get(stream, 0.0) >= self.settings.block_s
+            if not (drain or due or reader.lag >= block):
+                continue  # few large writes cost far less than many small ones
+            self.last_write[stream] = now
             try:
                 chunk = reader.read(max_frames=block, timeout_s=0)
             except EndOfStream:
@@ -222,7 +229,7 @@ class RecordingWorker(Worker):
     def _drain(self) -> None:
         """Before stopping: write what the rings still hold for us."""
         deadline = time.monotonic() + 5.0
-        while self._record_frames() and time.monotonic() < deadline:
+        while self._record_frames(drain=True) and time.monotonic() < deadline:
             continue
 
     # -- starting, resuming, stopping -----------------------------------------------------------
