@@ -216,6 +216,14 @@ class Supervisor:
                 worker.popen.wait(5)
 
     def _cleanup(self) -> None:
+        for worker in self.workers.values():
+            plan = worker.plan
+            try:
+                for line in plan.worker_class.after_session(worker.spec, plan.settings):
+                    self.on_event(f"worker {worker.name}: {line}")
+            except Exception as exc:  # a broken hook must not stop the cleanup
+                log.exception("after_session of %s", worker.name)
+                self.on_event(f"worker {worker.name}: cleanup after the session failed: {exc}")
         removed = segments.sweep(streams=list(self.streams))
         if removed:
             self.on_event(f"unlinked {len(removed)} segment(s) the workers left behind")

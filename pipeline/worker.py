@@ -96,6 +96,15 @@ class Worker:
     def check(cls, settings: Any) -> None:
         """Raise ValueError for settings that are valid field by field but not together."""
 
+    @classmethod
+    def after_session(cls, spec: WorkerSpec, settings: Any) -> list[str]:
+        """Run by the supervisor after every worker has exited; say what was done.
+
+        For what a worker that died could not finish itself (the recorder
+        repairs a recording it left open).
+        """
+        return []
+
     def __init__(self, spec: WorkerSpec, settings: Any) -> None:
         self.spec = spec
         self.settings = settings

@@ -22,7 +22,7 @@ RATE = 10000.0
 PERIOD_NS = 1e9 / RATE
 
 
-def _workers(recorder: str = "") -> str:
+def _workers(recorder: str = "", buffer_s: float = 10.0, restart: str = "on-failure") -> str:
     return f"""
 [[workers]]
 name = "acq"
@@ -32,22 +32,23 @@ backoff_s = 0.3
 channels = 8
 sample_rate_hz = {RATE}
 chunk_s = 0.002
-buffer_s = 10.0
+buffer_s = {buffer_s}
 
 [[workers]]
 name = "rec"
 kind = "recording"
 backoff_s = 0.3
+restart = "{restart}"
 [workers.parameters]
 flush_s = 0.5
 {recorder}
 """
 
 
-def _rig(rigs, recorder: str = ""):
+def _rig(rigs, recorder: str = "", **workers):
     rig = rigs.new()
     recordings = rig.directory / "recordings"
-    rig.write(_workers(recorder), session_extra=f'recordings_dir = "{recordings}"')
+    rig.write(_workers(recorder, **workers), session_extra=f'recordings_dir = "{recordings}"')
     return rig, recordings
 
 
@@ -254,3 +255,39 @@ def test_a_nearly_full_disk_stops_recording_cleanly(rigs) -> None:
     _assert_contiguous(_timestamps(directory))
     assert inspect(directory).ok
     assert psutil.pid_exists(rig.worker("rec").pid)
+
+
+def test_a_recorder_down_longer_than_the_ring_holds_records_the_gap(rigs) -> None:
+    rig, recordings = _rig(rigs, buffer_s=0.6)
+    rig.start()
+    time.sleep(1.0)
+    pid = rig.worker("rec").pid
+    os.kill(pid, signal.SIGSTOP)  # hung: the supervisor kills it after 1 s without heartbeats
+    wait_for(lambda: (w := rig.worker("rec")).state == "running" and w.pid != pid, 10, "restart")
+    time.sleep(1.0)
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    gaps = _gaps(directory)
+    assert [g["cause"] for g in gaps] == [b"recorder was down longer than the ring holds"]
+    assert gaps[0]["lost_frames"] == gaps[0]["cursor_end"] - gaps[0]["cursor_start"] > RATE
+    assert inspect(directory).ok
+    assert "keeps 0.6 s in its ring" in rig.log()
+    assert "no heartbeat for" in rig.log()
+
+
+def test_the_session_end_repairs_a_recording_whose_recorder_died_for_good(rigs) -> None:
+    rig, recordings = _rig(rigs, restart="never")
+    rig.start()
+    time.sleep(1.0)
+    os.kill(rig.worker("rec").pid, signal.SIGKILL)
+    wait_for(lambda: rig.worker("rec").state == "failed", 10, "the recorder to stay down")
+    directory = _recording(recordings)
+    assert consistency_flags(directory / "segment-0000.h5") != 0
+    assert rig.interrupt() == 0
+    assert "worker rec: repaired and closed" in rig.log()
+    assert consistency_flags(directory / "segment-0000.h5") == 0
+    (entry,) = read_manifest(directory).segments
+    assert entry.state == "repaired" and entry.frames["acq/continuous"] > 0
+    with h5py.File(directory / "segment-0000.h5") as f:
+        assert f["provenance"].attrs["crashed"]
+    assert inspect(directory).ok

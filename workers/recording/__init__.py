@@ -35,6 +35,8 @@ from workers.recording.segment import StreamFormat
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 EXIT_WRITE_FAILED = 75  # EX_TEMPFAIL: restart me, the segment needs a repair
+CAUSE_BEHIND = "recorder fell behind: the ring overwrote these frames"
+CAUSE_DOWN = "recorder was down longer than the ring holds"
 REATTACH_S = 0.5  # how often to look for a stream whose writer closed it
 RESTART_MARGIN_S = 3.0  # time a restarted recorder needs before it reads again
 
@@ -52,6 +54,11 @@ class RecordingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
     block_s: Annotated[float, msgspec.Meta(gt=0)] = 0.2
     fsync: bool = False
     min_free_mb: NonNegative = 200.0
+
+
+def _pointer(root: Path, session: str, worker: str) -> Path:
+    """The file that names the recording a recorder has open (removed when it closes it)."""
+    return root / f".active-{session}-{worker}.json"
 
 
 def _format(stream: str, reader: RingReader) -> StreamFormat:
@@ -73,6 +80,18 @@ class RecordingWorker(Worker):
         if len(set(settings.streams)) != len(settings.streams):
             raise ValueError("streams lists a stream twice")
 
+    @classmethod
+    def after_session(cls, spec: Any, settings: Any) -> list[str]:
+        """A recorder that died for good left its recording open: repair and close it."""
+        pointer = _pointer(Path(spec.recordings_dir), spec.session, spec.name)
+        try:
+            directory = Path(json.loads(pointer.read_text())["directory"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return []
+        repaired = finish_abandoned(directory)
+        pointer.unlink(missing_ok=True)
+        return [f"repaired and closed {directory} ({', '.join(repaired) or 'nothing open'})"]
+
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:
         if hasattr(signal, "SIGXFSZ"):  # a file-size limit becomes an error, not a kill
@@ -82,10 +101,11 @@ class RecordingWorker(Worker):
         self.formats: dict[str, StreamFormat] = {}
         self.ended: dict[str, float] = {}  # stream -> when to look for it again
         self.last_write: dict[str, float] = {}  # stream -> when it was last written
+        self.resume_cause: dict[str, str] = {}  # why the first chunk after a resume may miss frames
         self.next_flush = time.monotonic() + self.settings.flush_s
         self.events = Subscriber(self.spec.endpoints)
         self.counters.update(frames=0, gaps=0, events=0, segments=0, flushes=0)
-        self.pointer = self.root / f".active-{self.spec.session}-{self.name}.json"
+        self.pointer = _pointer(self.root, self.spec.session, self.name)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if not self._resume_if_interrupted() and self.settings.recording:
@@ -158,8 +178,10 @@ class RecordingWorker(Worker):
             if reader is None:
                 self._reattach(stream)
                 continue
-            block = max(1, round(self.settings.block_s * (reader.sample_rate or 10000.0)))
-            due = now - self.last_write.get(stream, 0.0) >= self.settings.block_s
+            rate = reader.sample_rate or 10000.0
+            # Batch, but never so long that the ring could wrap before we read.
+            block = max(1, min(round(self.settings.block_s * rate), reader.capacity // 4))
+            due = now - self.last_write.get(stream, 0.0) >= block / rate
             if not (drain or due or reader.lag >= block):
                 continue  # few large writes cost far less than many small ones
             self.last_write[stream] = now
@@ -176,7 +198,7 @@ class RecordingWorker(Worker):
                 self.formats[stream] = _format(stream, reader)
                 text = f"now generation {chunk.generation}: {reader.frame_shape} {reader.dtype}"
                 rec.event("recorder", {"stream": stream, "text": text})
-            cause = "recorder fell behind: the ring overwrote these frames"
+            cause = self.resume_cause.pop(stream, CAUSE_BEHIND)
             rec.write(stream, chunk, cause, self.formats[stream])
             written += chunk.frames
         self.counters["frames"] += written
@@ -279,6 +301,7 @@ class RecordingWorker(Worker):
         for stream, cursor in self.recording.next_cursors().items():
             reader = self.reader(stream, cursor=cursor)
             self.formats[stream] = _format(stream, reader)
+            self.resume_cause[stream] = CAUSE_DOWN
         self.recording.event(
             "recorder",
             "resumed after a crash of the recorder",
