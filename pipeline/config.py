@@ -166,7 +166,13 @@ def loads(text: str, where: str = "<config>") -> RigConfig:
 
 def _plan(worker: WorkerConfig, where: str, at: str) -> WorkerPlan:
     cls = resolve_kind(worker.kind, where, f"{at}.kind")
-    settings = _convert(worker.parameters, cls.Settings, where, f"{at}.parameters")
+    try:
+        schema = cls.settings_type(worker.parameters)
+    except ValueError as exc:
+        raise ConfigError(where, f"{at}.parameters", str(exc)) from None
+    tag = schema.__struct_config__.tag_field
+    raw = {tag: schema.__struct_config__.tag, **worker.parameters} if tag else worker.parameters
+    settings = _convert(raw, schema, where, f"{at}.parameters")
     try:
         cls.check(settings)
     except ValueError as exc:
@@ -272,7 +278,9 @@ def _allowed(schema: Any, path: str, problem: str) -> str:
     if "unknown field" in problem or "missing required field" in problem:
         target = _unwrap(target)
         if isinstance(target, type) and issubclass(target, msgspec.Struct):
-            return ", ".join(f.encode_name for f in msgspec.structs.fields(target))
+            tag = target.__struct_config__.tag_field
+            names = [f.encode_name for f in msgspec.structs.fields(target)]
+            return ", ".join([tag, *names] if tag else names)
         return ""
     values = _literal_values(target)
     return ", ".join(repr(v) for v in values) if values else ""

@@ -83,6 +83,19 @@ class Worker:
     settable: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
+    def settings_type(cls, parameters: dict[str, Any]) -> type[msgspec.Struct]:
+        """The Struct that ``parameters`` must match (a kind with variants picks one here).
+
+        Raise ValueError naming the allowed choices for a selection that does not exist.
+        """
+        return cls.Settings
+
+    @classmethod
+    def parse_settings(cls, parameters: dict[str, Any]) -> Any:
+        """``parameters`` validated into the kind's settings (msgspec errors propagate)."""
+        return msgspec.convert(parameters, cls.settings_type(parameters), strict=True)
+
+    @classmethod
     def outputs(cls, settings: Any) -> list[str]:
         """Ports this worker writes; stream ``<session>/<worker>/<port>`` each."""
         return []
@@ -350,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parent_watch() == "pdeathsig":
         _die_with_parent(spec.supervisor_pid)
     cls = importlib.import_module(spec.kind).WORKER
-    worker = cls(spec, msgspec.convert(spec.parameters, cls.Settings, strict=True))
+    worker = cls(spec, cls.parse_settings(spec.parameters))
 
     def stop(signum: int, frame: object) -> None:
         if worker.stopping:

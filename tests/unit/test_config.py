@@ -77,7 +77,7 @@ def test_the_cli_prints_one_line_and_no_traceback_for_a_bad_config() -> None:
 
 def test_the_reference_documents_every_option() -> None:
     """configs/README.md names every field of every config table and worker settings."""
-    from workers.acquisition import AcquisitionSettings
+    from workers.acquisition.synthetic_source import SyntheticSettings
     from workers.recording import RecordingSettings
 
     reference = (ROOT / "configs" / "README.md").read_text()
@@ -85,7 +85,7 @@ def test_the_reference_documents_every_option() -> None:
         config.SessionConfig,
         config.ControlConfig,
         config.WorkerConfig,
-        AcquisitionSettings,
+        SyntheticSettings,
         RecordingSettings,
     ]
     missing = [

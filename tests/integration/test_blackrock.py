@@ -1,0 +1,124 @@
+"""The blackrock source in a real rig, against the emulated device of tests/peers/cbsdk.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from pipeline import attach
+from pipeline.inspect import inspect
+from tests.rig import wait_for
+
+SEAM = {"RIGPIPE_CBSDK_SESSION": "tests.peers.cbsdk:Session"}
+
+
+def _env(**knobs) -> dict[str, str]:
+    return {**SEAM, "RIGPIPE_CBSDK_EMULATOR": json.dumps(knobs)}
+
+
+def _acq(parameters: str, restart: str = "on-failure") -> str:
+    return f"""
+[[workers]]
+name = "acq"
+kind = "acquisition"
+restart = "{restart}"
+backoff_s = 0.3
+[workers.parameters]
+source = "blackrock"
+device = "NPLAY"
+{parameters}
+"""
+
+
+def _read(reader, seconds: float) -> list:
+    chunks, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        chunk = reader.read(timeout_s=0.5)
+        if chunk.frames:
+            chunks.append(chunk)
+    return chunks
+
+
+def test_programmatic_setup_streams_one_group_spikes_and_both_clocks(rigs) -> None:
+    rig = rigs.new()
+    rig.write(_acq('channels = 63\nsample_rate = "30kHz"'))
+    rig.start(env=_env())
+    with attach("acq/30kHz") as reader:
+        assert reader.frame_shape == (63,), "the SDK's even padding is cut off"
+        assert reader.dtype == np.int16 and reader.sample_rate == 30000.0
+        d = reader.descriptor
+        assert d["channel_ids"] == list(range(1, 64)) and d["channel_labels"][0] == "chan1"
+        assert d["units"] == "uV" and d["scale"] == [0.25] * 63
+        start = time.monotonic()
+        chunks = _read(reader, 1.0)
+        elapsed = time.monotonic() - start
+    frames = sum(c.frames for c in chunks)
+    assert 0.8 * 30000 * elapsed < frames < 1.2 * 30000 * elapsed + 3000
+    stamps = np.concatenate([c.timestamps_ns for c in chunks])
+    assert abs(np.median(np.diff(stamps)) - 33333) <= 1
+    assert abs(int(stamps[-1]) - time.monotonic_ns()) < 0.5e9, "host monotonic timestamps"
+    with attach(f"{rig.name}/acq/spikes", from_now=False) as spikes:
+        records = spikes.read(timeout_s=2).data
+    assert len(records) and set(records["unit"]) <= {1, 2, 3}
+    with attach(f"{rig.name}/acq/clock", from_now=False) as clock:
+        sync = clock.read(timeout_s=2).data
+    assert np.all(sync["host_ns"] - sync["device_ns"] < 0), "device clock kept beside host clock"
+
+
+def test_ccf_setup_with_a_channel_map_gives_one_ring_per_group_in_microvolts(
+    rigs, tmp_path
+) -> None:
+    ccf, cmp = tmp_path / "rig.ccf", tmp_path / "array.cmp"
+    ccf.write_text("<ccf/>")
+    cmp.write_text("//col row bank elec label\n0 0 A 1 elec1\n")
+    rig = rigs.new()
+    rig.write(_acq(f'ccf = "{ccf}"\ngroups = ["30kHz", "1kHz"]\ncmp = "{cmp}"\npublish_uv = true'))
+    rig.start(env=_env(ccf_groups={"30kHz": 256, "1kHz": 16}))
+    with attach("acq/30kHz") as fast, attach("acq/1kHz") as slow:
+        assert fast.frame_shape == (256,) and slow.frame_shape == (16,)
+        assert fast.dtype == np.float32 and fast.descriptor["scale"] == 1.0
+        assert fast.descriptor["positions"][17] == [400, 400, 0, 18]
+        data = _read(fast, 0.3)[-1].data
+        assert np.abs(data).max() <= 400 * 0.25 + 1, "published in microvolts"
+        assert sum(c.frames for c in _read(slow, 1.0)) > 700
+
+
+def test_dropped_packets_are_reported_and_recorded_as_gaps(rigs) -> None:
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    rig.write(
+        _acq('channels = 16\nsample_rate = "10kHz"')
+        + '[[workers]]\nname = "rec"\nkind = "recording"\n'
+        '[workers.parameters]\nstreams = ["acq/10kHz"]\nflush_s = 0.5\n',
+        session_extra=f'recordings_dir = "{recordings}"',
+    )
+    rig.start(env=_env(loss=0.02))
+    wait_for(lambda: rig.worker("acq").counters.get("packets_dropped", 0) > 0, 10, "drops")
+    time.sleep(1.0)
+    assert rig.interrupt() == 0
+    assert "packet(s) dropped by the SDK's callback queue" in rig.log()
+    (directory,) = [p for p in recordings.iterdir() if p.is_dir()]
+    report = inspect(directory)
+    assert report.ok, report.problems
+    assert report.streams["acq/10kHz"].gaps > 0
+    assert {g["cause"] for g in report.gaps} == {"timestamps jump: the source skipped frames"}
+
+
+def test_an_absent_device_is_a_clear_error_and_the_worker_exits(rigs) -> None:
+    rig = rigs.new()
+    rig.write(_acq("channels = 8", restart="never"))
+    rig.start(env=_env(absent=True), wait=False)
+    wait_for(lambda: rig.discovery() and rig.worker("acq").state == "failed", 20, "failure")
+    assert rig.worker("acq").exit_code == 1
+    assert "no NPLAY device: Failed to create session" in rig.log()
+    assert rig.status().state == "running", "the supervisor is not blocked by the device"
+
+
+def test_a_lost_device_is_noticed_within_lost_after_s_and_restarted(rigs) -> None:
+    rig = rigs.new()
+    rig.write(_acq("channels = 8\nlost_after_s = 0.5"))
+    rig.start(env=_env(lost_after_s=0.5))
+    wait_for(lambda: rig.worker("acq").restarts >= 1, 10, "a restart after the device was lost")
+    assert "the device was lost" in rig.log()

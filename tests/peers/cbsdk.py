@@ -1,0 +1,257 @@
+"""An emulated Cerebus device behind pycbsdk 10.x's ``Session`` API.
+
+It implements the part of ``pycbsdk.Session`` the blackrock source uses, with
+the same method names and parameters (tests/peers/test_cbsdk_conformance.py
+checks that against the installed pycbsdk), and the behaviour measured with
+the real SDK (shared/ENVIRONMENT.md): the constructor blocks and raises
+RuntimeError when no device answers; group batches arrive as int16
+``(n, channels padded to an even count)`` with uint64 device-ns timestamps,
+at most 32 samples per call, every data callback on one thread; spike events
+carry a header with ``time``, ``chid``, ``type``, ``dlen``; the clock
+conversion raises until the first sync; a lost device just goes quiet.
+
+Its own knobs come from ``RIGPIPE_CBSDK_EMULATOR`` (JSON): ``absent`` (no
+device), ``loss`` (probability that a 1 ms packet burst is dropped, counted in
+``stats.packets_dropped``), ``lost_after_s`` (stop delivering, as a device that
+was unplugged), ``ccf_groups`` (what a loaded CCF enables, e.g.
+``{"30kHz": 256, "1kHz": 16}``), ``spike_rate_hz`` (per channel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from pycbsdk import ChannelType, DeviceType, SampleRate, Stats
+
+_HZ = {
+    SampleRate.SR_500: 500,
+    SampleRate.SR_1kHz: 1000,
+    SampleRate.SR_2kHz: 2000,
+    SampleRate.SR_10kHz: 10000,
+    SampleRate.SR_30kHz: 30000,
+    SampleRate.SR_RAW: 30000,
+}
+_BY_NAME = {
+    "500": SampleRate.SR_500,
+    "1kHz": SampleRate.SR_1kHz,
+    "2kHz": SampleRate.SR_2kHz,
+    "10kHz": SampleRate.SR_10kHz,
+    "30kHz": SampleRate.SR_30kHz,
+    "raw": SampleRate.SR_RAW,
+}
+_TICK_S = 0.001
+_SYNC_AFTER_S = 0.05  # the clock conversion raises until the device's first sync
+_DEVICE_EPOCH_NS = 1_000_000_000_000  # the device clock does not share the host's origin
+
+
+def _knobs() -> dict[str, Any]:
+    return json.loads(os.environ.get("RIGPIPE_CBSDK_EMULATOR", "{}"))
+
+
+@dataclass
+class _Group:
+    rate: SampleRate
+    channels: list[int]
+    delivered: int = 0  # samples so far
+    table: np.ndarray | None = None
+
+
+class Session:
+    """Emulated ``pycbsdk.Session``: a device that streams from a thread of its own."""
+
+    def __init__(
+        self, device_type: DeviceType = DeviceType.LEGACY_NSP, callback_queue_depth: int = 16384
+    ) -> None:
+        self.knobs = _knobs()
+        if self.knobs.get("absent"):
+            time.sleep(0.3)  # the real SDK waits ~2.4 s for the handshake
+            raise RuntimeError(
+                "Failed to create session: Failed to detect protocol: Timed out waiting for device"
+            )
+        self.device_type = DeviceType(device_type)
+        self._groups: dict[int, _Group] = {}
+        self._batch_callbacks: dict[int, list] = {}
+        self._event_callbacks: list = []
+        self._positions: dict[int, tuple[int, int, int, int]] = {}
+        self._stats = {"packets_dropped": 0, "packets_received": 0, "packets_delivered": 0}
+        self._rng = np.random.default_rng(self.knobs.get("seed", 0))
+        self._start = time.monotonic()
+        self._running = True
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._deliver, name="cbsdk-emulator", daemon=True)
+        self._thread.start()
+
+    # -- configuration --------------------------------------------------------------------------
+    def load_ccf_sync(self, filename: str, timeout: float = 5.0):
+        if not os.path.isfile(filename):
+            raise RuntimeError(f"Failed to load CCF {filename}")
+        groups = self.knobs.get("ccf_groups", {"30kHz": 256, "1kHz": 16})
+        first = 1
+        for name, count in groups.items():
+            rate = _BY_NAME[name]
+            self._groups[int(rate)] = _Group(rate, list(range(first, first + count)))
+            first += count
+
+    def set_sample_group(
+        self,
+        chans: int | list[int] | None,
+        channel_type: ChannelType,
+        rate: SampleRate,
+        disable_others: bool = False,
+    ) -> None:
+        ids = list(range(1, chans + 1)) if isinstance(chans, int) else list(chans or range(1, 257))
+        if disable_others:
+            self._groups.clear()
+        self._groups[int(rate)] = _Group(SampleRate(rate), ids)
+
+    def set_ac_input_coupling(
+        self, chans: int | list[int] | None, channel_type: ChannelType, enabled: bool
+    ) -> None:
+        self.ac_coupling = enabled
+
+    def load_channel_map(self, filepath: str, start_chan: int = 1, hs_id: int = 0):
+        if not os.path.isfile(filepath):
+            raise RuntimeError(f"Failed to load channel map {filepath}")
+        for chan in range(start_chan, start_chan + 256):
+            index = chan - start_chan
+            self._positions[chan] = (
+                index % 16 * 400,
+                index // 16 * 400,
+                index // 32,
+                index % 32 + 1,
+            )
+
+    def sync(self, timeout: float = 5.0):
+        time.sleep(0.001)
+
+    def get_group_channels(self, group_id: int) -> list[int]:
+        group = self._groups.get(group_id)
+        return list(group.channels) if group else []
+
+    def get_channel_label(self, chan_id: int) -> str | None:
+        return f"chan{chan_id}"
+
+    def get_channel_conversion(self, chan_id: int, source: str = "physical") -> dict | None:
+        return {"scale": 0.25, "offset": 0.0, "unit": "uV"}
+
+    def get_matching_channel_ids(self, channel_type: ChannelType, n_chans: int = 0) -> list[int]:
+        ids = sorted({c for g in self._groups.values() for c in g.channels})
+        return ids[:n_chans] if n_chans else ids
+
+    def get_channels_positions(
+        self, channel_type: ChannelType, n_chans: int = 0
+    ) -> list[tuple[int, int, int, int]]:
+        ids = self.get_matching_channel_ids(channel_type, n_chans)
+        return [self._positions.get(c, (0, 0, 0, 0)) for c in ids]
+
+    # -- callbacks ------------------------------------------------------------------------------
+    def on_group_batch(self, rate: SampleRate = SampleRate.SR_30kHz):
+        def decorator(fn):
+            self._batch_callbacks.setdefault(int(rate), []).append(fn)
+            return fn
+
+        return decorator
+
+    def on_event(self, channel_type: ChannelType | None = ChannelType.FRONTEND):
+        def decorator(fn):
+            self._event_callbacks.append(fn)
+            return fn
+
+        return decorator
+
+    # -- clock and state ------------------------------------------------------------------------
+    def device_to_monotonic_batch(self, device_ns, stream_id: int = -1) -> list[float]:
+        if time.monotonic() - self._start < _SYNC_AFTER_S:
+            raise RuntimeError("No clock sync data available")
+        return [(int(t) - _DEVICE_EPOCH_NS) / 1e9 for t in device_ns]
+
+    @property
+    def stats(self) -> Stats:
+        return Stats(**self._stats)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def close(self):
+        self._running = False
+        self._closed.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the device -----------------------------------------------------------------------------
+    def _deliver(self) -> None:
+        """One burst of packets per millisecond, as a Cerebus sends them."""
+        loss = float(self.knobs.get("loss", 0.0))
+        lost_after = self.knobs.get("lost_after_s")
+        spike_rate = float(self.knobs.get("spike_rate_hz", 5.0))
+        tick = 0
+        while not self._closed.wait(
+            max(0.0, self._start + (tick + 1) * _TICK_S - time.monotonic())
+        ):
+            tick += 1
+            if lost_after is not None and time.monotonic() - self._start > lost_after:
+                continue  # unplugged: nothing arrives, and nothing says so
+            now_ns = time.monotonic_ns()
+            dropped = self._rng.random() < loss
+            for group_id, group in list(self._groups.items()):
+                hz = _HZ[group.rate]
+                due = tick * hz // 1000
+                n = due - group.delivered
+                if n <= 0:
+                    continue
+                first = group.delivered
+                group.delivered = due
+                if dropped:
+                    self._stats["packets_dropped"] += n
+                    continue
+                self._batch(group_id, group, first, n, hz, now_ns)
+            if not dropped:
+                self._spikes(spike_rate, now_ns)
+
+    def _batch(
+        self, group_id: int, group: _Group, first: int, n: int, hz: int, now_ns: int
+    ) -> None:
+        width = len(group.channels) + len(group.channels) % 2  # padded to an even count
+        if group.table is None:
+            t = np.arange(hz)[:, None] / hz
+            phase = np.arange(width)[None, :] / max(1, width)
+            group.table = (400 * np.sin(2 * np.pi * (10 * t + phase))).astype(np.int16)
+        start = first % hz
+        samples = np.take(group.table, range(start, start + n), axis=0, mode="wrap")
+        period_ns = 1e9 / hz
+        # The device stamps sample k at its own clock; the newest sample is "now".
+        stamps = _DEVICE_EPOCH_NS + now_ns - np.round((n - 1 - np.arange(n)) * period_ns)
+        stamps = stamps.astype(np.uint64)
+        for offset in range(0, n, 32):  # at most 32 samples per call, like the SDK
+            for fn in self._batch_callbacks.get(group_id, []):
+                fn(samples[offset : offset + 32].copy(), stamps[offset : offset + 32].copy())
+        self._stats["packets_received"] += n
+        self._stats["packets_delivered"] += n
+
+    def _spikes(self, rate_hz: float, now_ns: int) -> None:
+        channels = [c for g in self._groups.values() for c in g.channels]
+        if not channels or not self._event_callbacks:
+            return
+        for _ in range(self._rng.poisson(rate_hz * len(channels) * _TICK_S)):
+            header = SimpleNamespace(
+                time=_DEVICE_EPOCH_NS + now_ns,
+                chid=int(self._rng.choice(channels)),
+                type=int(self._rng.integers(1, 4)),
+                dlen=24,
+            )
+            for fn in self._event_callbacks:
+                fn(header, bytes(96))

@@ -1,0 +1,299 @@
+"""The ``blackrock`` source: a Cerebus NSP, Gemini Hub or nPlayServer through pycbsdk 10.x.
+
+Setup is either a CCF file (``ccf``) or programmatic (``channels`` of
+``channel_type`` at ``sample_rate``, with ``ac_coupling``), never both; a CMP
+channel map (``cmp``) adds electrode positions. Each sample group in ``groups``
+becomes a ring ``<worker>/<group>`` (``acq/30kHz``), filled from pycbsdk's
+``on_group_batch`` callback: one numpy slice and one ring write per batch, no
+per-sample Python. Spikes from ``on_event(FRONTEND)`` go to ``<worker>/spikes``;
+``<worker>/clock`` records, per batch, a device timestamp and the host monotonic
+time the session's clock synchronisation maps it to, so both clocks are kept.
+Ring timestamps are host monotonic nanoseconds (the clock every reader has).
+
+The device is watched: no batch for ``lost_after_s`` (pycbsdk does not report a
+lost device) or an absent device at start is a :class:`SourceError` (an error
+event, then a non-zero exit, so the restart policy applies). Packets the
+session's callback queue dropped are reported as warning events and counted in
+``rigpipe status``; the recorder sees them as timestamp jumps and writes gaps.
+
+pycbsdk is imported here only. ``RIGPIPE_CBSDK_SESSION=module:Class`` replaces
+its ``Session`` class: the tests use it to run against an emulated device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from workers.acquisition.source import SPIKE_CAPACITY, Source, SourceError
+from workers.acquisition.synthetic import SPIKE_DTYPE
+
+#: Config name -> (pycbsdk SampleRate member, Hz).
+RATES = {
+    "500": ("SR_500", 500.0),
+    "1kHz": ("SR_1kHz", 1000.0),
+    "2kHz": ("SR_2kHz", 2000.0),
+    "10kHz": ("SR_10kHz", 10000.0),
+    "30kHz": ("SR_30kHz", 30000.0),
+    "raw": ("SR_RAW", 30000.0),
+}
+RateName = Literal["500", "1kHz", "2kHz", "10kHz", "30kHz", "raw"]
+#: Every ``Session`` member this source touches; tests/peers/test_cbsdk_conformance.py
+#: checks each against the installed pycbsdk and the emulator.
+SESSION_API = (
+    "__init__",
+    "load_ccf_sync",
+    "set_sample_group",
+    "set_ac_input_coupling",
+    "load_channel_map",
+    "sync",
+    "get_group_channels",
+    "get_channel_label",
+    "get_channel_conversion",
+    "get_matching_channel_ids",
+    "get_channels_positions",
+    "on_group_batch",
+    "on_event",
+    "device_to_monotonic_batch",
+    "stats",
+    "close",
+)
+CLOCK_DTYPE = np.dtype([("device_ns", "<i8"), ("host_ns", "<i8"), ("group", "<i2")])
+SESSION_SEAM = "RIGPIPE_CBSDK_SESSION"
+
+
+class BlackrockSettings(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag_field="source",
+    tag="blackrock",
+):
+    """``[workers.parameters]`` of an acquisition worker with ``source = "blackrock"``."""
+
+    device: Literal["NSP", "HUB1", "HUB2", "HUB3", "NPLAY", "LEGACY_NSP"] = "NSP"
+    ccf: str = ""
+    channels: Annotated[int, msgspec.Meta(ge=0)] = 0
+    channel_type: Literal["FRONTEND", "ANALOG_IN"] = "FRONTEND"
+    sample_rate: RateName = "30kHz"
+    ac_coupling: bool = True
+    groups: list[RateName] = []
+    cmp: str = ""
+    publish_uv: bool = False
+    buffer_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    lost_after_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    queue_depth: Annotated[int, msgspec.Meta(ge=1024)] = 16384
+
+
+def _groups(settings: BlackrockSettings) -> list[str]:
+    return list(settings.groups) or [settings.sample_rate]
+
+
+def session_class() -> Any:
+    """pycbsdk's Session, or the class ``RIGPIPE_CBSDK_SESSION`` names (tests only)."""
+    seam = os.environ.get(SESSION_SEAM)
+    if seam:
+        module, _, name = seam.partition(":")
+        return getattr(importlib.import_module(module), name)
+    try:
+        from pycbsdk import Session
+    except ImportError as exc:
+        raise SourceError(
+            "the blackrock source needs pycbsdk: pip install 'rigpipe[blackrock]'"
+        ) from exc
+    return Session
+
+
+def _enums() -> Any:
+    """pycbsdk's enums (the module itself imports without its native library)."""
+    import pycbsdk
+
+    return pycbsdk
+
+
+class BlackrockSource(Source):
+    @classmethod
+    def outputs(cls, settings: Any) -> list[str]:
+        return [*_groups(settings), "spikes", "clock"]
+
+    @classmethod
+    def check(cls, settings: Any) -> None:
+        if settings.ccf and settings.channels:
+            raise ValueError(
+                "ccf and channels are two setup styles; use one: a CCF file, "
+                "or channels + channel_type + sample_rate"
+            )
+        if not settings.ccf and not settings.channels:
+            raise ValueError("set ccf = 'file.ccf', or channels = N (at least one channel)")
+        for name in ("ccf", "cmp"):
+            path = getattr(settings, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name} file {path!r} does not exist")
+        if settings.channels and settings.groups and settings.groups != [settings.sample_rate]:
+            raise ValueError(
+                f"programmatic setup samples one group ({settings.sample_rate}); "
+                "leave groups empty or list only that one"
+            )
+        if settings.ccf and not settings.groups:
+            raise ValueError("with a ccf, list the sample groups it enables: groups = ['30kHz']")
+
+    # -- opening ----------------------------------------------------------------------------------
+    def open(self) -> None:
+        s = self.settings
+        cb = _enums()
+        self.lock = threading.Lock()  # callbacks run on the SDK's thread; counters are shared
+        self.rings: dict[int, Any] = {}
+        self.last_batch = time.monotonic()
+        self.offset_ns: int | None = None  # host monotonic ns - device ns, from clock sync
+        self.dropped_reported = 0
+        self.counters = self.worker.counters
+        self.counters.update(batches=0, frames=0, spikes=0, packets_dropped=0, clock_synced=0)
+        Session = session_class()
+        try:
+            self.session = Session(
+                device_type=cb.DeviceType[s.device], callback_queue_depth=s.queue_depth
+            )
+        except (RuntimeError, OSError) as exc:
+            raise SourceError(f"no {s.device} device: {exc}") from None
+        ctype = cb.ChannelType[s.channel_type]
+        if s.ccf:
+            self.session.load_ccf_sync(str(s.ccf))
+        else:
+            rate = cb.SampleRate[RATES[s.sample_rate][0]]
+            self.session.set_sample_group(s.channels, ctype, rate, disable_others=True)
+            self.session.set_ac_input_coupling(s.channels, ctype, s.ac_coupling)
+        if s.cmp:
+            self.session.load_channel_map(str(s.cmp))
+        self.session.sync()
+        positions = self._positions(ctype) if s.cmp else {}
+        for group in _groups(s):
+            self._open_group(cb, group, positions)
+        self.spikes = self.worker.writer(
+            "spikes", SPIKE_DTYPE, (), SPIKE_CAPACITY, 0.0, {"source": self._device_info()}
+        )
+        self.clock = self.worker.writer("clock", CLOCK_DTYPE, (), 1 << 16, 0.0, {})
+        self.session.on_event(ctype)(self._on_event)
+
+    def _device_info(self) -> dict[str, Any]:
+        return {"kind": "blackrock", "device": self.settings.device}
+
+    def _positions(self, ctype: Any) -> dict[int, list[int]]:
+        ids = self.session.get_matching_channel_ids(ctype)
+        return dict(
+            zip(ids, (list(p) for p in self.session.get_channels_positions(ctype)), strict=False)
+        )
+
+    def _open_group(self, cb: Any, group: str, positions: dict[int, list[int]]) -> None:
+        member, hz = RATES[group]
+        group_id = int(cb.SampleRate[member])
+        channels = self.session.get_group_channels(group_id)
+        if not channels:
+            raise SourceError(f"sample group {group} has no channels; check the CCF or channels")
+        scales, units = [], set()
+        for chan in channels:
+            conversion = self.session.get_channel_conversion(chan)
+            if conversion is None:
+                raise SourceError(f"channel {chan} has no scaling to physical units")
+            scales.append(conversion["scale"])
+            units.add(conversion["unit"])
+        descriptor = {
+            "channel_ids": list(channels),
+            "channel_labels": [self.session.get_channel_label(c) or f"ch{c}" for c in channels],
+            "positions": [positions.get(c, [0, 0, 0, 0]) for c in channels],
+            "position_fields": ["x", "y", "bank", "electrode"],
+            "scale": scales if not self.settings.publish_uv else 1.0,
+            "units": "/".join(sorted(units)),
+            "source": {**self._device_info(), "group": group},
+        }
+        dtype = np.float32 if self.settings.publish_uv else np.int16
+        capacity = max(1024, round(self.settings.buffer_s * hz))
+        ring = self.worker.writer(group, dtype, (len(channels),), capacity, hz, descriptor)
+        scale = np.asarray(scales, np.float32)
+        self.rings[group_id] = ring
+        period_ns = 1e9 / hz
+
+        def on_batch(samples: np.ndarray, timestamps: np.ndarray) -> None:
+            # The SDK pads the channel axis to an even count: keep the group's own channels.
+            data = samples[:, : len(channels)]
+            if self.settings.publish_uv:
+                data = data * scale
+            host = self._host_ns(timestamps, group_id, period_ns)
+            ring.write(data, host)
+            with self.lock:
+                self.last_batch = time.monotonic()
+                self.counters["batches"] += 1
+                self.counters["frames"] += len(data)
+
+        self.session.on_group_batch(cb.SampleRate[member])(on_batch)
+
+    # -- callbacks (on the SDK's thread) --------------------------------------------------------
+    def _host_ns(self, device_ns: np.ndarray, group_id: int, period_ns: float) -> np.ndarray:
+        """Host monotonic ns per sample: one clock-sync conversion per batch."""
+        device = device_ns.astype(np.int64)
+        try:
+            (host_s,) = self.session.device_to_monotonic_batch([int(device[-1])], group_id)
+            offset = round(host_s * 1e9) - int(device[-1])
+            synced = 1
+        except RuntimeError:  # no clock sync yet: stamp from our own clock at arrival
+            offset = time.monotonic_ns() - int(device[-1])
+            synced = 0
+        self.offset_ns = offset
+        self.counters["clock_synced"] = synced
+        record = np.zeros(1, CLOCK_DTYPE)
+        record["device_ns"], record["host_ns"], record["group"] = (
+            device[-1],
+            device[-1] + offset,
+            group_id,
+        )
+        self.clock.write(record, record["host_ns"])
+        return device + offset
+
+    def _on_event(self, header: Any, data: Any) -> None:
+        offset = self.offset_ns
+        if offset is None:
+            return  # no batch yet: no clock to put the spike on
+        record = np.zeros(1, SPIKE_DTYPE)
+        record["timestamp_ns"] = int(header.time) + offset
+        record["channel"] = int(header.chid)
+        record["unit"] = int(header.type)
+        self.spikes.write(record, record["timestamp_ns"])
+        with self.lock:
+            self.counters["spikes"] += 1
+
+    # -- the worker's loop ----------------------------------------------------------------------
+    def step(self) -> None:
+        with self.lock:
+            silent_s = time.monotonic() - self.last_batch
+        if silent_s > self.settings.lost_after_s:
+            raise SourceError(
+                f"{self.settings.device}: no data for {silent_s:.1f} s; the device was lost"
+            )
+        dropped = self.session.stats.packets_dropped
+        if dropped > self.dropped_reported:
+            self.worker.report(
+                f"{dropped - self.dropped_reported} packet(s) dropped by the SDK's callback queue "
+                f"({dropped} in all); the recording shows them as gaps"
+            )
+            self.dropped_reported = dropped
+            self.counters["packets_dropped"] = dropped
+        self.worker.wait_until(time.monotonic() + 0.1)
+
+    def close(self) -> None:
+        session = getattr(self, "session", None)
+        if session is not None:
+            session.close()  # releases the device's shared memory and sockets
+        for ring in [
+            *getattr(self, "rings", {}).values(),
+            getattr(self, "spikes", None),
+            getattr(self, "clock", None),
+        ]:
+            if ring is not None:
+                ring.close()

@@ -1,0 +1,160 @@
+"""The ``synthetic`` source: a realistic extracellular recording with no hardware.
+
+Streams ``<worker>/continuous`` (frames x channels, int16 at ``scale_uv`` microvolts
+per step or float32 microvolts) and ``<worker>/spikes``. The signal is described in
+:mod:`workers.acquisition.synthetic`. Chunk ``k`` is published when the monotonic
+clock reaches ``start + frames_so_far / sample_rate``, computed from integer frame
+counts, so timing does not drift however long it runs; a source that falls behind
+publishes back to back until it has caught up and counts ``late_chunks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from workers.acquisition.source import SPIKE_CAPACITY, Source
+from workers.acquisition.synthetic import SPIKE_DTYPE, SignalParameters, SyntheticSignal
+
+Microvolts = Annotated[float, msgspec.Meta(ge=0)]
+BLOCK_S = 0.01  # data is generated 10 ms at a time and published chunk by chunk
+
+
+class SyntheticSettings(
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    kw_only=True,
+    tag_field="source",
+    tag="synthetic",
+):
+    """``[workers.parameters]`` of an acquisition worker with ``source = "synthetic"``."""
+
+    channels: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 64
+    sample_rate_hz: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 30000.0
+    chunk_s: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.001
+    dtype: Literal["int16", "float32"] = "int16"
+    scale_uv: Annotated[float, msgspec.Meta(gt=0)] = 0.25
+    buffer_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    seed: int = 0
+    unit_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
+    noise_uv: Microvolts = 6.0
+    background_uv: Microvolts = 20.0
+    lfp_hz: Annotated[float, msgspec.Meta(gt=0)] = 8.0
+    lfp_uv: Microvolts = 50.0
+    spike_rate_hz: Microvolts = 8.0
+    spike_uv: Microvolts = 120.0
+    line_noise_hz: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    line_noise_uv: Microvolts = 10.0
+
+
+_SIGNAL_FIELDS = frozenset(f.name for f in dataclasses.fields(SignalParameters))
+
+
+class SyntheticSource(Source):
+    settable = _SIGNAL_FIELDS
+
+    @classmethod
+    def outputs(cls, settings: Any) -> list[str]:
+        return ["continuous", "spikes"]
+
+    @classmethod
+    def check(cls, settings: Any) -> None:
+        nyquist = settings.sample_rate_hz / 2
+        for name in ("lfp_hz", "line_noise_hz"):
+            if getattr(settings, name) >= nyquist:
+                raise ValueError(f"{name} must be below half the sample rate ({nyquist:g} Hz)")
+        if settings.buffer_s < 4 * settings.chunk_s:
+            raise ValueError("buffer_s must hold at least 4 chunks (4 x chunk_s)")
+
+    def open(self) -> None:
+        s = self.settings
+        self.chunk_frames = max(1, round(s.chunk_s * s.sample_rate_hz))
+        chunks_per_block = max(1, round(BLOCK_S / (self.chunk_frames / s.sample_rate_hz)))
+        self.signal = SyntheticSignal(
+            s.channels,
+            s.sample_rate_hz,
+            self.chunk_frames * chunks_per_block,
+            s.dtype,
+            s.scale_uv,
+            s.seed,
+            s.unit_fraction,
+            SignalParameters(**{name: getattr(s, name) for name in _SIGNAL_FIELDS}),
+        )
+        labels = [f"ch{i + 1:03d}" for i in range(s.channels)]
+        source = {"kind": "synthetic", "seed": s.seed}
+        descriptor = {
+            "channel_labels": labels,
+            "units": "uV",
+            "scale": self.signal.scale_uv,
+            "source": source,
+        }
+        capacity = max(4 * self.signal.block_frames, round(s.buffer_s * s.sample_rate_hz))
+        self.continuous = self.worker.writer(
+            "continuous", s.dtype, (s.channels,), capacity, s.sample_rate_hz, descriptor
+        )
+        spikes_descriptor = {"channel_labels": labels, "units": self.signal.units, "source": source}
+        self.spikes = self.worker.writer(
+            "spikes", SPIKE_DTYPE, (), SPIKE_CAPACITY, 0.0, spikes_descriptor
+        )
+        self.period_ns = 1e9 / s.sample_rate_hz
+        self.start_ns = time.monotonic_ns()
+        self.published = 0  # frames written to the ring
+        self._block_start = 0
+        self._block, self._block_spikes = self.signal.next_block()
+        self._timestamps = self._stamps(0, self.signal.block_frames)
+        self.worker.counters.update(frames=0, chunks=0, spikes=0, late_chunks=0, behind_ms=0.0)
+        self.worker.log.info(
+            "synthetic: %d channels at %g Hz, chunks of %d frames, into %s",
+            s.channels,
+            s.sample_rate_hz,
+            self.chunk_frames,
+            self.continuous.stream,
+        )
+
+    def _stamps(self, first: int, n: int) -> np.ndarray:
+        """Sample-clock timestamps (host monotonic ns) of frames ``first .. first + n``."""
+        return self.start_ns + np.round((first + np.arange(n)) * self.period_ns).astype(np.int64)
+
+    def step(self) -> None:
+        """Publish the next chunk when its last frame is due; make a new block when needed."""
+        if self.published == self._block_start + len(self._block):
+            self._block_start = self.published
+            self._block, self._block_spikes = self.signal.next_block()
+            self._timestamps = self._stamps(self._block_start, len(self._block))
+        begin = self.published - self._block_start
+        end = min(begin + self.chunk_frames, len(self._block))
+        due_ns = self.start_ns + round((self._block_start + end) * self.period_ns)
+        self.worker.wait_until(due_ns / 1e9)
+        self.continuous.write(self._block[begin:end], self._timestamps[begin:end])
+        first, last = self._block_start + begin, self._block_start + end
+        lo, hi = np.searchsorted(self._block_spikes["frame"], (first, last))
+        if hi > lo:
+            mine = self._block_spikes[lo:hi]
+            records = np.empty(len(mine), SPIKE_DTYPE)
+            records["timestamp_ns"] = self.start_ns + np.round(mine["frame"] * self.period_ns)
+            records["channel"] = mine["channel"]
+            records["unit"] = mine["unit"]
+            self.spikes.write(records, records["timestamp_ns"])
+            self.worker.counters["spikes"] += len(mine)
+        self.published = last
+        behind_ms = (time.monotonic_ns() - due_ns) / 1e6
+        c = self.worker.counters
+        c["frames"] = self.published
+        c["chunks"] += 1
+        c["behind_ms"] = round(behind_ms, 3)
+        if behind_ms > 1000 * (end - begin) / self.settings.sample_rate_hz:
+            c["late_chunks"] += 1
+
+    def on_parameter(self, name: str, value: Any) -> None:
+        setattr(self.signal.params, name, float(value))
+
+    def close(self) -> None:
+        for name in ("continuous", "spikes"):
+            ring = getattr(self, name, None)
+            if ring is not None:
+                ring.close()
