@@ -155,6 +155,10 @@ class Worker:
     def on_parameter(self, name: str, value: Any) -> None:
         """Called after ``self.settings`` took a new value for ``name``."""
 
+    def stop(self) -> None:
+        """End the run loop after this step: the work is done (the worker exits 0)."""
+        self._stopping = True
+
     @property
     def stopping(self) -> bool:
         """True once the worker was asked to stop (Stop message, signal, supervisor gone)."""

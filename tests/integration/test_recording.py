@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import psutil
 
-from pipeline import messages
+from pipeline import attach, messages
+from pipeline.errors import StreamNotFound
 from pipeline.inspect import inspect
 from pipeline.recfile import consistency_flags, read_manifest
 from tests.rig import exited, wait_for
@@ -291,3 +292,45 @@ def test_the_session_end_repairs_a_recording_whose_recorder_died_for_good(rigs) 
     with h5py.File(directory / "segment-0000.h5") as f:
         assert f["provenance"].attrs["crashed"]
     assert inspect(directory).ok
+
+
+def test_replay_plays_a_recording_back_exactly_and_faster(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    time.sleep(1.5)
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    with h5py.File(directory / "segment-0000.h5") as f:
+        group = f["streams/acq.continuous"]
+        recorded = group["data"][:], group["timestamps_ns"][:]
+        labels = list(group.attrs["channel_labels"])
+        spikes = f["streams/acq.spikes/data"][:]
+
+    replay = rigs.new()
+    replay.write(
+        '[[workers]]\nname = "play"\nkind = "acquisition"\nrestart = "never"\n'
+        f'[workers.parameters]\nsource = "replay"\npath = "{directory}"\nspeed = 4.0\n'
+    )
+    replay.start(wait=False)
+    reader = wait_for(lambda: _attach_or_none(f"{replay.name}/play/continuous"), 20, "replay")
+    events = wait_for(lambda: _attach_or_none(f"{replay.name}/play/spikes"), 20, "spikes")
+    started = time.monotonic()
+    with reader, events:
+        assert list(reader.descriptor["channel_labels"]) == labels
+        chunks = list(reader)  # until the replay closes the stream
+        took = time.monotonic() - started
+        replayed_spikes = np.concatenate([c.data for c in events])
+    data = np.concatenate([c.data for c in chunks])
+    stamps = np.concatenate([c.timestamps_ns for c in chunks])
+    assert np.array_equal(data, recorded[0]) and np.array_equal(stamps, recorded[1])
+    assert np.array_equal(replayed_spikes, spikes)
+    duration = (recorded[1][-1] - recorded[1][0]) / 1e9
+    assert took < duration / 2, f"4x replay of {duration:.1f} s took {took:.1f} s"
+    wait_for(lambda: replay.worker("play").state == "exited", 10, "the replay worker to finish")
+
+
+def _attach_or_none(stream: str):
+    try:
+        return attach(stream, from_now=False)
+    except StreamNotFound:
+        return None

@@ -77,6 +77,8 @@ def test_the_cli_prints_one_line_and_no_traceback_for_a_bad_config() -> None:
 
 def test_the_reference_documents_every_option() -> None:
     """configs/README.md names every field of every config table and worker settings."""
+    from workers.acquisition.blackrock import BlackrockSettings
+    from workers.acquisition.replay import ReplaySettings
     from workers.acquisition.synthetic_source import SyntheticSettings
     from workers.recording import RecordingSettings
 
@@ -86,6 +88,8 @@ def test_the_reference_documents_every_option() -> None:
         config.ControlConfig,
         config.WorkerConfig,
         SyntheticSettings,
+        BlackrockSettings,
+        ReplaySettings,
         RecordingSettings,
     ]
     missing = [
