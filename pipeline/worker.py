@@ -29,6 +29,7 @@ SPEC is the JSON of a :class:`WorkerSpec`, in its own process group::
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import importlib
 import logging
 import os
@@ -47,6 +48,9 @@ from pipeline.errors import RigpipeError
 from pipeline.ring import RingReader, RingWriter, attach
 
 _PR_SET_PDEATHSIG = 1
+#: Sent by the kernel when the supervisor dies (Linux); SIGHUP, so that it cannot be
+#: mistaken for a second Ctrl-C / SIGTERM, which makes a stopping worker exit at once.
+PARENT_DEATH_SIGNAL = getattr(signal, "SIGHUP", signal.SIGTERM)
 #: The bus is polled at most this often by service(); commands wait at most this long.
 SERVICE_INTERVAL_S = 0.005
 _PARENT_WATCHES = ("auto", "pdeathsig", "heartbeat")
@@ -344,9 +348,9 @@ def parent_watch() -> str:
 
 
 def _die_with_parent(supervisor_pid: int) -> None:
-    """Linux: get SIGTERM when the supervisor dies; exit now if it already has."""
+    """Linux: get PARENT_DEATH_SIGNAL when the supervisor dies; exit now if it already has."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if libc.prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != supervisor_pid:  # it died between our fork and the prctl
         raise SystemExit(0)
@@ -359,24 +363,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m pipeline.worker SPEC_JSON (started by the supervisor)")
         return 2
     spec = msgspec.json.decode(argv[0], type=WorkerSpec)
+    faulthandler.enable()  # a crash in native code leaves its traceback in the worker's log
     logging.basicConfig(
         level=spec.log_level.upper(),
         format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    if parent_watch() == "pdeathsig":
-        _die_with_parent(spec.supervisor_pid)
     cls = importlib.import_module(spec.kind).WORKER
     worker = cls(spec, cls.parse_settings(spec.parameters))
 
     def stop(signum: int, frame: object) -> None:
         if worker.stopping:
+            worker.log.warning("signal %d while stopping: exiting now", signum)
             raise SystemExit(128 + signum)  # asked twice: stop now
         worker.log.info("signal %d: stopping", signum)
         worker._stopping = True
 
+    def orphaned(signum: int, frame: object) -> None:
+        # The parent-death signal can arrive once per thread of the dying supervisor
+        # (the kernel re-parents us across its threads): never escalate on repeats.
+        if not worker.stopping:
+            worker.log.warning("the supervisor died: stopping")
+        worker._stopping = True
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if parent_watch() == "pdeathsig":
+        signal.signal(PARENT_DEATH_SIGNAL, orphaned)
+        _die_with_parent(spec.supervisor_pid)
     return worker.main()
 
 

@@ -145,7 +145,7 @@ def test_a_killed_supervisor_leaves_closed_files(rigs) -> None:
     segment = directory / "segment-0000.h5"
     assert consistency_flags(segment) == 0
     with h5py.File(segment) as f:
-        assert f.attrs["finished"]
+        assert f.attrs["finished"], (rig.log_dir() / "rec.log").read_text()
         assert f["provenance"].attrs["finished_at"]
     assert read_manifest(directory).finished_at
     _assert_contiguous(_timestamps(directory))

@@ -83,6 +83,7 @@ class Session:
         self._stats = {"packets_dropped": 0, "packets_received": 0, "packets_delivered": 0}
         self._rng = np.random.default_rng(self.knobs.get("seed", 0))
         self._start = time.monotonic()
+        self._device_start_ns = _DEVICE_EPOCH_NS + time.monotonic_ns()
         self._running = True
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._deliver, name="cbsdk-emulator", daemon=True)
@@ -218,13 +219,11 @@ class Session:
                 if dropped:
                     self._stats["packets_dropped"] += n
                     continue
-                self._batch(group_id, group, first, n, hz, now_ns)
+                self._batch(group_id, group, first, n, hz)
             if not dropped:
                 self._spikes(spike_rate, now_ns)
 
-    def _batch(
-        self, group_id: int, group: _Group, first: int, n: int, hz: int, now_ns: int
-    ) -> None:
+    def _batch(self, group_id: int, group: _Group, first: int, n: int, hz: int) -> None:
         width = len(group.channels) + len(group.channels) % 2  # padded to an even count
         if group.table is None:
             t = np.arange(hz)[:, None] / hz
@@ -232,10 +231,9 @@ class Session:
             group.table = (400 * np.sin(2 * np.pi * (10 * t + phase))).astype(np.int16)
         start = first % hz
         samples = np.take(group.table, range(start, start + n), axis=0, mode="wrap")
-        period_ns = 1e9 / hz
-        # The device stamps sample k at its own clock; the newest sample is "now".
-        stamps = _DEVICE_EPOCH_NS + now_ns - np.round((n - 1 - np.arange(n)) * period_ns)
-        stamps = stamps.astype(np.uint64)
+        # The device stamps sample k from its own sample clock: no arrival jitter.
+        index = first + np.arange(n)
+        stamps = (self._device_start_ns + np.round(index * (1e9 / hz))).astype(np.uint64)
         for offset in range(0, n, 32):  # at most 32 samples per call, like the SDK
             for fn in self._batch_callbacks.get(group_id, []):
                 fn(samples[offset : offset + 32].copy(), stamps[offset : offset + 32].copy())

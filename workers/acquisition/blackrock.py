@@ -218,14 +218,15 @@ class BlackrockSource(Source):
         ring = self.worker.writer(group, dtype, (len(channels),), capacity, hz, descriptor)
         scale = np.asarray(scales, np.float32)
         self.rings[group_id] = ring
-        period_ns = 1e9 / hz
 
         def on_batch(samples: np.ndarray, timestamps: np.ndarray) -> None:
             # The SDK pads the channel axis to an even count: keep the group's own channels.
             data = samples[:, : len(channels)]
             if self.settings.publish_uv:
                 data = data * scale
-            host = self._host_ns(timestamps, group_id, period_ns)
+            host = self._host_ns(timestamps, group_id)
+            if host is None:
+                return
             ring.write(data, host)
             with self.lock:
                 self.last_batch = time.monotonic()
@@ -235,24 +236,26 @@ class BlackrockSource(Source):
         self.session.on_group_batch(cb.SampleRate[member])(on_batch)
 
     # -- callbacks (on the SDK's thread) --------------------------------------------------------
-    def _host_ns(self, device_ns: np.ndarray, group_id: int, period_ns: float) -> np.ndarray:
-        """Host monotonic ns per sample: one clock-sync conversion per batch."""
+    def _host_ns(self, device_ns: np.ndarray, group_id: int) -> np.ndarray | None:
+        """Host monotonic ns per sample from one clock-sync conversion per batch.
+
+        None before the session's first clock sync: such batches are not
+        published (stamping them from their arrival time would give a stream
+        whose timestamps jitter, then jump when the sync arrives).
+        """
         device = device_ns.astype(np.int64)
         try:
             (host_s,) = self.session.device_to_monotonic_batch([int(device[-1])], group_id)
-            offset = round(host_s * 1e9) - int(device[-1])
-            synced = 1
-        except RuntimeError:  # no clock sync yet: stamp from our own clock at arrival
-            offset = time.monotonic_ns() - int(device[-1])
-            synced = 0
+        except RuntimeError:  # "No clock sync data available"
+            with self.lock:
+                self.counters["before_clock_sync"] = self.counters.get("before_clock_sync", 0) + 1
+            return None
+        offset = round(host_s * 1e9) - int(device[-1])
         self.offset_ns = offset
-        self.counters["clock_synced"] = synced
+        self.counters["clock_synced"] = 1
         record = np.zeros(1, CLOCK_DTYPE)
-        record["device_ns"], record["host_ns"], record["group"] = (
-            device[-1],
-            device[-1] + offset,
-            group_id,
-        )
+        record["device_ns"], record["group"] = device[-1], group_id
+        record["host_ns"] = device[-1] + offset
         self.clock.write(record, record["host_ns"])
         return device + offset
 

@@ -47,6 +47,9 @@ class _StreamState:
         return 1e9 / rate if rate > 0 else None
 
 
+SKIPPED = "timestamps jump: the source skipped frames"
+
+
 class Recording:
     """Writes one recording directory; create with :meth:`start` or :meth:`resume`."""
 
@@ -198,39 +201,59 @@ class Recording:
 
     # -- data -----------------------------------------------------------------------------------
     def write(self, stream: str, chunk: Chunk, cause_if_dropped: str, fmt: StreamFormat) -> None:
-        """Append ``chunk`` of ``stream``, recording a gap first if frames are missing."""
+        """Append ``chunk`` of ``stream``, recording a gap wherever frames are missing."""
         state = self.streams[stream]
         if fmt.dtype != state.format.dtype or fmt.frame_shape != state.format.frame_shape:
             self.rotate([fmt])  # a new layout needs new datasets: a new segment
             state = self.streams[stream]
         assert self.segment is not None
-        first = int(chunk.timestamps_ns[0])
+        stamps = chunk.timestamps_ns
+        base = self.segment.first_frame(stream) + self.segment.rows[stream]
+        cursor = chunk.start_cursor
+        previous = state.last_timestamp_ns
+        first = int(stamps[0])
+        period = state.period_ns
         if chunk.dropped:
-            start = chunk.start_cursor - chunk.dropped
-            self._gap(stream, chunk.dropped, start, chunk.start_cursor, first, cause_if_dropped)
-        elif state.last_timestamp_ns is not None and state.period_ns is not None:
-            step = first - state.last_timestamp_ns
-            if step > GAP_PERIODS * state.period_ns:
-                lost = round(step / state.period_ns) - 1
-                if state.generation is not None and chunk.generation != state.generation:
-                    cause = (
-                        f"source restarted (generation {state.generation} -> {chunk.generation})"
-                    )
-                else:
-                    cause = "timestamps jump: the source skipped frames"
-                self._gap(stream, lost, chunk.start_cursor, chunk.start_cursor, first, cause)
-        self.segment.append(stream, chunk.data, chunk.timestamps_ns)
-        state.last_timestamp_ns = int(chunk.timestamps_ns[-1])
+            lost = chunk.dropped
+            self._gap(stream, base, lost, cursor - lost, cursor, previous, first, cause_if_dropped)
+        elif (
+            previous is not None and period is not None and first - previous > GAP_PERIODS * period
+        ):
+            if state.generation is not None and chunk.generation != state.generation:
+                cause = f"source restarted (generation {state.generation} -> {chunk.generation})"
+            else:
+                cause = SKIPPED
+            lost = round((first - previous) / period) - 1
+            self._gap(stream, base, lost, cursor, cursor, previous, first, cause)
+        if period is not None and len(stamps) > 1:  # frames the source itself skipped
+            steps = np.diff(stamps)
+            for i in np.flatnonzero(steps > GAP_PERIODS * period):
+                lost = round(int(steps[i]) / period) - 1
+                at = int(i) + 1
+                before, after = int(stamps[i]), int(stamps[at])
+                self._gap(stream, base + at, lost, cursor + at, cursor + at, before, after, SKIPPED)
+        self.segment.append(stream, chunk.data, stamps)
+        state.last_timestamp_ns = int(stamps[-1])
         state.generation = chunk.generation
 
-    def _gap(self, stream: str, lost: int, start: int, end: int, end_ns: int, cause: str) -> None:
+    def _gap(
+        self,
+        stream: str,
+        at_frame: int,
+        lost: int,
+        cursor_start: int,
+        cursor_end: int,
+        start_ns: int | None,
+        end_ns: int,
+        cause: str,
+    ) -> None:
         assert self.segment is not None
         row = np.zeros((), GAP_DTYPE)
         row["stream"] = text(stream, 128)
-        row["at_frame"] = self.segment.first_frame(stream) + self.segment.rows[stream]
+        row["at_frame"] = at_frame
         row["lost_frames"] = lost
-        row["cursor_start"], row["cursor_end"] = start, end
-        row["start_ns"] = self.streams[stream].last_timestamp_ns or 0
+        row["cursor_start"], row["cursor_end"] = cursor_start, cursor_end
+        row["start_ns"] = start_ns or 0
         row["end_ns"] = end_ns
         row["cause"] = text(cause, 128)
         self.segment.add_row("gaps", row)
