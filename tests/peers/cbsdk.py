@@ -122,12 +122,8 @@ class Session:
             raise RuntimeError(f"Failed to load channel map {filepath}")
         for chan in range(start_chan, start_chan + 256):
             index = chan - start_chan
-            self._positions[chan] = (
-                index % 16 * 400,
-                index // 16 * 400,
-                index // 32,
-                index % 32 + 1,
-            )
+            # pycbsdk's slots for a CMP-mapped channel: (x, y, size, headstage id)
+            self._positions[chan] = (index % 16 * 400, index // 16 * 400, 400, hs_id)
 
     def sync(self, timeout: float = 5.0):
         time.sleep(0.001)

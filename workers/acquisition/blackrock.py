@@ -186,10 +186,17 @@ class BlackrockSource(Source):
         return {"kind": "blackrock", "device": self.settings.device}
 
     def _positions(self, ctype: Any) -> dict[int, list[int]]:
+        """Channel id -> [x, y, bank, electrode].
+
+        pycbsdk gives (x, y, size, headstage) per channel from the CMP; a front-end
+        channel's bank (0 = A) and electrode (1-32) follow from its id.
+        """
         ids = self.session.get_matching_channel_ids(ctype)
-        return dict(
-            zip(ids, (list(p) for p in self.session.get_channels_positions(ctype)), strict=False)
-        )
+        found = self.session.get_channels_positions(ctype)
+        return {
+            chan: [int(x), int(y), (chan - 1) // 32, (chan - 1) % 32 + 1]
+            for chan, (x, y, _size, _headstage) in zip(ids, found, strict=False)
+        }
 
     def _open_group(self, cb: Any, group: str, positions: dict[int, list[int]]) -> None:
         member, hz = RATES[group]
