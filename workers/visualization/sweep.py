@@ -1,0 +1,121 @@
+"""The scope's picture as numpy arrays: a sweeping min/max column buffer, rasterized.
+
+A stream is shown as ``width`` columns covering ``window_s``; each column keeps
+the minimum and maximum of every channel over the frames that fall in it
+(min/max decimation, so a one-sample spike still shows). New frames overwrite
+columns from left to right and wrap around (a sweep, as on an oscilloscope),
+so each refresh costs only the frames that arrived since the last one.
+:func:`rasterize` turns a page of channels into an RGBA image: stacked traces,
+each channel in its own band, plus spike ticks and stimulation markers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rgba(r: int, g: int, b: int) -> np.uint32:
+    """One RGBA pixel as the uint32 it is in memory (so a whole image is one uint32 array)."""
+    return np.frombuffer(bytes([r, g, b, 255]), np.uint32)[0]
+
+
+TRACE = _rgba(40, 220, 90)
+SPIKE = _rgba(255, 200, 40)
+MARKER = _rgba(255, 60, 60)
+CURSOR = _rgba(90, 90, 90)
+BACKGROUND = _rgba(0, 0, 0)
+
+
+class Sweep:
+    """Per-column min/max of every channel over the last ``window_s``."""
+
+    def __init__(self, channels: int, sample_rate: float, window_s: float, width: int) -> None:
+        self.channels = channels
+        self.sample_rate = sample_rate
+        self.width = width
+        self.frames_per_column = max(1.0, window_s * sample_rate / width)
+        self.low = np.zeros((width, channels), np.float32)
+        self.high = np.zeros((width, channels), np.float32)
+        self.filled = np.zeros(width, bool)
+        self.spikes = np.zeros((width, channels), bool)
+        self.markers = np.zeros(width, bool)
+        self.frame = 0  # frames seen since this sweep began
+
+    @property
+    def column(self) -> int:
+        """The column the next frame goes into (the sweep's cursor)."""
+        return int(self.frame // self.frames_per_column) % self.width
+
+    def add(self, data: np.ndarray) -> None:
+        """Fold ``data`` (frames x channels) into its columns."""
+        n = len(data)
+        if n == 0:
+            return
+        absolute = ((self.frame + np.arange(n)) // self.frames_per_column).astype(np.int64)
+        starts = np.flatnonzero(np.concatenate(([True], absolute[1:] != absolute[:-1])))
+        values = data.astype(np.float32, copy=False)
+        low = np.minimum.reduceat(values, starts, axis=0)
+        high = np.maximum.reduceat(values, starts, axis=0)
+        touched = absolute[starts] % self.width
+        # A run that begins a column replaces what the column held one sweep ago.
+        fresh = np.ones(len(starts), bool)
+        if self.frame > 0:
+            fresh[0] = absolute[0] != (self.frame - 1) // self.frames_per_column
+        keep = ~fresh[:, None]
+        self.low[touched] = np.where(keep, np.minimum(self.low[touched], low), low)
+        self.high[touched] = np.where(keep, np.maximum(self.high[touched], high), high)
+        self.spikes[touched[fresh]] = False
+        self.markers[touched[fresh]] = False
+        self.filled[touched] = True
+        self.frame += n
+
+    def mark_spike(self, frame_offset: int, channel: int) -> None:
+        """A spike ``frame_offset`` frames before the newest frame, on ``channel`` (0-based)."""
+        if 0 <= channel < self.channels:
+            self.spikes[self._column_of(frame_offset), channel] = True
+
+    def mark(self, frame_offset: int) -> None:
+        """A stimulation marker ``frame_offset`` frames before the newest frame."""
+        self.markers[self._column_of(frame_offset)] = True
+
+    def _column_of(self, frame_offset: int) -> int:
+        frame = max(0, self.frame - 1 - frame_offset)
+        return int(frame // self.frames_per_column) % self.width
+
+
+def rasterize(
+    sweep: Sweep, first: int, count: int, height: int, span: float, gain: float
+) -> np.ndarray:
+    """An RGBA image (height x width x 4, uint8) of channels ``first .. first + count``.
+
+    Channel ``first + k`` is drawn in band ``k`` from the top, each band
+    ``height // count`` rows; ``span`` is the value range that fills a band at
+    gain 1 (larger values are clipped to the band).
+    """
+    width = sweep.width
+    count = max(1, min(count, sweep.channels - first))
+    band = max(2, height // count)
+    chans = slice(first, first + count)
+    centers = (np.arange(count) * band + band // 2)[None, :]
+    scale = gain * band / max(span, 1e-12)
+    # Larger values go up: rows count downward from the top.
+    top = np.clip(np.rint(centers - sweep.high[:, chans] * scale), 0, height - 1).astype(np.int64)
+    bottom = np.clip(np.rint(centers - sweep.low[:, chans] * scale), 0, height - 1).astype(np.int64)
+    bands_top = centers - band // 2
+    top = np.maximum(top, bands_top)
+    bottom = np.minimum(bottom, bands_top + band - 1)
+    columns = np.broadcast_to(np.arange(width)[:, None], top.shape)
+    filled = sweep.filled[:, None] & (bottom >= top)
+    # Paint each column's [top, bottom] run: +1 at top, -1 after bottom, then a running sum.
+    size = (height + 1) * width
+    starts = np.bincount((top * width + columns)[filled], minlength=size)
+    ends = np.bincount(((bottom + 1) * width + columns)[filled], minlength=size)
+    edges = (starts - ends).astype(np.int16).reshape(height + 1, width)
+    drawn = np.cumsum(edges, axis=0, dtype=np.int16)[:height] > 0
+    image = np.where(drawn, TRACE, BACKGROUND)
+    rows, cols = np.nonzero(sweep.spikes[:, chans].T)
+    for dy in range(max(1, band // 6)):
+        image[np.minimum(bands_top[0, rows] + dy, height - 1), cols] = SPIKE
+    image[:, sweep.markers] = MARKER
+    image[:, sweep.column] = CURSOR
+    return image.view(np.uint8).reshape(height, width, 4)
