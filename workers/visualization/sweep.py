@@ -102,8 +102,9 @@ def rasterize(
     top = np.clip(np.rint(centers - sweep.high[:, chans] * scale), 0, height - 1).astype(np.int64)
     bottom = np.clip(np.rint(centers - sweep.low[:, chans] * scale), 0, height - 1).astype(np.int64)
     bands_top = centers - band // 2
-    top = np.maximum(top, bands_top)
-    bottom = np.minimum(bottom, bands_top + band - 1)
+    bands_bottom = bands_top + band - 1
+    top = np.clip(top, bands_top, bands_bottom)  # values past the band are drawn at its edge
+    bottom = np.clip(bottom, bands_top, bands_bottom)
     columns = np.broadcast_to(np.arange(width)[:, None], top.shape)
     filled = sweep.filled[:, None] & (bottom >= top)
     # Paint each column's [top, bottom] run: +1 at top, -1 after bottom, then a running sum.

@@ -1,0 +1,117 @@
+"""The scope in a real rig, rendered offscreen (QT_QPA_PLATFORM=offscreen) to PNG."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyqtgraph")
+from PySide6.QtGui import QImage
+
+from tests.rig import DEMO_WORKER, wait_for
+
+
+def _scope(snapshot: Path, streams: str = '["pat/out"]', extra: str = "") -> str:
+    return f"""
+[[workers]]
+name = "scope"
+kind = "visualization"
+[workers.parameters]
+streams = {streams}
+offscreen = true
+snapshot = "{snapshot}"
+snapshot_s = 0.3
+window_s = 1.0
+width_px = 400
+height_px = 400
+{extra}
+"""
+
+
+def _trace_lines(path: Path) -> list[float]:
+    """Rows (pixels from the top) of the horizontal trace lines in the snapshot."""
+    image = QImage(str(path)).convertToFormat(QImage.Format.Format_RGBA8888)
+    pixels = np.frombuffer(image.constBits(), np.uint8).reshape(
+        image.height(), image.bytesPerLine() // 4, 4
+    )[:, : image.width()]
+    green = (pixels[..., 1] > 150) & (pixels[..., 0] < 120) & (pixels[..., 2] < 160)
+    rows = np.flatnonzero(green.sum(axis=1) > 0.3 * green.sum(axis=1).max())
+    if not len(rows):
+        return []
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+    return [float(run.mean()) for run in runs]
+
+
+def _spacing(lines: list[float]) -> np.ndarray:
+    """Gaps between neighbouring lines, in units of the smallest one."""
+    gaps = np.diff(lines)
+    return gaps / gaps.min()
+
+
+def _lines_after(path: Path, count: int, timeout_s: float = 20) -> list[float]:
+    def seen():
+        return path.exists() and len(lines := _trace_lines(path)) == count and lines
+
+    return wait_for(seen, timeout_s, f"{count} trace lines in {path}")
+
+
+def test_traces_are_drawn_where_the_data_says_and_follow_a_generation_change(rigs) -> None:
+    rig = rigs.new()
+    snapshot = rig.directory / "scope.png"
+    pattern = (
+        '[[workers]]\nname = "pat"\nkind = "tests.workers.pattern"\n'
+        "[workers.parameters]\nchannels = 4\nthen_channels = 8\nswitch_after_s = 3.0\n"
+    )
+    rig.write(pattern + _scope(snapshot))
+    rig.start()
+    # +100 / -100 is a quarter band above / below each band's centre, so neighbouring
+    # lines are 1.5 and 0.5 bands apart: gaps in the ratio 3, 1, 3 ...
+    four = _lines_after(snapshot, 4)
+    assert np.allclose(_spacing(four), [3, 1, 3], atol=0.25), four
+    eight = _lines_after(snapshot, 8)
+    assert np.allclose(_spacing(eight), [3, 1, 3, 1, 3, 1, 3], atol=0.25), eight
+    assert np.ptp(eight) > 0.9 * np.ptp(four), "8 bands fill the same height as 4 did"
+    scope = rig.worker("scope")
+    assert scope.counters["frames_drawn"] > 10 and scope.state == "running"
+
+
+def test_killing_the_scope_costs_nothing_else(rigs) -> None:
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    rig.write(
+        DEMO_WORKER + '[[workers]]\nname = "rec"\nkind = "recording"\n'
+        '[workers.parameters]\nstreams = ["acq/continuous"]\n'
+        + _scope(rig.directory / "scope.png", '["acq/continuous"]', 'spikes = "acq/spikes"'),
+        session_extra=f'recordings_dir = "{recordings}"',
+    )
+    rig.start()
+    time.sleep(1.0)
+    before = {w.name: (w.pid, w.restarts) for w in rig.status().workers}
+    os.kill(rig.worker("scope").pid, signal.SIGKILL)
+    frames = rig.worker("rec").counters["frames"]
+    time.sleep(1.5)
+    after = {w.name: (w.pid, w.restarts, w.state) for w in rig.status().workers}
+    for name in ("acq", "rec"):
+        assert after[name] == (*before[name], "running"), f"{name} was disturbed"
+    assert rig.worker("rec").counters["frames"] > frames + 5000
+    assert rig.interrupt() == 0
+
+
+def test_without_a_display_the_scope_says_so_and_exits_cleanly(rigs, monkeypatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rig = rigs.new()
+    rig.write(
+        DEMO_WORKER
+        + '[[workers]]\nname = "scope"\nkind = "visualization"\nrestart = "on-failure"\n'
+    )
+    rig.start(wait=False)
+    wait_for(lambda: rig.discovery() and rig.worker("scope").state == "exited", 20, "exit")
+    assert rig.worker("scope").exit_code == 0
+    assert rig.log().count("no display") == 1
+    assert rig.worker("acq").state == "running"

@@ -1,0 +1,58 @@
+"""The scope's picture, computed without Qt: traces where the data says, spikes kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workers.visualization.sweep import CURSOR, MARKER, SPIKE, TRACE, Sweep, rasterize
+
+
+def _rgba(value: np.uint32) -> np.ndarray:
+    return np.frombuffer(np.uint32(value).tobytes(), np.uint8)
+
+
+def _rows_with(image: np.ndarray, color: np.uint32, column: int) -> np.ndarray:
+    return np.flatnonzero((image[:, column] == _rgba(color)).all(axis=1))
+
+
+def test_each_channel_is_drawn_in_its_band_at_its_value() -> None:
+    sweep = Sweep(4, 1000.0, 1.0, 100)
+    data = np.zeros((1000, 4), np.float32)
+    data[:, 0], data[:, 1] = 10.0, -10.0  # a quarter of the span above / below the centre
+    sweep.add(data)
+    image = rasterize(sweep, 0, 4, 200, span=40.0, gain=1.0)  # bands of 50 rows
+    assert list(_rows_with(image, TRACE, 10)) == [12, 88, 125, 175]
+    doubled = rasterize(sweep, 0, 4, 200, span=40.0, gain=2.0)
+    assert list(_rows_with(doubled, TRACE, 10))[:2] == [0, 100 - 1], "gain 2 reaches the band edges"
+
+
+def test_min_max_decimation_keeps_a_one_sample_spike() -> None:
+    sweep = Sweep(1, 30000.0, 5.0, 100)  # 1500 frames per column
+    data = np.zeros((150000, 1), np.float32)
+    data[70_123, 0] = 20.0
+    sweep.add(data)
+    image = rasterize(sweep, 0, 1, 100, span=40.0, gain=1.0)
+    column = 70_123 // 1500
+    assert list(_rows_with(image, TRACE, column)) == list(range(0, 51))
+    assert list(_rows_with(image, TRACE, column + 1)) == [50]
+
+
+def test_a_sweep_overwrites_the_oldest_columns_and_shows_its_cursor() -> None:
+    sweep = Sweep(1, 100.0, 1.0, 10)  # 10 frames per column
+    sweep.add(np.full((100, 1), 10.0, np.float32))  # a full sweep at +10
+    sweep.add(np.full((25, 1), -10.0, np.float32))  # 2.5 columns of the next one at -10
+    image = rasterize(sweep, 0, 1, 40, span=40.0, gain=1.0)
+    assert list(_rows_with(image, TRACE, 0)) == [30] and list(_rows_with(image, TRACE, 1)) == [30]
+    assert list(_rows_with(image, TRACE, 5)) == [10], "not yet overwritten"
+    assert list(_rows_with(image, CURSOR, 2)) == list(range(40)), "the cursor is at column 2"
+
+
+def test_spike_ticks_and_stimulation_markers() -> None:
+    sweep = Sweep(2, 1000.0, 1.0, 100)
+    sweep.add(np.zeros((1000, 2), np.float32))
+    sweep.mark_spike(frame_offset=500, channel=1)  # 0.5 s before the newest frame
+    sweep.mark(frame_offset=200)
+    image = rasterize(sweep, 0, 2, 100, span=40.0, gain=1.0)
+    spike_column = (999 - 500) // 10
+    assert 50 in _rows_with(image, SPIKE, spike_column), "the tick starts at channel 1's band"
+    assert len(_rows_with(image, MARKER, (999 - 200) // 10)) == 100
