@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.visualization.sweep import CURSOR, MARKER, SPIKE, TRACE, Sweep, rasterize
+from workers.visualization.sweep import CURSOR, MARKER, SPIKE, TRACE, Picture, Sweep
 
 
 def _rgba(value: np.uint32) -> np.ndarray:
     return np.frombuffer(np.uint32(value).tobytes(), np.uint8)
+
+
+def rasterize(sweep: Sweep, first: int, count: int, height: int, span: float, gain: float):
+    return Picture().draw(sweep, first, count, height, span, gain)
 
 
 def _rows_with(image: np.ndarray, color: np.uint32, column: int) -> np.ndarray:
@@ -56,3 +60,18 @@ def test_spike_ticks_and_stimulation_markers() -> None:
     spike_column = (999 - 500) // 10
     assert 50 in _rows_with(image, SPIKE, spike_column), "the tick starts at channel 1's band"
     assert len(_rows_with(image, MARKER, (999 - 200) // 10)) == 100
+
+
+def test_a_picture_redraws_only_what_changed_and_matches_a_full_drawing() -> None:
+    rng = np.random.default_rng(0)
+    sweep = Sweep(8, 1000.0, 1.0, 50)
+    picture = Picture()
+    sweep.add(rng.normal(0, 10, (700, 8)).astype(np.float32))
+    picture.draw(sweep, 0, 8, 160, 40.0, 1.0)
+    sweep.add(rng.normal(0, 10, (130, 8)).astype(np.float32))
+    assert sweep.dirty.sum() <= 16, "only the columns the new frames touched"
+    sweep.mark_spike(3, 2)
+    incremental = picture.draw(sweep, 0, 8, 160, 40.0, 1.0).copy()
+    assert not sweep.dirty.any()
+    sweep.dirty[:] = True
+    assert np.array_equal(incremental, Picture().draw(sweep, 0, 8, 160, 40.0, 1.0))

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.ring import RingReader, attach
 from pipeline.worker import Worker
-from workers.visualization.sweep import Sweep, rasterize
+from workers.visualization.sweep import Picture, Sweep
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -89,6 +89,7 @@ class Panel:
         self.plot.setRange(xRange=(0, s.width_px), yRange=(0, s.height_px), padding=0)
         self.reader: RingReader | None = None
         self.sweep: Sweep | None = None
+        self.picture = Picture()
         self.newest_ns: int | None = None
         self.dropped = self.overruns = 0
         self.retry_at = 0.0
@@ -169,7 +170,7 @@ class Panel:
         per_page = min(s.channels_per_page, self.sweep.channels)
         first = min(s.page * per_page, max(0, self.sweep.channels - per_page))
         span = s.span_uv / self.unit_uv
-        image = rasterize(self.sweep, first, per_page, s.height_px, span, s.gain)
+        image = self.picture.draw(self.sweep, first, per_page, s.height_px, span, s.gain)
         self.image.setImage(image, autoLevels=False)
         self.status.setText(
             f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "

@@ -39,6 +39,7 @@ class Sweep:
         self.filled = np.zeros(width, bool)
         self.spikes = np.zeros((width, channels), bool)
         self.markers = np.zeros(width, bool)
+        self.dirty = np.ones(width, bool)  # columns changed since the last picture
         self.frame = 0  # frames seen since this sweep began
 
     @property
@@ -67,56 +68,98 @@ class Sweep:
         self.spikes[touched[fresh]] = False
         self.markers[touched[fresh]] = False
         self.filled[touched] = True
+        self.dirty[touched] = True
+        self.dirty[self.column] = True  # the cursor moved off its old column...
         self.frame += n
+        self.dirty[self.column] = True  # ...and onto a new one
 
     def mark_spike(self, frame_offset: int, channel: int) -> None:
         """A spike ``frame_offset`` frames before the newest frame, on ``channel`` (0-based)."""
         if 0 <= channel < self.channels:
-            self.spikes[self._column_of(frame_offset), channel] = True
+            column = self._column_of(frame_offset)
+            self.spikes[column, channel] = True
+            self.dirty[column] = True
 
     def mark(self, frame_offset: int) -> None:
         """A stimulation marker ``frame_offset`` frames before the newest frame."""
-        self.markers[self._column_of(frame_offset)] = True
+        column = self._column_of(frame_offset)
+        self.markers[column] = True
+        self.dirty[column] = True
 
     def _column_of(self, frame_offset: int) -> int:
         frame = max(0, self.frame - 1 - frame_offset)
         return int(frame // self.frames_per_column) % self.width
 
 
+class Picture:
+    """The scope's image of a sweep, redrawn column by column as the sweep changes."""
+
+    def __init__(self) -> None:
+        self.pixels: np.ndarray | None = None
+        self.layout: tuple | None = None
+
+    def draw(
+        self, sweep: Sweep, first: int, count: int, height: int, span: float, gain: float
+    ) -> np.ndarray:
+        """The RGBA image (height x width x 4, uint8) of channels ``first .. first + count``.
+
+        Only the columns the sweep changed since the last call are drawn again,
+        unless the layout (channels, size, span, gain, sweep) changed.
+        """
+        layout = (id(sweep), first, count, height, span, gain)
+        if layout != self.layout or self.pixels is None:
+            self.pixels = np.empty((height, sweep.width), np.uint32)
+            self.layout = layout
+            sweep.dirty[:] = True
+        columns = np.flatnonzero(sweep.dirty)
+        sweep.dirty[:] = False
+        if len(columns):
+            self.pixels[:, columns] = rasterize(sweep, first, count, height, span, gain, columns)
+        return self.pixels.view(np.uint8).reshape(height, sweep.width, 4)
+
+
 def rasterize(
-    sweep: Sweep, first: int, count: int, height: int, span: float, gain: float
+    sweep: Sweep,
+    first: int,
+    count: int,
+    height: int,
+    span: float,
+    gain: float,
+    columns: np.ndarray | None = None,
 ) -> np.ndarray:
-    """An RGBA image (height x width x 4, uint8) of channels ``first .. first + count``.
+    """Pixels (height x len(columns), uint32 RGBA) of channels ``first .. first + count``.
 
     Channel ``first + k`` is drawn in band ``k`` from the top, each band
     ``height // count`` rows; ``span`` is the value range that fills a band at
-    gain 1 (larger values are clipped to the band).
+    gain 1 (larger values are drawn at the band's edge). ``columns`` are the
+    sweep's columns to draw (all when None).
     """
-    width = sweep.width
+    columns = np.arange(sweep.width) if columns is None else columns
+    width = len(columns)
     count = max(1, min(count, sweep.channels - first))
     band = max(2, height // count)
     chans = slice(first, first + count)
     centers = (np.arange(count) * band + band // 2)[None, :]
     scale = gain * band / max(span, 1e-12)
-    # Larger values go up: rows count downward from the top.
-    top = np.clip(np.rint(centers - sweep.high[:, chans] * scale), 0, height - 1).astype(np.int64)
-    bottom = np.clip(np.rint(centers - sweep.low[:, chans] * scale), 0, height - 1).astype(np.int64)
     bands_top = centers - band // 2
     bands_bottom = bands_top + band - 1
-    top = np.clip(top, bands_top, bands_bottom)  # values past the band are drawn at its edge
-    bottom = np.clip(bottom, bands_top, bands_bottom)
-    columns = np.broadcast_to(np.arange(width)[:, None], top.shape)
-    filled = sweep.filled[:, None] & (bottom >= top)
+    # Larger values go up: rows count downward from the top. Values past the band
+    # are drawn at its edge.
+    top = np.clip(np.rint(centers - sweep.high[columns, chans] * scale), bands_top, bands_bottom)
+    bottom = np.clip(np.rint(centers - sweep.low[columns, chans] * scale), bands_top, bands_bottom)
+    top, bottom = top.astype(np.int64), bottom.astype(np.int64)
+    index = np.broadcast_to(np.arange(width)[:, None], top.shape)
+    filled = sweep.filled[columns][:, None] & (bottom >= top) & (bottom < height)
     # Paint each column's [top, bottom] run: +1 at top, -1 after bottom, then a running sum.
     size = (height + 1) * width
-    starts = np.bincount((top * width + columns)[filled], minlength=size)
-    ends = np.bincount(((bottom + 1) * width + columns)[filled], minlength=size)
+    starts = np.bincount((top * width + index)[filled], minlength=size)
+    ends = np.bincount(((bottom + 1) * width + index)[filled], minlength=size)
     edges = (starts - ends).astype(np.int16).reshape(height + 1, width)
     drawn = np.cumsum(edges, axis=0, dtype=np.int16)[:height] > 0
     image = np.where(drawn, TRACE, BACKGROUND)
-    rows, cols = np.nonzero(sweep.spikes[:, chans].T)
+    spike_cols, spike_chans = np.nonzero(sweep.spikes[columns, chans])
     for dy in range(max(1, band // 6)):
-        image[np.minimum(bands_top[0, rows] + dy, height - 1), cols] = SPIKE
-    image[:, sweep.markers] = MARKER
-    image[:, sweep.column] = CURSOR
-    return image.view(np.uint8).reshape(height, width, 4)
+        image[np.minimum(bands_top[0, spike_chans] + dy, height - 1), spike_cols] = SPIKE
+    image[:, sweep.markers[columns]] = MARKER
+    image[:, columns == sweep.column] = CURSOR
+    return image
