@@ -81,6 +81,7 @@ def test_the_reference_documents_every_option() -> None:
     from workers.acquisition.replay import ReplaySettings
     from workers.acquisition.synthetic_source import SyntheticSettings
     from workers.recording import RecordingSettings
+    from workers.visualization import ScopeSettings
 
     reference = (ROOT / "configs" / "README.md").read_text()
     tables = [
@@ -91,6 +92,7 @@ def test_the_reference_documents_every_option() -> None:
         BlackrockSettings,
         ReplaySettings,
         RecordingSettings,
+        ScopeSettings,
     ]
     missing = [
         f"{table.__name__}.{field.name}"
