@@ -40,7 +40,7 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    pass
+    """Base of every config table: an unknown key is an error, not ignored."""
 
 
 class SessionConfig(_Table, kw_only=True):
