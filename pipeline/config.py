@@ -182,10 +182,19 @@ def _plan(worker: WorkerConfig, where: str, at: str) -> WorkerPlan:
 
 
 def known_kinds() -> list[str]:
-    """The worker kinds shipped in the ``workers`` package."""
+    """The worker kinds shipped in the ``workers`` package (packages that define WORKER)."""
     import workers
 
-    return sorted(m.name for m in pkgutil.iter_modules(workers.__path__) if m.ispkg)
+    kinds = []
+    for module in pkgutil.iter_modules(workers.__path__):
+        if not module.ispkg:
+            continue
+        try:
+            if hasattr(importlib.import_module(f"workers.{module.name}"), "WORKER"):
+                kinds.append(module.name)
+        except ImportError:
+            continue  # a kind whose optional dependency is missing is still not offered
+    return sorted(kinds)
 
 
 def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[Worker]:

@@ -1,0 +1,220 @@
+"""Stimulation safety: every command is checked against per-channel limits before any backend.
+
+Limits come only from the config (:class:`ChannelLimits`); nothing on the
+control plane can raise them. A command is a pulse train (a list of phases,
+repeated at a frequency) or an arbitrary waveform (samples in microamps at a
+sample rate, repeated at a frequency); both are reduced to the same
+description, a list of *phases*: maximal runs of one polarity (pauses of zero
+current inside a run do not end it), with their amplitude and charge.
+:func:`check` raises :class:`SafetyViolation` naming the limit, the value and
+the channel for the first limit a command breaks:
+
+- ``max_amplitude_ua``: the largest absolute current;
+- ``max_charge_per_phase_nc``: the charge of any one phase;
+- ``charge_balance_nc``: the net charge of one pulse (cathodic and anodic phases
+  must cancel to within this);
+- ``max_rate_hz``: how often the pulse repeats;
+- ``max_duty``: the fraction of time current flows (pulse duration x rate).
+
+Units: microamps x microseconds = picocoulombs; /1000 = nanocoulombs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+import numpy as np
+
+from pipeline.errors import RigpipeError
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class SafetyViolation(RigpipeError):
+    """A stimulation command breaks a configured limit; it never reaches a backend.
+
+    ``limit`` names the limit, ``value`` what the command asked for, ``allowed``
+    the configured maximum and ``channel`` where. Raise the limit in the config
+    (never over the control plane) or send a gentler command.
+    """
+
+    def __init__(self, channel: int, limit: str, value: float, allowed: float, detail: str = ""):
+        self.channel, self.limit, self.value, self.allowed = channel, limit, value, allowed
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"channel {channel}: {limit} {value:g} exceeds the configured {allowed:g}{extra}; "
+            "refused, nothing was sent"
+        )
+
+
+class ChannelLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[workers.parameters.limits]`` for one channel (or every channel)."""
+
+    max_amplitude_ua: Positive
+    max_charge_per_phase_nc: Positive
+    charge_balance_nc: Annotated[float, msgspec.Meta(ge=0)] = 0.1
+    max_rate_hz: Positive = 200.0
+    max_duty: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+
+
+class Phase(msgspec.Struct, frozen=True):
+    """One constant-current phase of a pulse: ``amplitude_ua`` (signed) for ``duration_us``."""
+
+    amplitude_ua: float
+    duration_us: float
+
+
+class PulseTrain(msgspec.Struct, frozen=True, kw_only=True):
+    """``phases`` (with ``interphase_us`` of zero current between them) repeated ``count``
+    times at ``frequency_hz``."""
+
+    channel: int
+    phases: list[Phase]
+    frequency_hz: float
+    count: int = 1
+    interphase_us: float = 0.0
+
+
+class Waveform(msgspec.Struct, frozen=True, kw_only=True):
+    """Arbitrary ``samples_ua`` at ``sample_rate_hz``, repeated ``count`` times at
+    ``frequency_hz``."""
+
+    channel: int
+    samples_ua: list[float]
+    sample_rate_hz: float
+    frequency_hz: float
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class PulseShape:
+    """What the checks need to know about one pulse, however it was described."""
+
+    peak_ua: float
+    phase_charges_nc: np.ndarray  # signed, one per phase
+    active_us: float  # time with current flowing
+    duration_us: float  # from the first to the last sample of the pulse
+
+
+def _require(channel: int, condition: bool, what: str) -> None:
+    if not condition:
+        raise SafetyViolation(channel, "malformed command", math.nan, math.nan, what)
+
+
+def shape(command: PulseTrain | Waveform) -> PulseShape:
+    """Reduce a command to its pulse's peak, phase charges, active time and duration."""
+    channel = command.channel
+    _require(channel, command.count >= 1, f"count must be at least 1, got {command.count}")
+    _require(
+        channel,
+        math.isfinite(command.frequency_hz) and command.frequency_hz > 0,
+        f"frequency_hz must be a positive number, got {command.frequency_hz!r}",
+    )
+    if isinstance(command, PulseTrain):
+        _require(channel, bool(command.phases), "a pulse train needs at least one phase")
+        amplitudes = np.array([p.amplitude_ua for p in command.phases], float)
+        durations = np.array([p.duration_us for p in command.phases], float)
+        _require(channel, bool(np.isfinite(amplitudes).all()), "amplitudes must be finite")
+        _require(
+            channel,
+            bool(np.isfinite(durations).all() and (durations > 0).all()),
+            "phase durations must be positive and finite",
+        )
+        _require(
+            channel,
+            math.isfinite(command.interphase_us) and command.interphase_us >= 0,
+            "interphase_us must be zero or positive",
+        )
+        charges = _merge_same_polarity(amplitudes * durations / 1000.0, amplitudes)
+        duration = durations.sum() + command.interphase_us * (len(durations) - 1)
+        active = durations[amplitudes != 0].sum()
+        return PulseShape(float(np.abs(amplitudes).max()), charges, float(active), float(duration))
+    samples = np.asarray(command.samples_ua, float)
+    _require(channel, len(samples) > 0, "a waveform needs at least one sample")
+    _require(channel, bool(np.isfinite(samples).all()), "samples must be finite")
+    _require(
+        channel,
+        math.isfinite(command.sample_rate_hz) and command.sample_rate_hz > 0,
+        "sample_rate_hz must be positive",
+    )
+    period_us = 1e6 / command.sample_rate_hz
+    flowing = samples[samples != 0]  # a pause does not discharge the electrode: skip it
+    runs = np.flatnonzero(np.diff(np.sign(flowing)) != 0) + 1
+    charges = np.array([part.sum() * period_us / 1000.0 for part in np.split(flowing, runs)])
+    if not len(flowing):
+        charges = np.zeros(0)
+    return PulseShape(
+        float(np.abs(samples).max()),
+        charges,
+        float((samples != 0).sum() * period_us),
+        float(len(samples) * period_us),
+    )
+
+
+def _merge_same_polarity(charges: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
+    """Phase charges; phases of one polarity count as one phase, even across a pause
+    (a pause does not discharge the electrode)."""
+    merged: list[float] = []
+    previous = 0.0
+    for charge, amplitude in zip(charges, amplitudes, strict=True):
+        polarity = np.sign(amplitude)
+        if polarity == 0:
+            continue
+        if merged and polarity == previous:
+            merged[-1] += charge
+        else:
+            merged.append(charge)
+        previous = polarity
+    return np.array(merged)
+
+
+def check(command: PulseTrain | Waveform, limits: dict[int, ChannelLimits]) -> PulseShape:
+    """Return the command's pulse shape if it is within every limit; else SafetyViolation."""
+    channel = command.channel
+    if channel not in limits:
+        raise SafetyViolation(
+            channel,
+            "channel",
+            channel,
+            math.nan,
+            f"no limits are configured for it; configured channels: {sorted(limits)}",
+        )
+    lim = limits[channel]
+    pulse = shape(command)
+    if pulse.peak_ua > lim.max_amplitude_ua:
+        raise SafetyViolation(channel, "amplitude (uA)", pulse.peak_ua, lim.max_amplitude_ua)
+    phase_charges = np.abs(pulse.phase_charges_nc)
+    if len(phase_charges) and phase_charges.max() > lim.max_charge_per_phase_nc:
+        raise SafetyViolation(
+            channel,
+            "charge per phase (nC)",
+            float(phase_charges.max()),
+            lim.max_charge_per_phase_nc,
+        )
+    imbalance = abs(float(pulse.phase_charges_nc.sum())) if len(phase_charges) else 0.0
+    if imbalance > lim.charge_balance_nc:
+        raise SafetyViolation(
+            channel,
+            "net charge per pulse (nC)",
+            imbalance,
+            lim.charge_balance_nc,
+            "cathodic and anodic phases must balance",
+        )
+    if command.frequency_hz > lim.max_rate_hz:
+        raise SafetyViolation(channel, "pulse rate (Hz)", command.frequency_hz, lim.max_rate_hz)
+    period_us = 1e6 / command.frequency_hz
+    if command.count > 1 and pulse.duration_us > period_us:
+        raise SafetyViolation(
+            channel,
+            "pulse duration (us)",
+            pulse.duration_us,
+            period_us,
+            "a pulse is longer than the period it repeats at",
+        )
+    duty = pulse.active_us / period_us if command.count > 1 else 0.0
+    if duty > lim.max_duty:
+        raise SafetyViolation(channel, "duty cycle", duty, lim.max_duty)
+    return pulse
