@@ -99,7 +99,8 @@ class Panel:
     def full_name(self) -> str:
         return f"{self.worker.spec.session}/{self.stream}"
 
-    def refresh(self, draw: bool) -> None:
+    def refresh(self) -> None:
+        """Fold the frames that arrived into the sweep (drawing is the worker's choice)."""
         if self.reader is None and not self._attach():
             self.status.setText(f"{self.stream}: waiting for its writer")
             return
@@ -111,8 +112,6 @@ class Panel:
             self.reader = None
             self.status.setText(f"{self.stream}: closed by its writer")
             return
-        if draw and self.sweep is not None:
-            self._draw()
 
     def _attach(self) -> bool:
         if time.monotonic() < self.retry_at:
@@ -247,7 +246,7 @@ class ScopeWorker(Worker):
     def _refresh(self) -> None:
         try:
             for panel in self.panels:
-                panel.refresh(draw=False)  # every tab keeps reading; only the one shown draws
+                panel.refresh()  # every tab keeps reading; only the one shown draws
             shown = self.panels[max(0, self.window.currentIndex())]
             if shown.sweep is not None and shown.reader is not None:
                 self._overlay(shown)
