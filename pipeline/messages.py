@@ -73,13 +73,76 @@ class RestartWorker(_WorkerCommand):
     """Stop a worker and start it again at once (counted as a restart)."""
 
 
-class SetParameter(Message, kw_only=True):
-    """Change one of a worker's settable parameters while it runs."""
+class WorkerRequest(Message, kw_only=True):
+    """Base of requests meant for one worker: the supervisor forwards them to ``worker``
+    and relays its reply (``Ok``/``Accepted`` or ``Error``/``Refused``)."""
 
     request_id: int = 0
     worker: str
+
+
+class SetParameter(WorkerRequest, kw_only=True):
+    """Change one of a worker's settable parameters while it runs."""
+
     name: str
     value: Any
+
+
+# -- stimulation (forwarded to a stimulation worker, "stim" unless named) --------------------------
+class Phase(msgspec.Struct, frozen=True, array_like=True):
+    """One constant-current phase of a pulse: ``amplitude_ua`` (signed) for ``duration_us``.
+
+    On the wire and in TOML a pair ``[amplitude_ua, duration_us]``.
+    """
+
+    amplitude_ua: float
+    duration_us: float
+
+
+class PulseTrain(WorkerRequest, kw_only=True):
+    """Stimulate ``channel`` with ``phases`` (``interphase_us`` of zero current between
+    them), repeated ``count`` times at ``frequency_hz``. Answered ``Accepted`` with the
+    command's id, or ``Refused`` naming the limit it breaks."""
+
+    worker: str = "stim"
+    channel: int
+    phases: list[Phase]
+    frequency_hz: float = 1.0
+    count: int = 1
+    interphase_us: float = 0.0
+
+
+class Waveform(WorkerRequest, kw_only=True):
+    """Stimulate ``channel`` with arbitrary ``samples_ua`` at ``sample_rate_hz`` (the
+    stimulator's output rate), repeated ``count`` times at ``frequency_hz``."""
+
+    worker: str = "stim"
+    channel: int
+    samples_ua: list[float]
+    sample_rate_hz: float
+    frequency_hz: float = 1.0
+    count: int = 1
+
+
+class StopStimulation(WorkerRequest, kw_only=True):
+    """Silence ``channel`` (every channel if None) within one output buffer period;
+    pending pulses are dropped."""
+
+    worker: str = "stim"
+    channel: int | None = None
+
+
+class Arm(WorkerRequest, kw_only=True):
+    """Allow stimulation (commands and triggers). Stimulators start disarmed unless
+    their config says ``armed = true``."""
+
+    worker: str = "stim"
+
+
+class Disarm(WorkerRequest, kw_only=True):
+    """Refuse all stimulation from now on and silence every channel."""
+
+    worker: str = "stim"
 
 
 class Annotate(Message, kw_only=True):
@@ -142,11 +205,28 @@ class Ok(Message, kw_only=True):
     detail: str = ""
 
 
+class Accepted(Ok, kw_only=True):
+    """A stimulation command passed its safety check and is queued as ``command_id``."""
+
+    command_id: int
+
+
 class Error(Message, kw_only=True):
     """A request failed or could not be decoded; ``text`` says why and what to do."""
 
     request_id: int = 0
     text: str
+
+
+class Refused(Error, kw_only=True):
+    """A stimulation command broke a configured limit (or the stimulator is disarmed);
+    nothing reached the stimulator. ``limit``, ``value``, ``allowed`` and ``channel``
+    say which limit; ``text`` says it in words."""
+
+    channel: int | None = None
+    limit: str = ""
+    value: float | None = None
+    allowed: float | None = None
 
 
 class WorkerStatus(Message, kw_only=True):
@@ -236,10 +316,91 @@ class SessionStateChanged(Message, kw_only=True):
     state: str
 
 
+class WorkerEvent(Message, kw_only=True):
+    """Base of events a worker sends itself; the supervisor publishes them unchanged."""
+
+    worker: str
+
+
+class StimulationQueued(WorkerEvent, kw_only=True):
+    """A safety-checked stimulus went into the output queue of ``channel``.
+
+    ``source`` is ``command`` or ``trigger:<rule>``; ``queued_ns`` (host monotonic)
+    is when its first sample reached the backend's queue; ``frame_timestamp_ns`` the
+    triggering frame's timestamp (0 for commands). A pulse train carries its
+    ``phases``; a waveform only its length and peak (its samples are in ``stim/output``).
+    """
+
+    command_id: int
+    channel: int
+    source: str = "command"
+    phases: list[Phase] = []
+    interphase_us: float = 0.0
+    waveform_samples: int = 0
+    peak_ua: float = 0.0
+    frequency_hz: float = 0.0
+    count: int = 1
+    duration_s: float = 0.0
+    queued_ns: int = 0
+    frame_timestamp_ns: int = 0
+
+
+class StimulationRefused(WorkerEvent, kw_only=True):
+    """A stimulus was refused (a limit, a disarmed stimulator, a malformed command)."""
+
+    source: str = "command"
+    text: str
+    channel: int | None = None
+    limit: str = ""
+    value: float | None = None
+    allowed: float | None = None
+
+
+class StimulationStopped(WorkerEvent, kw_only=True):
+    """Output was silenced on ``channel`` (None: every channel)."""
+
+    channel: int | None = None
+    dropped_commands: int = 0
+    reason: str = ""
+
+
+class StimulatorArmed(WorkerEvent, kw_only=True):
+    """The stimulator was armed (``armed``) or disarmed, and why."""
+
+    armed: bool
+    reason: str = ""
+
+
+class Triggered(WorkerEvent, kw_only=True):
+    """A closed-loop rule saw its condition at frame ``sequence`` of ``stream``.
+
+    ``fired`` says whether a stimulus was queued (``command_id``); if not, ``reason``
+    says why (disarmed, refused, busy).
+    """
+
+    rule: str
+    stream: str
+    channel: int
+    sequence: int
+    value: float
+    frame_timestamp_ns: int
+    fired: bool
+    command_id: int = 0
+    reason: str = ""
+
+
 Request = Hello | Status | ListStreams | StartWorker | StopWorker | RestartWorker
+StimulationRequest = PulseTrain | Waveform | StopStimulation | Arm | Disarm
+StimulationEvent = (
+    StimulationQueued | StimulationRefused | StimulationStopped | StimulatorArmed | Triggered
+)
 AnyMessage = (
     Request
     | SetParameter
+    | StimulationRequest
+    | StimulationEvent
+    | Accepted
+    | Refused
     | Annotate
     | Shutdown
     | Heartbeat

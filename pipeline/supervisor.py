@@ -57,7 +57,7 @@ class _Forwarded:
 
     client: bytes
     request_id: int
-    message: messages.SetParameter
+    message: messages.WorkerRequest
     deadline: float
 
 
@@ -493,8 +493,8 @@ class Supervisor:
                 return messages.StreamsReply(request_id=rid, streams=self._stream_statuses())
             case messages.StartWorker() | messages.StopWorker() | messages.RestartWorker():
                 return self._on_worker_command(message)
-            case messages.SetParameter():
-                return self._on_set_parameter(identity, message)
+            case messages.WorkerRequest():
+                return self._forward(identity, message)
             case messages.Annotate(request_id=rid, text=text):
                 self._publish(
                     messages.Annotated(
@@ -507,6 +507,9 @@ class Supervisor:
                 return messages.Ok(request_id=rid, detail=f"stopping session {self.name!r}")
             case messages.Report(worker=worker, level=level, text=text):
                 self._publish(messages.Reported(worker=worker, level=level, text=text))
+                return None
+            case messages.WorkerEvent():
+                self._publish(message)
                 return None
             case messages.Ok() | messages.Error():
                 return self._on_worker_reply(identity, message)
@@ -591,8 +594,9 @@ class Supervisor:
                     self._ask_to_stop(worker, hold=False)
                 return messages.Ok(request_id=rid, detail=f"restarting {worker.name}")
 
-    def _on_set_parameter(self, client: bytes, request: messages.SetParameter) -> Message | None:
-        """Pass a parameter change to its worker; the worker's answer is relayed back."""
+    def _forward(self, client: bytes, request: messages.WorkerRequest) -> Message | None:
+        """Pass a request (a parameter change, a stimulation command) to its worker; the
+        worker's answer is relayed back."""
         rid = request.request_id
         worker = self.workers.get(request.worker)
         if worker is None:
@@ -618,8 +622,8 @@ class Supervisor:
         self.server.send(
             pending.client, msgspec.structs.replace(reply, request_id=pending.request_id)
         )
-        if isinstance(reply, messages.Ok):
-            request = pending.message
+        request = pending.message
+        if isinstance(reply, messages.Ok) and isinstance(request, messages.SetParameter):
             self._publish(
                 messages.ParameterChanged(
                     worker=request.worker, name=request.name, value=request.value
@@ -658,4 +662,18 @@ def describe(event: Message) -> str:
             return f"worker {w} {level}: {text}"
         case messages.SessionStateChanged(session=s, state=state):
             return f"session {s}: {state}"
+        case messages.StimulationQueued(worker=w, command_id=cid, channel=ch, source=src):
+            return f"worker {w}: stimulus {cid} queued on channel {ch} ({src})"
+        case messages.StimulationRefused(worker=w, text=text, source=src):
+            return f"worker {w}: stimulus refused ({src}): {text}"
+        case messages.StimulationStopped(worker=w, channel=ch, reason=reason):
+            where = "every channel" if ch is None else f"channel {ch}"
+            return f"worker {w}: {where} silenced" + (f" ({reason})" if reason else "")
+        case messages.StimulatorArmed(worker=w, armed=armed, reason=reason):
+            return f"worker {w}: {'armed' if armed else 'disarmed'}" + (
+                f" ({reason})" if reason else ""
+            )
+        case messages.Triggered(worker=w, rule=rule, sequence=seq, fired=fired, reason=r):
+            outcome = "fired" if fired else f"did not fire: {r}"
+            return f"worker {w}: trigger {rule} at frame {seq} {outcome}"
     return repr(event)

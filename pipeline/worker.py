@@ -85,6 +85,9 @@ class Worker:
     Settings: ClassVar[type[msgspec.Struct]] = NoSettings
     #: Parameters that ``rigpipe set`` / ``SetParameter`` may change while it runs.
     settable: ClassVar[frozenset[str]] = frozenset()
+    #: How often ``service()`` polls the bus at most; a worker that must answer within
+    #: a millisecond (the stimulator) lowers it.
+    service_interval_s: ClassVar[float] = SERVICE_INTERVAL_S
 
     @classmethod
     def settings_type(cls, parameters: dict[str, Any]) -> type[msgspec.Struct]:
@@ -159,6 +162,20 @@ class Worker:
     def on_parameter(self, name: str, value: Any) -> None:
         """Called after ``self.settings`` took a new value for ``name``."""
 
+    def on_request(self, request: messages.WorkerRequest) -> messages.Message:
+        """Answer a request forwarded to this worker (stimulation commands...); the reply's
+        ``request_id`` is filled in by the caller."""
+        tag = type(request).__struct_config__.tag
+        return messages.Error(
+            text=f"worker {self.name!r} ({type(self).__name__}) does not handle {tag!r} requests"
+        )
+
+    def publish(self, event: messages.WorkerEvent) -> None:
+        """Send ``event`` to the supervisor, which publishes it to the session (and so to
+        the recorder)."""
+        if self._bus is not None:
+            self._bus.send(event)
+
     def stop(self) -> None:
         """End the run loop after this step: the work is done (the worker exits 0)."""
         self._stopping = True
@@ -227,7 +244,7 @@ class Worker:
         now = time.monotonic()
         if bus is None or now < self._next_service:
             return  # a step loop at 1 kHz need not poll the socket 1000 times a second
-        self._next_service = now + SERVICE_INTERVAL_S
+        self._next_service = now + self.service_interval_s
         if now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + self.spec.heartbeat_interval_s
@@ -269,6 +286,13 @@ class Worker:
                 self._reply(messages.Ok(request_id=request_id, detail="stopping"))
             case messages.SetParameter(request_id=request_id, name=name, value=value):
                 self._reply(self._set_parameter(request_id, name, value))
+            case messages.WorkerRequest():
+                try:
+                    reply = self.on_request(message)
+                except Exception as exc:  # nothing a client sends may kill the worker
+                    self.log.exception("request %r failed", message)
+                    reply = messages.Error(text=f"{self.name} failed on the request: {exc!r}")
+                self._reply(msgspec.structs.replace(reply, request_id=message.request_id))
             case messages.Ok() | messages.Error():
                 self._last_ack = time.monotonic()  # the answer to Hello
             case _:

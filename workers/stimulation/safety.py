@@ -29,6 +29,7 @@ import msgspec
 import numpy as np
 
 from pipeline.errors import RigpipeError
+from pipeline.messages import Phase, PulseTrain, Waveform
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -58,35 +59,6 @@ class ChannelLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     charge_balance_nc: Annotated[float, msgspec.Meta(ge=0)] = 0.1
     max_rate_hz: Positive = 200.0
     max_duty: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
-
-
-class Phase(msgspec.Struct, frozen=True):
-    """One constant-current phase of a pulse: ``amplitude_ua`` (signed) for ``duration_us``."""
-
-    amplitude_ua: float
-    duration_us: float
-
-
-class PulseTrain(msgspec.Struct, frozen=True, kw_only=True):
-    """``phases`` (with ``interphase_us`` of zero current between them) repeated ``count``
-    times at ``frequency_hz``."""
-
-    channel: int
-    phases: list[Phase]
-    frequency_hz: float
-    count: int = 1
-    interphase_us: float = 0.0
-
-
-class Waveform(msgspec.Struct, frozen=True, kw_only=True):
-    """Arbitrary ``samples_ua`` at ``sample_rate_hz``, repeated ``count`` times at
-    ``frequency_hz``."""
-
-    channel: int
-    samples_ua: list[float]
-    sample_rate_hz: float
-    frequency_hz: float
-    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -218,3 +190,15 @@ def check(command: PulseTrain | Waveform, limits: dict[int, ChannelLimits]) -> P
     if duty > lim.max_duty:
         raise SafetyViolation(channel, "duty cycle", duty, lim.max_duty)
     return pulse
+
+
+__all__ = [
+    "ChannelLimits",
+    "Phase",
+    "PulseShape",
+    "PulseTrain",
+    "SafetyViolation",
+    "Waveform",
+    "check",
+    "shape",
+]
