@@ -8,6 +8,7 @@ rigpipe annotate TEXT                 a time-stamped comment, broadcast to every
 rigpipe worker start|stop|restart W   control one worker
 rigpipe set WORKER PARAMETER VALUE    change a worker parameter while it runs
 rigpipe record start|stop             start or stop recording while the rig runs
+rigpipe stim pulse|waveform|stop|arm|disarm   safety-checked stimulation commands
 rigpipe inspect PATH                  summarize a recording; non-zero exit if frames are missing
 rigpipe stop                          stop the running rig in order
 rigpipe sweep                         remove the shared memory of writers that died
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from pipeline import config, messages, segments, session, table
+from pipeline import cli_stim, config, messages, segments, session, table
 from pipeline.bus import Client
 from pipeline.errors import ConfigError, EndOfStream, RequestFailed, RigpipeError
 from pipeline.layout import KIND_STREAM
@@ -102,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("path", help="a recording directory, its manifest.json, or a segment")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    stim = command("stim", _stim, "stimulate, stop, arm or disarm (safety-checked)")
+    cli_stim.add_arguments(stim)
 
     command("stop", _stop, "stop the running rig in order")
     command("sweep", _sweep, "remove shared memory left by writers that died", False)
@@ -217,6 +221,11 @@ def _set(args: argparse.Namespace) -> int:
         args, messages.SetParameter(worker=args.worker, name=args.parameter, value=value)
     )
     print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _stim(args: argparse.Namespace) -> int:
+    print(cli_stim.describe(_request(args, cli_stim.request(args))))
     return 0
 
 

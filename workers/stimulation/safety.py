@@ -44,11 +44,12 @@ class SafetyViolation(RigpipeError):
 
     def __init__(self, channel: int, limit: str, value: float, allowed: float, detail: str = ""):
         self.channel, self.limit, self.value, self.allowed = channel, limit, value, allowed
-        extra = f" ({detail})" if detail else ""
-        super().__init__(
-            f"channel {channel}: {limit} {value:g} exceeds the configured {allowed:g}{extra}; "
-            "refused, nothing was sent"
-        )
+        if math.isnan(allowed):  # not a limit: a command that cannot be checked or rendered
+            problem = f"{limit}: {detail}"
+        else:
+            extra = f" ({detail})" if detail else ""
+            problem = f"{limit} {value:g} exceeds the configured {allowed:g}{extra}"
+        super().__init__(f"channel {channel}: {problem}; refused, nothing was sent")
 
 
 class ChannelLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

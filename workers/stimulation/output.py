@@ -1,0 +1,240 @@
+"""From a checked command to samples in a stimulator's queue.
+
+:func:`render` turns a command into the samples the stimulator will output (one
+pulse, at the output rate, quantized to the device's current resolution) and
+checks *those samples* against the limits again, so what reaches the device is
+exactly what passed the safety check. A :class:`Train` hands the rendered pulse
+out period by period without materializing a long train.
+
+:class:`Output` owns one queue of trains per channel and a refill thread. The
+backend's queue (a DLL ring buffer on an STG, a FIFO for the simulated one)
+is kept ``buffer_samples // 2`` deep with the current waveform or silence; a
+new stimulus is pushed at once, up to ``buffer_samples`` deep. Nothing is
+ever more than ``buffer_samples`` ahead of the output, so a stop silences a
+channel within one output buffer period.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.messages import PulseTrain, Waveform
+from workers.stimulation.safety import ChannelLimits, SafetyViolation, check
+
+
+class Backend(Protocol):
+    """What :class:`Output` needs from a stimulator (simulated or STG)."""
+
+    output_rate_hz: float
+    channels: int
+    resolution_ua: float  # one step of the output DAC
+    range_ua: float  # the largest current the device can output
+
+    def space(self, channel: int) -> int:
+        """Samples that fit into ``channel``'s queue now."""
+        ...
+
+    def queued(self, channel: int) -> int:
+        """Samples in ``channel``'s queue not yet output."""
+        ...
+
+    def enqueue(self, channel: int, samples_ua: np.ndarray) -> None:
+        """Append samples (float64 µA, multiples of ``resolution_ua``) to ``channel``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One pulse at the output rate, and how it repeats."""
+
+    pulse_ua: np.ndarray  # float64, multiples of the device resolution
+    period_samples: int
+    count: int
+
+    @property
+    def total_samples(self) -> int:
+        return (self.count - 1) * self.period_samples + len(self.pulse_ua)
+
+
+def _samples(channel: int, duration_us: float, rate_hz: float, what: str) -> int:
+    exact = duration_us * rate_hz / 1e6
+    samples = round(exact)
+    if abs(exact - samples) > 1e-6 or (samples == 0 and duration_us > 0):
+        step_us = 1e6 / rate_hz
+        raise SafetyViolation(
+            channel,
+            "malformed command",
+            math.nan,
+            math.nan,
+            f"{what} {duration_us:g} us is not a multiple of the output sample period "
+            f"{step_us:g} us",
+        )
+    return samples
+
+
+def render(
+    command: PulseTrain | Waveform,
+    limits: dict[int, ChannelLimits],
+    rate_hz: float,
+    resolution_ua: float,
+) -> Rendered:
+    """The samples of ``command`` at ``rate_hz``, checked twice: as commanded, and as rendered.
+
+    Raises :class:`SafetyViolation` if either breaks a limit, or if the command
+    cannot be rendered exactly (a phase that is not a whole number of samples,
+    a waveform at another sample rate).
+    """
+    check(command, limits)
+    channel = command.channel
+    if isinstance(command, PulseTrain):
+        parts = []
+        for index, phase in enumerate(command.phases):
+            if index and command.interphase_us:
+                gap = _samples(channel, command.interphase_us, rate_hz, "interphase_us")
+                parts.append(np.zeros(gap))
+            length = _samples(channel, phase.duration_us, rate_hz, "phase duration")
+            parts.append(np.full(length, phase.amplitude_ua))
+        pulse = np.concatenate(parts)
+    else:
+        if abs(command.sample_rate_hz - rate_hz) > 1e-9 * rate_hz:
+            raise SafetyViolation(
+                channel,
+                "malformed command",
+                math.nan,
+                math.nan,
+                f"waveform sample_rate_hz {command.sample_rate_hz:g} is not the output rate "
+                f"{rate_hz:g}; resample it",
+            )
+        pulse = np.asarray(command.samples_ua, float)
+    pulse = np.round(pulse / resolution_ua) * resolution_ua
+    # ceil: the rendered rate is never above the commanded (and checked) one
+    period = max(len(pulse), math.ceil(rate_hz / command.frequency_hz - 1e-9))
+    as_output = Waveform(
+        channel=channel,
+        samples_ua=pulse.tolist(),
+        sample_rate_hz=rate_hz,
+        frequency_hz=rate_hz / period,
+        count=command.count,
+    )
+    check(as_output, limits)
+    return Rendered(pulse, period, command.count)
+
+
+class Train:
+    """A rendered command being output: hands out its samples in order."""
+
+    def __init__(self, command_id: int, rendered: Rendered) -> None:
+        self.command_id = command_id
+        self.rendered = rendered
+        self.position = 0
+        period = np.zeros(rendered.period_samples)
+        period[: len(rendered.pulse_ua)] = rendered.pulse_ua
+        self._period = period
+
+    @property
+    def remaining(self) -> int:
+        return self.rendered.total_samples - self.position
+
+    def take(self, frames: int) -> np.ndarray:
+        """The next ``frames`` samples (fewer at the end of the train)."""
+        frames = min(frames, self.remaining)
+        index = (self.position + np.arange(frames)) % self.rendered.period_samples
+        self.position += frames
+        return self._period[index]
+
+
+class ChannelQueue:
+    """The trains waiting for one channel, output one after another, then silence."""
+
+    def __init__(self) -> None:
+        self.trains: deque[Train] = deque()
+
+    def take(self, frames: int) -> np.ndarray:
+        out = np.zeros(frames)
+        filled = 0
+        while filled < frames and self.trains:
+            part = self.trains[0].take(frames - filled)
+            out[filled : filled + len(part)] = part
+            filled += len(part)
+            if self.trains[0].remaining == 0:
+                self.trains.popleft()
+        return out
+
+    @property
+    def pending(self) -> int:
+        return sum(train.remaining for train in self.trains)
+
+
+class Output:
+    """Keeps every channel of ``backend`` fed: pending stimuli first, silence otherwise."""
+
+    def __init__(self, backend: Backend, buffer_samples: int, refill_interval_s: float) -> None:
+        self.backend = backend
+        self.buffer_samples = buffer_samples
+        self.refill_interval_s = refill_interval_s
+        self.queues = [ChannelQueue() for _ in range(backend.channels)]
+        self.lock = threading.Lock()
+        self.samples_enqueued = 0
+        self.refill_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refill_loop, name="refill", daemon=True)
+
+    def start(self) -> None:
+        """Prime every channel with silence and start the refill thread."""
+        self.refill()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+
+    def submit(self, channel: int, train: Train) -> int:
+        """Queue ``train`` on ``channel`` and push its start to the backend now; return
+        the host monotonic ns at which its first samples were enqueued."""
+        with self.lock:
+            queue = self.queues[channel]
+            queue.trains.append(train)
+            self._fill(channel, self.buffer_samples)
+            return time.monotonic_ns()
+
+    def stop(self, channel: int | None) -> int:
+        """Drop the pending stimuli of ``channel`` (all channels if None); return how many."""
+        with self.lock:
+            channels = range(len(self.queues)) if channel is None else [channel]
+            dropped = 0
+            for index in channels:
+                dropped += len(self.queues[index].trains)
+                self.queues[index].trains.clear()
+            return dropped
+
+    def busy(self, channel: int) -> bool:
+        with self.lock:
+            return bool(self.queues[channel].trains)
+
+    def refill(self) -> None:
+        """Top every channel up to half the output buffer."""
+        with self.lock:
+            for channel in range(len(self.queues)):
+                self._fill(channel, self.buffer_samples // 2)
+
+    def _fill(self, channel: int, depth: int) -> None:
+        backend = self.backend
+        want = min(depth - backend.queued(channel), backend.space(channel))
+        if want > 0:
+            backend.enqueue(channel, self.queues[channel].take(want))
+            self.samples_enqueued += want
+
+    def _refill_loop(self) -> None:
+        try:
+            while not self._stop.wait(self.refill_interval_s):
+                self.refill()
+        except BaseException as exc:  # the worker's loop sees it and fails loudly
+            self.refill_error = exc
