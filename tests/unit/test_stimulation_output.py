@@ -1,0 +1,123 @@
+"""Rendering stimulation commands to samples, output queues, and trigger detection."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.messages import Phase, PulseTrain, Waveform
+from workers.stimulation.output import ChannelQueue, Train, render
+from workers.stimulation.safety import ChannelLimits, SafetyViolation
+from workers.stimulation.trigger import Detector, TriggerRule
+
+RATE = 50_000.0
+LIMITS = {0: ChannelLimits(max_amplitude_ua=100, max_charge_per_phase_nc=30, max_rate_hz=200)}
+
+
+def train(*phases: tuple[float, float], **kw) -> PulseTrain:
+    return PulseTrain(channel=0, phases=[Phase(a, d) for a, d in phases], **kw)
+
+
+def test_pulse_train_renders_phase_by_phase_at_the_output_rate() -> None:
+    rendered = render(
+        train((-50, 200), (50, 200), interphase_us=60, frequency_hz=100, count=3),
+        LIMITS,
+        RATE,
+        0.1,
+    )
+    expected = np.concatenate([np.full(10, -50.0), np.zeros(3), np.full(10, 50.0)])
+    np.testing.assert_allclose(rendered.pulse_ua, expected)
+    assert rendered.period_samples == 500
+    assert rendered.total_samples == 2 * 500 + 23
+
+
+def test_durations_that_are_not_whole_samples_are_refused() -> None:
+    with pytest.raises(SafetyViolation, match="not a multiple of the output sample period 20 us"):
+        render(train((-50, 210), (50, 210)), LIMITS, RATE, 0.1)
+
+
+def test_a_waveform_at_another_rate_is_refused() -> None:
+    command = Waveform(channel=0, samples_ua=[-10, 10], sample_rate_hz=25_000)
+    with pytest.raises(SafetyViolation, match="resample"):
+        render(command, LIMITS, RATE, 0.1)
+
+
+def test_the_rendered_samples_are_checked_again_after_quantization() -> None:
+    # 99.96 uA passes as commanded; a 0.5 uA DAC step renders it as 100.0 (at the limit),
+    # a 0.7 uA step as 100.1 (above it): refused, although the command itself was fine.
+    command = train((-99.96, 20), (99.96, 20))
+    assert abs(render(command, LIMITS, RATE, 0.5).pulse_ua).max() == 100.0
+    with pytest.raises(SafetyViolation, match="amplitude"):
+        render(command, LIMITS, RATE, 0.7)
+
+
+def test_the_repetition_period_is_rounded_up_so_the_rate_never_exceeds_the_command() -> None:
+    rendered = render(train((-50, 100), (50, 100), frequency_hz=30, count=2), LIMITS, RATE, 0.1)
+    assert rendered.period_samples == 1667  # 1666.67 rounded up: 29.994 Hz
+    assert RATE / rendered.period_samples <= 30
+
+
+@given(
+    chunks=st.lists(st.integers(1, 700), min_size=1, max_size=20),
+    count=st.integers(1, 4),
+)
+@settings(max_examples=50, deadline=None)
+def test_a_queue_hands_out_the_train_then_silence_however_it_is_split(chunks, count) -> None:
+    rendered = render(train((-50, 100), (50, 100), frequency_hz=200, count=count), LIMITS, RATE, 1)
+    queue = ChannelQueue()
+    queue.trains.append(Train(1, rendered))
+    out = np.concatenate([queue.take(n) for n in chunks])
+    period = np.zeros(rendered.period_samples)
+    period[: len(rendered.pulse_ua)] = rendered.pulse_ua
+    expected = np.tile(period, count)[: rendered.total_samples]
+    expected = np.concatenate([expected, np.zeros(max(0, len(out) - len(expected)))])
+    np.testing.assert_array_equal(out, expected[: len(out)])
+
+
+def rule(**kw) -> TriggerRule:
+    fields = dict(
+        name="r",
+        stream="a/b",
+        channel=0,
+        threshold=-50.0,
+        direction="falling",
+        refractory_ms=10.0,
+        stim_channel=0,
+        phases=[Phase(-10, 100), Phase(10, 100)],
+    )
+    return TriggerRule(**(fields | kw))
+
+
+def test_crossings_fire_once_per_crossing_and_respect_the_refractory_period() -> None:
+    values = np.zeros(100)
+    values[[10, 11, 12]] = -80  # one crossing, three samples beyond
+    values[15] = -80  # within 10 ms at 1 kHz: refractory
+    values[40] = -80  # fires
+    detector = Detector(rule(), sample_rate=1000.0)
+    assert detector.crossings(values, 1000) == [1010, 1040]
+
+
+def test_rising_crossings() -> None:
+    values = np.array([0, 60, 60, 0, 70.0])
+    detector = Detector(rule(threshold=50.0, direction="rising", refractory_ms=0), 1000.0)
+    assert detector.crossings(values, 0) == [1, 4]
+
+
+@given(splits=st.lists(st.integers(1, 50), min_size=1, max_size=30), seed=st.integers(0, 99))
+@settings(max_examples=60, deadline=None)
+def test_crossings_do_not_depend_on_how_the_stream_is_chunked(splits, seed) -> None:
+    values = np.random.default_rng(seed).normal(0, 40, 600)
+    whole = Detector(rule(), 1000.0).crossings(values, 0)
+    detector, found, start = Detector(rule(), 1000.0), [], 0
+    for size in splits * 30:
+        if start >= len(values):
+            break
+        found += detector.crossings(values[start : start + size], start)
+        start += size
+    found += detector.crossings(values[start:], start)
+    assert found == whole
+    assert all(b - a >= 10 for a, b in itertools.pairwise(whole))
