@@ -1,0 +1,257 @@
+"""The stimulation worker in a real rig: commands over the control plane, the simulated
+stimulator's output ring, closed-loop triggers, events and the recorder."""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import msgspec
+import numpy as np
+
+from pipeline import attach, messages
+from pipeline.bus import Client, Subscriber
+from pipeline.recfile import read_manifest
+from pipeline.ring import RingReader
+from tests.rig import wait_for
+
+RATE = 50_000.0
+BUFFER_MS = 20.0
+
+STIM = """
+[[workers]]
+name = "stim"
+kind = "stimulation"
+restart = "never"
+[workers.parameters]
+channels = 2
+buffer_ms = {buffer_ms}
+{extra}
+[workers.parameters.limits.default]
+max_amplitude_ua = 100.0
+max_charge_per_phase_nc = 30.0
+max_rate_hz = 200.0
+"""
+
+TRIGGER = """
+[[workers.parameters.triggers]]
+name = "spk"
+stream = "src/out"
+channel = 1
+threshold = -50.0
+direction = "falling"
+refractory_ms = 20.0
+stim_channel = 1
+phases = [[-40.0, 100.0], [40.0, 100.0]]
+"""
+
+SOURCE = """
+[[workers]]
+name = "src"
+kind = "tests.workers.spikes"
+[workers.parameters]
+period_ms = 100.0
+"""
+
+
+def ask(client: Client, request: messages.Message) -> messages.Message:
+    """Send ``request`` and return the reply as it came (Refused included, not raised)."""
+    request_id = int(time.monotonic_ns() % 1_000_000_000)
+    client.send(msgspec.structs.replace(request, request_id=request_id))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        reply = client.receive(1.0)
+        if reply is not None and getattr(reply, "request_id", None) == request_id:
+            return reply
+    raise AssertionError(f"no reply to {request}")
+
+
+def events(subscriber: Subscriber, seconds: float) -> list[messages.Message]:
+    found, deadline = [], time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        got = subscriber.receive(remaining)
+        if got is not None:
+            found.append(got[1])
+    return found
+
+
+def output(reader: RingReader, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """``seconds`` of the stimulator's output ring: (frames, channels) uA and timestamps."""
+    data, stamps, deadline = [], [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        chunk = reader.read(timeout_s=0.05)
+        assert chunk.dropped == 0
+        data.append(chunk.data)
+        stamps.append(chunk.timestamps_ns)
+    return np.concatenate(data), np.concatenate(stamps)
+
+
+def pulses(*phases: tuple[float, int], period: int, count: int) -> np.ndarray:
+    """The expected output of a train: phases as (uA, samples), ``count`` periods."""
+    one = np.zeros(period, np.float32)
+    at = 0
+    for amplitude, samples in phases:
+        one[at : at + samples] = amplitude
+        at += samples
+    return np.tile(one, count)[: (count - 1) * period + at]
+
+
+def active(samples: np.ndarray) -> np.ndarray:
+    """``samples`` from the first to the last non-zero one."""
+    nonzero = np.flatnonzero(samples)
+    return samples[nonzero[0] : nonzero[-1] + 1] if len(nonzero) else samples[:0]
+
+
+def test_commands_are_checked_answered_output_exactly_and_recorded(rigs) -> None:
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    recorder = """
+[[workers]]
+name = "rec"
+kind = "recording"
+[workers.parameters]
+streams = ["stim/output"]
+recording = true
+flush_s = 0.3
+"""
+    rig.write(
+        STIM.format(buffer_ms=BUFFER_MS, extra="") + recorder,
+        session_extra=f'recordings_dir = "{recordings}"',
+    )
+    rig.start()
+    client = rig.client()
+    stim_events = rig.subscriber("worker.stim.")
+    reader = attach(f"{rig.name}/stim/output", from_now=True)
+    try:
+        assert reader.sample_rate == RATE and reader.frame_shape == (2,)
+        biphasic = [messages.Phase(-30.0, 100.0), messages.Phase(30.0, 100.0)]
+
+        refused = ask(client, messages.PulseTrain(channel=0, phases=biphasic))
+        assert isinstance(refused, messages.Refused) and refused.limit == "armed"
+        assert "disarmed" in refused.text
+
+        assert isinstance(ask(client, messages.Arm()), messages.Ok)
+        unsafe = [messages.Phase(-500.0, 100.0), messages.Phase(500.0, 100.0)]
+        refused = ask(client, messages.PulseTrain(channel=0, phases=unsafe))
+        assert isinstance(refused, messages.Refused)
+        assert (refused.channel, refused.limit, refused.value, refused.allowed) == (
+            0,
+            "amplitude (uA)",
+            500.0,
+            100.0,
+        )
+        unbalanced = [messages.Phase(-30.0, 100.0), messages.Phase(30.0, 60.0)]
+        refused = ask(client, messages.PulseTrain(channel=1, phases=unbalanced))
+        assert isinstance(refused, messages.Refused) and refused.limit.startswith("net charge")
+        no_channel = ask(client, messages.StopStimulation(channel=9))
+        assert isinstance(no_channel, messages.Error) and "no channel 9" in no_channel.text
+
+        accepted = ask(
+            client, messages.PulseTrain(channel=0, phases=biphasic, frequency_hz=100, count=5)
+        )
+        assert isinstance(accepted, messages.Accepted), accepted
+        data, _ = output(reader, 0.3)
+        np.testing.assert_array_equal(
+            active(data[:, 0]), pulses((-30.0, 5), (30.0, 5), period=500, count=5)
+        )
+        assert not data[:, 1].any()
+
+        # a long train, stopped: silent within one output buffer period
+        long = ask(
+            client, messages.PulseTrain(channel=0, phases=biphasic, frequency_hz=50, count=500)
+        )
+        assert isinstance(long, messages.Accepted)
+        time.sleep(0.2)
+        assert isinstance(ask(client, messages.StopStimulation(channel=0)), messages.Ok)
+        stopped_ns = time.monotonic_ns()
+        data, stamps = output(reader, 0.4)
+        last_ns = stamps[np.flatnonzero(data[:, 0])[-1]]
+        assert last_ns - stopped_ns < BUFFER_MS * 1e6, (last_ns - stopped_ns) / 1e6
+        assert not data[stamps > stopped_ns + BUFFER_MS * 1e6, 0].any()
+
+        seen = events(stim_events, 0.3)
+        kinds = [type(e).__name__ for e in seen]
+        assert kinds.count("StimulationRefused") >= 3 and "StimulatorArmed" in kinds
+        queued = [e for e in seen if isinstance(e, messages.StimulationQueued)]
+        assert [q.command_id for q in queued] == [accepted.command_id, long.command_id]
+        assert queued[0].phases == biphasic and queued[0].count == 5
+        assert isinstance(ask(client, messages.Disarm()), messages.Ok)
+        assert isinstance(
+            ask(client, messages.PulseTrain(channel=0, phases=biphasic)), messages.Refused
+        )
+        time.sleep(0.6)  # a flush
+    finally:
+        reader.close()
+        stim_events.close()
+    assert rig.interrupt() == 0
+    (recording,) = [p for p in recordings.iterdir() if p.is_dir()]
+    topics, output_uA = [], []
+    for entry in read_manifest(recording).segments:
+        with h5py.File(recording / entry.file) as f:
+            topics += [t.decode() for t in f["events"]["topic"]]
+            output_uA.append(f["streams/stim.output/data"][:])
+    assert "worker.stim.stimulation_queued" in topics
+    assert topics.count("worker.stim.stimulation_refused") >= 4
+    assert "worker.stim.stimulation_stopped" in topics
+    recorded = np.concatenate(output_uA)
+    assert recorded.min() == -30.0 and recorded.max() == 30.0
+
+
+def test_a_trigger_fires_from_the_ring_and_its_events_say_when(rigs) -> None:
+    rig = rigs.new()
+    rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="armed = true") + TRIGGER)
+    rig.start()
+    stim_events = rig.subscriber("worker.stim.")
+    reader = attach(f"{rig.name}/stim/output", from_now=True)
+    try:
+        seen = events(stim_events, 1.0)
+        data, _ = output(reader, 0.3)
+        assert isinstance(rig.client().request(messages.Disarm()), messages.Ok)
+        disarmed_ns = time.monotonic_ns()
+        after = events(stim_events, 0.5)
+    finally:
+        reader.close()
+        stim_events.close()
+    triggered = [e for e in seen if isinstance(e, messages.Triggered)]
+    queued = {e.command_id: e for e in seen if isinstance(e, messages.StimulationQueued)}
+    assert 7 <= len(triggered) <= 12  # a spike every 100 ms
+    for event in triggered:
+        assert event.fired and event.rule == "spk" and event.value == -100.0
+        q = queued[event.command_id]
+        assert q.source == "trigger:spk" and q.channel == 1
+        assert q.frame_timestamp_ns == event.frame_timestamp_ns
+        assert 0 < q.queued_ns - q.frame_timestamp_ns < 50e6
+    # every 100 ms one biphasic pulse of 5 + 5 samples on stim channel 1, nothing on 0
+    assert not data[:, 0].any()
+    nonzero = np.flatnonzero(data[:, 1])
+    runs = np.split(nonzero, np.flatnonzero(np.diff(nonzero) > 1) + 1)
+    assert len(runs) >= 10  # 1.3 s of output
+    expected = pulses((-40.0, 5), (40.0, 5), period=10, count=1)
+    for run in runs:
+        np.testing.assert_array_equal(data[run, 1], expected)
+    late = [
+        e for e in after if isinstance(e, messages.Triggered) and e.frame_timestamp_ns > disarmed_ns
+    ]
+    assert late and all(not e.fired and e.reason == "disarmed" for e in late)
+
+
+def test_a_trigger_on_a_stream_that_stops_waits_for_it_and_commands_still_work(rigs) -> None:
+    rig = rigs.new()
+    rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="armed = true") + TRIGGER)
+    rig.start()
+    client = rig.client()
+    client.request(messages.StopWorker(worker="src"))
+    wait_for(lambda: rig.worker("src").state == "stopped", 10, "the source to stop")
+    phases = [messages.Phase(-30.0, 100.0), messages.Phase(30.0, 100.0)]
+    assert isinstance(
+        client.request(messages.PulseTrain(channel=0, phases=phases)), messages.Accepted
+    )
+    client.request(messages.StartWorker(worker="src"))
+    stim_events = rig.subscriber("worker.stim.triggered")
+    try:
+        assert wait_for(
+            lambda: stim_events.receive(0.5), 10, "a trigger after the source came back"
+        )
+    finally:
+        stim_events.close()
+    assert rig.worker("stim").state == "running" and rig.worker("stim").restarts == 0
