@@ -60,6 +60,7 @@ namespace Mcs.Usb
         private readonly Queue<short>[] queues = new Queue<short>[Channels];
         private readonly List<short>[] output = new List<short>[Channels];
         private readonly long[] underruns = new long[Channels];
+        private readonly long[] firstUnderrun = new long[] { -1, -1, -1, -1 };
         private readonly bool[] fed = new bool[Channels];
         private uint outputRate = 50000;
         private uint running;  // bit mask of started channels
@@ -185,7 +186,10 @@ namespace Mcs.Usb
                     {
                         if ((running & (1u << c)) == 0) continue;
                         Queue<short> queue = queues[c];
-                        if (fed[c] && queue.Count < due) underruns[c]++;
+                        if (fed[c] && queue.Count < due)
+                        {
+                            if (underruns[c]++ == 0) firstUnderrun[c] = output[c].Count + queue.Count;
+                        }
                         for (long i = 0; i < due; i++)
                             output[c].Add(queue.Count > 0 ? queue.Dequeue() : (short)0);
                     }
@@ -207,7 +211,7 @@ namespace Mcs.Usb
                     using (BinaryWriter writer = new BinaryWriter(File.Create(Path.Combine(directory, "channel" + c + ".i16"))))
                         foreach (short sample in output[c]) writer.Write(sample);
                     if (c > 0) summary.Append(", ");
-                    summary.Append("{\"samples\": " + output[c].Count + ", \"underruns\": " + underruns[c] + "}");
+                    summary.Append("{\"samples\": " + output[c].Count + ", \"underruns\": " + underruns[c] + ", \"first_underrun_at\": " + firstUnderrun[c] + "}");
                 }
             }
             summary.Append("]}");

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -35,6 +36,9 @@ from workers.stimulation.safety import ChannelLimits, SafetyViolation, check
 from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
 from workers.stimulation.stg import StgSettings
 from workers.stimulation.trigger import Detector, TriggerRule
+
+#: The Python thread switch interval in a stimulation worker, s.
+SWITCH_INTERVAL_S = 0.0005
 
 
 class StimulationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -116,6 +120,9 @@ class StimulationWorker(Worker):
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:
         s = self.settings
+        # The refill thread must get the GIL within a fraction of the output buffer
+        # (the default switch interval lets another thread hold it for 5 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.limits = channel_limits(s)
         self.armed = s.armed
         self._ids = itertools.count(time.time_ns() // 1000)  # unique across restarts

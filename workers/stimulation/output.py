@@ -187,8 +187,11 @@ class Output:
         self._thread = threading.Thread(target=self._refill_loop, name="refill", daemon=True)
 
     def start(self) -> None:
-        """Prime every channel with silence and start the refill thread."""
-        self.refill()
+        """Prime every channel with a whole buffer of silence (slack for the refill
+        thread's first, slow calls into the backend) and start the refill thread."""
+        with self.lock:
+            for channel in range(len(self.queues)):
+                self._fill(channel, self.buffer_samples)
         self._thread.start()
 
     def close(self) -> None:
