@@ -44,11 +44,14 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_the_demo_config_is_valid_and_complete() -> None:
     rig = config.load(ROOT / "configs" / "demo.toml")
     assert rig.session.name == "demo"
-    acq, rec = rig.workers
+    acq, rec, stim = rig.workers
     assert acq.outputs == ["acq/continuous", "acq/spikes"] and acq.inputs == []
     assert acq.settings.line_noise_hz == 60.0
-    assert rec.inputs == acq.outputs and (acq.level, rec.level) == (0, 1)
+    assert rec.inputs == [*acq.outputs, "stim/output"]
+    assert stim.inputs == ["acq/continuous"] and stim.outputs == ["stim/output"]
+    assert (acq.level, stim.level, rec.level) == (0, 1, 2)
     assert not rec.settings.recording, "the demo records only when asked"
+    assert not stim.settings.armed, "the demo stimulates only when armed"
 
 
 def test_readers_start_after_the_writers_they_read(tmp_path: Path) -> None:
@@ -81,6 +84,11 @@ def test_the_reference_documents_every_option() -> None:
     from workers.acquisition.replay import ReplaySettings
     from workers.acquisition.synthetic_source import SyntheticSettings
     from workers.recording import RecordingSettings
+    from workers.stimulation import StimulationSettings
+    from workers.stimulation.safety import ChannelLimits
+    from workers.stimulation.simulated import SimulatedSettings
+    from workers.stimulation.stg import StgSettings
+    from workers.stimulation.trigger import TriggerRule
     from workers.visualization import ScopeSettings
 
     reference = (ROOT / "configs" / "README.md").read_text()
@@ -93,6 +101,11 @@ def test_the_reference_documents_every_option() -> None:
         ReplaySettings,
         RecordingSettings,
         ScopeSettings,
+        StimulationSettings,
+        ChannelLimits,
+        TriggerRule,
+        SimulatedSettings,
+        StgSettings,
     ]
     missing = [
         f"{table.__name__}.{field.name}"
