@@ -31,7 +31,7 @@ from pipeline import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.ring import Chunk, RingReader
 from pipeline.worker import Worker
-from workers.stimulation.output import Output, Train, render
+from workers.stimulation.output import Output, Rendered, Train, render
 from workers.stimulation.safety import ChannelLimits, SafetyViolation, check
 from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
 from workers.stimulation.stg import StgSettings
@@ -131,7 +131,19 @@ class StimulationWorker(Worker):
         self.output = Output(self.backend, buffer_samples, min(0.002, s.buffer_ms / 8000))
         self.output.start()
         self.backend.start()
-        self.watches = [_Watch(rule) for rule in s.triggers]
+        # a rule's pulse is rendered (and checked) once, not at every crossing
+        self.watches = [
+            _Watch(
+                rule,
+                render(
+                    rule.command(self.name),
+                    self.limits,
+                    s.output_rate_hz,
+                    self.backend.resolution_ua,
+                ),
+            )
+            for rule in s.triggers
+        ]
         for watch in self.watches:
             self._attach(watch)
         for name in ("accepted", "refused", "triggers", "fired"):
@@ -224,11 +236,12 @@ class StimulationWorker(Worker):
                 watch.reader, watch.retry_at = None, time.monotonic() + 0.5
                 continue
             waited = True
-            self._detect(watch.detector, chunk)
+            self._detect(watch, chunk)
         if not waited:
             self.wait_until(time.monotonic() + 0.01)
 
-    def _detect(self, detector: Detector, chunk: Chunk) -> None:
+    def _detect(self, watch: _Watch, chunk: Chunk) -> None:
+        detector = watch.detector
         if chunk.dropped or chunk.format_changed:
             detector.reset()
         if not chunk.frames:
@@ -238,9 +251,10 @@ class StimulationWorker(Worker):
         for sequence in detector.crossings(values, chunk.start_cursor):
             index = sequence - chunk.start_cursor
             self.counters["triggers"] += 1
-            self._fire(rule, sequence, float(values[index]), int(chunk.timestamps_ns[index]))
+            self._fire(watch, sequence, float(values[index]), int(chunk.timestamps_ns[index]))
 
-    def _fire(self, rule: TriggerRule, sequence: int, value: float, timestamp_ns: int) -> None:
+    def _fire(self, watch: _Watch, sequence: int, value: float, timestamp_ns: int) -> None:
+        rule = watch.rule
         source = f"trigger:{rule.name}"
         reason, command_id = "", 0
         if not self.armed:
@@ -248,7 +262,7 @@ class StimulationWorker(Worker):
         elif self.output.busy(rule.stim_channel):
             reason = f"channel {rule.stim_channel} is still stimulating"
         else:
-            reply = self.stimulate(rule.command(self.name), source, timestamp_ns)
+            reply = self.stimulate(rule.command(self.name), source, timestamp_ns, watch.rendered)
             if isinstance(reply, messages.Accepted):
                 command_id = reply.command_id
                 self.counters["fired"] += 1
@@ -314,8 +328,12 @@ class StimulationWorker(Worker):
         command: messages.PulseTrain | messages.Waveform,
         source: str,
         frame_timestamp_ns: int = 0,
+        rendered: Rendered | None = None,
     ) -> messages.Accepted | messages.Refused:
-        """Check, render and queue ``command``; the reply, also published as an event."""
+        """Check, render and queue ``command``; the reply, also published as an event.
+
+        ``rendered`` is the command already rendered and checked with these limits
+        (a trigger rule's pulse, done at setup)."""
         s = self.settings
         if not self.armed:
             return self._refuse(
@@ -332,7 +350,10 @@ class StimulationWorker(Worker):
                 "channel",
             )
         try:
-            rendered = render(command, self.limits, s.output_rate_hz, self.backend.resolution_ua)
+            if rendered is None:
+                rendered = render(
+                    command, self.limits, s.output_rate_hz, self.backend.resolution_ua
+                )
         except SafetyViolation as violation:
             return self._refuse(
                 str(violation),
@@ -395,6 +416,7 @@ class _Watch:
     """A trigger rule and, while its stream exists, the reader and detector on it."""
 
     rule: TriggerRule
+    rendered: Rendered
     reader: RingReader | None = None
     detector: Detector | None = None
     retry_at: float = 0.0
