@@ -37,12 +37,10 @@ class Backend(Protocol):
     resolution_ua: float  # one step of the output DAC
     range_ua: float  # the largest current the device can output
 
-    def space(self, channel: int) -> int:
-        """Samples that fit into ``channel``'s queue now."""
-        ...
+    capacity: int  # samples each channel's queue holds
 
-    def queued(self, channel: int) -> int:
-        """Samples in ``channel``'s queue not yet output."""
+    def space(self, channel: int) -> int:
+        """Samples that fit into ``channel``'s queue now (queued = capacity - space)."""
         ...
 
     def enqueue(self, channel: int, samples_ua: np.ndarray) -> None:
@@ -181,7 +179,6 @@ class Output:
         self.refill_interval_s = refill_interval_s
         self.queues = [ChannelQueue() for _ in range(backend.channels)]
         self.lock = threading.Lock()
-        self.samples_enqueued = 0
         self.refill_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refill_loop, name="refill", daemon=True)
@@ -230,10 +227,10 @@ class Output:
 
     def _fill(self, channel: int, depth: int) -> None:
         backend = self.backend
-        want = min(depth - backend.queued(channel), backend.space(channel))
+        space = backend.space(channel)  # one call into the device per channel and refill
+        want = min(depth - (backend.capacity - space), space)
         if want > 0:
             backend.enqueue(channel, self.queues[channel].take(want))
-            self.samples_enqueued += want
 
     def _refill_loop(self) -> None:
         try:

@@ -181,9 +181,6 @@ class StgStimulator:
     def space(self, channel: int) -> int:
         return int(self.device.GetDataQueueSpace(self._system.UInt32(channel)))
 
-    def queued(self, channel: int) -> int:
-        return self.capacity - self.space(channel)
-
     def enqueue(self, channel: int, samples_ua: np.ndarray) -> None:
         steps = np.ascontiguousarray(np.rint(samples_ua / self.resolution_ua), np.int16)
         self.device.EnqueueData(self._system.UInt32(channel), self.net_array(steps))
