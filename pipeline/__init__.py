@@ -8,6 +8,10 @@ An outside process needs only :func:`attach`::
             process(chunk.data, chunk.timestamps_ns)
 
 A stream writer needs :class:`RingWriter`; a worker kind subclasses :class:`Worker`.
+A recording is read back with :func:`open_recording`::
+
+    with pipeline.open_recording("recordings/demo-20261122-101500") as rec:
+        x = rec[0:8, 0:30000]   # (channels, frames) over every segment file
 """
 
 from pipeline.errors import (
@@ -16,12 +20,14 @@ from pipeline.errors import (
     EndOfStream,
     ProtocolError,
     ReaderClosed,
+    RecordingError,
     RequestFailed,
     RigpipeError,
     SegmentCorrupt,
     SegmentNotReady,
     SessionNotFound,
     SessionRunning,
+    SliceTooLarge,
     StreamExists,
     StreamNotFound,
     WriterClosed,
@@ -36,6 +42,10 @@ def __getattr__(name: str):
         from pipeline.worker import Worker
 
         return Worker
+    if name in ("open_recording", "Recording"):  # h5py is imported only by those who read files
+        from pipeline import readback
+
+        return getattr(readback, name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
 
 
@@ -46,6 +56,8 @@ __all__ = [
     "EndOfStream",
     "ProtocolError",
     "ReaderClosed",
+    "Recording",
+    "RecordingError",
     "RequestFailed",
     "RigpipeError",
     "RingReader",
@@ -54,11 +66,13 @@ __all__ = [
     "SegmentNotReady",
     "SessionNotFound",
     "SessionRunning",
+    "SliceTooLarge",
     "StreamExists",
     "StreamNotFound",
     "Worker",
     "WriterClosed",
     "attach",
     "list_streams",
+    "open_recording",
     "sweep",
 ]

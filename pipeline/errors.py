@@ -131,3 +131,24 @@ class SessionRunning(RigpipeError):
 
     Stop it first (``rigpipe stop --session NAME``) or give the new one another name.
     """
+
+
+class RecordingError(RigpipeError):
+    """A recording cannot be read as asked.
+
+    Raised by :func:`pipeline.open_recording` for a path that holds no
+    recording, a stream the recording does not have (the message lists those
+    it has), or segments whose layouts differ, so they cannot be mapped end to
+    end (the message names the first segment that differs; open it, or the
+    segments before it, on their own).
+    """
+
+
+class SliceTooLarge(RecordingError):
+    """A slice of a recording would need more memory than the reader's limit allows.
+
+    Nothing was read. The message says how large the slice was and what the
+    limit is. Read the range in blocks (``view.blocks(seconds=...)``), allow it
+    once with ``with rec.allow_large(): ...``, or open the recording with a
+    higher ``memory_limit_bytes``.
+    """
