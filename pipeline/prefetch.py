@@ -105,18 +105,21 @@ class _Child:
             pickle.dump(message, self._in)
             self._in.flush()
         except OSError:
-            self.expect("anything")  # it died: say how
+            raise self._died("its reply to a request") from None
+
+    def _died(self, what: str) -> RecordingError:
+        code = self.process.wait(5)
+        return RecordingError(
+            f"the prefetch process exited with code {code} before it sent {what}; "
+            "its error, if any, is on stderr"
+        )
 
     def expect(self, what: str, slot: int | None = None) -> None:
         """Wait for the child's ``what``; raise RecordingError if it failed or died."""
         try:
             message = pickle.load(self._out)
         except (EOFError, OSError, pickle.UnpicklingError):
-            code = self.process.wait(5)
-            raise RecordingError(
-                f"the prefetch process exited with code {code} before it sent {what!r}; "
-                "its error, if any, is on stderr"
-            ) from None
+            raise self._died(repr(what)) from None
         if message[0] == "error":
             raise RecordingError(f"the prefetch process failed: {message[-1]}")
         if message[0] != what or (slot is not None and message[1] != slot):

@@ -348,7 +348,7 @@ def _pieces(stream: str, groups: list[tuple[str, h5py.Group]]) -> tuple[list[Pie
 
 def _labels(descriptor: dict[str, Any], frame_shape: tuple[int, ...]) -> list[str]:
     channels = int(np.prod(frame_shape, dtype=np.int64)) if frame_shape else 1
-    labels = descriptor.get("channel_labels") or descriptor.get("labels")
+    labels = descriptor.get("channel_labels") or descriptor.get("labels")  # "labels": older stim recordings
     if isinstance(labels, list) and len(labels) == channels:
         return [str(x) for x in labels]
     return [f"ch{i}" for i in range(channels)]

@@ -307,3 +307,16 @@ def test_segments_of_another_layout_are_named_and_can_be_opened_apart(
         pipeline.open_recording(copy)["acq/lfp"]
     with pytest.raises(RecordingError, match="no recording at"):
         pipeline.open_recording(tmp_path / "nothing-here")
+
+
+def test_a_prefetch_process_that_dies_is_an_error_not_a_short_read(recorded: Path) -> None:
+    with pipeline.open_recording(recorded) as rec:
+        blocks = rec.blocks(frames=500)
+        first = next(blocks)
+        assert first.start == 0
+        (child,) = psutil.Process().children()
+        child.kill()
+        with pytest.raises(RecordingError, match="prefetch process exited with code -9"):
+            for _ in blocks:
+                pass
+        assert psutil.Process().children() == []

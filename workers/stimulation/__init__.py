@@ -160,7 +160,7 @@ class StimulationWorker(Worker):
 
             def make_writer(capacity: int) -> Any:
                 descriptor = {
-                    "labels": [f"stim{c}" for c in range(s.channels)],
+                    "channel_labels": [f"stim{c}" for c in range(s.channels)],
                     "units": "uA",
                     "source": {"kind": "stimulation", "backend": "simulated"},
                 }
