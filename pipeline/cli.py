@@ -10,6 +10,7 @@ rigpipe set WORKER PARAMETER VALUE    change a worker parameter while it runs
 rigpipe record start|stop             start or stop recording while the rig runs
 rigpipe stim pulse|waveform|stop|arm|disarm   safety-checked stimulation commands
 rigpipe inspect PATH                  summarize a recording; non-zero exit if frames are missing
+rigpipe export PATH --nwb OUT.nwb     write a recording as an NWB file (pip install 'rigpipe[nwb]')
 rigpipe stop                          stop the running rig in order
 rigpipe sweep                         remove the shared memory of writers that died
 """
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from pipeline import cli_stim, config, messages, segments, session, table
+from pipeline import cli_export, cli_stim, config, messages, segments, session, table
 from pipeline.bus import Client
 from pipeline.errors import ConfigError, EndOfStream, RequestFailed, RigpipeError
 from pipeline.layout import KIND_STREAM
@@ -103,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("path", help="a recording directory, its manifest.json, or a segment")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    export = command(
+        "export", cli_export.run, "write a recording as an NWB file (needs pynwb)", False
+    )
+    cli_export.add_arguments(export)
 
     stim = command("stim", _stim, "stimulate, stop, arm or disarm (safety-checked)")
     cli_stim.add_arguments(stim)

@@ -179,6 +179,13 @@ class Recording:
             )
         return events
 
+    def event_clocks(self) -> np.ndarray:
+        """The recorder's (time_ns, monotonic_ns) pair for every event: wall vs host clock."""
+        table = self._table("events")
+        if not len(table):
+            return np.empty(0, [("time_ns", "<i8"), ("monotonic_ns", "<i8")])
+        return table[["time_ns", "monotonic_ns"]]
+
     @property
     def gaps(self) -> dict[str, list[Gap]]:
         """Per stream, the stretches that are not in the recording."""
@@ -348,7 +355,9 @@ def _pieces(stream: str, groups: list[tuple[str, h5py.Group]]) -> tuple[list[Pie
 
 def _labels(descriptor: dict[str, Any], frame_shape: tuple[int, ...]) -> list[str]:
     channels = int(np.prod(frame_shape, dtype=np.int64)) if frame_shape else 1
-    labels = descriptor.get("channel_labels") or descriptor.get("labels")  # "labels": older stim recordings
+    labels = descriptor.get("channel_labels") or descriptor.get(
+        "labels"
+    )  # "labels": older stim recordings
     if isinstance(labels, list) and len(labels) == channels:
         return [str(x) for x in labels]
     return [f"ch{i}" for i in range(channels)]

@@ -318,6 +318,11 @@ class StreamView(_Rows):
         return len(self.channel_index), self.frames
 
     @property
+    def nbytes(self) -> int:
+        """The size of the whole view in memory, as its recorded dtype."""
+        return len(self.channel_index) * self.frames * self.dtype.itemsize
+
+    @property
     def channel_labels(self) -> list[str]:
         labels = self.attrs["channel labels"]
         return [labels[i] for i in self.channel_index]

@@ -4,9 +4,12 @@ segments, with a source restart, spikes, stimulation and an annotation), opened 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -111,7 +114,9 @@ def test_a_multi_segment_recording_reads_as_one_array(recorded: Path) -> None:
         assert rec.dtype == data.dtype
         np.testing.assert_array_equal(rec[:, :], data.T)
         np.testing.assert_array_equal(rec[5:15, 0:3000], data[0:3000, 5:15].T)
-        np.testing.assert_array_equal(rec[[6, 1, 3], 100:20000:7], data[100:20000:7][:, [6, 1, 3]].T)
+        np.testing.assert_array_equal(
+            rec[[6, 1, 3], 100:20000:7], data[100:20000:7][:, [6, 1, 3]].T
+        )
         np.testing.assert_array_equal(rec[2], data[:, 2])
         np.testing.assert_array_equal(rec[-1, -5:], data[-5:, -1])
         np.testing.assert_array_equal(rec[:, ::-3], data[::-3].T)
@@ -234,10 +239,10 @@ def test_prefetching_blocks_equal_plain_slicing(recorded: Path) -> None:
             got.append(block.data.copy())
         np.testing.assert_array_equal(np.concatenate(got, axis=1), expected)
         # leaving early stops the prefetch process
-        for block in rec.blocks(frames=1000):
-            break
-        assert block.data.shape == (CHANNELS, 1000)
-        del block
+        blocks = rec.blocks(frames=1000)
+        assert next(blocks).data.shape == (CHANNELS, 1000)
+        assert len(psutil.Process().children()) == 1
+        del blocks  # as a for loop left with break drops it
         assert psutil.Process().children() == []
 
 
@@ -303,8 +308,11 @@ def test_segments_of_another_layout_are_named_and_can_be_opened_apart(
     with pipeline.open_recording(files[:2]) as first, pipeline.open_recording(files[2]) as third:
         assert first.shape[0] == CHANNELS and third.shape[0] == 4
         assert third.first_frame == first.frames
-    with pytest.raises(RecordingError, match="not in the recording .* it has"):
-        pipeline.open_recording(copy)["acq/lfp"]
+    with (
+        pipeline.open_recording(copy) as rec,
+        pytest.raises(RecordingError, match=r"not in the recording .* it has"),
+    ):
+        rec["acq/lfp"]
     with pytest.raises(RecordingError, match="no recording at"):
         pipeline.open_recording(tmp_path / "nothing-here")
 
@@ -320,3 +328,71 @@ def test_a_prefetch_process_that_dies_is_an_error_not_a_short_read(recorded: Pat
             for _ in blocks:
                 pass
         assert psutil.Process().children() == []
+
+
+def test_an_nwb_export_reads_back_with_pynwb_as_the_recording(
+    recorded: Path, tmp_path: Path
+) -> None:
+    from pynwb import NWBHDF5IO
+
+    out = tmp_path / "session.nwb"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "export", str(recorded), "--nwb", str(out),
+         "--block-s", "0.3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "100.0 %" in result.stderr and "acq_continuous (" in result.stdout
+    assert not list(tmp_path.glob("*.partial.nwb"))
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "export", str(recorded), "--nwb", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 1 and "exists" in again.stderr and "--force" in again.stderr
+
+    with pipeline.open_recording(recorded) as rec, NWBHDF5IO(out, "r") as io:
+        nwb = io.read()
+        assert nwb.identifier == rec.provenance["recording_id"]
+        series = nwb.acquisition["acq_continuous"]
+        np.testing.assert_array_equal(series.data[:], rec[:, :].T)
+        assert series.data.dtype == rec.dtype
+        # the gap: explicit timestamps, in seconds since the first frame
+        np.testing.assert_allclose(series.timestamps[:], rec.times_s[:])
+        assert series.conversion == pytest.approx(rec.scale[0] * 1e-6) and series.unit == "volts"
+        electrodes = nwb.electrodes.to_dataframe()
+        assert list(electrodes["label"]) == rec.channel_labels
+        assert list(series.electrodes.data[:]) == list(range(CHANNELS))
+        stim = nwb.stimulus["stim_output"]
+        np.testing.assert_array_equal(stim.data[:], rec["stim/output"][:, :].T)
+        assert stim.rate == 10000.0 and stim.unit == "amperes" and stim.conversion == 1e-6
+
+        spikes = rec["acq/spikes"][:]
+        units = nwb.units.to_dataframe()
+        assert units["spike_times"].map(len).sum() == len(spikes)
+        for _, unit in units.iterrows():
+            mine = spikes[
+                (spikes["channel"] == unit["channel"]) & (spikes["unit"] == unit["sorted_unit"])
+            ]
+            np.testing.assert_allclose(
+                np.sort(unit["spike_times"]), np.sort((mine["timestamp_ns"] - rec.start_ns) / 1e9)
+            )
+            assert unit["channel_label"] == rec.channel_labels[unit["channel"]]
+            assert list(unit["electrodes"]["label"]) == [unit["channel_label"]]
+
+        annotations = nwb.events["annotations"].to_dataframe()
+        assert list(annotations["annotation"]) == ["electrode lowered"]
+        stimulation = nwb.events["stimulation"].to_dataframe()
+        assert "worker.stim.stimulation_queued" in set(stimulation["topic"])
+        (gap,) = rec.default.gaps
+        invalid = nwb.invalid_times.to_dataframe()
+        assert list(invalid["tags"]) == [["acq/continuous"]]
+        assert invalid["lost_frames"].iloc[0] == gap.lost_frames
+        assert (
+            invalid["start_time"].iloc[0]
+            < rec.times_s[gap.frame]
+            == pytest.approx(invalid["stop_time"].iloc[0])
+        )
+        notes = json.loads(nwb.notes)
+        assert notes["recording_id"] == rec.provenance["recording_id"]
+        assert "[[workers]]" in notes["config_toml"] and "python" in notes["versions"]
+        assert any(r["worker"] == "acq" for r in notes["restarts"])

@@ -1,0 +1,101 @@
+"""``rigpipe export PATH --nwb OUT.nwb``: a recording as an NWB file, with a progress bar.
+
+The bar redraws in place on a terminal; when stderr is a file or a pipe (a
+batch job's log) it prints one line every 10 %, so the log shows how far a
+long export got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TextIO
+
+
+def add_arguments(export: argparse.ArgumentParser) -> None:
+    export.add_argument("path", help="a recording directory, its manifest.json, or a segment")
+    export.add_argument("--nwb", required=True, metavar="OUT.nwb", help="the NWB file to write")
+    export.add_argument("--force", action="store_true", help="replace OUT.nwb if it exists")
+    export.add_argument(
+        "--block-s", type=float, default=10.0, help="seconds of data read and written at a time"
+    )
+    export.add_argument(
+        "--gzip", action="store_true", help="compress the continuous data (smaller, slower)"
+    )
+    export.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.nwb import export_nwb
+
+    if args.block_s <= 0:
+        print("rigpipe: --block-s must be positive", file=sys.stderr)
+        return 2
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    summary = export_nwb(
+        args.path,
+        args.nwb,
+        block_s=args.block_s,
+        overwrite=args.force,
+        compression="gzip" if args.gzip else None,
+        progress=bar,
+    )
+    if bar is not None:
+        bar.finish()
+    series = ", ".join(f"{name} ({frames} frames)" for name, frames in summary.series.items())
+    events = ", ".join(f"{name} ({rows})" for name, rows in summary.events.items())
+    print(
+        f"wrote {summary.path}: {summary.bytes / 1e6:.1f} MB of samples in "
+        f"{summary.seconds:.1f} s ({summary.mb_per_s:.0f} MB/s)"
+    )
+    print(f"  series: {series or 'none'}")
+    print(
+        f"  units: {summary.units}; events: {events or 'none'}; "
+        f"invalid times (gaps): {summary.invalid_times}"
+    )
+    return 0
+
+
+class ProgressBar:
+    """``progress(done, total, what)`` drawn as a bar with rate and time left."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self.started = time.monotonic()
+        self.shown = -1  # the last tenth printed, off a terminal
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        fraction = done / total if total else 1.0
+        now = time.monotonic()
+        if self.live:
+            if now - self.last < 0.1 and done < total:
+                return
+            self.last = now
+            self.out.write("\r" + self.line(done, total, what, fraction, now))
+            self.out.flush()
+        elif int(fraction * 10) > self.shown:
+            self.shown = int(fraction * 10)
+            self.out.write(self.line(done, total, what, fraction, now) + "\n")
+            self.out.flush()
+
+    def line(self, done: int, total: int, what: str, fraction: float, now: float) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else float("inf")
+        filled = round(fraction * self.WIDTH)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        eta = f"{left:5.0f} s left" if left != float("inf") else "      "
+        return (
+            f"[{bar}] {fraction * 100:5.1f} %  {done / 1e6:9.1f} / {total / 1e6:.1f} MB  "
+            f"{rate / 1e6:6.1f} MB/s  {eta}  {what}"
+        )
+
+    def finish(self) -> None:
+        if self.live:
+            self.out.write("\n")
+            self.out.flush()
