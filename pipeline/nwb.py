@@ -457,7 +457,9 @@ def _wall_time(rec: Recording) -> dt.datetime:
         offset_ns = int(np.median(table["time_ns"] - table["monotonic_ns"]))
         wall_ns = rec.start_ns + offset_ns
         return dt.datetime.fromtimestamp(wall_ns / 1e9, tz=dt.UTC)
-    started = str(rec.provenance.get("started_at", ""))
+    started = str(
+        rec.provenance.get("started_at") or (rec.manifest.started_at if rec.manifest else "")
+    )
     try:
         when = dt.datetime.fromisoformat(started)
     except ValueError:

@@ -96,8 +96,11 @@ class Recording:
         try:
             self._groups = self._scan()
             self.streams = list(self._groups)
-            ordered = self.manifest.streams if self.manifest else self.streams
-            continuous = [s for s in ordered if s in self._groups and self._rate(s) > 0]
+            listed = [
+                s for s in (self.manifest.streams if self.manifest else []) if s in self._groups
+            ]
+            ordered = listed + [s for s in self.streams if s not in listed]
+            continuous = [s for s in ordered if self._rate(s) > 0]
             if stream is not None and stream not in continuous:
                 raise RecordingError(
                     f"{stream!r} is not a continuous stream of {self.path}; "
