@@ -45,6 +45,7 @@ _VOLTS = {"uV": 1e-6, "µV": 1e-6, "mV": 1e-3, "V": 1.0, "nV": 1e-9}
 _AMPERES = {"uA": 1e-6, "µA": 1e-6, "mA": 1e-3, "A": 1.0, "nA": 1e-9}
 _SPIKE_FIELDS = {"timestamp_ns", "channel", "unit"}
 _CHUNK_BYTES = 1 << 20
+_RECORDS = 1 << 20  # event records read at a time
 _STIMULATION = ("stimulation_", "triggered", "stimulator_")
 
 
@@ -254,33 +255,49 @@ class _Writer:
         if fields >= _SPIKE_FIELDS:
             self._units(nwbfile, view)
             return
-        table = nwbfile.create_events_table(
-            name=view.stream.replace("/", "_"),
-            description=f"the records of rigpipe event stream {view.stream}",
+        names = [f for f in view.dtype.names or () if f != "timestamp_ns"]
+        times, columns = [], {f: [] for f in names}
+        for chunk, seconds in self._records(view):
+            times.append(seconds)
+            for f in names:
+                columns[f].append(chunk[f])
+        self._events_table(
+            nwbfile,
+            view.stream.replace("/", "_"),
+            f"the records of rigpipe event stream {view.stream}",
+            np.concatenate(times) if times else np.empty(0),
+            {f: _column(parts, view.dtype[f]) for f, parts in columns.items()},
         )
-        columns = [f for f in view.dtype.names or () if f != "timestamp_ns"]
-        for f in columns:
-            table.add_column(f, f"field {f} of the stream's records")
-        rows = 0
-        for chunk in view.chunks():
-            times = self._times(chunk, view)
-            for i, t in enumerate(times):
-                table.add_row(timestamp=t, **{f: _plain(chunk[f][i]) for f in columns})
-            rows += len(chunk)
-        self.summary.events[table.name] = rows
 
-    def _times(self, chunk: np.ndarray, view: EventView) -> np.ndarray:
-        names = chunk.dtype.names or ()
-        stamps = chunk["timestamp_ns"] if "timestamp_ns" in names else None
-        if stamps is None:
-            raise RecordingError(f"{view.stream}: records without a timestamp_ns field")
-        return (stamps.astype(np.int64) - self.rec.start_ns) / 1e9
+    def _events_table(
+        self,
+        nwbfile: Any,
+        name: str,
+        description: str,
+        times: np.ndarray,
+        columns: dict[str, Any],
+    ) -> None:
+        """An EventsTable built from whole columns (no per-row Python calls)."""
+        from hdmf.common import VectorData
+        from pynwb.event import TimestampVectorData
+
+        data = [TimestampVectorData(name="timestamp", description="seconds", data=times)]
+        for column, values in columns.items():
+            description = f"the {column} of each event"
+            data.append(VectorData(name=column, description=description, data=values))
+        nwbfile.create_events_table(name=name, description=description, columns=data)
+        self.summary.events[name] = len(times)
+
+    def _records(self, view: EventView) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(records, their times in seconds since the first frame), a million at a time."""
+        for start in range(0, len(view), _RECORDS):
+            stamps = view.timestamps_ns[start : start + _RECORDS]
+            yield view[start : start + _RECORDS], (stamps - self.rec.start_ns) / 1e9
 
     def _units(self, nwbfile: Any, view: EventView) -> None:
         """One unit per (channel, unit) of a spike stream, linked to its electrode if known."""
         trains: dict[tuple[int, int], list[np.ndarray]] = {}
-        for chunk in view.chunks():
-            times = self._times(chunk, view)
+        for chunk, times in self._records(view):
             keys = np.stack([chunk["channel"], chunk["unit"]], axis=1)
             for key in np.unique(keys, axis=0):
                 mine = (keys == key).all(axis=1)
@@ -321,17 +338,11 @@ class _Writer:
         ):
             if not events:
                 continue
-            table = nwbfile.create_events_table(name=name, description=description)
-            table.add_column("topic", "the control-plane topic")
-            table.add_column("payload", "the event as JSON")
+            columns = {"topic": [e.topic for e in events], "payload": [_json(e) for e in events]}
             if name == "annotations":
-                for e in events:
-                    text = e.payload.get("text", "")
-                    table.add_row(timestamp=e.t_s, annotation=text, topic=e.topic, payload=_json(e))
-            else:
-                for e in events:
-                    table.add_row(timestamp=e.t_s, topic=e.topic, payload=_json(e))
-            self.summary.events[name] = len(events)
+                columns["annotation"] = [str(e.payload.get("text", "")) for e in events]
+            times = np.array([e.t_s for e in events])
+            self._events_table(nwbfile, name, description, times, columns)
 
     def _gaps(self, nwbfile: Any) -> None:
         gaps = [(stream, g) for stream, found in self.rec.gaps.items() for g in found]
@@ -512,10 +523,12 @@ def _json(event: Any) -> str:
     return event.payload if isinstance(event.payload, str) else json.dumps(event.payload)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return value.item() if isinstance(value, np.generic) else value
+def _column(parts: list[np.ndarray], dtype: np.dtype) -> Any:
+    """One field of every record: an array, or text for byte strings."""
+    values = np.concatenate(parts) if parts else np.empty(0, dtype)
+    if values.dtype.kind == "S":
+        return [v.decode(errors="replace") for v in values]
+    return values
 
 
 def _version() -> str:

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import pipeline
 from pipeline import views
-from pipeline.recfile import GAP_DTYPE, Manifest, SegmentEntry, write_manifest
-from workers.recording.segment import Segment, StreamFormat
+from tests import recordings
+from workers.recording.segment import StreamFormat
 
 CHANNELS = 5
 ROWS = [700, 0, 1, 1299, 513]  # rows per segment
@@ -36,28 +36,8 @@ def _write(directory: Path) -> tuple[np.ndarray, np.ndarray]:
         RATE,
         {"channel_labels": [f"e{i}" for i in range(CHANNELS)], "scale": 0.25, "units": "uV"},
     )
-    manifest = Manifest(
-        recording_id="r", session="s", session_id="i", started_at="2026-01-01T00:00:00+00:00"
-    )
-    first = 0
-    for index, rows in enumerate(ROWS):
-        name = f"segment-{index:04d}.h5"
-        segment = Segment.create(
-            directory / name, {}, {}, [fmt], {fmt.stream: first}, {fmt.stream: first}
-        )
-        segment.append(fmt.stream, data[first : first + rows], stamps[first : first + rows])
-        if first <= 900 < first + rows:
-            row = np.zeros((), GAP_DTYPE)
-            row["stream"], row["at_frame"], row["lost_frames"] = b"acq/continuous", 900, 250
-            row["start_ns"], row["end_ns"] = stamps[899], stamps[900]
-            row["cause"] = b"timestamps jump: the source skipped frames"
-            segment.add_row("gaps", row)
-        segment.close({"finished_at": "2026-01-01T00:00:01+00:00"})
-        manifest.segments.append(
-            SegmentEntry(file=name, index=index, started_at="", first_frames={fmt.stream: first})
-        )
-        first += rows
-    write_manifest(directory, manifest)
+    gaps = [(900, 250, "timestamps jump: the source skipped frames")]
+    recordings.write(directory, [recordings.Stream(fmt, data, stamps, gaps)], [[r] for r in ROWS])
     return data, stamps
 
 
