@@ -28,7 +28,7 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,8 @@ def export_nwb(
     partial = out.with_name(out.stem + ".partial.nwb")  # pynwb warns about other suffixes
     rec = source if isinstance(source, Recording) else open_recording(source)
     started = time.monotonic()
+    writer = _Writer(pynwb, rec, block_s, compression, progress)
     try:
-        writer = _Writer(pynwb, rec, block_s, compression, progress)
         nwbfile = writer.build()
         with pynwb.NWBHDF5IO(partial, "w") as io:
             io.write(nwbfile)
@@ -108,6 +108,7 @@ def export_nwb(
         partial.unlink(missing_ok=True)
         raise
     finally:
+        writer.close()  # stops prefetch processes of an export that failed half way
         if not isinstance(source, Recording):
             rec.close()
     writer.summary.path = out
@@ -137,6 +138,11 @@ class _Writer:
         )
         self.done_bytes = 0
         self.devices: dict[str, Any] = {}
+        self.iterators: list[_Blocks] = []
+
+    def close(self) -> None:
+        for iterator in self.iterators:
+            iterator.close()
 
     def build(self) -> Any:
         rec, pynwb = self.rec, self.pynwb
@@ -180,8 +186,10 @@ class _Writer:
 
     def _continuous(self, nwbfile: Any, view: StreamView) -> None:
         name = view.stream.replace("/", "_")
+        blocks = _Blocks(view, self.block_s, self._advance)
+        self.iterators.append(blocks)
         data = self.pynwb.H5DataIO(
-            _Blocks(view, self.block_s, self._advance),
+            blocks,
             chunks=_chunks(view),
             compression=self.compression,
         )
@@ -374,7 +382,12 @@ class _Blocks:
         self.view = view
         self.frames_per_block = max(1, round(block_s * view.sample_rate))
         self.advance = advance
-        self._blocks: Iterator[Any] | None = None
+        self._blocks: Generator[Any, None, None] | None = None
+
+    def close(self) -> None:
+        """Stop reading (and the prefetch process) if the export ends before the data does."""
+        if self._blocks is not None:
+            self._blocks.close()
 
     def __iter__(self) -> _Blocks:
         return self

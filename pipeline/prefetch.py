@@ -26,7 +26,7 @@ import subprocess
 import sys
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import IO, Any
 
 import numpy as np
@@ -48,7 +48,7 @@ def iterate_blocks(
     scaled: bool,
     prefetch: bool,
     copy: bool,
-) -> Iterator[Block]:
+) -> Generator[Block, None, None]:
     """Blocks of ``frames`` from ``start`` to ``stop`` (the last one may be shorter)."""
     starts = list(range(start, stop, frames))
     if not prefetch:
@@ -141,7 +141,7 @@ class _Child:
 
 def _prefetched(
     view: StreamView, frames: int, starts: list[int], stop: int, scaled: bool, copy: bool
-) -> Iterator[Block]:
+) -> Generator[Block, None, None]:
     if not starts:
         return
     dtype = np.dtype(np.float32) if scaled else view.dtype

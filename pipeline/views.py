@@ -17,7 +17,7 @@ order), which is how rows come off the disk.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline import selection as keys
 from pipeline.errors import RecordingError, SliceTooLarge
 from pipeline.recfile import consistency_flags
+from pipeline.selection import Rows
 
 #: Slices larger than this raise SliceTooLarge unless allowed (open_recording(memory_limit_bytes=)).
 DEFAULT_MEMORY_LIMIT_BYTES = 2 << 30
@@ -117,56 +119,6 @@ class Files:
         self._open.clear()
 
 
-# -- selections ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rows:
-    """Frames ``start, start + step, ...`` (``count`` of them); step > 0."""
-
-    start: int
-    count: int
-    step: int = 1
-
-
-def frame_selection(key: Any, frames: int) -> tuple[Rows | np.ndarray, bool, bool]:
-    """A frame key as (Rows or sorted index array, reversed, squeeze)."""
-    if isinstance(key, slice):
-        start, stop, step = key.indices(frames)
-        count = len(range(start, stop, step))
-        if step > 0:
-            return Rows(start, count, step), False, False
-        return Rows(start + (count - 1) * step if count else 0, count, -step), True, False
-    if isinstance(key, int | np.integer):
-        index = int(key) + (frames if key < 0 else 0)
-        if not 0 <= index < frames:
-            raise IndexError(f"frame {int(key)} is out of range for {frames} frames")
-        return Rows(index, 1), False, True
-    array = np.asarray(key)
-    if array.dtype == bool:
-        if array.shape != (frames,):
-            raise IndexError(f"a boolean frame mask must have {frames} elements, not {array.shape}")
-        return np.flatnonzero(array), False, False
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise IndexError(f"frames must be an int, a slice, or a 1-d int or bool array, not {key!r}")
-    array = np.where(array < 0, array + frames, array)
-    if len(array) and (array.min() < 0 or array.max() >= frames):
-        raise IndexError(f"frame index out of range for {frames} frames")
-    return array.astype(np.int64), False, False
-
-
-def _split_key(key: Any) -> tuple[Any, Any]:
-    if not isinstance(key, tuple):
-        return key, slice(None)
-    if len(key) == 2 and key[0] is Ellipsis:
-        return slice(None), key[1]
-    if len(key) == 2 and key[1] is Ellipsis:
-        return key[0], slice(None)
-    if len(key) == 1:
-        return key[0], slice(None)
-    if len(key) != 2:
-        raise IndexError(f"a recording has 2 axes (channels, frames); got {len(key)} indices")
-    return key
-
-
 class _Rows:
     """What continuous and event views share: pieces, timestamps, time search, gaps."""
 
@@ -189,8 +141,8 @@ class _Rows:
         self.sample_rate: float = attrs["sample rate"]
         self.dtype = np.dtype(attrs["dtype"])
         self.first_frame = pieces[0].first_frame if pieces else 0
-        self.timestamps_ns = _Indexer(self._timestamps)
-        self.times_s = _Indexer(lambda key: (self._timestamps(key) - self.start_ns) / 1e9)
+        self.timestamps_ns = keys.Indexer(self._timestamps)
+        self.times_s = keys.Indexer(lambda key: (self._timestamps(key) - self.start_ns) / 1e9)
 
     def _dataset(self, piece: Piece, name: str) -> h5py.Dataset:
         return self.files.dataset(piece.path, f"{piece.group}/{name}")
@@ -204,10 +156,10 @@ class _Rows:
                 yield piece, rows.start + lo * rows.step - piece.first, lo, hi
 
     def _timestamps(self, key: Any) -> np.ndarray:
-        selection, reverse, squeeze = frame_selection(key, self.frames)
-        out = np.empty(_count(selection), np.int64)
+        selection, reverse, squeeze = keys.frame_selection(key, self.frames)
+        out = np.empty(keys.count(selection), np.int64)
         self._fill_1d("timestamps_ns", selection, out)
-        return _shape(out, reverse, squeeze)
+        return keys.shape(out, reverse, squeeze)
 
     def _fill_1d(self, name: str, selection: Rows | np.ndarray, out: np.ndarray) -> np.ndarray:
         if isinstance(selection, Rows):
@@ -285,28 +237,6 @@ class _Rows:
         return sorted(gaps, key=lambda g: g.frame)
 
 
-def _count(selection: Rows | np.ndarray) -> int:
-    return selection.count if isinstance(selection, Rows) else len(selection)
-
-
-def _shape(out: np.ndarray, reverse: bool, squeeze: bool) -> np.ndarray:
-    if reverse:
-        out = out[..., ::-1]
-    if squeeze:
-        return out[..., 0]
-    return out
-
-
-class _Indexer:
-    """``obj[key]`` calls a function: ``view.timestamps_ns[0:100]``."""
-
-    def __init__(self, read: Any) -> None:
-        self._read = read
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return self._read(key)
-
-
 class StreamView(_Rows):
     """A continuous stream over all its segments, shaped ``(channels, frames)``."""
 
@@ -320,7 +250,7 @@ class StreamView(_Rows):
             )
         total = frame_shape[0] if frame_shape else 1
         self.channel_index = np.arange(total) if channels is None else channels
-        self.scaled = _Indexer(self._scaled)
+        self.scaled = keys.Indexer(self._scaled)
 
     # -- the descriptor, following the selection -----------------------------------------------
     @property
@@ -415,17 +345,17 @@ class StreamView(_Rows):
         axes select every listed channel at every listed frame (numpy would
         pair them up point by point instead).
         """
-        channel_key, frame_key = _split_key(key)
+        channel_key, frame_key = keys.split_key(key)
         positions = np.arange(len(self.channel_index))[channel_key]
         squeeze_channel = np.ndim(positions) == 0
         channels = self.channel_index[np.atleast_1d(positions)]
-        selection, reverse, squeeze = frame_selection(frame_key, self.frames)
+        selection, reverse, squeeze = keys.frame_selection(frame_key, self.frames)
         dtype = np.dtype(np.float32) if scaled else self.dtype
-        count = _count(selection)
+        count = keys.count(selection)
         self.guard.check(
             len(channels) * count * dtype.itemsize,
             lambda: (
-                f"{self.stream}[{_describe(channel_key)}, {_describe(frame_key)}] "
+                f"{self.stream}[{keys.describe(channel_key)}, {keys.describe(frame_key)}] "
                 f"({len(channels)} channels x {count} frames of {dtype})"
             ),
         )
@@ -433,7 +363,7 @@ class StreamView(_Rows):
         self._fill(channels, selection, out)
         if scaled:
             out *= self.scale[np.atleast_1d(positions)].astype(np.float32)[:, None]
-        out = _shape(out, reverse, squeeze)
+        out = keys.shape(out, reverse, squeeze)
         if squeeze_channel:
             return np.ascontiguousarray(out[0]) if out.ndim == 2 else out[0]
         return out
@@ -559,7 +489,7 @@ class StreamView(_Rows):
         scaled: bool = False,
         prefetch: bool = True,
         copy: bool = True,
-    ) -> Iterator[Block]:
+    ) -> Generator[Block, None, None]:
         """Blocks of ``frames`` (or ``seconds``; default 1 s) from frame ``start`` to ``stop``.
 
         With ``prefetch`` a background process reads the next blocks into
@@ -635,15 +565,15 @@ class EventView(_Rows):
         return dict(self.attrs["descriptor"])
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        selection, reverse, squeeze = frame_selection(key, self.frames)
-        count = _count(selection)
+        selection, reverse, squeeze = keys.frame_selection(key, self.frames)
+        count = keys.count(selection)
         self.guard.check(
             count * self.dtype.itemsize,
-            lambda: f"{self.stream}[{_describe(key)}] ({count} records)",
+            lambda: f"{self.stream}[{keys.describe(key)}] ({count} records)",
         )
         out = np.empty(count, self.dtype)
         self._fill_1d("data", selection, out)
-        return _shape(out, reverse, squeeze)
+        return keys.shape(out, reverse, squeeze)
 
     def time_slice(self, t0_s: float, t1_s: float) -> np.ndarray:
         """The records from ``t0_s`` to ``t1_s`` (seconds since the recording's first frame)."""
@@ -656,12 +586,3 @@ class EventView(_Rows):
 
     def __repr__(self) -> str:
         return f"<EventView {self.stream}: {self.frames} records, {len(self.pieces)} segment(s)>"
-
-
-def _describe(key: Any) -> str:
-    if isinstance(key, slice):
-        parts = ["" if v is None else str(v) for v in (key.start, key.stop)]
-        return ":".join(parts) + (f":{key.step}" if key.step is not None else "")
-    if isinstance(key, int | np.integer | str):
-        return str(key)
-    return f"<{type(key).__name__}>"

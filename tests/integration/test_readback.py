@@ -96,6 +96,11 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield directory
 
 
+def prefetchers() -> list[psutil.Process]:
+    """This test process's prefetch children (other tests may leave a resource tracker)."""
+    return [p for p in psutil.Process().children() if "pipeline.prefetch" in p.cmdline()]
+
+
 def written(directory: Path, stream: str = "acq/continuous", name: str = "data") -> np.ndarray:
     """A stream's rows as the recorder wrote them, segment after segment, with plain h5py."""
     parts = []
@@ -241,9 +246,9 @@ def test_prefetching_blocks_equal_plain_slicing(recorded: Path) -> None:
         # leaving early stops the prefetch process
         blocks = rec.blocks(frames=1000)
         assert next(blocks).data.shape == (CHANNELS, 1000)
-        assert len(psutil.Process().children()) == 1
+        assert len(prefetchers()) == 1
         del blocks  # as a for loop left with break drops it
-        assert psutil.Process().children() == []
+        assert prefetchers() == []
 
 
 def test_event_streams_read_as_records(recorded: Path) -> None:
@@ -322,12 +327,12 @@ def test_a_prefetch_process_that_dies_is_an_error_not_a_short_read(recorded: Pat
         blocks = rec.blocks(frames=500)
         first = next(blocks)
         assert first.start == 0
-        (child,) = psutil.Process().children()
+        (child,) = prefetchers()
         child.kill()
         with pytest.raises(RecordingError, match="prefetch process exited with code -9"):
             for _ in blocks:
                 pass
-        assert psutil.Process().children() == []
+        assert prefetchers() == []
 
 
 def test_an_nwb_export_reads_back_with_pynwb_as_the_recording(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from pynwb import NWBHDF5IO
 
@@ -122,3 +123,5 @@ def test_an_existing_file_is_kept_and_a_failed_export_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         export_nwb(blackrock_like, tmp_path / "new.nwb", block_s=0.05, progress=fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.nwb"]
+    children = [p for p in psutil.Process().children() if "pipeline.prefetch" in p.cmdline()]
+    assert children == [], "the interrupted export left its prefetch process running"

@@ -125,3 +125,6 @@ def test_views_read_across_empty_and_one_row_segments(written) -> None:
         np.testing.assert_allclose(rec.scaled[2, :9], data[:9, 2] * 0.25)
         blocks = list(rec.blocks(frames=333, prefetch=False))
         np.testing.assert_array_equal(np.concatenate([b.data for b in blocks], axis=1), data.T)
+        scaled = [b.data for b in rec.blocks(frames=333, scaled=True)]  # converted by HDF5
+        assert scaled[0].dtype == np.float32
+        np.testing.assert_array_equal(np.concatenate(scaled, axis=1), rec.scaled[:, :])
