@@ -13,7 +13,7 @@ One run, three tables:
    and threshold crossings): plain h5py, rigpipe blocks without prefetch, with
    prefetch (copied out), with prefetch and ``copy=False``. GB/s of samples.
 3. Export: ``rigpipe export --nwb`` of the first ``--export-gb`` of the
-   recording: MB/s of samples written.
+   recording, uncompressed and with ``--gzip``: MB/s of samples written.
 
 The recording is written once with the recorder's own segment writer
 (``--channels`` x 30 kHz int16, 1 GB segments) under ``--dir`` and kept for the
@@ -276,11 +276,13 @@ def main() -> int:
         part = pipeline.open_recording(rec.segment_paths[:take])
         out = args.dir / "bench-export.nwb"
         try:
-            summary = export_nwb(part, out, overwrite=True)
-            print(
-                f"  {summary.bytes / 1e9:.2f} GB of samples in {summary.seconds:.1f} s: "
-                f"{summary.mb_per_s:.0f} MB/s ({out.stat().st_size / 1e9:.2f} GB file)"
-            )
+            for compression in (None, "gzip"):
+                summary = export_nwb(part, out, overwrite=True, compression=compression)
+                print(
+                    f"  {compression or 'uncompressed':12} {summary.bytes / 1e9:.2f} GB of "
+                    f"samples in {summary.seconds:5.1f} s: {summary.mb_per_s:4.0f} MB/s "
+                    f"({out.stat().st_size / 1e9:.2f} GB file)"
+                )
         finally:
             part.close()
             out.unlink(missing_ok=True)

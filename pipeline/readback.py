@@ -215,10 +215,11 @@ class Recording:
         return {k: v.item() if isinstance(v, np.generic) else v for k, v in first.items()}
 
     def _table(self, name: str) -> np.ndarray:
-        parts = [
-            self.files.get(p)[name][:] for p in self.segment_paths if name in self.files.get(p)
-        ]
-        return np.concatenate(parts) if parts else np.empty(0)
+        """Table ``name`` (events, gaps, restarts) of every segment, checked against the limit."""
+        tables = [self.files.get(p)[name] for p in self.segment_paths if name in self.files.get(p)]
+        nbytes = sum(t.size * t.dtype.itemsize for t in tables)
+        self.guard.check(nbytes, lambda: f"the {name} tables ({sum(t.size for t in tables)} rows)")
+        return np.concatenate([t[:] for t in tables]) if tables else np.empty(0)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
