@@ -24,7 +24,7 @@ import pytest
 import pipeline
 from pipeline import messages
 from pipeline.errors import RecordingError, SliceTooLarge
-from pipeline.recfile import read_manifest
+from pipeline.recfile import consistency_flags, read_manifest
 from tests.rig import Rig, wait_for
 
 RATE = 10000.0
@@ -401,3 +401,30 @@ def test_an_nwb_export_reads_back_with_pynwb_as_the_recording(
         assert notes["recording_id"] == rec.provenance["recording_id"]
         assert "[[workers]]" in notes["config_toml"] and "python" in notes["versions"]
         assert any(r["worker"] == "acq" for r in notes["restarts"])
+
+
+def test_a_recording_still_being_written_opens_as_far_as_it_was_flushed(rigs) -> None:
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    rig.write(
+        WORKERS.split('[[workers]]\nname = "stim"')[0]
+        + '[[workers]]\nname = "rec"\nkind = "recording"\n[workers.parameters]\n'
+        + "flush_s = 0.3\nrotate_minutes = 0.01\n",
+        session_extra=f'recordings_dir = "{recordings}"',
+    )
+    rig.start()
+    directory = wait_for(lambda: list(recordings.glob("*/segment-0001.h5")), 20, "a rotation")[
+        0
+    ].parent
+    time.sleep(1.0)
+    with pipeline.open_recording(directory) as live:
+        pieces = live.default.pieces  # closed segments and the one being written (SWMR)
+        assert consistency_flags(Path(pieces[-1].path)) != 0, "the last segment is still open"
+        assert len(pieces) >= 2 and pieces[0].rows > 0 and sum(p.rows for p in pieces[1:]) > 0
+        early = live[:, :]
+        stamps = live.timestamps_ns[:]
+        assert (np.diff(stamps) > 0).all()
+    assert rig.interrupt() == 0
+    with pipeline.open_recording(directory) as rec:
+        assert rec.frames > len(stamps)
+        np.testing.assert_array_equal(rec[:, : early.shape[1]], early)
