@@ -306,16 +306,20 @@ class _Writer:
         """One unit per (channel, unit) of a spike stream, linked to its electrode if known."""
         trains: dict[tuple[int, int], list[np.ndarray]] = {}
         for chunk, times in self._records(view):
-            keys = np.stack([chunk["channel"], chunk["unit"]], axis=1)
-            for key in np.unique(keys, axis=0):
-                mine = (keys == key).all(axis=1)
-                trains.setdefault((int(key[0]), int(key[1])), []).append(times[mine])
+            order = np.lexsort((chunk["unit"], chunk["channel"]))  # by channel, then unit
+            channel, unit = chunk["channel"][order], chunk["unit"][order]
+            starts = np.flatnonzero(
+                np.concatenate(([True], (np.diff(channel) != 0) | (np.diff(unit) != 0)))
+            )
+            for first, part in zip(starts, np.split(times[order], starts[1:]), strict=True):
+                trains.setdefault((int(channel[first]), int(unit[first])), []).append(part)
         labels = _spike_labels(view)
         rows = _electrode_rows(nwbfile, view.stream.split("/")[0])
-        nwbfile.add_unit_column("channel", "the channel the spike was detected on, as recorded")
-        nwbfile.add_unit_column("sorted_unit", "the unit number the source gave it")
-        nwbfile.add_unit_column("channel_label", "the channel's label")
-        nwbfile.add_unit_column("stream", "the rigpipe stream of the spikes")
+        if nwbfile.units is None:  # the first spike stream adds the columns
+            nwbfile.add_unit_column("channel", "the channel the spike was detected on")
+            nwbfile.add_unit_column("sorted_unit", "the unit number the source gave it")
+            nwbfile.add_unit_column("channel_label", "the channel's label")
+            nwbfile.add_unit_column("stream", "the rigpipe stream of the spikes")
         for (channel, unit), parts in sorted(trains.items()):
             label = labels(channel)
             extra = {"electrodes": [rows[label]]} if label in rows else {}

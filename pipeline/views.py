@@ -307,18 +307,18 @@ class StreamView(_Rows):
         """A view of some channels: a boolean mask, labels, or indices (of this view)."""
         if isinstance(channels, str):
             channels = [channels]
-        keys = list(channels) if not isinstance(channels, np.ndarray) else channels
-        if len(keys) and all(isinstance(k, str) for k in keys):
+        wanted = list(channels) if not isinstance(channels, np.ndarray) else channels
+        if len(wanted) and all(isinstance(k, str) for k in wanted):
             labels = self.channel_labels
-            unknown = [k for k in keys if k not in labels]
+            unknown = [k for k in wanted if k not in labels]
             if unknown:
                 raise RecordingError(
                     f"{self.stream} has no channel labelled {unknown[:5]}; "
                     f"its labels are {labels[:8]}{' ...' if len(labels) > 8 else ''}"
                 )
-            index = np.array([labels.index(k) for k in keys], np.int64)
+            index = np.array([labels.index(k) for k in wanted], np.int64)
         else:
-            mask = np.asarray(keys)
+            mask = np.asarray(wanted)
             if mask.dtype == bool and mask.shape != (len(self.channel_index),):
                 raise RecordingError(
                     f"a channel mask for {self.stream} must have {len(self.channel_index)} "
