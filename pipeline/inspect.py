@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.recfile import GAP_PERIODS, MANIFEST, consistency_flags, read_manifest
+from pipeline.recfile import GAP_PERIODS, MANIFEST, consistency_flags, open_segment, read_manifest
 
 _BLOCK_ROWS = 1 << 20
 
@@ -83,8 +83,7 @@ def _open(path: Path, report: Report) -> h5py.File:
             f"{path.name} was not finalized (its writer crashed or is still writing); "
             "read with swmr=True. The recorder repairs it when it restarts or the session ends."
         )
-        return h5py.File(path, "r", swmr=True)
-    return h5py.File(path, "r")
+    return open_segment(path)
 
 
 def inspect(path: Path) -> Report:

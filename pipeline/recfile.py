@@ -98,6 +98,13 @@ def read_manifest(directory: Path) -> Manifest:
     return msgspec.json.decode((directory / MANIFEST).read_bytes(), type=Manifest)
 
 
+def open_segment(path: Path) -> Any:
+    """Open a segment read-only: with SWMR when its writer has not finished (or crashed)."""
+    import h5py
+
+    return h5py.File(path, "r", swmr=bool(consistency_flags(Path(path))))
+
+
 def text(value: Any, limit: int) -> bytes:
     """UTF-8 bytes for a fixed-width field, cut at ``limit`` with a visible marker."""
     raw = (value if isinstance(value, str) else json.dumps(value, default=str)).encode()

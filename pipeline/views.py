@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline import selection as keys
 from pipeline.errors import RecordingError, SliceTooLarge
-from pipeline.recfile import consistency_flags
+from pipeline.recfile import open_segment
 from pipeline.selection import Rows
 
 #: Slices larger than this raise SliceTooLarge unless allowed (open_recording(memory_limit_bytes=)).
@@ -99,7 +99,7 @@ class Files:
         file = self._open.get(path)
         if file is None:
             try:
-                file = h5py.File(path, "r", swmr=bool(consistency_flags(Path(path))))
+                file = open_segment(Path(path))
             except (OSError, ValueError) as exc:
                 raise RecordingError(f"{path} cannot be opened as a segment: {exc}") from None
             self._open[path] = file

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import h5py
 import msgspec
 import numpy as np
 
 from pipeline.inspect import segment_files
-from pipeline.recfile import consistency_flags, group_name
+from pipeline.recfile import group_name, open_segment
 from workers.acquisition.source import Source, SourceError
 
 _BLOCK_S = 0.25  # read this much of a continuous stream at a time
@@ -48,13 +47,9 @@ class ReplaySettings(
     buffer_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
-def _open(path: Path) -> h5py.File:
-    return h5py.File(path, "r", swmr=bool(consistency_flags(path)))
-
-
 def recorded_streams(path: str) -> list[str]:
     """The streams of the recording at ``path`` (from its first segment)."""
-    with _open(segment_files(Path(path))[0]) as file:
+    with open_segment(segment_files(Path(path))[0]) as file:
         return [str(g.attrs["stream"]) for g in file["streams"].values()]
 
 
@@ -79,7 +74,7 @@ class _Track:
     def load(self) -> bool:
         """Read the next block; False at the end of the recording."""
         while self.segment < len(self.files):
-            with _open(self.files[self.segment]) as file:
+            with open_segment(self.files[self.segment]) as file:
                 group = file.get(group_name(self.stream))
                 rows = 0 if group is None else len(group["data"])
                 if self.row < rows:
@@ -120,7 +115,7 @@ class ReplaySource(Source):
         files = segment_files(Path(s.path))
         self.tracks: list[_Track] = []
         first_stamps = []
-        with _open(files[0]) as file:
+        with open_segment(files[0]) as file:
             for stream in _chosen(s):
                 group = file[group_name(stream)]
                 data = group["data"]
