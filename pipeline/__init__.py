@@ -30,6 +30,7 @@ from pipeline.errors import (
     SliceTooLarge,
     StreamExists,
     StreamNotFound,
+    StreamReplaced,
     WriterClosed,
 )
 from pipeline.ring import Chunk, RingReader, RingWriter, attach
@@ -69,6 +70,7 @@ __all__ = [
     "SliceTooLarge",
     "StreamExists",
     "StreamNotFound",
+    "StreamReplaced",
     "Worker",
     "WriterClosed",
     "attach",

@@ -33,6 +33,27 @@ class StreamNotFound(RigpipeError, LookupError):
         super().__init__(f"stream {stream!r} does not exist; {known}")
 
 
+class StreamReplaced(RigpipeError, LookupError):
+    """``attach(..., stream_id=...)`` found the stream, but not the one that id names.
+
+    The stream was closed and created again (a source restarted cleanly), so
+    its sequence numbers started again at 0 and a cursor of the old stream
+    means nothing in the new one. ``found_id`` is the new stream's id: attach
+    again with ``stream_id=found_id`` (``cursor=0`` reads it from its start, as
+    far as the ring still holds it) and account for the old stream's unread
+    frames as lost.
+    """
+
+    def __init__(self, stream: str, expected_id: int, found_id: int) -> None:
+        self.stream = stream
+        self.expected_id = expected_id
+        self.found_id = found_id
+        super().__init__(
+            f"stream {stream!r} was created again since stream id {expected_id:#x} "
+            f"(now {found_id:#x}): its sequence numbers started over"
+        )
+
+
 class StreamExists(RigpipeError):
     """A ``RingWriter`` was created for a stream that a live process already writes.
 

@@ -22,6 +22,10 @@ between layout versions, so ``sweep`` can judge any segment by its writer)::
 The stream segment continues::
 
     64      8     final_cursor            the write cursor when the writer closed the stream
+    72      8     stream_id               random, nonzero; names one sequence space: it is kept
+                                          when a writer takes over a dead writer's stream (the
+                                          sequence continues) and is new when a stream is
+                                          created afresh (its sequence starts again at 0)
 
 A generation segment continues::
 
@@ -51,6 +55,7 @@ it copied and is counted as dropped, never returned.
 from __future__ import annotations
 
 import enum
+import os
 from typing import Any
 
 import msgspec
@@ -62,7 +67,7 @@ from pipeline.naming import data_key, shm_name
 from pipeline.wait import WakeWord
 
 MAGIC = b"RIGPIPE\x00"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: stream_id in the stream segment
 KIND_STREAM = 1
 KIND_GENERATION = 2
 
@@ -71,7 +76,7 @@ _VERSION, _KIND, _GENERATION, _STATE, _WRITER_PID, _WRITER_START, _NAME_LEN = ra
 # Generation segment fields, in int64 slots. The three cursors are public: the
 # ring's hot path indexes ``Generation.fields`` with them directly.
 WRITE_CURSOR, CLAIM_CURSOR, LAST_PUBLISH = 8, 9, 10
-_FINAL_CURSOR = 8  # in the stream segment
+_FINAL_CURSOR, _STREAM_ID = 8, 9  # in the stream segment
 WAKE_AT = 128
 _START_CURSOR, _CAPACITY, _SAMPLE_RATE, _FRAME_BYTES = 24, 25, 26, 27
 _FORMAT_LEN, _DATA_AT, _TIMESTAMPS_AT = 28, 29, 30
@@ -147,6 +152,11 @@ def _fields_from_lists(record: list[Any]) -> list[tuple[Any, ...]]:
         sub = descr if isinstance(descr, str) else _fields_from_lists(descr)
         fields.append((name, sub, *(tuple(s) for s in shape)))
     return fields
+
+
+def new_stream_id() -> int:
+    """A random nonzero int64 naming one sequence space of a stream."""
+    return int.from_bytes(os.urandom(8), "little") >> 1 or 1
 
 
 def _align(offset: int, to: int = _PAGE) -> int:
@@ -260,10 +270,17 @@ class StreamSegment:
         self.header = Header(segment)
 
     @classmethod
-    def create(cls, stream: str, writer: tuple[int, int]) -> StreamSegment:
-        """Create the stream segment; FileExistsError if the stream already has one."""
+    def create(
+        cls, stream: str, writer: tuple[int, int], stream_id: int | None = None, generation: int = 0
+    ) -> StreamSegment:
+        """Create the stream segment; FileExistsError if the stream already has one.
+
+        ``stream_id`` is new unless given: a writer re-creating a segment that
+        was unlinked under it keeps its id, since its sequence continues.
+        """
         seg = cls(shm.Segment.create(shm_name(stream), STREAM_SEGMENT_BYTES))
-        seg.header.write_prefix(KIND_STREAM, stream, 0, writer)
+        seg.header.fields[_STREAM_ID] = stream_id or new_stream_id()
+        seg.header.write_prefix(KIND_STREAM, stream, generation, writer)
         return seg
 
     @classmethod
@@ -286,6 +303,11 @@ class StreamSegment:
         fields[_WRITER_PID], fields[_WRITER_START] = writer
         fields[_GENERATION] = generation
         self.header.state = State.VALID
+
+    @property
+    def stream_id(self) -> int:
+        """Names this stream's sequence space (see the layout drawing)."""
+        return self.header.fields[_STREAM_ID]
 
     @property
     def final_cursor(self) -> int:

@@ -26,6 +26,7 @@ from pipeline.errors import (
     SegmentNotReady,
     StreamExists,
     StreamNotFound,
+    StreamReplaced,
     WriterClosed,
 )
 from pipeline.layout import (
@@ -43,6 +44,7 @@ from pipeline.layout import (
 from pipeline.segments import list_streams, process_alive, process_identity
 
 _ATTACH_RETRY_S = 1.0  # how long attach waits for a segment that is being created or replaced
+_LINK_CHECK_NS = 1_000_000_000  # how often a writer checks that its segments are still reachable
 
 
 # -- chunks ----------------------------------------------------------------------------------------
@@ -160,9 +162,16 @@ class RingWriter:
     factors, source) that readers get with the stream.
 
     If a previous writer of the stream died without closing it, this writer
-    takes the stream over as a new generation, continuing its sequence, so
-    attached readers follow it. If that writer is still alive,
-    :class:`StreamExists` is raised.
+    takes the stream over as a new generation, continuing its sequence and
+    keeping its ``stream_id``, so attached readers follow it. If that writer is
+    still alive, :class:`StreamExists` is raised.
+
+    Once a second (while writing) the writer checks that its segments' names
+    still refer to them. If another program unlinked one, the writer creates
+    it again as a new generation under the same ``stream_id`` and sequence;
+    readers follow as after a reformat, and ``relinks`` / ``relink_reason``
+    say it happened. If a foreign segment took the name, :class:`StreamExists`
+    is raised from ``write``.
     """
 
     def __init__(
@@ -197,6 +206,10 @@ class RingWriter:
         self._meta.publish(generation, self._identity)
         if previous is not None:
             _retire(previous, State.SUPERSEDED)
+        self._orphans: list[StreamSegment] = []  # unlinked stream segments readers may still map
+        self.relinks = 0
+        self.relink_reason = ""
+        self._next_link_check = time.monotonic_ns() + _LINK_CHECK_NS
         self._bind(self._gen)
 
     def _bind(self, gen: Generation) -> None:
@@ -241,6 +254,11 @@ class RingWriter:
     def write_cursor(self) -> int:
         return self._cursor
 
+    @property
+    def stream_id(self) -> int:
+        """Names this stream's sequence space; a stream created afresh gets a new one."""
+        return self._meta.stream_id
+
     def write(self, frames: np.ndarray, timestamps_ns: np.ndarray | None = None) -> int:
         """Publish ``frames`` (time on the first axis); return the new write cursor.
 
@@ -279,6 +297,9 @@ class RingWriter:
                     f"timestamps_ns has shape {timestamps_ns.shape}; expected ({n},), one per frame"
                 )
         now = time.monotonic_ns()
+        if now >= self._next_link_check:
+            self._next_link_check = now + _LINK_CHECK_NS
+            self.check_linked()
         cursor = self._cursor
         fields = self._fields
         fields[CLAIM_CURSOR] = cursor + n
@@ -345,11 +366,44 @@ class RingWriter:
             self._cursor,
             self._identity,
         )
-        self._meta.publish(gen.header.generation, self._identity)
+        for meta in (self._meta, *self._orphans):
+            meta.publish(gen.header.generation, self._identity)
         self._gen = gen
         self._bind(gen)
         _retire(old, State.SUPERSEDED)
         return gen.header.generation
+
+    def check_linked(self) -> bool:
+        """Make sure new readers can still find this stream; True if nothing had to be done.
+
+        Called by ``write`` once a second; call it from the writing thread
+        only. A segment whose name was unlinked is created again (see the
+        class docstring).
+        """
+        stream_gone = not self._meta.segment.linked()
+        if not stream_gone and self._gen.segment.linked():
+            return True
+        what = "stream segment" if stream_gone else f"generation {self.generation} segment"
+        if stream_gone:
+            old = self._meta
+            try:
+                self._meta = StreamSegment.create(
+                    self.stream, self._identity, old.stream_id, old.header.generation
+                )
+            except FileExistsError:
+                raise StreamExists(
+                    f"the shared-memory name of stream {self.stream!r} was unlinked and now "
+                    f"belongs to another segment ({naming.shm_name(self.stream)}); "
+                    "this writer cannot publish under it any more"
+                ) from None
+            self._orphans.append(old)
+        self.reformat()
+        self.relinks += 1
+        self.relink_reason = (
+            f"the {what} of {self.stream!r} was unlinked by another process; "
+            f"re-created as generation {self.generation}, nothing lost"
+        )
+        return False
 
     def close(self) -> None:
         """End the stream: readers get the remaining frames, then EndOfStream. Idempotent."""
@@ -357,9 +411,12 @@ class RingWriter:
             return
         self._closed = True
         del self._fields, self._frames, self._timestamps, self._wake
-        self._meta.end(self._cursor)
-        self._meta.segment.unlink()
-        self._meta.close()
+        for meta in (self._meta, *self._orphans):
+            meta.end(self._cursor)
+        if self._meta.segment.linked():
+            self._meta.segment.unlink()
+        for meta in (self._meta, *self._orphans):
+            meta.close()
         _retire(self._gen, State.CLOSED)
 
     def __enter__(self) -> RingWriter:
@@ -435,7 +492,8 @@ def _claim_stream(
 def _retire(gen: Generation, state: State) -> None:
     """End generation ``gen`` (SUPERSEDED or CLOSED), wake its readers, unlink and unmap it."""
     gen.end(state)
-    gen.segment.unlink()
+    if gen.segment.linked():  # never unlink a name that now belongs to another segment
+        gen.segment.unlink()
     gen.close()
 
 
@@ -500,6 +558,11 @@ class RingReader:
     def lag(self) -> int:
         """Frames published but not yet read by this reader."""
         return self.write_cursor - self._cursor
+
+    @property
+    def stream_id(self) -> int:
+        """The id of the stream's sequence space (see :class:`StreamReplaced`)."""
+        return self._meta.stream_id
 
     @property
     def writer_alive(self) -> bool:
@@ -751,7 +814,9 @@ def _copy_slots(gen: Generation, start: int, end: int) -> tuple[np.ndarray, np.n
     return data, timestamps
 
 
-def attach(stream: str, *, from_now: bool = True, cursor: int | None = None) -> RingReader:
+def attach(
+    stream: str, *, from_now: bool = True, cursor: int | None = None, stream_id: int | None = None
+) -> RingReader:
     """Attach a reader to ``stream`` from any process, knowing only its name.
 
     ``stream`` is a full name (``demo/acq/continuous``) or, inside the running
@@ -761,6 +826,10 @@ def attach(stream: str, *, from_now: bool = True, cursor: int | None = None) -> 
     the oldest frame the ring still holds. ``cursor`` starts at that sequence
     number instead (a lossless reader resuming where it stopped): if the ring
     no longer holds it, the first chunk reports the frames lost as ``dropped``.
+    A cursor is meaningful only in the stream it came from: pass that
+    stream's ``stream_id`` too, and :class:`StreamReplaced` is raised if the
+    stream has been created afresh since. A cursor past the write cursor
+    raises ValueError (it cannot be of this stream).
     Raises :class:`StreamNotFound` (listing the streams that exist) or
     :class:`SegmentCorrupt`.
     """
@@ -797,8 +866,20 @@ def attach(stream: str, *, from_now: bool = True, cursor: int | None = None) -> 
             meta.close()
             raise
         write = gen.fields[WRITE_CURSOR]
+        if stream_id is not None and meta.stream_id != stream_id:
+            found = meta.stream_id
+            gen.close()
+            meta.close()
+            raise StreamReplaced(stream, stream_id, found)
         if cursor is not None:
-            start = min(cursor, write)  # the ring's own accounting reports what is gone
+            if cursor > write:
+                gen.close()
+                meta.close()
+                raise ValueError(
+                    f"cursor {cursor} is ahead of stream {stream!r}'s write cursor {write}: "
+                    "it is from another incarnation of the stream; pass its stream_id to tell"
+                )
+            start = cursor  # the ring's own accounting reports what is gone
         else:
             start = write if from_now else max(write - gen.capacity, gen.start_cursor)
         return RingReader(stream, meta, gen, start)

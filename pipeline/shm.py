@@ -40,11 +40,15 @@ class Segment:
     instead of raising.
     """
 
-    def __init__(self, name: str, mapping: mmap.mmap | SharedMemory) -> None:
+    def __init__(
+        self, name: str, mapping: mmap.mmap | SharedMemory, identity: tuple[int, int] | None = None
+    ) -> None:
         self.name = name
         self._mapping = mapping
         self.buf: memoryview = memoryview(mapping) if _POSIX else mapping.buf
         self.size = len(self.buf)
+        #: (device, inode) of the object mapped (POSIX), to tell whether the name still refers to it
+        self.identity = identity
 
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
@@ -56,7 +60,7 @@ class Segment:
         fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
             os.ftruncate(fd, size)
-            return cls(name, mmap.mmap(fd, size))
+            return cls(name, mmap.mmap(fd, size), _identity(fd))
         except BaseException:
             _posixshmem.shm_unlink("/" + name)
             raise
@@ -74,7 +78,26 @@ class Segment:
             if size == 0:
                 # Created but not yet sized by its writer: treat as absent for now.
                 raise FileNotFoundError(f"shared-memory segment {name!r} is still being created")
-            return cls(name, mmap.mmap(fd, size))
+            return cls(name, mmap.mmap(fd, size), _identity(fd))
+        finally:
+            os.close(fd)
+
+    def linked(self) -> bool:
+        """True while this segment's name still refers to this very segment.
+
+        Another process may unlink the name (or unlink it and create another
+        segment under it) while we hold the mapping: the mapping stays valid,
+        but nobody new can reach it. Windows cannot unlink a segment that is
+        open, so there it is always True.
+        """
+        if not _POSIX or self.identity is None:
+            return True
+        try:
+            fd = _posixshmem.shm_open("/" + self.name, os.O_RDONLY, mode=0o600)
+        except (FileNotFoundError, PermissionError):
+            return False
+        try:
+            return _identity(fd) == self.identity
         finally:
             os.close(fd)
 
@@ -92,6 +115,11 @@ class Segment:
     def unlink(self) -> None:
         """Remove the segment's name so no new process can attach to it."""
         unlink(self.name)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    stat = os.fstat(fd)
+    return stat.st_dev, stat.st_ino
 
 
 def unlink(name: str) -> bool:

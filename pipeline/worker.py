@@ -135,6 +135,7 @@ class Worker:
         #: One line shown by ``rigpipe status`` next to the worker ("recording to ...", an error).
         self.note = ""
         self._readers: dict[str, RingReader] = {}
+        self._writers: dict[RingWriter, int] = {}  # each writer -> relinks already reported
         self._stopping = False
         self._ready = False
         self._bus: Client | None = None
@@ -198,8 +199,16 @@ class Worker:
         sample_rate: float,
         descriptor: dict[str, Any] | None = None,
     ) -> RingWriter:
-        """A :class:`RingWriter` on this worker's stream ``port`` (taking over a dead one's)."""
-        return RingWriter(self.stream(port), dtype, frame_shape, capacity, sample_rate, descriptor)
+        """A :class:`RingWriter` on this worker's stream ``port`` (taking over a dead one's).
+
+        If another program unlinks its segments, the writer re-creates them and
+        the next heartbeat reports it as a warning (``relinks`` in status).
+        """
+        writer = RingWriter(
+            self.stream(port), dtype, frame_shape, capacity, sample_rate, descriptor
+        )
+        self._writers[writer] = 0
+        return writer
 
     def reader(
         self, stream: str, *, from_now: bool = False, cursor: int | None = None
@@ -257,8 +266,16 @@ class Worker:
         while (message := bus.receive(0)) is not None:
             self._handle(message)
 
+    def _report_relinks(self) -> None:
+        for writer, reported in self._writers.items():
+            if writer.relinks != reported:
+                self._writers[writer] = writer.relinks
+                self.counters["relinks"] = sum(w.relinks for w in self._writers)
+                self.report(writer.relink_reason)
+
     def _heartbeat(self) -> None:
         assert self._bus is not None
+        self._report_relinks()
         readers = [
             messages.ReaderReport(stream=s, cursor=r.cursor, dropped=r.dropped_total)
             for s, r in self._readers.items()

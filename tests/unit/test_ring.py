@@ -12,6 +12,7 @@ from pipeline.errors import (
     SegmentNotReady,
     StreamExists,
     StreamNotFound,
+    StreamReplaced,
     WriterClosed,
 )
 
@@ -263,7 +264,7 @@ def _poke(stream: str, offset: int, value: bytes, generation: int | None = None)
     ("offset", "value", "generation", "message"),
     [
         (0, b"NOTOURS!", None, "has magic b'NOTOURS!'"),
-        (8, (99).to_bytes(8, "little"), None, "layout version 99, this rigpipe reads version 1"),
+        (8, (99).to_bytes(8, "little"), None, "layout version 99, this rigpipe reads version 2"),
         (8, (99).to_bytes(8, "little"), 1, "layout version 99"),
         (1024, b"\xc1\xc1\xc1", 1, "unreadable format"),
         (200, (1 << 40).to_bytes(8, "little"), 1, "bytes in all"),
@@ -303,3 +304,70 @@ def test_invalid_wait_strategy_is_refused(monkeypatch):
     monkeypatch.setenv("RIGPIPE_WAIT", "spin")
     with pytest.raises(ValueError, match="RIGPIPE_WAIT='spin' is not one of auto, futex, poll"):
         strategy_from_env()
+
+
+# -- stream identity: a cursor means something only in the stream it came from --------------------
+def test_stream_id_is_new_for_a_stream_created_afresh(stream):
+    with pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0) as first:
+        first.write(frames_from(0, 5))
+        with pipeline.attach(stream) as reader:
+            old_id = reader.stream_id
+        assert old_id == first.stream_id != 0
+    with pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0) as second:
+        second.write(frames_from(0, 3))
+        assert second.stream_id != old_id and second.write_cursor == 3
+        with pytest.raises(StreamReplaced, match="created again") as replaced:
+            pipeline.attach(stream, cursor=5, stream_id=old_id)
+        assert replaced.value.found_id == second.stream_id
+        with pytest.raises(ValueError, match="ahead of stream"):
+            pipeline.attach(stream, cursor=5)  # would have skipped silently before
+        with pipeline.attach(stream, cursor=0, stream_id=second.stream_id) as reader:
+            np.testing.assert_array_equal(reader.read(timeout_s=1).data, frames_from(0, 3))
+
+
+def test_resuming_at_a_cursor_the_ring_no_longer_holds_reports_it_dropped(writer, stream):
+    writer.write(frames_from(0, 16))
+    writer.write(frames_from(16, 10))
+    with pipeline.attach(stream, cursor=4, stream_id=writer.stream_id) as reader:
+        chunk = reader.read(timeout_s=1)
+    assert (chunk.start_cursor, chunk.dropped) == (10, 6)
+
+
+def test_segments_unlinked_under_a_live_writer_are_recreated_and_readers_follow(stream, monkeypatch):
+    monkeypatch.setattr("pipeline.ring._LINK_CHECK_NS", 0)  # check on every write
+    with pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0) as writer:
+        stream_id = writer.stream_id
+        with pipeline.attach(stream) as reader:
+            writer.write(frames_from(0, 4))
+            got = [reader.read(timeout_s=1)]
+            shm.unlink(naming.shm_name(stream))  # another program removes the stream segment
+            writer.write(frames_from(4, 4))
+            assert writer.relinks == 1 and "stream segment" in writer.relink_reason
+            got.append(reader.read(timeout_s=1))
+            shm.unlink(naming.shm_name(naming.data_key(stream, writer.generation)))
+            writer.write(frames_from(8, 4))
+            assert writer.relinks == 2 and "generation" in writer.relink_reason
+            got.append(reader.read(timeout_s=1))
+            assert [c.start_cursor for c in got] == [0, 4, 8] and not any(c.dropped for c in got)
+            np.testing.assert_array_equal(got[2].data, frames_from(8, 4))
+            assert reader.stream_id == stream_id
+        # A reader attaching now finds the stream by name, in the same sequence space.
+        with pipeline.attach(stream, from_now=False, stream_id=stream_id) as late:
+            writer.write(frames_from(12, 2))
+            assert late.read(timeout_s=1).end_cursor == 14
+
+
+def test_a_foreign_segment_under_an_unlinked_name_stops_the_writer(stream, monkeypatch):
+    monkeypatch.setattr("pipeline.ring._LINK_CHECK_NS", 0)
+    writer = pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0)
+    name = naming.shm_name(stream)
+    shm.unlink(name)
+    squatter = shm.Segment.create(name, 4096)
+    try:
+        with pytest.raises(StreamExists, match="belongs to another segment"):
+            writer.write(frames_from(0, 1))
+        writer.close()
+        assert shm.Segment.attach(name).size == 4096  # the foreign segment was not touched
+    finally:
+        squatter.close()
+        shm.unlink(name)
