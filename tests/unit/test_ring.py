@@ -333,7 +333,7 @@ def test_resuming_at_a_cursor_the_ring_no_longer_holds_reports_it_dropped(writer
     assert (chunk.start_cursor, chunk.dropped) == (10, 6)
 
 
-def test_segments_unlinked_under_a_live_writer_are_recreated_and_readers_follow(stream, monkeypatch):
+def test_segments_unlinked_under_a_writer_are_recreated_and_readers_follow(stream, monkeypatch):
     monkeypatch.setattr("pipeline.ring._LINK_CHECK_NS", 0)  # check on every write
     with pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0) as writer:
         stream_id = writer.stream_id
