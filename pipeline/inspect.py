@@ -2,9 +2,18 @@
 
 Reads a segment file, a recording directory (via its manifest) or a manifest
 path. Timestamps are scanned in blocks, so a week-long recording is checked in
-bounded memory. A continuous stream's timestamps must step by one sample
-period; every larger step must match a row of ``gaps`` at the same frame, and
-each segment must start at the frame where the previous one ended.
+bounded memory. What is checked (a failure makes ``rigpipe inspect`` exit 1):
+
+- a continuous stream's timestamps step by one sample period; every larger
+  step matches a row of ``gaps`` at the same frame;
+- each segment starts at the frame where the previous one ended;
+- each closed segment holds as many rows per stream as the manifest says;
+- a gap blamed on the ring (the recorder fell behind, or was down) lost
+  exactly its ring sequence range, and the rows after it start at that range's
+  end (the segment's ``sequence_runs``, schema 2).
+
+Timestamps that go backwards are reported as warnings: they are data (a
+device clock estimate that moved), not missing frames.
 """
 
 from __future__ import annotations
@@ -17,7 +26,20 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.recfile import GAP_PERIODS, MANIFEST, consistency_flags, open_segment, read_manifest
+from pipeline.recfile import (
+    GAP_PERIODS,
+    MANIFEST,
+    Manifest,
+    consistency_flags,
+    open_segment,
+    read_manifest,
+)
+
+#: Gap causes that say the ring overwrote the frames: their cursor range is exact.
+RING_CAUSES = (
+    "recorder fell behind: the ring overwrote these frames",
+    "recorder was down longer than the ring holds",
+)
 
 _BLOCK_ROWS = 1 << 20
 
@@ -63,18 +85,24 @@ class Report:
 
 def segment_files(path: Path) -> list[Path]:
     """The segment files of ``path`` in recording order."""
-    path = Path(path)
+    files, _ = _locate(Path(path))
+    return files
+
+
+def _locate(path: Path) -> tuple[list[Path], Manifest | None]:
+    """The segment files of ``path`` in recording order, and the manifest if there is one."""
     if path.is_dir() or path.name == MANIFEST:
         directory = path if path.is_dir() else path.parent
         if not (directory / MANIFEST).exists():
             found = sorted(directory.glob("segment-*.h5"))
             if not found:
                 raise FileNotFoundError(f"{directory} holds no {MANIFEST} and no segment files")
-            return found
-        return [directory / entry.file for entry in read_manifest(directory).segments]
+            return found, None
+        manifest = read_manifest(directory)
+        return [directory / entry.file for entry in manifest.segments], manifest
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    return [path]
+    return [path], None
 
 
 def _open(path: Path, report: Report) -> h5py.File:
@@ -91,7 +119,9 @@ def inspect(path: Path) -> Report:
     report = Report(Path(path))
     expected_first: dict[str, int] = {}
     last_ns: dict[str, int] = {}
-    for file_path in segment_files(Path(path)):
+    files, manifest = _locate(Path(path))
+    entries = {entry.file: entry for entry in manifest.segments} if manifest else {}
+    for file_path in files:
         with _open(file_path, report) as file:
             if not report.provenance:
                 report.provenance = dict(file["provenance"].attrs)
@@ -107,7 +137,19 @@ def inspect(path: Path) -> Report:
             for group in file["streams"].values():
                 stream = str(group.attrs["stream"])
                 _check_stream(report, group, gaps, expected_first, last_ns, file_path.name)
+                _check_ring_gaps(report, group, gaps, file_path.name)
                 sizes[stream] = len(group["data"])
+            entry = entries.get(file_path.name)
+            if entry is not None and entry.state != "open":
+                for stream in sorted(set(sizes) | set(entry.frames)):
+                    listed, rows = entry.frames.get(stream), sizes.get(stream)
+                    if listed != rows:
+                        report.problems.append(
+                            f"{file_path.name}: {stream} has {rows} rows but the manifest "
+                            f"says {listed}: frames were lost after the segment was closed"
+                        )
+            if entry is not None and entry.repairs:
+                report.warnings.append(f"{file_path.name} was repaired: {'; '.join(entry.repairs)}")
             report.segments.append(
                 {"file": file_path.name, "bytes": file_path.stat().st_size, "frames": sizes}
             )
@@ -167,17 +209,16 @@ def _check_stream(
         steps = np.diff(joined)
         last_ns[stream] = int(block[-1])
         summary.last_ns = int(block[-1])
-        if period is None:
-            backwards = np.flatnonzero(steps < 0)
-            for i in backwards[:5]:
-                report.problems.append(
-                    f"{stream}: timestamps go backwards at frame {offset + i + 1}"
-                )
-            continue
-        for i in np.flatnonzero(steps <= 0)[:5]:
-            report.problems.append(
-                f"{stream}: timestamps do not increase at frame {offset + i + 1}"
+        backwards = np.flatnonzero(steps < 0)
+        if len(backwards):
+            frames = ", ".join(str(offset + int(i) + 1) for i in backwards[:5])
+            report.warnings.append(
+                f"{stream}: timestamps go backwards {len(backwards)} time(s) in {file_name} "
+                f"(at frame {frames}{', ...' if len(backwards) > 5 else ''}); "
+                "kept as recorded: the source's clock stepped back"
             )
+        if period is None:
+            continue
         for i in np.flatnonzero(steps > GAP_PERIODS * period):
             frame = offset + int(i) + 1
             lost = round(steps[i] / period) - 1
@@ -186,6 +227,35 @@ def _check_stream(
                     f"{stream}: about {lost} frame(s) missing before frame {frame} "
                     f"({steps[i] / 1e6:.3f} ms step) and no gap explains it"
                 )
+
+
+def _check_ring_gaps(report: Report, group: h5py.Group, gaps: np.ndarray, file_name: str) -> None:
+    """A gap blamed on the ring lost exactly its cursor range, and recording resumed at its end."""
+    stream = str(group.attrs["stream"])
+    mine = gaps[
+        (gaps["stream"] == stream.encode())
+        & np.isin(gaps["cause"], [c.encode() for c in RING_CAUSES])
+    ]
+    if not len(mine):
+        return
+    runs = group["sequence_runs"][:] if "sequence_runs" in group else None
+    first_frame = int(group.attrs["first_frame"])
+    for gap in mine:
+        at, lost = int(gap["at_frame"]), int(gap["lost_frames"])
+        span = int(gap["cursor_end"]) - int(gap["cursor_start"])
+        if span != lost:
+            report.problems.append(
+                f"{stream}: the gap before frame {at} in {file_name} says {lost} frames were "
+                f"overwritten in the ring, but its sequence range holds {span}"
+            )
+        if runs is None:
+            continue
+        starting = runs[runs["row"] == at - first_frame]
+        if not len(starting) or int(starting[-1]["sequence"]) != int(gap["cursor_end"]):
+            report.problems.append(
+                f"{stream}: after the gap before frame {at} in {file_name} the rows do not "
+                f"start at ring sequence {int(gap['cursor_end'])}, where the gap ends"
+            )
 
 
 def render(report: Report) -> list[str]:

@@ -25,7 +25,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-SCHEMA_VERSION = 1
+#: 2: per-stream ``sequence_runs`` and ``stream_id``, the ``flushed`` row counts, manifest
+#: ``repairs``. Version 1 recordings are still read (and repaired the version 1 way).
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 #: In a continuous stream, a timestamp step this many sample periods long (or more) is a gap.
 GAP_PERIODS = 1.5
@@ -47,6 +49,15 @@ GAP_DTYPE = np.dtype(
         ("cause", "S128"),
     ]
 )
+#: Per stream: where the rows' ring sequence numbers start afresh. Row ``r`` of the stream holds
+#: ring sequence ``sequence + (r - row)`` of stream ``stream_id``, from the last run with
+#: ``row <= r``. A new run begins wherever the ring skipped frames or the stream was re-created.
+RUN_DTYPE = np.dtype(
+    [("row", "<i8"), ("stream_id", "<i8"), ("generation", "<i8"), ("sequence", "<i8")]
+)
+#: ``/flushed``: how many rows of each table the writer had written at its last flush.
+#: Rows past these counts were never flushed, so repair may cut them; nothing else is cut.
+FLUSHED_DTYPE = np.dtype([("dataset", "S160"), ("rows", "<i8")])
 #: One row per worker restart seen during the recording.
 RESTART_DTYPE = np.dtype(
     [("time_ns", "<i8"), ("worker", "S64"), ("restarts", "<i4"), ("reason", "S256")]
@@ -69,6 +80,7 @@ class SegmentEntry(msgspec.Struct, kw_only=True):
     first_frames: dict[str, int] = {}  # stream -> recording frame index of its row 0
     frames: dict[str, int] = {}  # stream -> rows in this segment (when closed)
     bytes: int = 0
+    repairs: list[str] = []  # what crash repair did to this file (schema 2)
 
 
 class Manifest(msgspec.Struct, kw_only=True):
@@ -175,15 +187,20 @@ def stored_end_of_file(path: Path) -> int:
     return int.from_bytes(head[at : at + size_of_offsets], "little")
 
 
+#: The tables of a version 1 segment, and the field that is never 0 in a row really written.
+_V1_TABLES = (("events", "time_ns"), ("gaps", "end_ns"), ("provenance/restarts", "time_ns"))
+
+
 def repair(path: Path) -> list[str]:
     """Make a segment whose writer crashed (or hit a full disk) open with plain h5py.
 
     1. Clear the "open for write / SWMR" flags (as ``h5clear -s``).
     2. If a failed write left the file shorter than its superblock says, extend
        it to that length (the missing bytes read as zeros).
-    3. Cut every table back to its last valid row: frames whose timestamp is 0
-       or goes backwards, and zero-filled event/gap/restart rows, were
-       allocated but never written.
+    3. Cut rows that were never flushed: every table back to the row count the
+       writer stored in ``/flushed`` at its last flush. (Version 1 files have no
+       counts: there only trailing rows that are all zero are cut.) Rows are
+       never cut for what they hold: timestamps that go backwards are data.
 
     Returns what was done, for the log and the manifest.
     """
@@ -197,34 +214,35 @@ def repair(path: Path) -> list[str]:
         os.truncate(path, end)
         done.append(f"extended to the recorded end of file ({end} bytes)")
     with h5py.File(path, "a") as file:
-        for group in file.get("streams", {}).values():
-            stamps = group["timestamps_ns"][:]
-            valid = _valid_prefix(stamps)
-            if valid < len(stamps):
-                group["timestamps_ns"].resize(valid, axis=0)
-                group["data"].resize(valid, axis=0)
-                done.append(f"cut {group.attrs['stream']} to {valid} frames")
-        for table, key in (
-            ("events", "time_ns"),
-            ("gaps", "end_ns"),
-            ("provenance/restarts", "time_ns"),
-        ):
-            if table not in file:
+        if "flushed" in file:
+            targets = [(row["dataset"].decode(), int(row["rows"])) for row in file["flushed"][:]]
+        else:
+            targets = _v1_written_rows(file)
+        for name, rows in targets:
+            dataset = file.get(name)
+            if dataset is None or len(dataset) <= rows:
                 continue
-            rows = file[table][key]
-            valid = len(rows) if rows.all() else int(np.argmin(rows != 0))
-            if valid < len(rows):
-                file[table].resize(valid, axis=0)
-                done.append(f"cut {table} to {valid} rows")
+            before = len(dataset)
+            dataset.resize(rows, axis=0)
+            if name.endswith("/data"):
+                file[name[: -len("data")] + "timestamps_ns"].resize(rows, axis=0)
+            done.append(f"cut {name} from {before} to {rows} rows (never flushed)")
     return done
 
 
-def _valid_prefix(stamps: np.ndarray) -> int:
-    """Rows before the first zero or backwards timestamp."""
-    if not len(stamps):
-        return 0
-    bad = (stamps == 0) | np.concatenate(([False], np.diff(stamps) < 0))
-    return int(np.argmax(bad)) if bad.any() else len(stamps)
+def _v1_written_rows(file: Any) -> list[tuple[str, int]]:
+    """Version 1 segments: per table, the rows up to its last one that is not all zero."""
+    targets = []
+    for group in file.get("streams", {}).values():
+        nonzero = np.flatnonzero(group["timestamps_ns"][:])
+        targets.append(
+            (group["data"].name.lstrip("/"), int(nonzero[-1]) + 1 if len(nonzero) else 0)
+        )
+    for table, key in _V1_TABLES:
+        if table in file:
+            nonzero = np.flatnonzero(file[table][key])
+            targets.append((table, int(nonzero[-1]) + 1 if len(nonzero) else 0))
+    return targets
 
 
 def clear_consistency_flags(path: Path) -> bool:

@@ -211,14 +211,22 @@ class Worker:
         return writer
 
     def reader(
-        self, stream: str, *, from_now: bool = False, cursor: int | None = None
+        self,
+        stream: str,
+        *,
+        from_now: bool = False,
+        cursor: int | None = None,
+        stream_id: int | None = None,
     ) -> RingReader:
         """Attach to session stream ``stream`` (``acq/continuous``) as a lossless reader.
 
         Its cursor is reported in every heartbeat, so ``rigpipe status`` shows
-        its lag. ``cursor`` resumes at a sequence number (see ``attach``).
+        its lag. ``cursor`` resumes at a sequence number of stream ``stream_id``
+        (see ``attach``).
         """
-        reader = attach(f"{self.spec.session}/{stream}", from_now=from_now, cursor=cursor)
+        reader = attach(
+            f"{self.spec.session}/{stream}", from_now=from_now, cursor=cursor, stream_id=stream_id
+        )
         self.close_reader(stream)
         self._readers[stream] = reader
         return reader

@@ -102,14 +102,47 @@ def test_inspect_finds_missing_frames_that_no_gap_explains(tmp_path: Path) -> No
     assert result.returncode == 1 and "continuity: 1 problem(s)" in result.stdout
 
 
-def test_repair_cuts_rows_that_were_allocated_but_never_written(tmp_path: Path) -> None:
+def test_repair_cuts_exactly_the_rows_written_after_the_last_flush(tmp_path: Path) -> None:
     path = tmp_path / "short.h5"
     stamps = np.arange(1, 2001, dtype=np.int64) * 1_000_000
-    _segment(path, stamps)
-    with h5py.File(path, "a") as f:  # what a failed write leaves: rows of zeros at the end
+    _segment(path, stamps)  # closed cleanly: /flushed counts 2000 rows
+    with h5py.File(path, "a") as f:  # rows appended after the last flush, timestamps and all
         group = f["streams/acq.continuous"]
         group["timestamps_ns"].resize(2500, axis=0)
+        group["timestamps_ns"][2000:] = np.arange(2001, 2501) * 1_000_000
         group["data"].resize(2500, axis=0)
-    assert repair(path) == ["cut acq/continuous to 2000 frames"]
+    assert repair(path) == [
+        "cut streams/acq.continuous/data from 2500 to 2000 rows (never flushed)"
+    ]
+    with h5py.File(path) as f:
+        assert np.array_equal(f["streams/acq.continuous/timestamps_ns"][:], stamps)
+
+
+def test_a_clean_close_keeps_timestamps_that_go_backwards(tmp_path: Path) -> None:
+    """A device clock estimate that steps back is data: nothing is cut (it once cut 93 %)."""
+    path = tmp_path / "backwards.h5"
+    stamps = np.arange(1, 2001, dtype=np.int64) * 1_000_000
+    stamps[100:] -= 1_700_000  # the clock estimate moved back by 0.7 ms at frame 100
+    _segment(path, stamps)
+    assert repair(path) == []
+    with h5py.File(path) as f:
+        assert np.array_equal(f["streams/acq.continuous/timestamps_ns"][:], stamps)
+    report = inspect(path)
+    assert report.ok and any("backwards" in w for w in report.warnings), report.warnings
+
+
+def test_a_schema_1_segment_loses_only_its_trailing_unwritten_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.h5"
+    stamps = np.arange(1, 2001, dtype=np.int64) * 1_000_000
+    stamps[500:] -= 2_000_000  # backwards: kept
+    _segment(path, stamps)
+    with h5py.File(path, "a") as f:  # as version 1 wrote it: no counts, zero rows at the end
+        del f["flushed"]
+        group = f["streams/acq.continuous"]
+        group["timestamps_ns"].resize(2300, axis=0)
+        group["data"].resize(2300, axis=0)
+    assert repair(path) == [
+        "cut streams/acq.continuous/data from 2300 to 2000 rows (never flushed)"
+    ]
     with h5py.File(path) as f:
         assert np.array_equal(f["streams/acq.continuous/timestamps_ns"][:], stamps)

@@ -6,9 +6,14 @@ flushed file survive a crash of any process. After a crash of the recorder
 itself, the restarted recorder reopens the segment it was writing, repairs it,
 and resumes each stream at the ring sequence number after the last frame in
 the file, so nothing is lost while the ring still holds those frames; if it
-does not, the lost range becomes a row in ``gaps``. ``rigpipe record
-start|stop`` (the settable parameter ``recording``) starts and stops it while
-the rig runs. See docs/recording-format.md for the files.
+does not, the lost range becomes a row in ``gaps``. Resuming is by stream
+identity: the file keeps, per stream, the ring's ``stream_id`` and sequence of
+its rows, so a stream that was created afresh meanwhile (its source restarted
+cleanly, its sequence started again at 0) is recognised and never skipped
+into. A configured stream that does not exist yet is waited for; it joins the
+recording when it appears. ``rigpipe record start|stop`` (the settable
+parameter ``recording``) starts and stops it while the rig runs. See
+docs/recording-format.md for the files.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,18 +32,23 @@ import msgspec
 
 from pipeline import messages
 from pipeline.bus import Subscriber
-from pipeline.errors import EndOfStream, StreamNotFound
+from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
 from pipeline.ring import RingReader
 from pipeline.worker import Worker
 from workers.recording import provenance
-from workers.recording.recording import Recording, finish_abandoned
+from workers.recording.recording import (
+    CAUSE_BEHIND,
+    CAUSE_DOWN,
+    CAUSE_RESTARTED,
+    CAUSE_RESTARTED_WHILE_DOWN,
+    Recording,
+    finish_abandoned,
+)
 from workers.recording.segment import StreamFormat
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 EXIT_WRITE_FAILED = 75  # EX_TEMPFAIL: restart me, the segment needs a repair
-CAUSE_BEHIND = "recorder fell behind: the ring overwrote these frames"
-CAUSE_DOWN = "recorder was down longer than the ring holds"
-REATTACH_S = 0.5  # how often to look for a stream whose writer closed it
+REATTACH_S = 0.5  # how often to look for a stream that is absent (or whose writer closed it)
 RESTART_MARGIN_S = 3.0  # time a restarted recorder needs before it reads again
 
 
@@ -59,6 +70,19 @@ class RecordingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
 def _pointer(root: Path, session: str, worker: str) -> Path:
     """The file that names the recording a recorder has open (removed when it closes it)."""
     return root / f".active-{session}-{worker}.json"
+
+
+@dataclass
+class _Track:
+    """What the recorder knows of one stream it records (its reader lives in ``_readers``)."""
+
+    stream: str
+    format: StreamFormat | None = None  # None until the stream was seen
+    look_at: float = 0.0  # when to look for it again while it is absent
+    absent_since_ns: int | None = None  # host monotonic ns; None while it is present
+    last_read: float = 0.0
+    dropped_cause: str = CAUSE_BEHIND  # explains frames the ring dropped before the next chunk
+    new_stream_cause: str = CAUSE_RESTARTED  # explains a jump to a stream created afresh
 
 
 def _format(stream: str, reader: RingReader) -> StreamFormat:
@@ -98,10 +122,7 @@ class RecordingWorker(Worker):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         self.root = Path(self.spec.recordings_dir)
         self.recording: Recording | None = None
-        self.formats: dict[str, StreamFormat] = {}
-        self.ended: dict[str, float] = {}  # stream -> when to look for it again
-        self.last_write: dict[str, float] = {}  # stream -> when it was last written
-        self.resume_cause: dict[str, str] = {}  # why the first chunk after a resume may miss frames
+        self.tracks: dict[str, _Track] = {}
         self.next_flush = time.monotonic() + self.settings.flush_s
         self.events = Subscriber(self.spec.endpoints)
         self.counters.update(frames=0, gaps=0, events=0, segments=0, flushes=0)
@@ -173,33 +194,38 @@ class RecordingWorker(Worker):
             return 0
         written = 0
         now = time.monotonic()
-        for stream in list(rec.streams):
+        for track in list(self.tracks.values()):
+            stream = track.stream
             reader = self._readers.get(stream)
             if reader is None:
-                self._reattach(stream)
+                self._look_for(track)
                 continue
             rate = reader.sample_rate or 10000.0
             # Batch, but never so long that the ring could wrap before we read.
             block = max(1, min(round(self.settings.block_s * rate), reader.capacity // 4))
-            due = now - self.last_write.get(stream, 0.0) >= block / rate
+            due = now - track.last_read >= block / rate
             if not (drain or due or reader.lag >= block):
                 continue  # few large writes cost far less than many small ones
-            self.last_write[stream] = now
+            track.last_read = now
             try:
                 chunk = reader.read(max_frames=block, timeout_s=0)
             except EndOfStream:
                 self.close_reader(stream)
-                self.ended[stream] = time.monotonic() + REATTACH_S
+                track.look_at = time.monotonic() + REATTACH_S
+                track.absent_since_ns = time.monotonic_ns()
                 rec.event("recorder", {"stream": stream, "text": "stream closed by its writer"})
                 continue
             if not chunk.frames:
                 continue
-            if chunk.format_changed:
-                self.formats[stream] = _format(stream, reader)
+            fmt = track.format
+            if chunk.format_changed or fmt is None:
+                fmt = track.format = _format(stream, reader)
                 text = f"now generation {chunk.generation}: {reader.frame_shape} {reader.dtype}"
                 rec.event("recorder", {"stream": stream, "text": text})
-            cause = self.resume_cause.pop(stream, CAUSE_BEHIND)
-            rec.write(stream, chunk, cause, self.formats[stream])
+            rec.write(
+                stream, chunk, reader.stream_id, fmt, track.dropped_cause, track.new_stream_cause
+            )
+            track.dropped_cause, track.new_stream_cause = CAUSE_BEHIND, CAUSE_RESTARTED
             written += chunk.frames
         self.counters["frames"] += written
         self.counters["gaps"] = rec.gaps
@@ -208,17 +234,49 @@ class RecordingWorker(Worker):
             self.counters["segments"] += 1
         return written
 
-    def _reattach(self, stream: str) -> None:
-        """A stream whose writer closed it: follow it again once someone writes it."""
-        if time.monotonic() < self.ended.get(stream, 0.0):
+    def _look_for(self, track: _Track) -> None:
+        """Attach to an absent stream once it exists, where the recording left it.
+
+        A stream the recording has frames of is resumed by identity: at the
+        sequence after its last row if it is still the same stream, else (it was
+        created afresh) from the new stream's first frame, with the jump
+        explained. A stream new to the recording joins it in a new segment.
+        """
+        if time.monotonic() < track.look_at:
             return
+        assert self.recording is not None
+        stream = track.stream
+        resume = self.recording.resume_point(stream)
         try:
-            reader = self.reader(stream, from_now=False)
+            if resume is None:
+                reader = self.reader(stream, cursor=0)  # all of a stream that began after us
+            else:
+                reader = self._resume_reader(track, *resume)
         except StreamNotFound:
-            self.ended[stream] = time.monotonic() + REATTACH_S
+            track.look_at = time.monotonic() + REATTACH_S
+            if track.absent_since_ns is None:
+                track.absent_since_ns = time.monotonic_ns()
             return
-        self.formats[stream] = _format(stream, reader)
-        self.ended.pop(stream, None)
+        fmt = track.format = _format(stream, reader)
+        if stream not in self.recording.streams:
+            since_ns = track.absent_since_ns or time.monotonic_ns()
+            absent_s = (time.monotonic_ns() - since_ns) / 1e9
+            cause = f"stream absent when recording started; it appeared {absent_s:.1f} s later"
+            self.recording.add_stream(fmt, since_ns, cause)
+            self.counters["segments"] += 1
+            self.report(f"{stream} appeared after {absent_s:.1f} s; recording it too", "info")
+        track.absent_since_ns = None
+
+    def _resume_reader(self, track: _Track, stream_id: int, sequence: int) -> RingReader:
+        """A reader at ``sequence`` of ring stream ``stream_id``, or at the start of the stream
+        that replaced it."""
+        try:
+            return self.reader(track.stream, cursor=sequence, stream_id=stream_id or None)
+        except StreamReplaced as replaced:
+            found = replaced.found_id
+        except ValueError:  # a schema 1 recording (no stream id) whose cursor is ahead
+            found = None
+        return self.reader(track.stream, cursor=0, stream_id=found)
 
     def _record_events(self) -> None:
         while (event := self.events.receive(0)) is not None:
@@ -259,24 +317,39 @@ class RecordingWorker(Worker):
         s = self.settings
         if full := self._disk_full():
             raise OSError(full)
-        cursors = {}
-        for stream in s.streams:
-            reader = self.reader(stream, from_now=True)
-            self.formats[stream] = _format(stream, reader)
-            cursors[stream] = reader.cursor
+        self.tracks = {stream: _Track(stream) for stream in s.streams}
+        formats, cursors, ids, absent = [], {}, {}, []
+        for track in self.tracks.values():
+            try:
+                reader = self.reader(track.stream, from_now=True)
+            except StreamNotFound:
+                track.absent_since_ns = time.monotonic_ns()
+                track.look_at = time.monotonic() + REATTACH_S
+                absent.append(track.stream)
+                continue
+            track.format = _format(track.stream, reader)
+            formats.append(track.format)
+            cursors[track.stream], ids[track.stream] = reader.cursor, reader.stream_id
         self.recording = Recording.start(
             self.root,
             self.spec.session,
             self.spec.session_id,
-            list(self.formats.values()),
+            formats,
             cursors,
             self._provenance(),
             s.rotate_minutes * 60,
             s.rotate_gb * 1e9,
+            stream_ids=ids,
+            streams=list(s.streams),
         )
         self._write_pointer()
         self._warn_if_ring_too_short()
         self.note = f"recording to {self.recording.directory}"
+        if absent:
+            self.report(
+                f"{', '.join(absent)} absent: recording the other streams; "
+                "each joins the recording when it appears"
+            )
         self.log.info("%s", self.note)
 
     def _provenance(self) -> dict[str, Any]:
@@ -298,10 +371,18 @@ class RecordingWorker(Worker):
         self.recording = Recording.resume(
             directory, self._provenance(), s.rotate_minutes * 60, s.rotate_gb * 1e9
         )
-        for stream, cursor in self.recording.next_cursors().items():
-            reader = self.reader(stream, cursor=cursor)
-            self.formats[stream] = _format(stream, reader)
-            self.resume_cause[stream] = CAUSE_DOWN
+        self.tracks = {
+            stream: _Track(
+                stream,
+                dropped_cause=CAUSE_DOWN,
+                new_stream_cause=CAUSE_RESTARTED_WHILE_DOWN,
+            )
+            for stream in self.recording.manifest.streams
+        }
+        for track in self.tracks.values():
+            self._look_for(track)
+        if repairs := self.recording.segment.repairs:
+            self.recording.event("recorder", {"text": "repaired the segment", "done": repairs})
         self.recording.event(
             "recorder",
             "resumed after a crash of the recorder",
@@ -319,9 +400,9 @@ class RecordingWorker(Worker):
         os.replace(temporary, self.pointer)
 
     def _warn_if_ring_too_short(self) -> None:
-        for stream, fmt in self.formats.items():
-            reader = self._readers[stream]
-            if fmt.sample_rate <= 0:
+        for stream, reader in self._readers.items():
+            fmt = self.tracks[stream].format
+            if fmt is None or fmt.sample_rate <= 0:
                 continue
             span_s = reader.capacity / fmt.sample_rate
             needed = self.settings.flush_s + RESTART_MARGIN_S

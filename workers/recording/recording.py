@@ -10,6 +10,7 @@ sockets itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -26,6 +27,7 @@ from pipeline.recfile import (
     RESTART_DTYPE,
     Manifest,
     SegmentEntry,
+    group_name,
     read_manifest,
     text,
     write_manifest,
@@ -37,9 +39,13 @@ from workers.recording.segment import Segment, StreamFormat, event_row, finalize
 
 @dataclass
 class _StreamState:
+    """Where a recorded stream stands: its format and the ring position after its last row."""
+
     format: StreamFormat
     last_timestamp_ns: int | None = None
     generation: int | None = None
+    stream_id: int | None = None  # the ring's sequence space of the last row (0: unknown)
+    next_sequence: int | None = None  # ring sequence of the frame after the last row
 
     @property
     def period_ns(self) -> float | None:
@@ -48,6 +54,13 @@ class _StreamState:
 
 
 SKIPPED = "timestamps jump: the source skipped frames"
+CAUSE_BEHIND = "recorder fell behind: the ring overwrote these frames"
+CAUSE_DOWN = "recorder was down longer than the ring holds"
+CAUSE_RESTARTED = "source restarted: its stream was closed and created again"
+CAUSE_RESTARTED_WHILE_DOWN = (
+    "source restarted while the recorder was down: the old stream's unrecorded frames are gone"
+)
+CAUSES_FROM_THE_RING = (CAUSE_BEHIND, CAUSE_DOWN)  # lost_frames == cursor_end - cursor_start
 
 
 class Recording:
@@ -88,8 +101,14 @@ class Recording:
         provenance: dict[str, Any],
         rotate_s: float = 0.0,
         rotate_bytes: float = 0.0,
+        stream_ids: dict[str, int] | None = None,
+        streams: list[str] | None = None,
     ) -> Recording:
-        """A new recording directory under ``root`` with its first segment."""
+        """A new recording directory under ``root`` with its first segment.
+
+        ``streams`` lists every stream to record (default: those of
+        ``formats``); one absent now joins with :meth:`add_stream` when it appears.
+        """
         started = now_iso()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         directory = root / f"{session}-{stamp}"
@@ -103,10 +122,16 @@ class Recording:
             session=session,
             session_id=session_id,
             started_at=started,
-            streams=[f.stream for f in formats],
+            streams=streams or [f.stream for f in formats],
         )
         recording = cls(directory, manifest, provenance, rotate_s, rotate_bytes)
-        recording.streams = {f.stream: _StreamState(f) for f in formats}
+        ids = stream_ids or {}
+        recording.streams = {
+            f.stream: _StreamState(
+                f, stream_id=ids.get(f.stream), next_sequence=first_cursors[f.stream]
+            )
+            for f in formats
+        }
         recording._open_segment({f.stream: 0 for f in formats}, first_cursors)
         return recording
 
@@ -118,25 +143,52 @@ class Recording:
         manifest = read_manifest(directory)
         recording = cls(directory, manifest, provenance, rotate_s, rotate_bytes)
         entry = manifest.segments[-1]
-        recording.segment = Segment.reopen(directory / entry.file)
-        for stream in manifest.streams:
-            group = recording.segment.file[f"streams/{stream.replace('/', '.')}"]
+        segment = recording.segment = Segment.reopen(directory / entry.file)
+        if segment.repairs:
+            entry.repairs = [*entry.repairs, *segment.repairs]
+            write_manifest(directory, manifest)
+        for stream in segment.datasets:  # a stream absent so far has no group yet
+            group = segment.file[group_name(stream)]
             data = group["data"]
             descriptor = json.loads(group.attrs["descriptor_json"])
             rate = float(group.attrs["sample_rate"])
             fmt = StreamFormat(stream, data.dtype, data.shape[1:], rate, descriptor)
+            stream_id, sequence = segment.resume_point(stream)
+            runs = segment.runs.get(stream)
+            generation = (
+                int(runs[len(runs) - 1]["generation"]) if runs is not None and len(runs) else None
+            )
             recording.streams[stream] = _StreamState(
-                fmt, last_timestamp_ns=recording.segment.last_timestamp(stream)
+                fmt,
+                last_timestamp_ns=segment.last_timestamp(stream),
+                generation=generation,
+                stream_id=stream_id,
+                next_sequence=sequence,
             )
         recording._segment_started = time.monotonic()
         return recording
 
+    def resume_point(self, stream: str) -> tuple[int, int] | None:
+        """(stream_id, ring sequence) of the next frame of ``stream`` to record; None if the
+        recording has none of it yet. A stream_id of 0 means unknown (schema 1)."""
+        state = self.streams.get(stream)
+        if state is None or state.next_sequence is None:
+            return None
+        return state.stream_id or 0, state.next_sequence
+
     def next_cursors(self) -> dict[str, int]:
         """Per stream, the ring sequence number of the next frame to record."""
-        assert self.segment is not None
-        return {s: self.segment.next_cursor(s) for s in self.streams}
+        return {s: state.next_sequence or 0 for s, state in self.streams.items()}
+
+    def add_stream(self, fmt: StreamFormat, absent_since_ns: int, cause: str) -> None:
+        """Start recording a stream that was absent: a new segment with its datasets, and a
+        gap row of no frames that says how long it was absent and why."""
+        self.rotate([fmt])
+        now_ns = time.monotonic_ns()
+        self._gap(fmt.stream, 0, 0, 0, 0, absent_since_ns, now_ns, cause)
 
     def _open_segment(self, first_frames: dict[str, int], first_cursors: dict[str, int]) -> None:
+        ids = {s: state.stream_id or 0 for s, state in self.streams.items()}
         index = len(self.manifest.segments)
         name = f"segment-{index:04d}.h5"
         attrs = {
@@ -152,6 +204,7 @@ class Recording:
             [s.format for s in self.streams.values()],
             first_frames,
             first_cursors,
+            ids,
         )
         self.manifest.segments.append(
             SegmentEntry(
@@ -179,12 +232,17 @@ class Recording:
     def rotate(self, formats: list[StreamFormat] | None = None) -> None:
         """Close this segment and continue in the next one (optionally with new formats)."""
         assert self.segment is not None
-        first_frames = {s: self.segment.first_frame(s) + self.segment.rows[s] for s in self.streams}
-        cursors = self.next_cursors()
+        first_frames = {
+            s: self.segment.first_frame(s) + self.segment.rows[s] for s in self.segment.datasets
+        }
         self._close_segment()
         for fmt in formats or []:
-            self.streams[fmt.stream] = _StreamState(fmt)
-        self._open_segment(first_frames, cursors)
+            old = self.streams.get(fmt.stream)  # in a new layout, its ring position carries over
+            self.streams[fmt.stream] = (
+                _StreamState(fmt) if old is None else dataclasses.replace(old, format=fmt)
+            )
+            first_frames.setdefault(fmt.stream, 0)
+        self._open_segment(first_frames, self.next_cursors())
 
     def rotation_due(self) -> bool:
         if self.segment is None:
@@ -200,31 +258,64 @@ class Recording:
         write_manifest(self.directory, self.manifest)
 
     # -- data -----------------------------------------------------------------------------------
-    def write(self, stream: str, chunk: Chunk, cause_if_dropped: str, fmt: StreamFormat) -> None:
-        """Append ``chunk`` of ``stream``, recording a gap wherever frames are missing."""
+    def write(
+        self,
+        stream: str,
+        chunk: Chunk,
+        stream_id: int,
+        fmt: StreamFormat,
+        dropped_cause: str = CAUSE_BEHIND,
+        new_stream_cause: str = CAUSE_RESTARTED,
+    ) -> None:
+        """Append ``chunk`` of ``stream`` (ring stream ``stream_id``), with a gap row wherever
+        frames are missing and its true cause.
+
+        ``dropped_cause`` explains frames the ring reports dropped before the
+        chunk (the recorder read too slowly, or was down); ``new_stream_cause``
+        explains the jump to a stream created afresh (its id changed).
+        """
         state = self.streams[stream]
         if fmt.dtype != state.format.dtype or fmt.frame_shape != state.format.frame_shape:
             self.rotate([fmt])  # a new layout needs new datasets: a new segment
             state = self.streams[stream]
-        assert self.segment is not None
+        segment = self.segment
+        assert segment is not None
         stamps = chunk.timestamps_ns
-        base = self.segment.first_frame(stream) + self.segment.rows[stream]
-        cursor = chunk.start_cursor
-        previous = state.last_timestamp_ns
-        first = int(stamps[0])
-        period = state.period_ns
-        if chunk.dropped:
-            lost = chunk.dropped
-            self._gap(stream, base, lost, cursor - lost, cursor, previous, first, cause_if_dropped)
-        elif (
-            previous is not None and period is not None and first - previous > GAP_PERIODS * period
-        ):
-            if state.generation is not None and chunk.generation != state.generation:
+        base = segment.first_frame(stream) + segment.rows[stream]
+        cursor, dropped = chunk.start_cursor, chunk.dropped
+        previous, first, period = state.last_timestamp_ns, int(stamps[0]), state.period_ns
+        # Frames missing by the timestamps, between the last row and this chunk.
+        missing = 0
+        if previous is not None and period is not None and first - previous > GAP_PERIODS * period:
+            missing = round((first - previous) / period) - 1
+        restarted = state.generation is not None and chunk.generation != state.generation
+        if state.stream_id and stream_id != state.stream_id:
+            cause = new_stream_cause
+            if dropped:
+                cause += f"; the ring had overwritten {dropped} frames of the new stream"
+            lost = max(missing, dropped)
+            self._gap(stream, base, lost, cursor - dropped, cursor, previous, first, cause)
+        elif dropped:
+            self._gap(
+                stream, base, dropped, cursor - dropped, cursor, previous, first, dropped_cause
+            )
+            if restarted and missing > dropped:  # the source was also down meanwhile
                 cause = f"source restarted (generation {state.generation} -> {chunk.generation})"
-            else:
-                cause = SKIPPED
-            lost = round((first - previous) / period) - 1
-            self._gap(stream, base, lost, cursor, cursor, previous, first, cause)
+                self._gap(stream, base, missing - dropped, cursor, cursor, previous, first, cause)
+        elif missing:
+            cause = (
+                f"source restarted (generation {state.generation} -> {chunk.generation})"
+                if restarted
+                else SKIPPED
+            )
+            self._gap(stream, base, missing, cursor, cursor, previous, first, cause)
+        if (
+            stream_id != state.stream_id
+            or cursor != state.next_sequence
+            or restarted
+            or not segment.has_run(stream)
+        ):
+            segment.add_run(stream, stream_id, chunk.generation, cursor)
         if period is not None and len(stamps) > 1:  # frames the source itself skipped
             steps = np.diff(stamps)
             for i in np.flatnonzero(steps > GAP_PERIODS * period):
@@ -232,9 +323,11 @@ class Recording:
                 at = int(i) + 1
                 before, after = int(stamps[i]), int(stamps[at])
                 self._gap(stream, base + at, lost, cursor + at, cursor + at, before, after, SKIPPED)
-        self.segment.append(stream, chunk.data, stamps)
+        segment.append(stream, chunk.data, stamps)
         state.last_timestamp_ns = int(stamps[-1])
         state.generation = chunk.generation
+        state.stream_id = stream_id
+        state.next_sequence = chunk.end_cursor
 
     def _gap(
         self,
@@ -283,7 +376,10 @@ def finish_abandoned(directory: Path) -> list[str]:
         if entry.state != "open":
             continue
         path = directory / entry.file
-        finalize(path, {"finished_at": now_iso(), "crashed": True})
+        entry.repairs = [
+            *entry.repairs,
+            *finalize(path, {"finished_at": now_iso(), "crashed": True}),
+        ]
         with h5py.File(path, "r") as file:
             entry.frames = {
                 str(g.attrs["stream"]): len(g["data"]) for g in file["streams"].values()

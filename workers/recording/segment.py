@@ -20,9 +20,12 @@ import numpy as np
 
 from pipeline.recfile import (
     EVENT_DTYPE,
+    FLUSHED_DTYPE,
     GAP_DTYPE,
     RESTART_DTYPE,
+    RUN_DTYPE,
     SCHEMA_VERSION,
+    consistency_flags,
     group_name,
     repair,
     text,
@@ -51,13 +54,23 @@ def _rows_per_chunk(fmt: StreamFormat) -> int:
 class Segment:
     """An open segment file; rows are appended per stream, then flushed."""
 
-    def __init__(self, path: Path, file: h5py.File) -> None:
+    def __init__(self, path: Path, file: h5py.File, repairs: list[str] | None = None) -> None:
         self.path = path
         self.file = file
+        #: What crash repair did before this segment was reopened.
+        self.repairs = repairs or []
         self.datasets: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
+        self.runs: dict[str, h5py.Dataset] = {}
         for group in file["streams"].values():
-            self.datasets[group.attrs["stream"]] = (group["data"], group["timestamps_ns"])
+            stream = group.attrs["stream"]
+            self.datasets[stream] = (group["data"], group["timestamps_ns"])
+            if "sequence_runs" in group:
+                self.runs[stream] = group["sequence_runs"]
         self.rows = {s: len(d) for s, (d, _) in self.datasets.items()}
+        # Every table whose flushed row count /flushed keeps, in its order.
+        self._counted: list[h5py.Dataset] = []
+        if "flushed" in file:
+            self._counted = [file[row["dataset"].decode()] for row in file["flushed"][:]]
 
     @classmethod
     def create(
@@ -68,6 +81,7 @@ class Segment:
         formats: list[StreamFormat],
         first_frames: dict[str, int],
         first_cursors: dict[str, int],
+        stream_ids: dict[str, int] | None = None,
     ) -> Segment:
         """A new segment file with a group per stream, then SWMR on."""
         file = h5py.File(path, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
@@ -88,7 +102,11 @@ class Segment:
                 group.create_dataset(
                     "timestamps_ns", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(rows,)
                 )
+                group.create_dataset(
+                    "sequence_runs", shape=(0,), maxshape=(None,), dtype=RUN_DTYPE, chunks=(64,)
+                )
                 _describe(group, fmt, first_frames[fmt.stream], first_cursors[fmt.stream])
+                group.attrs["stream_id"] = (stream_ids or {}).get(fmt.stream, 0)
             for name, dtype in (("events", EVENT_DTYPE), ("gaps", GAP_DTYPE)):
                 file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
             file.create_dataset(
@@ -98,6 +116,14 @@ class Segment:
                 dtype=RESTART_DTYPE,
                 chunks=(64,),
             )
+            counted = [
+                f"{group_name(fmt.stream)}/{table}"
+                for fmt in formats
+                for table in ("data", "sequence_runs")
+            ] + ["events", "gaps", "provenance/restarts"]
+            flushed = np.zeros(len(counted), FLUSHED_DTYPE)
+            flushed["dataset"] = counted
+            file.create_dataset("flushed", data=flushed)
             file["provenance"].attrs.update(provenance)
             file.swmr_mode = True
         except BaseException:
@@ -108,14 +134,14 @@ class Segment:
     @classmethod
     def reopen(cls, path: Path) -> Segment:
         """Continue a segment whose writer crashed: repair it, append again under SWMR."""
-        repair(path)
+        repairs = repair(path)
         file = h5py.File(path, "a", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
         try:
             file.swmr_mode = True
         except BaseException:
             file.close()
             raise
-        return cls(path, file)
+        return cls(path, file, repairs)
 
     def append(self, stream: str, data: np.ndarray, timestamps_ns: np.ndarray) -> None:
         frames, stamps = self.datasets[stream]
@@ -126,6 +152,36 @@ class Segment:
         stamps.resize(end, axis=0)
         stamps[start:end] = timestamps_ns
         self.rows[stream] = end
+
+    def add_run(self, stream: str, stream_id: int, generation: int, sequence: int) -> None:
+        """Row ``rows[stream]`` onwards holds ring sequence ``sequence`` on, of ``stream_id``."""
+        runs = self.runs.get(stream)
+        if runs is None:  # a schema 1 segment being resumed
+            return
+        row = np.zeros((), RUN_DTYPE)
+        row["row"], row["stream_id"] = self.rows[stream], stream_id
+        row["generation"], row["sequence"] = generation, sequence
+        n = len(runs)
+        if n and runs[n - 1]["row"] == self.rows[stream]:
+            runs[n - 1] = row  # nothing was written under the previous run
+            return
+        runs.resize(n + 1, axis=0)
+        runs[n] = row
+
+    def has_run(self, stream: str) -> bool:
+        runs = self.runs.get(stream)
+        return runs is None or len(runs) > 0  # schema 1 segments keep no runs
+
+    def resume_point(self, stream: str) -> tuple[int, int]:
+        """(stream_id, ring sequence) of the frame after the last one written (0 id: unknown)."""
+        runs = self.runs.get(stream)
+        if runs is not None and len(runs):
+            last = runs[len(runs) - 1]
+            return int(last["stream_id"]), int(last["sequence"]) + self.rows[stream] - int(
+                last["row"]
+            )
+        group = self.file[group_name(stream)]
+        return int(group.attrs.get("stream_id", 0)), self.next_cursor(stream)
 
     def add_row(self, dataset: str, row: np.void | np.ndarray) -> None:
         """Append one record to ``events``, ``gaps`` or ``provenance/restarts``."""
@@ -155,18 +211,25 @@ class Segment:
         return int(stamps[len(stamps) - 1]) if len(stamps) else None
 
     def flush(self) -> None:
+        """Make every row appended so far durable, and record how many there are."""
+        if self._counted:
+            self.file["flushed"]["rows"] = np.array([len(d) for d in self._counted], np.int64)
         self.file.flush()
 
     def close(self, finished_attrs: dict[str, Any]) -> None:
         """End SWMR and write the finishing attributes; the file then opens anywhere."""
-        self.file.flush()
+        self.flush()
         self.file.close()
         finalize(self.path, finished_attrs)
 
 
 def finalize(path: Path, finished_attrs: dict[str, Any]) -> list[str]:
-    """Leave ``path`` openable by plain h5py, with its provenance's finishing attributes."""
-    done = repair(path)  # nothing to do after a clean close
+    """Leave ``path`` openable by plain h5py, with its provenance's finishing attributes.
+
+    A file its writer closed is not repaired (nothing in it is cut); a file
+    whose writer crashed is, and what repair did is returned.
+    """
+    done = repair(path) if consistency_flags(path) else []
     with h5py.File(path, "a") as file:
         file["provenance"].attrs.update(finished_attrs)
         file.attrs["finished"] = True
