@@ -10,11 +10,17 @@ names to 31 characters including the leading slash.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 #: Every segment rigpipe creates starts with this, so ``sweep`` and
 #: ``rigpipe streams`` can tell ours from other programs' segments.
 SHM_PREFIX = "rp_"
+#: ``RIGPIPE_SHM_PREFIX`` gives a process tree a namespace of its own: its segments are named
+#: with that prefix, and listing and sweeping see only those. The test suite uses it so that it
+#: never touches the segments of a rig running on the same machine.
+PREFIX_ENV = "RIGPIPE_SHM_PREFIX"
+_PREFIX = re.compile(r"rp[a-z0-9]{0,3}_")  # at most 6 characters: "/" + 6 + 24 = 31
 _HASH_BYTES = 12  # 24 hex characters: "rp_" + 24 = 27 characters, "/" + 27 = 28 <= 31
 MAX_STREAM_BYTES = 200
 _PART = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -43,6 +49,17 @@ def validate_stream(stream: str) -> str:
     return stream
 
 
+def shm_prefix() -> str:
+    """The shared-memory name prefix in force: ``RIGPIPE_SHM_PREFIX``, else ``rp_``."""
+    prefix = os.environ.get(PREFIX_ENV, SHM_PREFIX)
+    if not _PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"{PREFIX_ENV}={prefix!r} is not a shared-memory prefix: use 'rp', up to three "
+            "lowercase letters or digits, and '_' (e.g. 'rpt1_')"
+        )
+    return prefix
+
+
 def shm_name(stream: str) -> str:
     """Deterministic shared-memory name for ``stream`` (a stream or a derived key).
 
@@ -50,7 +67,7 @@ def shm_name(stream: str) -> str:
     'rp_1e1ef5d1bd5327cc8e9f3cb9'
     """
     digest = hashlib.blake2b(stream.encode(), digest_size=_HASH_BYTES).hexdigest()
-    return SHM_PREFIX + digest
+    return shm_prefix() + digest
 
 
 def data_key(stream: str, generation: int) -> str:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.naming import SHM_PREFIX
+from pipeline.naming import shm_prefix
 
 _POSIX = os.name == "posix"
 if _POSIX:
@@ -142,11 +142,13 @@ def age_s(name: str) -> float | None:
 
 
 def list_names() -> list[str] | None:
-    """Names of every rigpipe segment on this machine, or None where the OS cannot list them.
+    """Names of every rigpipe segment on this machine under the prefix in force
+    (``RIGPIPE_SHM_PREFIX``), or None where the OS cannot list them.
 
     Linux lists ``/dev/shm``; macOS and Windows have no way to enumerate
     shared memory, so callers must know the stream names there.
     """
     if not sys.platform.startswith("linux") or not SHM_DIR.is_dir():
         return None
-    return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(SHM_PREFIX))
+    prefix = shm_prefix()
+    return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(prefix))

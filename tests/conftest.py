@@ -1,9 +1,15 @@
-"""Fixtures that guarantee cleanup: no rigpipe segment and no child process outlives a test."""
+"""Fixtures that guarantee cleanup: no rigpipe segment and no child process outlives a test.
+
+The suite works in a shared-memory namespace of its own (``RIGPIPE_SHM_PREFIX``, inherited
+by every process it starts), so it lists, sweeps and unlinks only what its own processes
+created: a rig recording on the same machine is never touched.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -17,8 +23,13 @@ import pytest
 from pipeline import shm
 from tests.rig import Rig
 
+os.environ["RIGPIPE_SHM_PREFIX"] = (
+    "rp" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(3)) + "_"
+)
+
 
 def _our_segments() -> set[str]:
+    """This suite's segments (its namespace only)."""
     names = shm.list_names()
     return set(names) if names is not None else set()
 
