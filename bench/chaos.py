@@ -364,7 +364,9 @@ def _true_cause(gap: np.void, faults: list[Fault]) -> bool:
     return False  # the synthetic source never skips frames of its own
 
 
-def judge(directory: Path, referee_file: Path, referee_dropped: int, faults: list[Fault]) -> Verdict:
+def judge(
+    directory: Path, referee_file: Path, referee_dropped: int, faults: list[Fault]
+) -> Verdict:
     seen = np.fromfile(referee_file, np.int64)
     recorded, gaps = _recorded(directory)
     verdict = Verdict(len(seen), referee_dropped, len(recorded))
@@ -423,9 +425,7 @@ def report(faults: list[Fault], verdict: Verdict, seconds: float) -> list[str]:
         by_worker.setdefault(f.worker, []).append(f.restart_s or 0.0)
     lines.append(f"{'worker':8} {'faults':>6} {'restart p50 s':>14} {'max s':>8}")
     for worker, times in sorted(by_worker.items()):
-        lines.append(
-            f"{worker:8} {len(times):6} {np.median(times):14.2f} {max(times):8.2f}"
-        )
+        lines.append(f"{worker:8} {len(times):6} {np.median(times):14.2f} {max(times):8.2f}")
     lines += [
         f"referee saw {verdict.seen} frames (dropped {verdict.referee_dropped}); "
         f"recorded {verdict.recorded}",
