@@ -390,19 +390,31 @@ def judge(
     return verdict
 
 
-def run(seconds: float, seed: int, channels: int, keep: Path | None = None, quiet: bool = False):
-    """Run the chaos rig; (faults, verdict). The rig's files are removed unless ``keep``."""
+def run(
+    seconds: float,
+    seed: int,
+    channels: int,
+    keep: Path | None = None,
+    quiet: bool = False,
+    first: tuple[str, ...] = (),
+    pause_s: tuple[float, float] = (2.0, 6.0),
+) -> tuple[list[Fault], Verdict]:
+    """Run the chaos rig; (faults, verdict). The rig's files are removed unless ``keep``.
+
+    ``first`` are faults dealt in that order before the random ones.
+    """
     rng = random.Random(seed)
     rig = ChaosRig(channels, keep)
     faults: list[Fault] = []
+    planned = list(first)
     try:
         referee_file = rig.start_referee()
         end = time.monotonic() + seconds
         while time.monotonic() < end - 3:
-            time.sleep(rng.uniform(2.0, 6.0))
+            time.sleep(rng.uniform(*pause_s))
             if time.monotonic() >= end - 3:
                 break
-            kind = rng.choice(FAULTS)
+            kind = planned.pop(0) if planned else rng.choice(FAULTS)
             dealt = deal(rig, kind, rng)
             faults += dealt
             if not quiet:

@@ -91,6 +91,7 @@ class Manifest(msgspec.Struct, kw_only=True):
     session: str
     session_id: str
     started_at: str
+    started_monotonic_ns: int = 0  # host monotonic clock at the start (schema 2)
     finished_at: str = ""
     streams: list[str] = []
     segments: list[SegmentEntry] = []

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import psutil
 
-from pipeline import attach, messages
+from pipeline import attach, messages, naming, shm
 from pipeline.errors import StreamNotFound
 from pipeline.inspect import inspect
 from pipeline.recfile import consistency_flags, read_manifest
@@ -334,3 +334,78 @@ def _attach_or_none(stream: str):
         return attach(stream, from_now=False)
     except StreamNotFound:
         return None
+
+
+_STIMULATOR = """
+[[workers]]
+name = "stim"
+kind = "stimulation"
+backoff_s = 0.3
+[workers.parameters]
+channels = 2
+backend = "simulated"
+[workers.parameters.limits.default]
+max_amplitude_ua = 100.0
+max_charge_per_phase_nc = 30.0
+"""
+
+
+def test_a_recorder_starting_while_a_stream_is_absent_records_the_rest_and_waits(rigs) -> None:
+    streams = 'streams = ["acq/continuous", "stim/output"]\nrecording = false'
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    rig.write(_workers(streams) + _STIMULATOR, session_extra=f'recordings_dir = "{recordings}"')
+    rig.start()
+    rig.client().request(messages.StopWorker(worker="stim"))
+    wait_for(lambda: rig.worker("stim").state == "stopped", 10, "the stimulator to stop")
+    rig.client().request(messages.SetParameter(worker="rec", name="recording", value=True))
+    wait_for(lambda: rig.worker("rec").note.startswith("recording to"), 5, "recording to start")
+    time.sleep(1.0)
+    # The restarted recorder must come up too while the stream is still absent.
+    _kill(rig, "rec")
+    time.sleep(1.0)
+    rig.client().request(messages.StartWorker(worker="stim"))
+    wait_for(lambda: rig.worker("stim").state == "running", 10, "the stimulator to run")
+    time.sleep(1.5)
+    assert rig.worker("rec").restarts == 1, "the recorder crash-looped"
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    _assert_contiguous(_timestamps(directory))
+    assert _gaps(directory) == []
+    report = inspect(directory)
+    assert report.ok, report.problems
+    assert report.streams["acq/continuous"].duration_s > 3.0
+    assert report.streams["stim/output"].frames > 50_000  # 50 kHz, for about 1.5 s
+    (absent,) = _gaps(directory, "stim/output")
+    cause = absent["cause"].decode()
+    assert cause.startswith("stream absent when recording started") and absent["lost_frames"] == 0
+    assert 1.5 < float(cause.split("appeared ")[1].split(" s")[0]) < 10
+
+
+def test_a_stream_segment_unlinked_under_its_writer_is_recreated_and_nothing_is_lost(rigs) -> None:
+    rig, recordings = _rig(rigs)
+    rig.start()
+    events = rig.subscriber()
+    try:
+        time.sleep(0.8)
+        (stream,) = [s.stream for s in rig.status().streams if s.stream.endswith("continuous")]
+        shm.unlink(naming.shm_name(stream))  # as another program (or a careless cleanup) would
+        t0 = time.monotonic()
+
+        def relinked():
+            got = events.receive(0.1)
+            return got is not None and "unlinked by another process" in str(got[1])
+
+        wait_for(relinked, 5, "the source to report the re-created stream")
+        assert time.monotonic() - t0 < 2.0
+        assert rig.worker("acq").restarts == 0
+        with attach(stream, from_now=True) as reader:  # a new reader finds it by name again
+            assert reader.read(timeout_s=2).frames > 0
+        time.sleep(0.5)
+    finally:
+        events.close()
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    _assert_contiguous(_timestamps(directory))
+    assert _gaps(directory) == []
+    assert inspect(directory).ok

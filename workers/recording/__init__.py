@@ -380,6 +380,8 @@ class RecordingWorker(Worker):
             for stream in self.recording.manifest.streams
         }
         for track in self.tracks.values():
+            if track.stream not in self.recording.streams:  # absent since the recording began
+                track.absent_since_ns = self.recording.manifest.started_monotonic_ns or None
             self._look_for(track)
         if repairs := self.recording.segment.repairs:
             self.recording.event("recorder", {"text": "repaired the segment", "done": repairs})

@@ -122,6 +122,7 @@ class Recording:
             session=session,
             session_id=session_id,
             started_at=started,
+            started_monotonic_ns=time.monotonic_ns(),
             streams=streams or [f.stream for f in formats],
         )
         recording = cls(directory, manifest, provenance, rotate_s, rotate_bytes)
