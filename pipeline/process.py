@@ -169,14 +169,22 @@ class WorkerProcess:
         return now - self.started_at if self.alive else 0.0
 
     def next_restart(self, now: float) -> float | None:
-        """Schedule a restart after a failure: the delay, or None if the policy gives up."""
+        """Schedule a restart after a failure: the delay, or None if the policy gives up.
+
+        The first failure after a good run restarts at once (a single crash
+        should cost the rig as little as possible: the recorder's restart is
+        time its ring must bridge); each further consecutive failure waits
+        ``backoff_s``, doubling, up to ``backoff_max_s``.
+        """
         cfg = self.plan.config
         if self.ready_at is not None and now - self.ready_at >= cfg.stable_s:
             self.failures = 0  # it ran well for a good while: this is a fresh failure
         self.failures += 1
         if self.failures > cfg.max_restarts:
             return None
-        delay = min(cfg.backoff_s * 2 ** (self.failures - 1), cfg.backoff_max_s)
+        delay = 0.0
+        if self.failures > 1:
+            delay = min(cfg.backoff_s * 2 ** (self.failures - 2), cfg.backoff_max_s)
         self.restart_at = now + delay
         return delay
 
