@@ -121,6 +121,14 @@ flush_s = 0.3
     rig.start()
     client = rig.client()
     stim_events = rig.subscriber("worker.stim.")
+    # A SUB socket gets events only once its subscription reached the publisher: wait for one
+    # (a Disarm publishes StimulatorArmed) before counting any.
+    wait_for(
+        lambda: ask(client, messages.Disarm()) and stim_events.receive(0.2) is not None,
+        10,
+        "the event subscription to be live",
+    )
+    events(stim_events, 0.2)
     reader = attach(f"{rig.name}/stim/output", from_now=True)
     try:
         assert reader.sample_rate == RATE and reader.frame_shape == (2,)
