@@ -431,13 +431,17 @@ def run(
 
 
 def report(faults: list[Fault], verdict: Verdict, seconds: float) -> list[str]:
-    lines = [f"{len(faults)} faults in {seconds:g} s"]
-    by_worker: dict[str, list[float]] = {}
+    lines = [f"{len(faults)} faults in {seconds:g} s; time from the fault to running again:"]
+    by_kind: dict[str, list[float]] = {}
     for f in faults:
-        by_worker.setdefault(f.worker, []).append(f.restart_s or 0.0)
-    lines.append(f"{'worker':8} {'faults':>6} {'restart p50 s':>14} {'max s':>8}")
-    for worker, times in sorted(by_worker.items()):
-        lines.append(f"{worker:8} {len(times):6} {np.median(times):14.2f} {max(times):8.2f}")
+        by_kind.setdefault(f.kind, []).append(f.restart_s or 0.0)
+    lines.append(f"{'fault':12} {'count':>6} {'p50 s':>8} {'max s':>8}")
+    for kind, times in sorted(by_kind.items()):
+        lines.append(f"{kind:12} {len(times):6} {np.median(times):8.2f} {max(times):8.2f}")
+    lines.append(
+        "(stop: frozen until the heartbeat timeout, 1 s, then killed; pause: stopped by "
+        "request for 1-3 s, then started)"
+    )
     lines += [
         f"referee saw {verdict.seen} frames (dropped {verdict.referee_dropped}); "
         f"recorded {verdict.recorded}",
