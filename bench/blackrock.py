@@ -39,7 +39,7 @@ def bench_callback(channels: int, batches: int) -> None:
     """Call the source's batch callback directly, through a real Session seam."""
     os.environ["RIGPIPE_CBSDK_SESSION"] = SEAM
     os.environ["RIGPIPE_CBSDK_EMULATOR"] = json.dumps({"lost_after_s": 0.0})  # no own delivery
-    from pipeline.bus import Endpoints
+    from pipeline.control.bus import Endpoints
     from pipeline.worker import WorkerSpec
     from workers.acquisition import AcquisitionWorker
 

@@ -44,10 +44,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import messages, session  # noqa: E402
-from pipeline.bus import Client  # noqa: E402
-from pipeline.inspect import inspect  # noqa: E402
-from pipeline.recfile import read_manifest  # noqa: E402
+from pipeline.control import messages, session  # noqa: E402
+from pipeline.control.bus import Client  # noqa: E402
+from pipeline.recording.format import read_manifest  # noqa: E402
+from pipeline.recording.inspect import inspect  # noqa: E402
 
 STREAM = "acq/continuous"
 HEARTBEAT_TIMEOUT_S = 1.0

@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.control import Rig, cpu_percent  # noqa: E402
-from pipeline import attach, messages  # noqa: E402
-from pipeline.bus import Subscriber  # noqa: E402
+from pipeline import attach  # noqa: E402
+from pipeline.control import messages  # noqa: E402
+from pipeline.control.bus import Subscriber  # noqa: E402
 
 CONFIG = """
 [[workers]]

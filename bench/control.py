@@ -42,8 +42,9 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import attach, messages, session  # noqa: E402
-from pipeline.bus import Client  # noqa: E402
+from pipeline import attach  # noqa: E402
+from pipeline.control import messages, session  # noqa: E402
+from pipeline.control.bus import Client  # noqa: E402
 
 IDLE_WORKER = """
 [[workers]]

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
-from pipeline.recfile import Manifest, SegmentEntry, read_manifest, write_manifest  # noqa: E402
+from pipeline.recording.format import Manifest, SegmentEntry, read_manifest, write_manifest  # noqa: E402
 from workers.recording.segment import Segment, StreamFormat  # noqa: E402
 
 RATE = 30000
@@ -270,7 +270,7 @@ def main() -> int:
         print(f"  (the work alone, on data in memory: {work_only / 60 * 1e3:.0f} ms per 1 s block)")
 
         print(f"\n3. NWB export of the first {args.export_gb:g} GB")
-        from pipeline.nwb import export_nwb
+        from pipeline.recording.nwb import export_nwb
 
         take = max(1, round(args.export_gb * 1e9 / SEGMENT_BYTES))
         part = pipeline.open_recording(rec.segment_paths[:take])

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.control import Rig, cpu_percent  # noqa: E402
-from pipeline.recfile import read_manifest  # noqa: E402
+from pipeline.recording.format import read_manifest  # noqa: E402
 from workers.recording.segment import Segment, StreamFormat  # noqa: E402
 
 CHANNELS = 1024

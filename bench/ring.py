@@ -178,8 +178,8 @@ def ring_view_reader(cfg: Config, ready, out, stream: str) -> None:
 
 # -- the wake-up floor ---------------------------------------------------------------------------
 def wake_writer(cfg: Config, ready, name: str) -> None:
-    from pipeline import shm
-    from pipeline.wait import WakeWord
+    from pipeline.ring import shm
+    from pipeline.ring.wait import WakeWord
 
     segment = shm.Segment.create(name, 4096)
     try:
@@ -200,8 +200,8 @@ def wake_writer(cfg: Config, ready, name: str) -> None:
 
 
 def wake_reader(cfg: Config, ready, out, name: str) -> None:
-    from pipeline import shm
-    from pipeline.wait import WakeWord
+    from pipeline.ring import shm
+    from pipeline.ring.wait import WakeWord
 
     deadline = time.monotonic() + 30
     while True:

@@ -33,8 +33,27 @@ from pipeline.errors import (
     StreamReplaced,
     WriterClosed,
 )
-from pipeline.ring import Chunk, RingReader, RingWriter, attach
-from pipeline.segments import list_streams, sweep
+from pipeline.ring import Chunk, RingReader, RingWriter
+from pipeline.ring import attach as _attach_full_name
+from pipeline.ring.segments import list_streams, sweep
+
+
+def attach(
+    stream: str, *, from_now: bool = True, cursor: int | None = None, stream_id: int | None = None
+) -> RingReader:
+    """Attach a reader to ``stream`` from any process, knowing only its name.
+
+    ``stream`` is a full name (``demo/acq/continuous``) or, inside the running
+    rig (``$RIGPIPE_SESSION``, else the only one running), ``acq/continuous``.
+    The rest is :func:`pipeline.ring.attach`'s: ``from_now=True`` starts at the
+    next frame, ``False`` at the oldest frame the ring holds, ``cursor`` at that
+    sequence of stream ``stream_id``.
+    """
+    if stream.count("/") == 1:  # "worker/port": a stream of the running session
+        from pipeline.control.session import resolve_stream
+
+        stream = resolve_stream(stream)
+    return _attach_full_name(stream, from_now=from_now, cursor=cursor, stream_id=stream_id)
 
 
 def __getattr__(name: str):
@@ -44,7 +63,7 @@ def __getattr__(name: str):
 
         return Worker
     if name in ("open_recording", "Recording"):  # h5py is imported only by those who read files
-        from pipeline import readback
+        from pipeline.recording import readback
 
         return getattr(readback, name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

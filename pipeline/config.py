@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import msgspec
 
 from pipeline.errors import ConfigError
-from pipeline.naming import _PART
+from pipeline.ring.naming import _PART
 from pipeline.worker import Worker
 
 PositiveS = Annotated[float, msgspec.Meta(gt=0)]

@@ -42,8 +42,8 @@ from typing import Any, ClassVar
 import msgspec
 import numpy as np
 
-from pipeline import messages
-from pipeline.bus import Client, Endpoints
+from pipeline.control import messages
+from pipeline.control.bus import Client, Endpoints
 from pipeline.errors import RigpipeError
 from pipeline.ring import RingReader, RingWriter, attach
 

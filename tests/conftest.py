@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline import shm
+from pipeline.ring import shm
 from tests.rig import Rig
 
 os.environ["RIGPIPE_SHM_PREFIX"] = (
@@ -118,7 +118,7 @@ def stream() -> str:
 @pytest.fixture(params=["futex", "poll"])
 def wait_strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test once per wake-up strategy, in this process and in spawned ones."""
-    from pipeline.wait import futex_available
+    from pipeline.ring.wait import futex_available
 
     if request.param == "futex" and not futex_available():
         pytest.skip("futex waits need Linux")

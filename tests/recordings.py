@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.recfile import GAP_DTYPE, Manifest, SegmentEntry, write_manifest
+from pipeline.recording.format import GAP_DTYPE, Manifest, SegmentEntry, write_manifest
 from workers.recording.segment import Segment, StreamFormat
 
 STARTED = "2026-01-01T00:00:00+00:00"

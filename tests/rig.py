@@ -14,8 +14,9 @@ from typing import Any
 
 import psutil
 
-from pipeline import messages, segments, session
-from pipeline.bus import Client, Subscriber
+from pipeline.control import messages, session
+from pipeline.control.bus import Client, Subscriber
+from pipeline.ring import segments
 
 DEMO_WORKER = """
 [[workers]]

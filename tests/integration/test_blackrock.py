@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from pipeline import attach
-from pipeline.inspect import inspect
+from pipeline.recording.inspect import inspect
 from tests.rig import wait_for
 
 SEAM = {"RIGPIPE_CBSDK_SESSION": "tests.peers.cbsdk:Session"}

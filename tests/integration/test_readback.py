@@ -22,9 +22,9 @@ import psutil
 import pytest
 
 import pipeline
-from pipeline import messages
+from pipeline.control import messages
 from pipeline.errors import RecordingError, SliceTooLarge
-from pipeline.recfile import consistency_flags, read_manifest
+from pipeline.recording.format import consistency_flags, read_manifest
 from tests.rig import Rig, wait_for
 
 RATE = 10000.0
@@ -98,7 +98,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def prefetchers() -> list[psutil.Process]:
     """This test process's prefetch children (other tests may leave a resource tracker)."""
-    return [p for p in psutil.Process().children() if "pipeline.prefetch" in p.cmdline()]
+    return [p for p in psutil.Process().children() if "pipeline.recording.prefetch" in p.cmdline()]
 
 
 def written(directory: Path, stream: str = "acq/continuous", name: str = "data") -> np.ndarray:

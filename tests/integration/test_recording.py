@@ -13,10 +13,12 @@ import h5py
 import numpy as np
 import psutil
 
-from pipeline import attach, messages, naming, shm
+from pipeline import attach
+from pipeline.control import messages
 from pipeline.errors import StreamNotFound
-from pipeline.inspect import inspect
-from pipeline.recfile import consistency_flags, read_manifest
+from pipeline.recording.format import consistency_flags, read_manifest
+from pipeline.recording.inspect import inspect
+from pipeline.ring import naming, shm
 from tests.rig import exited, wait_for
 
 RATE = 10000.0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline import naming, shm
+from pipeline.ring import naming, shm
 from tests import procs
 
 READ_TIMEOUT_S = 60

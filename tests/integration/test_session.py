@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import attach, messages, naming, session, shm
+from pipeline import attach
+from pipeline.control import messages, session
 from pipeline.errors import RequestFailed
+from pipeline.ring import naming, shm
 from tests.rig import DEMO_WORKER, exited, slow_reader, wait_for
 
 

@@ -9,9 +9,10 @@ import h5py
 import msgspec
 import numpy as np
 
-from pipeline import attach, messages
-from pipeline.bus import Client, Subscriber
-from pipeline.recfile import read_manifest
+from pipeline import attach
+from pipeline.control import messages
+from pipeline.control.bus import Client, Subscriber
+from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader
 from tests.rig import wait_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import messages
+from pipeline.control import messages
 from tests.integration.test_stimulation import STIM, active, pulses
 from tests.rig import wait_for
 from workers.stimulation import stg

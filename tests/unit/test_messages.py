@@ -8,8 +8,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from pipeline import messages
-from pipeline.bus import Client, Endpoints, Server, Subscriber
+from pipeline.control import messages
+from pipeline.control.bus import Client, Endpoints, Server, Subscriber
 from pipeline.errors import BusTimeout, ProtocolError
 
 EXAMPLES = [

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline import segments, shm
-from pipeline.naming import SHM_PREFIX, data_key, shm_name, shm_prefix, validate_stream
+from pipeline.ring import segments, shm
+from pipeline.ring.naming import SHM_PREFIX, data_key, shm_name, shm_prefix, validate_stream
 
 
 def test_shm_name_is_deterministic_short_and_distinct():

@@ -13,7 +13,7 @@ from pynwb import NWBHDF5IO
 
 import pipeline
 from pipeline.errors import RecordingError
-from pipeline.nwb import export_nwb
+from pipeline.recording.nwb import export_nwb
 from tests import recordings
 from workers.recording.segment import StreamFormat
 
@@ -123,5 +123,7 @@ def test_an_existing_file_is_kept_and_a_failed_export_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         export_nwb(blackrock_like, tmp_path / "new.nwb", block_s=0.05, progress=fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.nwb"]
-    children = [p for p in psutil.Process().children() if "pipeline.prefetch" in p.cmdline()]
+    children = [
+        p for p in psutil.Process().children() if "pipeline.recording.prefetch" in p.cmdline()
+    ]
     assert children == [], "the interrupted export left its prefetch process running"

@@ -11,14 +11,14 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.inspect import inspect
-from pipeline.recfile import (
+from pipeline.recording.format import (
     GAP_DTYPE,
     clear_consistency_flags,
     consistency_flags,
     lookup3,
     repair,
 )
+from pipeline.recording.inspect import inspect
 from workers.recording.segment import Segment, StreamFormat
 
 WRITER = """

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline import layout, naming, shm
 from pipeline.errors import (
     EndOfStream,
     ReaderClosed,
@@ -15,6 +14,7 @@ from pipeline.errors import (
     StreamReplaced,
     WriterClosed,
 )
+from pipeline.ring import layout, naming, shm
 
 SPIKE = np.dtype([("timestamp_ns", "<i8"), ("channel", "<u2"), ("unit", "u1")])
 
@@ -299,7 +299,7 @@ def test_blank_segment_is_waited_for_then_reported_as_not_ready(stream):
 
 
 def test_invalid_wait_strategy_is_refused(monkeypatch):
-    from pipeline.wait import strategy_from_env
+    from pipeline.ring.wait import strategy_from_env
 
     monkeypatch.setenv("RIGPIPE_WAIT", "spin")
     with pytest.raises(ValueError, match="RIGPIPE_WAIT='spin' is not one of auto, futex, poll"):
@@ -334,7 +334,7 @@ def test_resuming_at_a_cursor_the_ring_no_longer_holds_reports_it_dropped(writer
 
 
 def test_segments_unlinked_under_a_writer_are_recreated_and_readers_follow(stream, monkeypatch):
-    monkeypatch.setattr("pipeline.ring._LINK_CHECK_NS", 0)  # check on every write
+    monkeypatch.setattr("pipeline.ring.writer._LINK_CHECK_NS", 0)  # check on every write
     with pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0) as writer:
         stream_id = writer.stream_id
         with pipeline.attach(stream) as reader:
@@ -358,7 +358,7 @@ def test_segments_unlinked_under_a_writer_are_recreated_and_readers_follow(strea
 
 
 def test_a_foreign_segment_under_an_unlinked_name_stops_the_writer(stream, monkeypatch):
-    monkeypatch.setattr("pipeline.ring._LINK_CHECK_NS", 0)
+    monkeypatch.setattr("pipeline.ring.writer._LINK_CHECK_NS", 0)
     writer = pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0)
     name = naming.shm_name(stream)
     shm.unlink(name)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.messages import Phase, PulseTrain, Waveform
+from pipeline.control.messages import Phase, PulseTrain, Waveform
 from workers.stimulation.output import ChannelQueue, Train, render
 from workers.stimulation.safety import ChannelLimits, SafetyViolation
 from workers.stimulation.trigger import Detector, TriggerRule

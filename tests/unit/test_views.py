@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pipeline
-from pipeline import views
+from pipeline.recording import views
 from tests import recordings
 from workers.recording.segment import StreamFormat
 

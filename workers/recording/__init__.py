@@ -30,8 +30,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-from pipeline import messages
-from pipeline.bus import Subscriber
+from pipeline.control import messages
+from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
 from pipeline.ring import RingReader
 from pipeline.worker import Worker

@@ -21,7 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.recfile import (
+from pipeline.control.session import now_iso
+from pipeline.recording.format import (
     GAP_DTYPE,
     GAP_PERIODS,
     RESTART_DTYPE,
@@ -33,7 +34,6 @@ from pipeline.recfile import (
     write_manifest,
 )
 from pipeline.ring import Chunk
-from pipeline.session import now_iso
 from workers.recording.segment import Segment, StreamFormat, event_row, finalize
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.recfile import (
+from pipeline.recording.format import (
     EVENT_DTYPE,
     FLUSHED_DTYPE,
     GAP_DTYPE,

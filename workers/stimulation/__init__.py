@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from pipeline import messages
+from pipeline.control import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.ring import Chunk, RingReader
 from pipeline.worker import Worker

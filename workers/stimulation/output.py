@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.messages import PulseTrain, Waveform
+from pipeline.control.messages import PulseTrain, Waveform
 from workers.stimulation.safety import ChannelLimits, SafetyViolation, check
 
 

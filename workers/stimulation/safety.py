@@ -28,8 +28,8 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
+from pipeline.control.messages import Phase, PulseTrain, Waveform
 from pipeline.errors import RigpipeError
-from pipeline.messages import Phase, PulseTrain, Waveform
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
-from pipeline.messages import Phase, PulseTrain
+from pipeline.control.messages import Phase, PulseTrain
 
 
 class TriggerRule(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

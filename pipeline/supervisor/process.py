@@ -22,9 +22,9 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from pipeline import messages
 from pipeline.config import WorkerPlan
-from pipeline.segments import process_identity
+from pipeline.control import messages
+from pipeline.identity import process_identity
 from pipeline.worker import WorkerSpec
 
 _TAIL_BYTES = 2000

@@ -25,10 +25,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline import selection as keys
 from pipeline.errors import RecordingError, SliceTooLarge
-from pipeline.recfile import open_segment
-from pipeline.selection import Rows
+from pipeline.recording import selection as keys
+from pipeline.recording.format import open_segment
+from pipeline.recording.selection import Rows
 
 #: Slices larger than this raise SliceTooLarge unless allowed (open_recording(memory_limit_bytes=)).
 DEFAULT_MEMORY_LIMIT_BYTES = 2 << 30
@@ -497,7 +497,7 @@ class StreamView(_Rows):
         a block's arrays are read-only views of that shared memory, valid until
         the next block is asked for (faster; do not keep them).
         """
-        from pipeline.prefetch import iterate_blocks
+        from pipeline.recording.prefetch import iterate_blocks
 
         if frames is None:
             frames = max(1, round((seconds if seconds is not None else 1.0) * self.sample_rate))

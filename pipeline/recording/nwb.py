@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import RecordingError
-from pipeline.readback import Recording, open_recording
-from pipeline.views import EventView, StreamView
+from pipeline.recording.readback import Recording, open_recording
+from pipeline.recording.views import EventView, StreamView
 
 #: Called as progress(bytes done, bytes in all, what is being written).
 Progress = Callable[[int, int, str], None]

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.naming import shm_prefix
+from pipeline.ring.naming import shm_prefix
 
 _POSIX = os.name == "posix"
 if _POSIX:

@@ -1,6 +1,6 @@
 """Block iteration over a recording view, with the next blocks read by a background process.
 
-The prefetch process (``python -m pipeline.prefetch``, a fresh interpreter on
+The prefetch process (``python -m pipeline.recording.prefetch``, a fresh interpreter on
 every OS, so the caller's script is never imported again the way
 ``multiprocessing``'s spawn would) opens the segment files itself and reads
 block after block straight into slots of one shared-memory segment; the
@@ -31,10 +31,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from pipeline import shm
 from pipeline.errors import RecordingError
-from pipeline.naming import shm_name
-from pipeline.views import Block, Files, StreamView
+from pipeline.recording.views import Block, Files, StreamView
+from pipeline.ring import shm
+from pipeline.ring.naming import shm_name
 
 #: Blocks read ahead of the one the caller has.
 DEPTH = 2
@@ -91,7 +91,7 @@ class _Child:
 
     def __init__(self, setup: dict[str, Any]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.prefetch"],
+            [sys.executable, "-m", "pipeline.recording.prefetch"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -23,9 +23,9 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from pipeline import messages
+from pipeline.control import messages
+from pipeline.control.messages import Message
 from pipeline.errors import BusTimeout, ProtocolError, RequestFailed
-from pipeline.messages import Message
 
 #: Longest ``ipc://`` path libzmq accepts on Linux (sun_path is 108 bytes with the NUL).
 MAX_IPC_PATH = 107

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import messages
+from pipeline.control import messages
 from pipeline.errors import RigpipeError
 
 

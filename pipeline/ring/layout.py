@@ -61,10 +61,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline import shm
 from pipeline.errors import SegmentCorrupt, SegmentNotReady
-from pipeline.naming import data_key, shm_name
-from pipeline.wait import WakeWord
+from pipeline.ring import shm
+from pipeline.ring.naming import data_key, shm_name
+from pipeline.ring.wait import WakeWord
 
 MAGIC = b"RIGPIPE\x00"
 LAYOUT_VERSION = 2  # 2: stream_id in the stream segment

@@ -27,7 +27,7 @@ def add_arguments(export: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.nwb import export_nwb
+    from pipeline.recording.nwb import export_nwb
 
     if args.block_s <= 0:
         print("rigpipe: --block-s must be positive", file=sys.stderr)

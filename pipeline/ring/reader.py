@@ -1,50 +1,42 @@
-"""Shared-memory ring buffers: one writer, any number of readers, no locks.
+"""The reading side of a ring: :func:`attach` by full stream name, and :class:`RingReader`.
 
-Vocabulary (after the LMAX Disruptor): a *sequence* numbers every frame a
-stream has ever published and never wraps; the writer's ``write_cursor`` is
-the sequence after its last published frame; frame ``s`` lives in slot
-``s % capacity``; each reader keeps its own ``cursor``; a *generation* is one
-incarnation of the stream's buffer (a new format, or a restarted writer).
-Sequences continue across generations, so a reader's cursor always means the
-same frame. The byte layout is drawn in :mod:`pipeline.layout`.
+Any number of readers, in any process, none of which the writer waits for.
+A reader copies from its own cursor and re-reads the claim cursor after
+copying, so it never returns a frame the writer may have overwritten; such
+frames count as dropped, exactly. Short names (``acq/continuous``) are
+resolved by ``pipeline.attach``, not here: this package never loads ZeroMQ.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline import naming, shm
 from pipeline.errors import (
     EndOfStream,
     ReaderClosed,
     SegmentCorrupt,
     SegmentNotReady,
-    StreamExists,
     StreamNotFound,
     StreamReplaced,
-    WriterClosed,
 )
-from pipeline.layout import (
+from pipeline.identity import process_alive
+from pipeline.ring import naming
+from pipeline.ring.layout import (
     CLAIM_CURSOR,
-    LAST_PUBLISH,
     STATE,
     WRITE_CURSOR,
-    Format,
     Generation,
     State,
     StreamSegment,
-    dtype_to_record,
-    encode_format,
 )
-from pipeline.segments import list_streams, process_alive, process_identity
+from pipeline.ring.segments import list_streams
 
 _ATTACH_RETRY_S = 1.0  # how long attach waits for a segment that is being created or replaced
-_LINK_CHECK_NS = 1_000_000_000  # how often a writer checks that its segments are still reachable
 
 
 # -- chunks ----------------------------------------------------------------------------------------
@@ -150,354 +142,6 @@ class ChunkView(_FrameSpan):
         self.release()
 
 
-# -- writer --------------------------------------------------------------------------------------
-class RingWriter:
-    """Create stream ``stream`` and publish frames into it.
-
-    ``dtype`` and ``frame_shape`` describe one frame (``frame_shape=(256,)``
-    for 256 channels, ``()`` for a structured event record); ``capacity`` is
-    how many frames the ring keeps for readers that fall behind;
-    ``sample_rate`` is in Hz (0.0 for an irregular event stream);
-    ``descriptor`` is a small msgpack-able dict (channel labels, units, scale
-    factors, source) that readers get with the stream.
-
-    If a previous writer of the stream died without closing it, this writer
-    takes the stream over as a new generation, continuing its sequence and
-    keeping its ``stream_id``, so attached readers follow it. If that writer is
-    still alive, :class:`StreamExists` is raised.
-
-    Once a second (while writing) the writer checks that its segments' names
-    still refer to them. If another program unlinked one, the writer creates
-    it again as a new generation under the same ``stream_id`` and sequence;
-    readers follow as after a reformat, and ``relinks`` / ``relink_reason``
-    say it happened. If a foreign segment took the name, :class:`StreamExists`
-    is raised from ``write``.
-    """
-
-    def __init__(
-        self,
-        stream: str,
-        dtype: np.typing.DTypeLike,
-        frame_shape: int | Sequence[int],
-        capacity: int,
-        sample_rate: float,
-        descriptor: dict[str, Any] | None = None,
-    ) -> None:
-        self.stream = naming.validate_stream(stream)
-        fmt, capacity, sample_rate = _check_format(
-            dtype, frame_shape, capacity, sample_rate, descriptor
-        )
-        self._identity = process_identity()
-        self._closed = False
-        self._meta, previous, created = _claim_stream(stream, self._identity)
-        try:
-            start_cursor = 0 if previous is None else previous.write_cursor
-            generation = self._meta.header.generation + 1
-            self._gen = Generation.create(
-                stream, generation, fmt, capacity, sample_rate, start_cursor, self._identity
-            )
-        except BaseException:
-            if created:
-                self._meta.segment.unlink()
-            self._meta.close()
-            if previous is not None:
-                previous.close()
-            raise
-        self._meta.publish(generation, self._identity)
-        if previous is not None:
-            _retire(previous, State.SUPERSEDED)
-        self._orphans: list[StreamSegment] = []  # unlinked stream segments readers may still map
-        self.relinks = 0
-        self.relink_reason = ""
-        self._next_link_check = time.monotonic_ns() + _LINK_CHECK_NS
-        self._bind(self._gen)
-
-    def _bind(self, gen: Generation) -> None:
-        """Cache what the hot path touches for generation ``gen``."""
-        self._fields = gen.fields
-        self._frames = gen.frames
-        self._timestamps = gen.timestamps_ns
-        self._wake = gen.wake
-        self._capacity = gen.capacity
-        self._cursor = gen.write_cursor
-        self._frame_shape = gen.frame_shape
-        self._dtype = gen.dtype
-        self._period_ns = 1e9 / gen.sample_rate if gen.sample_rate > 0 else 0.0
-        self._offsets: dict[int, np.ndarray] = {}
-
-    # Properties of the current generation.
-    @property
-    def generation(self) -> int:
-        return self._gen.header.generation
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    @property
-    def frame_shape(self) -> tuple[int, ...]:
-        return self._frame_shape
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @property
-    def sample_rate(self) -> float:
-        return self._gen.sample_rate
-
-    @property
-    def descriptor(self) -> dict[str, Any]:
-        return self._gen.descriptor
-
-    @property
-    def write_cursor(self) -> int:
-        return self._cursor
-
-    @property
-    def stream_id(self) -> int:
-        """Names this stream's sequence space; a stream created afresh gets a new one."""
-        return self._meta.stream_id
-
-    def write(self, frames: np.ndarray, timestamps_ns: np.ndarray | None = None) -> int:
-        """Publish ``frames`` (time on the first axis); return the new write cursor.
-
-        ``timestamps_ns`` gives each frame's device time; without it, frames
-        are stamped from the host monotonic clock, the last frame now and the
-        earlier ones one sample period apart.
-        """
-        if self._closed:
-            raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
-        if not isinstance(frames, np.ndarray):
-            frames = np.asarray(frames)
-        dtype = frames.dtype
-        if (
-            frames.ndim == 0
-            or (dtype is not self._dtype and dtype != self._dtype)
-            or frames.shape[1:] != self._frame_shape
-        ):
-            raise ValueError(
-                f"stream {self.stream!r} expects frames of shape (n, "
-                f"{', '.join(map(str, self._frame_shape))}) dtype {self._dtype}; "
-                f"given shape {frames.shape} dtype {frames.dtype}"
-            )
-        n = len(frames)
-        capacity = self._capacity
-        if n == 0:
-            return self._cursor
-        if n > capacity:
-            raise ValueError(
-                f"a write of {n} frames does not fit stream {self.stream!r}, which holds "
-                f"{capacity}; write smaller blocks or create the ring with a larger capacity"
-            )
-        if timestamps_ns is not None:
-            timestamps_ns = np.asarray(timestamps_ns, dtype=np.int64)
-            if timestamps_ns.shape != (n,):
-                raise ValueError(
-                    f"timestamps_ns has shape {timestamps_ns.shape}; expected ({n},), one per frame"
-                )
-        now = time.monotonic_ns()
-        if now >= self._next_link_check:
-            self._next_link_check = now + _LINK_CHECK_NS
-            self.check_linked()
-        cursor = self._cursor
-        fields = self._fields
-        fields[CLAIM_CURSOR] = cursor + n
-        slot = cursor % capacity
-        if slot + n <= capacity:  # the common case: one contiguous run of slots
-            self._frames[slot : slot + n] = frames
-            if timestamps_ns is None:
-                np.subtract(now, self._timestamp_offsets(n), out=self._timestamps[slot : slot + n])
-            else:
-                self._timestamps[slot : slot + n] = timestamps_ns
-        else:
-            if timestamps_ns is None:
-                timestamps_ns = now - self._timestamp_offsets(n)
-            first = capacity - slot
-            self._frames[slot:] = frames[:first]
-            self._frames[: n - first] = frames[first:]
-            self._timestamps[slot:] = timestamps_ns[:first]
-            self._timestamps[: n - first] = timestamps_ns[first:]
-        cursor += n
-        fields[WRITE_CURSOR] = cursor
-        fields[LAST_PUBLISH] = now
-        self._cursor = cursor
-        self._wake.notify()
-        return cursor
-
-    def _timestamp_offsets(self, n: int) -> np.ndarray:
-        offsets = self._offsets.get(n)
-        if offsets is None:
-            offsets = np.round(np.arange(n - 1, -1, -1) * self._period_ns).astype(np.int64)
-            self._offsets[n] = offsets
-        return offsets
-
-    def reformat(
-        self,
-        *,
-        dtype: np.typing.DTypeLike | None = None,
-        frame_shape: int | Sequence[int] | None = None,
-        sample_rate: float | None = None,
-        descriptor: dict[str, Any] | None = None,
-        capacity: int | None = None,
-    ) -> int:
-        """Start generation N+1 with a new format; return its number.
-
-        Arguments left out keep their current value. Readers finish the
-        frames of generation N, then switch by themselves and see
-        ``format_changed`` on their next chunk. The sequence continues.
-        """
-        if self._closed:
-            raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
-        old = self._gen
-        fmt, capacity, sample_rate = _check_format(
-            old.dtype if dtype is None else dtype,
-            old.frame_shape if frame_shape is None else frame_shape,
-            old.capacity if capacity is None else capacity,
-            old.sample_rate if sample_rate is None else sample_rate,
-            old.descriptor if descriptor is None else descriptor,
-        )
-        gen = Generation.create(
-            self.stream,
-            old.header.generation + 1,
-            fmt,
-            capacity,
-            sample_rate,
-            self._cursor,
-            self._identity,
-        )
-        for meta in (self._meta, *self._orphans):
-            meta.publish(gen.header.generation, self._identity)
-        self._gen = gen
-        self._bind(gen)
-        _retire(old, State.SUPERSEDED)
-        return gen.header.generation
-
-    def check_linked(self) -> bool:
-        """Make sure new readers can still find this stream; True if nothing had to be done.
-
-        Called by ``write`` once a second; call it from the writing thread
-        only. A segment whose name was unlinked is created again (see the
-        class docstring).
-        """
-        stream_gone = not self._meta.segment.linked()
-        if not stream_gone and self._gen.segment.linked():
-            return True
-        what = "stream segment" if stream_gone else f"generation {self.generation} segment"
-        if stream_gone:
-            old = self._meta
-            try:
-                self._meta = StreamSegment.create(
-                    self.stream, self._identity, old.stream_id, old.header.generation
-                )
-            except FileExistsError:
-                raise StreamExists(
-                    f"the shared-memory name of stream {self.stream!r} was unlinked and now "
-                    f"belongs to another segment ({naming.shm_name(self.stream)}); "
-                    "this writer cannot publish under it any more"
-                ) from None
-            self._orphans.append(old)
-        self.reformat()
-        self.relinks += 1
-        self.relink_reason = (
-            f"the {what} of {self.stream!r} was unlinked by another process; "
-            f"re-created as generation {self.generation}, nothing lost"
-        )
-        return False
-
-    def close(self) -> None:
-        """End the stream: readers get the remaining frames, then EndOfStream. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        del self._fields, self._frames, self._timestamps, self._wake
-        for meta in (self._meta, *self._orphans):
-            meta.end(self._cursor)
-        if self._meta.segment.linked():
-            self._meta.segment.unlink()
-        for meta in (self._meta, *self._orphans):
-            meta.close()
-        _retire(self._gen, State.CLOSED)
-
-    def __enter__(self) -> RingWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"generation {self.generation}, cursor {self._cursor}"
-        return f"<RingWriter {self.stream!r} {state}>"
-
-
-def _check_format(
-    dtype: np.typing.DTypeLike,
-    frame_shape: int | Sequence[int],
-    capacity: int,
-    sample_rate: float,
-    descriptor: dict[str, Any] | None,
-) -> tuple[Format, int, float]:
-    """Validate writer arguments; return the format record, capacity and rate."""
-    dt = np.dtype(dtype)
-    shape = (frame_shape,) if isinstance(frame_shape, int | np.integer) else tuple(frame_shape)
-    if not all(isinstance(d, int | np.integer) and d > 0 for d in shape):
-        raise ValueError(f"frame_shape must be positive integers, given {frame_shape!r}")
-    if not isinstance(capacity, int | np.integer) or capacity < 1:
-        raise ValueError(f"capacity must be a positive number of frames, given {capacity!r}")
-    if not np.isfinite(sample_rate) or sample_rate < 0:
-        raise ValueError(
-            "sample_rate must be a finite rate in Hz, or 0.0 for an event stream; "
-            f"given {sample_rate!r}"
-        )
-    if descriptor is not None and not isinstance(descriptor, dict):
-        raise TypeError(f"descriptor must be a dict, given {type(descriptor).__name__}")
-    fmt = Format(dtype_to_record(dt), tuple(int(d) for d in shape), dict(descriptor or {}))
-    encode_format(fmt)  # refuse an unstorable descriptor before any segment exists
-    return fmt, int(capacity), float(sample_rate)
-
-
-def _claim_stream(
-    stream: str, identity: tuple[int, int]
-) -> tuple[StreamSegment, Generation | None, bool]:
-    """Create the stream segment, or take over one whose writer died.
-
-    Returns the stream segment, the previous writer's current generation
-    (None for a new stream or when that generation is gone) and whether the
-    stream segment was created here.
-    """
-    try:
-        return StreamSegment.create(stream, identity), None, True
-    except FileExistsError:
-        pass
-    try:
-        meta = StreamSegment.open(stream)
-    except (FileNotFoundError, SegmentCorrupt):
-        # A stale or foreign leftover under our name, and nobody can attach to it: replace it.
-        shm.unlink(naming.shm_name(stream))
-        return StreamSegment.create(stream, identity), None, True
-    pid, start_ms = meta.header.writer
-    if meta.header.state is not State.CLOSED and process_alive(pid, start_ms):
-        meta.close()
-        raise StreamExists(
-            f"stream {stream!r} is already written by live process {pid}; "
-            "stop that writer or choose another stream name"
-        )
-    try:
-        previous = Generation.open(stream, meta.header.generation)
-    except (FileNotFoundError, SegmentCorrupt):
-        previous = None
-    return meta, previous, False
-
-
-def _retire(gen: Generation, state: State) -> None:
-    """End generation ``gen`` (SUPERSEDED or CLOSED), wake its readers, unlink and unmap it."""
-    gen.end(state)
-    if gen.segment.linked():  # never unlink a name that now belongs to another segment
-        gen.segment.unlink()
-    gen.close()
-
-
-# -- reader ----------------------------------------------------------------------------------------
 class RingReader:
     """Reads one stream from any process; made by :func:`attach`.
 
@@ -817,10 +461,8 @@ def _copy_slots(gen: Generation, start: int, end: int) -> tuple[np.ndarray, np.n
 def attach(
     stream: str, *, from_now: bool = True, cursor: int | None = None, stream_id: int | None = None
 ) -> RingReader:
-    """Attach a reader to ``stream`` from any process, knowing only its name.
-
-    ``stream`` is a full name (``demo/acq/continuous``) or, inside the running
-    rig (``$RIGPIPE_SESSION``, else the only one running), ``acq/continuous``.
+    """Attach a reader to ``stream`` from any process, knowing only its full name
+    (``demo/acq/continuous``; ``pipeline.attach`` also takes ``acq/continuous``).
 
     ``from_now=True`` starts at the next frame published; ``False`` starts at
     the oldest frame the ring still holds. ``cursor`` starts at that sequence
@@ -833,10 +475,6 @@ def attach(
     Raises :class:`StreamNotFound` (listing the streams that exist) or
     :class:`SegmentCorrupt`.
     """
-    if stream.count("/") == 1:  # "worker/port": a stream of the running session
-        from pipeline.session import resolve_stream
-
-        stream = resolve_stream(stream)
     naming.validate_stream(stream)
     deadline = time.monotonic() + _ATTACH_RETRY_S
     while True:

@@ -8,38 +8,22 @@ it by hand.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import psutil
-
-from pipeline import naming, shm
 from pipeline.errors import SegmentCorrupt
-from pipeline.layout import KIND_GENERATION, KIND_STREAM, Generation, Header, State, StreamSegment
+from pipeline.identity import process_alive
+from pipeline.ring import naming, shm
+from pipeline.ring.layout import (
+    KIND_GENERATION,
+    KIND_STREAM,
+    Generation,
+    Header,
+    State,
+    StreamSegment,
+)
 
 _CREATION_GRACE_S = 10.0  # sweep leaves unreadable segments younger than this alone
-
-
-def process_identity(pid: int | None = None) -> tuple[int, int]:
-    """(pid, creation time in ms) of a process: a pid alone can be reused after it exits."""
-    pid = os.getpid() if pid is None else pid
-    return pid, round(psutil.Process(pid).create_time() * 1000)
-
-
-def process_alive(pid: int, start_ms: int) -> bool:
-    """True if the process ``(pid, start_ms)`` still runs (a zombie counts as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if round(proc.create_time() * 1000) != start_ms:
-            return False  # the pid now belongs to another process
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # it exists but is not ours to inspect: never sweep it
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,9 @@ import h5py
 import numpy as np
 
 from pipeline.errors import RecordingError
-from pipeline.inspect import segment_files
-from pipeline.recfile import MANIFEST, Manifest, read_manifest
-from pipeline.views import (
+from pipeline.recording.format import MANIFEST, Manifest, read_manifest
+from pipeline.recording.inspect import segment_files
+from pipeline.recording.views import (
     CHANNELS_BY_FRAMES,
     DEFAULT_MEMORY_LIMIT_BYTES,
     FRAMES_BY_CHANNELS,

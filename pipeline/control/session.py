@@ -21,9 +21,9 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from pipeline import segments
-from pipeline.bus import Endpoints
+from pipeline.control.bus import Endpoints
 from pipeline.errors import SessionNotFound
+from pipeline.ring import segments
 
 START_HINT = "start one with `rigpipe run configs/demo.toml`"
 

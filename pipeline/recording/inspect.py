@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.recfile import (
+from pipeline.recording.format import (
     GAP_PERIODS,
     MANIFEST,
     Manifest,

@@ -37,11 +37,12 @@ from typing import Any
 
 import msgspec
 
-from pipeline import bus, messages, segments, session
 from pipeline.config import RigConfig
+from pipeline.control import bus, messages, session
+from pipeline.control.messages import Message
 from pipeline.errors import ProtocolError, SessionRunning
-from pipeline.messages import Message
-from pipeline.process import WorkerProcess, WorkerState
+from pipeline.ring import segments
+from pipeline.supervisor.process import WorkerProcess, WorkerState
 from pipeline.worker import WorkerSpec
 
 log = logging.getLogger("rigpipe.supervisor")

@@ -27,11 +27,15 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from pipeline import cli_export, cli_stim, config, messages, segments, session, table
-from pipeline.bus import Client
+from pipeline import config
+from pipeline.cli import recordings as cli_export
+from pipeline.cli import stim as cli_stim
+from pipeline.cli import table
+from pipeline.control import messages, session
+from pipeline.control.bus import Client
 from pipeline.errors import ConfigError, EndOfStream, RequestFailed, RigpipeError
-from pipeline.layout import KIND_STREAM
-from pipeline.ring import RingReader, attach
+from pipeline.ring import RingReader, attach, segments
+from pipeline.ring.layout import KIND_STREAM
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- run ------------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.supervisor import Supervisor
+    from pipeline.supervisor.supervisor import Supervisor
 
     rig = config.load(args.config)
     if args.check:
@@ -255,7 +259,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from pipeline.inspect import inspect, render
+    from pipeline.recording.inspect import inspect, render
 
     try:
         report = inspect(args.path)
@@ -386,7 +390,3 @@ def _sweep(args: argparse.Namespace) -> int:
     for name in removed:
         print(f"  {name}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

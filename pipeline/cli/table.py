@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.messages import StatusReply
+from pipeline.control.messages import StatusReply
 
 
 def duration(seconds: float) -> str:
