@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
+from pipeline import identity
 from pipeline.control.bus import Endpoints
 from pipeline.errors import SessionNotFound
 from pipeline.ring import segments
@@ -44,7 +45,7 @@ class Discovery(msgspec.Struct, kw_only=True):
 
     @property
     def alive(self) -> bool:
-        return segments.process_alive(self.pid, self.start_ms)
+        return identity.process_alive(self.pid, self.start_ms)
 
 
 def base_dir() -> Path:
@@ -152,7 +153,7 @@ def clean_stale(session: str) -> list[str]:
         return []
     cleaned = []
     for name, (pid, start_ms) in discovery.workers.items():
-        if segments.process_alive(pid, start_ms):
+        if identity.process_alive(pid, start_ms):
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
                 psutil.Process(pid).wait(5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,62 @@ FLUSHED_DTYPE = np.dtype([("dataset", "S160"), ("rows", "<i8")])
 RESTART_DTYPE = np.dtype(
     [("time_ns", "<i8"), ("worker", "S64"), ("restarts", "<i4"), ("reason", "S256")]
 )
+
+
+#: ``layout`` attribute values: how a stream's ``data`` is laid out on disk.
+FRAMES_BY_CHANNELS = "frames x channels"
+CHANNELS_BY_FRAMES = "channels x frames"  # read, never written by the recorder
+RECORDS = "records"  # an event stream of structured records
+LAYOUTS = (FRAMES_BY_CHANNELS, CHANNELS_BY_FRAMES, RECORDS)
+
+
+@dataclass(frozen=True)
+class StreamGroup:
+    """The attributes of one stream's group in a segment: written here, read here.
+
+    ``write`` also stores the descriptor's common fields as attributes of their
+    own (``channel_labels``, ``units``, ``scale``, ``offset``, ``source``) so that
+    any HDF5 tool shows them; ``read`` takes them from ``descriptor_json``.
+    """
+
+    stream: str  # session-relative, "acq/continuous"
+    sample_rate: float  # Hz; 0 for an event stream
+    first_frame: int  # recording frame index of row 0
+    first_cursor: int  # ring sequence of row 0 (schema 1 resumes from it)
+    descriptor: dict[str, Any]
+    layout: str = FRAMES_BY_CHANNELS
+    stream_id: int = 0  # the ring's stream id when the segment began (schema 2; 0 unknown)
+
+    def write(self, group: Any) -> None:
+        d = self.descriptor
+        attrs = group.attrs
+        attrs["stream"] = self.stream
+        attrs["sample_rate"] = self.sample_rate
+        attrs["first_frame"] = self.first_frame
+        attrs["first_cursor"] = self.first_cursor
+        attrs["stream_id"] = self.stream_id
+        attrs["descriptor_json"] = json.dumps(d, default=str)
+        if "channel_labels" in d:
+            attrs["channel_labels"] = [str(x) for x in d["channel_labels"]]
+        for key in ("units", "scale", "offset"):
+            if isinstance(d.get(key), str | int | float):
+                attrs[key] = d[key]
+        if "source" in d:
+            attrs["source"] = json.dumps(d["source"], default=str)
+        attrs["layout"] = self.layout
+
+    @classmethod
+    def read(cls, group: Any) -> StreamGroup:
+        attrs = group.attrs
+        return cls(
+            stream=str(attrs["stream"]),
+            sample_rate=float(attrs["sample_rate"]),
+            first_frame=int(attrs["first_frame"]),
+            first_cursor=int(attrs.get("first_cursor", 0)),
+            descriptor=json.loads(attrs.get("descriptor_json", "{}")),
+            layout=str(attrs.get("layout", FRAMES_BY_CHANNELS)),
+            stream_id=int(attrs.get("stream_id", 0)),
+        )
 
 
 def group_name(stream: str) -> str:
@@ -109,6 +166,32 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
 
 def read_manifest(directory: Path) -> Manifest:
     return msgspec.json.decode((directory / MANIFEST).read_bytes(), type=Manifest)
+
+
+def segment_files(path: Path) -> list[Path]:
+    """The segment files of a recording directory, its manifest, or one file, in order."""
+    files, _ = locate(Path(path))
+    return files
+
+
+def locate(path: Path) -> tuple[list[Path], Manifest | None]:
+    """The segment files of ``path`` in recording order, and the manifest if there is one.
+
+    A directory without a manifest gives its ``segment-*.h5`` files by name.
+    FileNotFoundError when ``path`` holds no recording.
+    """
+    if path.is_dir() or path.name == MANIFEST:
+        directory = path if path.is_dir() else path.parent
+        if not (directory / MANIFEST).exists():
+            found = sorted(directory.glob("segment-*.h5"))
+            if not found:
+                raise FileNotFoundError(f"{directory} holds no {MANIFEST} and no segment files")
+            return found, None
+        manifest = read_manifest(directory)
+        return [directory / entry.file for entry in manifest.segments], manifest
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return [path], None
 
 
 def open_segment(path: Path) -> Any:

@@ -28,11 +28,10 @@ import numpy as np
 
 from pipeline.recording.format import (
     GAP_PERIODS,
-    MANIFEST,
-    Manifest,
+    StreamGroup,
     consistency_flags,
+    locate,
     open_segment,
-    read_manifest,
 )
 
 #: Gap causes that say the ring overwrote the frames: their cursor range is exact.
@@ -83,28 +82,6 @@ class Report:
         return not self.problems
 
 
-def segment_files(path: Path) -> list[Path]:
-    """The segment files of ``path`` in recording order."""
-    files, _ = _locate(Path(path))
-    return files
-
-
-def _locate(path: Path) -> tuple[list[Path], Manifest | None]:
-    """The segment files of ``path`` in recording order, and the manifest if there is one."""
-    if path.is_dir() or path.name == MANIFEST:
-        directory = path if path.is_dir() else path.parent
-        if not (directory / MANIFEST).exists():
-            found = sorted(directory.glob("segment-*.h5"))
-            if not found:
-                raise FileNotFoundError(f"{directory} holds no {MANIFEST} and no segment files")
-            return found, None
-        manifest = read_manifest(directory)
-        return [directory / entry.file for entry in manifest.segments], manifest
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    return [path], None
-
-
 def _open(path: Path, report: Report) -> h5py.File:
     if consistency_flags(path):
         report.warnings.append(
@@ -119,7 +96,7 @@ def inspect(path: Path) -> Report:
     report = Report(Path(path))
     expected_first: dict[str, int] = {}
     last_ns: dict[str, int] = {}
-    files, manifest = _locate(Path(path))
+    files, manifest = locate(Path(path))
     entries = {entry.file: entry for entry in manifest.segments} if manifest else {}
     for file_path in files:
         with _open(file_path, report) as file:
@@ -135,7 +112,7 @@ def inspect(path: Path) -> Report:
             report.events += len(file["events"])
             sizes = {}
             for group in file["streams"].values():
-                stream = str(group.attrs["stream"])
+                stream = StreamGroup.read(group).stream
                 _check_stream(report, group, gaps, expected_first, last_ns, file_path.name)
                 _check_ring_gaps(report, group, gaps, file_path.name)
                 sizes[stream] = len(group["data"])
@@ -173,15 +150,16 @@ def _check_stream(
     last_ns: dict[str, int],
     file_name: str,
 ) -> None:
-    stream = str(group.attrs["stream"])
+    attrs = StreamGroup.read(group)
+    stream = attrs.stream
     data = group["data"]
     dtype = "record" if data.dtype.names else str(data.dtype)
-    rate = float(group.attrs["sample_rate"])
+    rate = attrs.sample_rate
     summary = report.streams.setdefault(
         stream,
         StreamSummary(stream, dtype, tuple(data.shape[1:]), rate),
     )
-    first_frame = int(group.attrs["first_frame"])
+    first_frame = attrs.first_frame
     if stream in expected_first and first_frame != expected_first[stream]:
         report.problems.append(
             f"{stream}: {file_name} starts at frame {first_frame}, "
@@ -231,7 +209,8 @@ def _check_stream(
 
 def _check_ring_gaps(report: Report, group: h5py.Group, gaps: np.ndarray, file_name: str) -> None:
     """A gap blamed on the ring lost exactly its cursor range, and recording resumed at its end."""
-    stream = str(group.attrs["stream"])
+    attrs = StreamGroup.read(group)
+    stream = attrs.stream
     mine = gaps[
         (gaps["stream"] == stream.encode())
         & np.isin(gaps["cause"], [c.encode() for c in RING_CAUSES])
@@ -239,7 +218,7 @@ def _check_ring_gaps(report: Report, group: h5py.Group, gaps: np.ndarray, file_n
     if not len(mine):
         return
     runs = group["sequence_runs"][:] if "sequence_runs" in group else None
-    first_frame = int(group.attrs["first_frame"])
+    first_frame = attrs.first_frame
     for gap in mine:
         at, lost = int(gap["at_frame"]), int(gap["lost_frames"])
         span = int(gap["cursor_end"]) - int(gap["cursor_start"])

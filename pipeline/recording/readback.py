@@ -36,13 +36,16 @@ import h5py
 import numpy as np
 
 from pipeline.errors import RecordingError
-from pipeline.recording.format import MANIFEST, Manifest, read_manifest
-from pipeline.recording.inspect import segment_files
-from pipeline.recording.views import (
+from pipeline.recording.format import (
     CHANNELS_BY_FRAMES,
-    DEFAULT_MEMORY_LIMIT_BYTES,
-    FRAMES_BY_CHANNELS,
     LAYOUTS,
+    MANIFEST,
+    Manifest,
+    StreamGroup,
+    locate,
+)
+from pipeline.recording.views import (
+    DEFAULT_MEMORY_LIMIT_BYTES,
     EventView,
     Files,
     Gap,
@@ -246,11 +249,11 @@ class Recording:
             if "streams" not in file:
                 raise RecordingError(f"{path} is not a rigpipe segment: it has no /streams group")
             for group in file["streams"].values():
-                groups.setdefault(str(group.attrs["stream"]), []).append((str(path), group))
+                groups.setdefault(StreamGroup.read(group).stream, []).append((str(path), group))
         return groups
 
     def _rate(self, stream: str) -> float:
-        return float(self._groups[stream][0][1].attrs["sample_rate"])
+        return StreamGroup.read(self._groups[stream][0][1]).sample_rate
 
     def _start_ns(self) -> int:
         firsts = [
@@ -296,12 +299,10 @@ def _locate(path: str | Path | Sequence[str | Path]) -> tuple[Path, list[Path], 
         return paths[0].parent, paths, None
     path = Path(path)
     try:
-        files = segment_files(path)
+        files, manifest = locate(path)
     except FileNotFoundError as exc:
         raise RecordingError(f"no recording at {path}: {exc}") from None
     directory = path if path.is_dir() else path.parent
-    has_manifest = (directory / MANIFEST).exists() and (path.is_dir() or path.name == MANIFEST)
-    manifest = read_manifest(directory) if has_manifest else None
     missing = [f for f in files if not f.exists()]
     if missing:
         raise RecordingError(
@@ -314,15 +315,17 @@ def _locate(path: str | Path | Sequence[str | Path]) -> tuple[Path, list[Path], 
 def _signature(group: h5py.Group) -> dict[str, Any]:
     """What must be equal in every segment for a stream to be mapped end to end."""
     data = group["data"]
-    layout = str(group.attrs.get("layout", FRAMES_BY_CHANNELS))
-    if layout not in LAYOUTS:
-        raise RecordingError(f"{group.file.filename}: {group.name} has unknown layout {layout!r}")
-    shape = tuple(data.shape[:-1] if layout == CHANNELS_BY_FRAMES else data.shape[1:])
-    descriptor = json.loads(group.attrs.get("descriptor_json", "{}"))
+    attrs = StreamGroup.read(group)
+    if attrs.layout not in LAYOUTS:
+        raise RecordingError(
+            f"{group.file.filename}: {group.name} has unknown layout {attrs.layout!r}"
+        )
+    shape = tuple(data.shape[:-1] if attrs.layout == CHANNELS_BY_FRAMES else data.shape[1:])
+    descriptor = attrs.descriptor
     return {
         "dtype": data.dtype,
         "frame shape": shape,
-        "sample rate": float(group.attrs["sample_rate"]),
+        "sample rate": attrs.sample_rate,
         "channel labels": _labels(descriptor, shape),
         "scale": descriptor.get("scale", 1.0),
         "units": descriptor.get("units", ""),
@@ -344,16 +347,15 @@ def _pieces(stream: str, groups: list[tuple[str, h5py.Group]]) -> tuple[list[Pie
                 f"({what}), so the segments cannot be mapped end to end. Open the segments "
                 f"before it and from it separately, e.g. open_recording([...segment files...])"
             )
-        transposed = group.attrs.get("layout", FRAMES_BY_CHANNELS) == CHANNELS_BY_FRAMES
+        group_attrs = StreamGroup.read(group)
+        transposed = group_attrs.layout == CHANNELS_BY_FRAMES
         data = group["data"]
         rows = data.shape[-1] if transposed else data.shape[0]
         rows = min(rows, len(group["timestamps_ns"]))
-        pieces.append(
-            Piece(path, group.name, first, rows, int(group.attrs["first_frame"]), transposed)
-        )
+        pieces.append(Piece(path, group.name, first, rows, group_attrs.first_frame, transposed))
         first += rows
     attrs = dict(reference)
-    attrs["descriptor"] = json.loads(first_group.attrs.get("descriptor_json", "{}"))
+    attrs["descriptor"] = StreamGroup.read(first_group).descriptor
     return pieces, attrs
 
 

@@ -33,9 +33,6 @@ from pipeline.recording.selection import Rows
 #: Slices larger than this raise SliceTooLarge unless allowed (open_recording(memory_limit_bytes=)).
 DEFAULT_MEMORY_LIMIT_BYTES = 2 << 30
 _SLAB_BYTES = 32 << 20  # read at most this much from one dataset at a time
-FRAMES_BY_CHANNELS = "frames x channels"
-CHANNELS_BY_FRAMES = "channels x frames"
-LAYOUTS = (FRAMES_BY_CHANNELS, CHANNELS_BY_FRAMES, "records")
 
 
 @dataclass(frozen=True)

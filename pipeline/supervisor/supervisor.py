@@ -41,6 +41,7 @@ from pipeline.config import RigConfig
 from pipeline.control import bus, messages, session
 from pipeline.control.messages import Message
 from pipeline.errors import ProtocolError, SessionRunning
+from pipeline.identity import process_identity
 from pipeline.ring import segments
 from pipeline.supervisor.process import WorkerProcess, WorkerState
 from pipeline.worker import WorkerSpec
@@ -158,7 +159,7 @@ class Supervisor:
                 log_level=self.rig.session.log_level,
                 recordings_dir=str(Path(self.rig.session.recordings_dir).resolve()),
                 session_id=self.session_id,
-                supervisor_start_ms=segments.process_identity()[1],
+                supervisor_start_ms=process_identity()[1],
                 config_text=self.rig.text,
             )
             log_path = self.runtime_dir / "logs" / f"{plan.name}.log"
@@ -167,7 +168,7 @@ class Supervisor:
     def _write_discovery(self) -> None:
         assert self.server is not None
         identities = {n: i for n, w in self.workers.items() if (i := w.identity_now()) is not None}
-        pid, start_ms = segments.process_identity()
+        pid, start_ms = process_identity()
         session.write(
             session.Discovery(
                 session=self.name,

@@ -21,8 +21,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from pipeline.recording.format import group_name, open_segment
-from pipeline.recording.inspect import segment_files
+from pipeline.recording.format import group_name, open_segment, segment_files
 from workers.acquisition.source import Source, SourceError
 
 _BLOCK_S = 0.25  # read this much of a continuous stream at a time

@@ -11,7 +11,6 @@ sockets itself.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pipeline.recording.format import (
     RESTART_DTYPE,
     Manifest,
     SegmentEntry,
+    StreamGroup,
     group_name,
     read_manifest,
     text,
@@ -149,11 +149,11 @@ class Recording:
             entry.repairs = [*entry.repairs, *segment.repairs]
             write_manifest(directory, manifest)
         for stream in segment.datasets:  # a stream absent so far has no group yet
-            group = segment.file[group_name(stream)]
-            data = group["data"]
-            descriptor = json.loads(group.attrs["descriptor_json"])
-            rate = float(group.attrs["sample_rate"])
-            fmt = StreamFormat(stream, data.dtype, data.shape[1:], rate, descriptor)
+            data = segment.file[group_name(stream)]["data"]
+            attrs = segment.attributes(stream)
+            fmt = StreamFormat(
+                stream, data.dtype, data.shape[1:], attrs.sample_rate, attrs.descriptor
+            )
             stream_id, sequence = segment.resume_point(stream)
             runs = segment.runs.get(stream)
             generation = (
@@ -383,7 +383,7 @@ def finish_abandoned(directory: Path) -> list[str]:
         ]
         with h5py.File(path, "r") as file:
             entry.frames = {
-                str(g.attrs["stream"]): len(g["data"]) for g in file["streams"].values()
+                StreamGroup.read(g).stream: len(g["data"]) for g in file["streams"].values()
             }
         entry.state = "repaired"
         entry.finished_at = now_iso()

@@ -10,7 +10,6 @@ and leaves a file plain ``h5py.File(path)`` opens.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,13 @@ import numpy as np
 from pipeline.recording.format import (
     EVENT_DTYPE,
     FLUSHED_DTYPE,
+    FRAMES_BY_CHANNELS,
     GAP_DTYPE,
+    RECORDS,
     RESTART_DTYPE,
     RUN_DTYPE,
     SCHEMA_VERSION,
+    StreamGroup,
     consistency_flags,
     group_name,
     repair,
@@ -62,7 +64,7 @@ class Segment:
         self.datasets: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
         self.runs: dict[str, h5py.Dataset] = {}
         for group in file["streams"].values():
-            stream = group.attrs["stream"]
+            stream = StreamGroup.read(group).stream
             self.datasets[stream] = (group["data"], group["timestamps_ns"])
             if "sequence_runs" in group:
                 self.runs[stream] = group["sequence_runs"]
@@ -105,8 +107,15 @@ class Segment:
                 group.create_dataset(
                     "sequence_runs", shape=(0,), maxshape=(None,), dtype=RUN_DTYPE, chunks=(64,)
                 )
-                _describe(group, fmt, first_frames[fmt.stream], first_cursors[fmt.stream])
-                group.attrs["stream_id"] = (stream_ids or {}).get(fmt.stream, 0)
+                StreamGroup(
+                    fmt.stream,
+                    fmt.sample_rate,
+                    first_frames[fmt.stream],
+                    first_cursors[fmt.stream],
+                    fmt.descriptor,
+                    FRAMES_BY_CHANNELS if fmt.frame_shape else RECORDS,
+                    (stream_ids or {}).get(fmt.stream, 0),
+                ).write(group)
             for name, dtype in (("events", EVENT_DTYPE), ("gaps", GAP_DTYPE)):
                 file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
             file.create_dataset(
@@ -180,8 +189,7 @@ class Segment:
             return int(last["stream_id"]), int(last["sequence"]) + self.rows[stream] - int(
                 last["row"]
             )
-        group = self.file[group_name(stream)]
-        return int(group.attrs.get("stream_id", 0)), self.next_cursor(stream)
+        return self.attributes(stream).stream_id, self.next_cursor(stream)
 
     def add_row(self, dataset: str, row: np.void | np.ndarray) -> None:
         """Append one record to ``events``, ``gaps`` or ``provenance/restarts``."""
@@ -190,11 +198,14 @@ class Segment:
         table.resize(n + 1, axis=0)
         table[n] = row
 
+    def attributes(self, stream: str) -> StreamGroup:
+        return StreamGroup.read(self.file[group_name(stream)])
+
     def first_cursor(self, stream: str) -> int:
-        return int(self.file[group_name(stream)].attrs["first_cursor"])
+        return self.attributes(stream).first_cursor
 
     def first_frame(self, stream: str) -> int:
-        return int(self.file[group_name(stream)].attrs["first_frame"])
+        return self.attributes(stream).first_frame
 
     def lost_cursors(self, stream: str) -> int:
         """Ring sequence numbers this segment skipped for ``stream`` (its gaps)."""
@@ -234,23 +245,6 @@ def finalize(path: Path, finished_attrs: dict[str, Any]) -> list[str]:
         file["provenance"].attrs.update(finished_attrs)
         file.attrs["finished"] = True
     return done
-
-
-def _describe(group: h5py.Group, fmt: StreamFormat, first_frame: int, first_cursor: int) -> None:
-    d = fmt.descriptor
-    group.attrs["stream"] = fmt.stream
-    group.attrs["sample_rate"] = fmt.sample_rate
-    group.attrs["first_frame"] = first_frame
-    group.attrs["first_cursor"] = first_cursor
-    group.attrs["descriptor_json"] = json.dumps(d, default=str)
-    if "channel_labels" in d:
-        group.attrs["channel_labels"] = [str(x) for x in d["channel_labels"]]
-    for key in ("units", "scale", "offset"):
-        if isinstance(d.get(key), str | int | float):
-            group.attrs[key] = d[key]
-    if "source" in d:
-        group.attrs["source"] = json.dumps(d["source"], default=str)
-    group.attrs["layout"] = "frames x channels" if fmt.frame_shape else "records"
 
 
 def event_row(time_ns: int, monotonic_ns: int, topic: str, payload: Any) -> np.ndarray:
