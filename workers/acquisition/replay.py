@@ -7,12 +7,12 @@ offline sees exactly the stream the rig produced. Frames are published when
 the replay clock reaches their timestamp: ``first timestamp + elapsed x
 speed``. Gaps in the recording are replayed as the pauses they were. At the
 end the streams close (readers get EndOfStream) and the worker exits 0, or,
-with ``loop``, it starts over with timestamps shifted past the end.
+with ``loop``, it starts over with timestamps shifted past the end. It reads
+through ``pipeline.open_recording``, like any other reader of a recording.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,9 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from pipeline.recording.format import group_name, open_segment, segment_files
+from pipeline.errors import RecordingError
+from pipeline.recording.readback import Recording, open_recording
+from pipeline.recording.views import EventView, StreamView
 from workers.acquisition.source import Source, SourceError
 
 _BLOCK_S = 0.25  # read this much of a continuous stream at a time
@@ -47,9 +49,9 @@ class ReplaySettings(
 
 
 def recorded_streams(path: str) -> list[str]:
-    """The streams of the recording at ``path`` (from its first segment)."""
-    with open_segment(segment_files(Path(path))[0]) as file:
-        return [str(g.attrs["stream"]) for g in file["streams"].values()]
+    """The streams of the recording at ``path``."""
+    with open_recording(path) as rec:
+        return list(rec.streams)
 
 
 def _chosen(settings: ReplaySettings) -> list[str]:
@@ -58,35 +60,32 @@ def _chosen(settings: ReplaySettings) -> list[str]:
 
 @dataclass
 class _Track:
-    """One stream being replayed: where it is in which segment, and its ring."""
+    """One stream being replayed: its view of the recording, its ring, and a block in hand."""
 
-    stream: str
+    view: StreamView | EventView
     ring: Any
-    files: list[Path]
-    segment: int = 0
-    row: int = 0
-    data: np.ndarray | None = None
+    frame: int = 0  # the next frame of the recording to load
+    data: np.ndarray | None = None  # (frames, *frame_shape), as the ring takes them
     stamps: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pos: int = 0
     done: bool = False
 
     def load(self) -> bool:
         """Read the next block; False at the end of the recording."""
-        while self.segment < len(self.files):
-            with open_segment(self.files[self.segment]) as file:
-                group = file.get(group_name(self.stream))
-                rows = 0 if group is None else len(group["data"])
-                if self.row < rows:
-                    rate = float(group.attrs["sample_rate"])
-                    block = round(_BLOCK_S * rate) if rate > 0 else _BLOCK_EVENTS
-                    end = min(rows, self.row + max(1, block))
-                    self.data = group["data"][self.row : end]
-                    self.stamps = group["timestamps_ns"][self.row : end].astype(np.int64)
-                    self.row, self.pos = end, 0
-                    return True
-            self.segment, self.row = self.segment + 1, 0
-        self.done = True
-        return False
+        view = self.view
+        if self.frame >= view.frames:
+            self.done = True
+            return False
+        rate = view.sample_rate
+        block = round(_BLOCK_S * rate) if rate > 0 else _BLOCK_EVENTS
+        end = min(view.frames, self.frame + max(1, block))
+        if isinstance(view, EventView):
+            self.data = view[self.frame : end]
+        else:  # (channels, frames) -> the ring's (frames, channels)
+            self.data = np.ascontiguousarray(view[:, self.frame : end].T)
+        self.stamps = view.timestamps_ns[self.frame : end]
+        self.frame, self.pos = end, 0
+        return True
 
 
 class ReplaySource(Source):
@@ -98,7 +97,7 @@ class ReplaySource(Source):
     def check(cls, settings: Any) -> None:
         try:
             available = recorded_streams(settings.path)
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, RecordingError) as exc:
             raise ValueError(
                 f"path {settings.path!r} is not a readable rigpipe recording: {exc}"
             ) from None
@@ -111,23 +110,25 @@ class ReplaySource(Source):
 
     def open(self) -> None:
         s = self.settings
-        files = segment_files(Path(s.path))
+        try:
+            self.recording: Recording = open_recording(s.path, memory_limit_bytes=None)
+        except RecordingError as exc:
+            raise SourceError(str(exc)) from None
         self.tracks: list[_Track] = []
         first_stamps = []
-        with open_segment(files[0]) as file:
-            for stream in _chosen(s):
-                group = file[group_name(stream)]
-                data = group["data"]
-                rate = float(group.attrs["sample_rate"])
-                descriptor = json.loads(group.attrs["descriptor_json"])
-                descriptor["replayed_from"] = str(Path(s.path).resolve())
-                capacity = max(1024, round(s.buffer_s * rate)) if rate > 0 else 1 << 16
-                ring = self.worker.writer(
-                    stream.split("/")[-1], data.dtype, data.shape[1:], capacity, rate, descriptor
-                )
-                self.tracks.append(_Track(stream, ring, files))
-                if len(group["timestamps_ns"]):
-                    first_stamps.append(int(group["timestamps_ns"][0]))
+        for stream in _chosen(s):
+            view = self.recording[stream]
+            descriptor = dict(view.descriptor)
+            descriptor["replayed_from"] = str(Path(s.path).resolve())
+            rate = view.sample_rate
+            frame_shape = view.attrs["frame shape"]
+            capacity = max(1024, round(s.buffer_s * rate)) if rate > 0 else 1 << 16
+            ring = self.worker.writer(
+                stream.split("/")[-1], view.dtype, frame_shape, capacity, rate, descriptor
+            )
+            self.tracks.append(_Track(view, ring))
+            if view.frames:
+                first_stamps.append(int(view.timestamps_ns[0]))
         if not first_stamps:
             raise SourceError(f"the recording {s.path} holds no frames")
         self.first_ns = min(first_stamps)
@@ -177,10 +178,12 @@ class ReplaySource(Source):
         self.start = time.monotonic()
         self.counters["loops"] += 1
         for track in self.tracks:
-            track.segment = track.row = 0
+            track.frame = 0
             track.done = False
             track.load()
 
     def close(self) -> None:
         for track in getattr(self, "tracks", []):
             track.ring.close()
+        if hasattr(self, "recording"):
+            self.recording.close()
