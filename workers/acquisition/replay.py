@@ -22,6 +22,7 @@ import msgspec
 import numpy as np
 
 from pipeline.errors import RecordingError
+from pipeline.recording.format import locate
 from pipeline.recording.readback import Recording, open_recording
 from pipeline.recording.views import EventView, StreamView
 from workers.acquisition.source import Source, SourceError
@@ -49,7 +50,8 @@ class ReplaySettings(
 
 
 def recorded_streams(path: str) -> list[str]:
-    """The streams of the recording at ``path``."""
+    """The streams of the recording at ``path`` (FileNotFoundError if there is none)."""
+    locate(Path(path))
     with open_recording(path) as rec:
         return list(rec.streams)
 
