@@ -27,14 +27,14 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from pipeline import config
+from pipeline import attach, config
 from pipeline.cli import recordings as cli_export
 from pipeline.cli import stim as cli_stim
 from pipeline.cli import table
 from pipeline.control import messages, session
 from pipeline.control.bus import Client
 from pipeline.errors import ConfigError, EndOfStream, RequestFailed, RigpipeError
-from pipeline.ring import RingReader, attach, segments
+from pipeline.ring import RingReader, segments
 from pipeline.ring.layout import KIND_STREAM
 
 

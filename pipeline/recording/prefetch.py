@@ -1,6 +1,6 @@
 """Block iteration over a recording view, with the next blocks read by a background process.
 
-The prefetch process (``python -m pipeline.recording.prefetch``, a fresh interpreter on
+The prefetch process (``python -m pipeline.recording.prefetch_child``, a fresh interpreter on
 every OS, so the caller's script is never imported again the way
 ``multiprocessing``'s spawn would) opens the segment files itself and reads
 block after block straight into slots of one shared-memory segment; the
@@ -27,17 +27,33 @@ import sys
 import uuid
 from collections import deque
 from collections.abc import Generator
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.errors import RecordingError
-from pipeline.recording.views import Block, Files, StreamView
 from pipeline.ring import shm
 from pipeline.ring.naming import shm_name
 
+if TYPE_CHECKING:  # views imports this module; the child (prefetch_child) imports views
+    from pipeline.recording.views import StreamView
+
 #: Blocks read ahead of the one the caller has.
 DEPTH = 2
+
+
+@dataclass
+class Block:
+    """Frames ``start`` to ``stop`` of a view: ``data`` (channels, frames) and their timestamps."""
+
+    start: int
+    data: np.ndarray
+    timestamps_ns: np.ndarray
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.data.shape[-1]
 
 
 def iterate_blocks(
@@ -61,7 +77,7 @@ def _read_block(view: StreamView, start: int, count: int, scaled: bool) -> Block
     return Block(start, data, view.timestamps_ns[start : start + count])
 
 
-class _Slots:
+class Slots:
     """``depth`` block-sized slots in one shared-memory segment: data, then timestamps."""
 
     def __init__(self, segment: shm.Segment, channels: int, frames: int, dtype: np.dtype) -> None:
@@ -91,7 +107,7 @@ class _Child:
 
     def __init__(self, setup: dict[str, Any]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.recording.prefetch"],
+            [sys.executable, "-m", "pipeline.recording.prefetch_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -148,8 +164,8 @@ def _prefetched(
     channels = len(view.channel_index)
     depth = DEPTH if copy else DEPTH + 1  # the caller holds one slot while it has the block
     name = shm_name(f"prefetch/{os.getpid()}/{uuid.uuid4().hex}")
-    segment = shm.Segment.create(name, _Slots.size(channels, frames, dtype, depth))
-    slots = _Slots(segment, channels, frames, dtype)
+    segment = shm.Segment.create(name, Slots.size(channels, frames, dtype, depth))
+    slots = Slots(segment, channels, frames, dtype)
     child = None
     try:
         try:
@@ -196,52 +212,3 @@ def _prefetched(
         if child is not None:
             child.stop()
         segment.close()
-
-
-def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """The prefetch process: read the blocks the parent asks for into its slots."""
-
-    def reply(*message: Any) -> None:
-        pickle.dump(message, replies)
-        replies.flush()
-
-    setup = pickle.load(requests)
-    try:
-        segment = shm.Segment.attach(setup["segment"])
-    except OSError as exc:
-        reply("error", None, f"cannot map the shared memory {setup['segment']}: {exc}")
-        return
-    files = Files()
-    dtype = np.dtype(setup["dtype"])
-    slots = _Slots(segment, setup["channels"], setup["frames"], dtype)
-    try:
-        view = StreamView.from_spec(setup["view"], files)
-        reply("ready")
-        while True:
-            try:
-                request = pickle.load(requests)
-            except EOFError:
-                return  # the parent is gone
-            if request is None:
-                return
-            slot, start, count = request
-            try:
-                data, stamps = slots.arrays(slot, count)
-                view.fill_block(start, count, data, stamps, setup["scaled"])
-            except Exception as exc:  # sent to the parent, which raises it there
-                reply("error", slot, f"frames {start}..{start + count}: {exc!r}")
-                return
-            reply("done", slot)
-    finally:
-        files.close()
-        segment.close()
-
-
-def main() -> None:
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    sys.stdout = sys.stderr  # nothing else may write into the reply pipe
-    serve(sys.stdin.buffer, replies)
-
-
-if __name__ == "__main__":
-    main()

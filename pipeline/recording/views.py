@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.errors import RecordingError, SliceTooLarge
 from pipeline.recording import selection as keys
 from pipeline.recording.format import open_segment
+from pipeline.recording.prefetch import Block, iterate_blocks
 from pipeline.recording.selection import Rows
 
 #: Slices larger than this raise SliceTooLarge unless allowed (open_recording(memory_limit_bytes=)).
@@ -494,8 +495,6 @@ class StreamView(_Rows):
         a block's arrays are read-only views of that shared memory, valid until
         the next block is asked for (faster; do not keep them).
         """
-        from pipeline.recording.prefetch import iterate_blocks
-
         if frames is None:
             frames = max(1, round((seconds if seconds is not None else 1.0) * self.sample_rate))
         if frames < 1:
@@ -532,19 +531,6 @@ class StreamView(_Rows):
             f"<StreamView {self.stream}: {len(self.channel_index)} channels x {self.frames} frames "
             f"of {self.dtype} at {self.sample_rate:g} Hz, {len(self.pieces)} segment(s)>"
         )
-
-
-@dataclass
-class Block:
-    """Frames ``start`` to ``stop`` of a view: ``data`` (channels, frames) and their timestamps."""
-
-    start: int
-    data: np.ndarray
-    timestamps_ns: np.ndarray
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.data.shape[-1]
 
 
 class EventView(_Rows):
