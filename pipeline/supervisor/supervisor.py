@@ -24,6 +24,7 @@ under way, and samples stream cursors and psutil figures.
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
 import os
@@ -31,36 +32,32 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import msgspec
 
 from pipeline.config import RigConfig
 from pipeline.control import bus, messages, session
 from pipeline.control.messages import Message
-from pipeline.errors import ProtocolError, SessionRunning
+from pipeline.errors import SessionRunning
 from pipeline.identity import process_identity
 from pipeline.ring import segments
+from pipeline.supervisor.controller import Controller
 from pipeline.supervisor.process import WorkerProcess, WorkerState
 from pipeline.worker import WorkerSpec
 
 log = logging.getLogger("rigpipe.supervisor")
 TICK_S = 0.05
 SAMPLE_S = 1.0
-FORWARD_TIMEOUT_S = 3.0
 _ALIVE = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
 
 
-@dataclass
-class _Forwarded:
-    """A request passed on to a worker, waiting for its reply."""
+class SessionState(enum.StrEnum):
+    """Where the session as a whole is (``rigpipe status`` shows it)."""
 
-    client: bytes
-    request_id: int
-    message: messages.WorkerRequest
-    deadline: float
+    STARTING = "starting"  # workers start level by level
+    RUNNING = "running"  # every level has started
+    STOPPING = "stopping"  # the ordered stop is under way
+    STOPPED = "stopped"  # every worker has exited
 
 
 class Supervisor:
@@ -84,8 +81,7 @@ class Supervisor:
         self.streams = {
             f"{self.name}/{stream}": plan.name for plan in rig.workers for stream in plan.outputs
         }
-        self.state = "starting"
-        self.bad_messages = 0
+        self.state = SessionState.STARTING
         self.workers: dict[str, WorkerProcess] = {}
         self._levels = sorted({plan.level for plan in rig.workers})
         self._started_levels = 0
@@ -94,13 +90,13 @@ class Supervisor:
         self._stop_requested: str | None = None
         self._forced = False
         self._killed_any = False
-        self._forwarded: dict[int, _Forwarded] = {}
         self._ids = itertools.count(1)
         self._rates: dict[str, tuple[float, int, float]] = {}
         self._next_sample = 0.0
         self._t0 = time.monotonic()
         self.session_id = str(uuid.uuid4())
         self.server: bus.Server | None = None
+        self.controller: Controller | None = None
 
     # -- session lifecycle ----------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> int:
@@ -115,6 +111,7 @@ class Supervisor:
             self.on_event(f"cleaned up after a supervisor that died: {line}")
         self.runtime_dir = session.runtime_dir(self.name, self.rig.session.runtime_dir)
         self.server = bus.Server(self._endpoints())
+        self.controller = Controller(self, self.server)
         self._make_workers()
         previous = self._install_signals()
         try:
@@ -124,7 +121,7 @@ class Supervisor:
                 f"logs in {self.runtime_dir / 'logs'}"
             )
             deadline = None if duration_s is None else time.monotonic() + duration_s
-            while self.state != "stopped":
+            while self.state is not SessionState.STOPPED:
                 if deadline is not None and time.monotonic() >= deadline:
                     self.request_stop(f"--duration {duration_s:g} s elapsed")
                     deadline = None
@@ -201,6 +198,11 @@ class Supervisor:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
+    @property
+    def stopping(self) -> bool:
+        """True once the ordered stop has begun (or is over)."""
+        return self.state in (SessionState.STOPPING, SessionState.STOPPED)
+
     def request_stop(self, reason: str) -> None:
         """Begin the ordered stop (idempotent)."""
         if self._stop_requested is None:
@@ -240,22 +242,25 @@ class Supervisor:
     # -- the loop -------------------------------------------------------------------------------
     def tick(self) -> None:
         assert self.server is not None
-        for identity, message in self.server.receive(TICK_S):
-            self._dispatch(identity, message)
+        for peer, message in self.server.receive(TICK_S):
+            self.controller.dispatch(peer, message)
         now = time.monotonic()
         for worker in self.workers.values():
             self._watch(worker, now)
-        self._expire_forwarded(now)
+        self.controller.expire_forwarded(now)
         if self._forced:
             self.on_event("second interrupt: killing every worker now")
             self._kill_all()
-            self.state = "stopped"
+            self.state = SessionState.STOPPED
             return
-        if self._stop_requested is not None and self.state in ("starting", "running"):
+        if self._stop_requested is not None and self.state in (
+            SessionState.STARTING,
+            SessionState.RUNNING,
+        ):
             self._begin_stop(self._stop_requested)
-        if self.state == "starting":
+        if self.state is SessionState.STARTING:
             self._advance_start()
-        elif self.state == "stopping":
+        elif self.state is SessionState.STOPPING:
             self._advance_stop(now)
         if now >= self._next_sample:
             self._next_sample = now + SAMPLE_S
@@ -271,19 +276,19 @@ class Supervisor:
             ):
                 return
         if self._started_levels == len(self._levels):
-            self.state = "running"
-            self._publish(messages.SessionStateChanged(session=self.name, state="running"))
+            self.state = SessionState.RUNNING
+            self.publish(messages.SessionStateChanged(session=self.name, state="running"))
             return
         level = self._levels[self._started_levels]
         self._started_levels += 1
         for worker in self.workers.values():
             if worker.plan.level == level:
-                self._spawn(worker)
+                self.spawn(worker)
 
-    def _spawn(self, worker: WorkerProcess) -> None:
+    def spawn(self, worker: WorkerProcess) -> None:
         worker.spawn()
         self._write_discovery()
-        self._publish(
+        self.publish(
             messages.WorkerStateChanged(worker=worker.name, state="starting", pid=worker.pid)
         )
 
@@ -307,8 +312,8 @@ class Supervisor:
                 self._killed_any |= worker.kill_stage >= 2
             case WorkerState.BACKOFF if worker.restart_at is not None and now >= worker.restart_at:
                 reason, worker.restarts = worker.reason or "restart policy", worker.restarts + 1
-                self._spawn(worker)
-                self._publish(
+                self.spawn(worker)
+                self.publish(
                     messages.WorkerRestarted(
                         worker=worker.name, restarts=worker.restarts, reason=reason, pid=worker.pid
                     )
@@ -321,18 +326,18 @@ class Supervisor:
 
     def _exited(self, worker: WorkerProcess, code: int, now: float) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        if worker.expected_exit or self.state in ("stopping", "stopped"):
+        if worker.expected_exit or self.stopping:
             restart = worker.state is WorkerState.STOPPING and not worker.held
             worker.state = WorkerState.STOPPED
-            self._publish(
+            self.publish(
                 messages.WorkerStateChanged(
                     worker=worker.name, state="stopped", exit_code=code, detail=how
                 )
             )
-            if restart and self.state not in ("stopping", "stopped"):
+            if restart and not self.stopping:
                 worker.restarts += 1
-                self._spawn(worker)
-                self._publish(
+                self.spawn(worker)
+                self.publish(
                     messages.WorkerRestarted(
                         worker=worker.name,
                         restarts=worker.restarts,
@@ -354,7 +359,7 @@ class Supervisor:
         else:
             worker.state = WorkerState.FAILED if code != 0 else WorkerState.EXITED
             detail = f"{how}; restart policy {worker.plan.config.restart!r}"
-        self._publish(
+        self.publish(
             messages.WorkerStateChanged(
                 worker=worker.name, state=str(worker.state), exit_code=code, detail=detail
             )
@@ -364,8 +369,8 @@ class Supervisor:
 
     def _begin_stop(self, reason: str) -> None:
         self.on_event(f"stopping ({reason}): sources first, then readers, then the rest")
-        self.state = "stopping"
-        self._publish(messages.SessionStateChanged(session=self.name, state="stopping"))
+        self.state = SessionState.STOPPING
+        self.publish(messages.SessionStateChanged(session=self.name, state="stopping"))
         levels = sorted({w.plan.level for w in self.workers.values()})
         self._stop_groups = [
             [w for w in self.workers.values() if w.plan.level == level] for level in levels
@@ -380,17 +385,17 @@ class Supervisor:
             group = self._stop_groups.pop(0)
             alive = [w for w in group if w.alive]
             for worker in alive:
-                self._ask_to_stop(worker, hold=True)
+                self.ask_to_stop(worker, hold=True)
             if alive:
                 self._stopping_group = alive
                 return
-        self.state = "stopped"
+        self.state = SessionState.STOPPED
 
     def _advance_stop(self, now: float) -> None:
         if not any(w.alive for w in self._stopping_group):
             self._stop_next_group()
 
-    def _ask_to_stop(self, worker: WorkerProcess, hold: bool) -> None:
+    def ask_to_stop(self, worker: WorkerProcess, hold: bool) -> None:
         """Send Stop (SIGTERM if it never connected); escalate at the stop deadline."""
         assert self.server is not None
         worker.held = hold
@@ -404,7 +409,7 @@ class Supervisor:
         if not sent:
             worker.signal(signal.SIGTERM)
             worker.kill_stage = 1
-        self._publish(messages.WorkerStateChanged(worker=worker.name, state="stopping"))
+        self.publish(messages.WorkerStateChanged(worker=worker.name, state="stopping"))
 
     # -- sampling and status --------------------------------------------------------------------
     def _sample(self, now: float) -> None:
@@ -429,11 +434,11 @@ class Supervisor:
             uptime_s=now - self._t0,
             state=self.state,
             workers=[w.status(now) for w in self.workers.values()],
-            streams=self._stream_statuses(),
-            bad_messages=self.bad_messages,
+            streams=self.stream_statuses(),
+            bad_messages=self.controller.bad_messages if self.controller else 0,
         )
 
-    def _stream_statuses(self) -> list[messages.StreamStatus]:
+    def stream_statuses(self) -> list[messages.StreamStatus]:
         """Streams as they are now (a lag needs the current write cursor, not a sampled one)."""
         statuses = []
         for stream, writer in sorted(self.streams.items()):
@@ -461,191 +466,16 @@ class Supervisor:
             )
         return statuses
 
-    # -- control plane --------------------------------------------------------------------------
-    def _publish(self, event: Message) -> None:
+    # -- what the controller uses --------------------------------------------------------------
+    def publish(self, event: Message) -> None:
+        """Send ``event`` to every subscriber, and one line of it to ``on_event``."""
         if self.server is not None:
             self.server.publish(event)
         self.on_event(describe(event))
 
-    def _dispatch(self, identity: bytes, message: Message | ProtocolError) -> None:
-        """Answer one message; any failure becomes an Error reply, never an exception."""
-        assert self.server is not None
-        if isinstance(message, ProtocolError):
-            self.bad_messages += 1
-            self.server.send(identity, messages.Error(text=str(message)))
-            return
-        request_id = getattr(message, "request_id", 0)
-        try:
-            reply = self._handle(identity, message)
-        except Exception as exc:
-            log.exception("handling %r", message)
-            reply = messages.Error(request_id=request_id, text=f"internal error: {exc!r}")
-        if reply is not None:
-            self.server.send(identity, reply)
-
-    def _handle(self, identity: bytes, message: Message) -> Message | None:
-        match message:
-            case messages.Heartbeat():
-                return self._on_heartbeat(identity, message)
-            case messages.Hello():
-                return self._on_hello(identity, message)
-            case messages.Status(request_id=rid):
-                return self.status(rid)
-            case messages.ListStreams(request_id=rid):
-                return messages.StreamsReply(request_id=rid, streams=self._stream_statuses())
-            case messages.StartWorker() | messages.StopWorker() | messages.RestartWorker():
-                return self._on_worker_command(message)
-            case messages.WorkerRequest():
-                return self._forward(identity, message)
-            case messages.Annotate(request_id=rid, text=text):
-                self._publish(
-                    messages.Annotated(
-                        text=text, time_ns=time.time_ns(), monotonic_ns=time.monotonic_ns()
-                    )
-                )
-                return messages.Ok(request_id=rid, detail="annotation recorded")
-            case messages.Shutdown(request_id=rid):
-                self.request_stop("shutdown requested")
-                return messages.Ok(request_id=rid, detail=f"stopping session {self.name!r}")
-            case messages.Report(worker=worker, level=level, text=text):
-                self._publish(messages.Reported(worker=worker, level=level, text=text))
-                return None
-            case messages.WorkerEvent():
-                self._publish(message)
-                return None
-            case messages.Ok() | messages.Error():
-                return self._on_worker_reply(identity, message)
-            case _:
-                self.bad_messages += 1
-                tag = type(message).__struct_config__.tag
-                return messages.Error(
-                    request_id=getattr(message, "request_id", 0),
-                    text=f"{tag!r} is not a request the supervisor accepts",
-                )
-
-    def _on_hello(self, identity: bytes, hello: messages.Hello) -> Message:
-        """A worker or client introduces itself; refused if its protocol version differs."""
-        if hello.protocol_version != messages.PROTOCOL_VERSION:
-            self.bad_messages += 1
-            return messages.Error(
-                request_id=hello.request_id,
-                text=f"protocol version {hello.protocol_version} is not supported; this "
-                f"supervisor speaks {messages.PROTOCOL_VERSION}: install the same rigpipe",
-            )
-        worker = self.workers.get(hello.worker)
-        if worker is not None and worker.pid == hello.pid:
-            worker.identity = identity
-        return messages.Ok(request_id=hello.request_id, detail=f"session {self.name}")
-
-    def _on_heartbeat(self, identity: bytes, beat: messages.Heartbeat) -> Message | None:
-        """Record a worker's heartbeat; the first ready one marks it RUNNING."""
-        worker = self.workers.get(beat.worker)
-        if worker is None:
-            self.bad_messages += 1
-            return messages.Error(text=f"no worker named {beat.worker!r} in this session")
-        if worker.pid != beat.pid or not worker.alive:
-            return None  # a previous process of this worker, being killed: no ack keeps it up
-        worker.identity = identity
-        worker.last_heartbeat = time.monotonic()
-        worker.counters = beat.counters
-        worker.readers = beat.readers
-        worker.note = beat.note
-        if beat.ready and worker.state is WorkerState.STARTING:
-            worker.state = WorkerState.RUNNING
-            worker.ready_at = worker.last_heartbeat
-            self._publish(
-                messages.WorkerStateChanged(worker=worker.name, state="running", pid=worker.pid)
-            )
-        return messages.HeartbeatAck()
-
-    def _no_such_worker(self, name: str, request_id: int) -> messages.Error:
-        names = ", ".join(self.workers)
-        return messages.Error(
-            request_id=request_id, text=f"no worker named {name!r}; workers: {names}"
-        )
-
-    def _on_worker_command(
-        self, command: messages.StartWorker | messages.StopWorker | messages.RestartWorker
-    ) -> Message:
-        """Start, stop (and hold) or restart one worker by name."""
-        rid = command.request_id
-        worker = self.workers.get(command.worker)
-        if worker is None:
-            return self._no_such_worker(command.worker, rid)
-        if self.state in ("stopping", "stopped"):
-            return messages.Error(request_id=rid, text="the session is stopping")
-        match command:
-            case messages.StartWorker():
-                if worker.alive:
-                    return messages.Error(request_id=rid, text=f"{worker.name} is already running")
-                worker.held, worker.failures = False, 0
-                self._spawn(worker)
-                return messages.Ok(request_id=rid, detail=f"starting {worker.name}")
-            case messages.StopWorker():
-                if not worker.alive:
-                    worker.held, worker.state = True, WorkerState.STOPPED
-                    return messages.Ok(request_id=rid, detail=f"{worker.name} is not running")
-                self._ask_to_stop(worker, hold=True)
-                return messages.Ok(request_id=rid, detail=f"stopping {worker.name}")
-            case _:
-                if not worker.alive:
-                    worker.held, worker.failures = False, 0
-                    worker.restarts += 1
-                    self._spawn(worker)
-                else:
-                    self._ask_to_stop(worker, hold=False)
-                return messages.Ok(request_id=rid, detail=f"restarting {worker.name}")
-
-    def _forward(self, client: bytes, request: messages.WorkerRequest) -> Message | None:
-        """Pass a request (a parameter change, a stimulation command) to its worker; the
-        worker's answer is relayed back."""
-        rid = request.request_id
-        worker = self.workers.get(request.worker)
-        if worker is None:
-            return self._no_such_worker(request.worker, rid)
-        if worker.state is not WorkerState.RUNNING or worker.identity is None:
-            return messages.Error(
-                request_id=rid, text=f"{worker.name} is {worker.state}, not running; try later"
-            )
-        forward_id = next(self._ids)
-        forwarded = msgspec.structs.replace(request, request_id=forward_id)
-        if not self.server or not self.server.send(worker.identity, forwarded):
-            return messages.Error(request_id=rid, text=f"{worker.name} is not reachable")
-        self._forwarded[forward_id] = _Forwarded(
-            client, rid, request, time.monotonic() + FORWARD_TIMEOUT_S
-        )
-        return None
-
-    def _on_worker_reply(self, identity: bytes, reply: messages.Ok | messages.Error) -> None:
-        pending = self._forwarded.pop(reply.request_id, None)
-        if pending is None:
-            return None  # the answer to a Stop, or to a request that already timed out
-        assert self.server is not None
-        self.server.send(
-            pending.client, msgspec.structs.replace(reply, request_id=pending.request_id)
-        )
-        request = pending.message
-        if isinstance(reply, messages.Ok) and isinstance(request, messages.SetParameter):
-            self._publish(
-                messages.ParameterChanged(
-                    worker=request.worker, name=request.name, value=request.value
-                )
-            )
-        return None
-
-    def _expire_forwarded(self, now: float) -> None:
-        assert self.server is not None
-        for forward_id, pending in list(self._forwarded.items()):
-            if now >= pending.deadline:
-                del self._forwarded[forward_id]
-                self.server.send(
-                    pending.client,
-                    messages.Error(
-                        request_id=pending.request_id,
-                        text=f"{pending.message.worker} did not answer "
-                        f"within {FORWARD_TIMEOUT_S:g} s",
-                    ),
-                )
+    def next_id(self) -> int:
+        """A request id for a message the supervisor sends itself."""
+        return next(self._ids)
 
 
 def describe(event: Message) -> str:
