@@ -195,6 +195,7 @@ def test_nothing_on_the_wire_raises_out_of_dispatch(rig) -> None:
     assert server.sent[-1] == (b"c", messages.Error(text="garbage"))
     controller.dispatch(b"c", messages.Status(request_id=3))  # the handler raises
     peer, reply = server.sent[-1]
+    assert peer == b"c"
     assert isinstance(reply, messages.Error) and reply.request_id == 3
     assert "status exploded" in reply.text
     controller.dispatch(b"c", messages.Shutdown(request_id=5))
