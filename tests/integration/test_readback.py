@@ -98,7 +98,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def prefetchers() -> list[psutil.Process]:
     """This test process's prefetch children (other tests may leave a resource tracker)."""
-    return [p for p in psutil.Process().children() if "pipeline.recording.prefetch" in p.cmdline()]
+    return [
+        p for p in psutil.Process().children() if "pipeline.recording.prefetch_child" in p.cmdline()
+    ]
 
 
 def written(directory: Path, stream: str = "acq/continuous", name: str = "data") -> np.ndarray:

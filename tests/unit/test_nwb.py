@@ -124,6 +124,6 @@ def test_an_existing_file_is_kept_and_a_failed_export_leaves_nothing(
         export_nwb(blackrock_like, tmp_path / "new.nwb", block_s=0.05, progress=fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.nwb"]
     children = [
-        p for p in psutil.Process().children() if "pipeline.recording.prefetch" in p.cmdline()
+        p for p in psutil.Process().children() if "pipeline.recording.prefetch_child" in p.cmdline()
     ]
     assert children == [], "the interrupted export left its prefetch process running"
