@@ -1,4 +1,6 @@
-"""``rigpipe export PATH --nwb OUT.nwb``: a recording as an NWB file, with a progress bar.
+"""Commands on recording files: ``rigpipe inspect PATH`` and ``rigpipe export PATH --nwb OUT.nwb``.
+
+``export`` writes a recording as an NWB file, with a progress bar.
 
 The bar redraws in place on a terminal; when stderr is a file or a pipe (a
 batch job's log) it prints one line every 10 %, so the log shows how far a
@@ -10,7 +12,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+import msgspec
+import numpy as np
+
+
+def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    inspect = command(
+        "inspect", _inspect, "summarize a recording and check that no frame is missing", False
+    )
+    inspect.add_argument("path", help="a recording directory, its manifest.json, or a segment")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    export = command("export", run, "write a recording as an NWB file (needs pynwb)", False)
+    add_arguments(export)
 
 
 def add_arguments(export: argparse.ArgumentParser) -> None:
@@ -99,3 +115,23 @@ class ProgressBar:
         if self.live:
             self.out.write("\n")
             self.out.flush()
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from pipeline.recording.inspect import inspect, render
+
+    try:
+        report = inspect(args.path)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"rigpipe: cannot inspect {args.path}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(msgspec.json.encode(report, enc_hook=_plain).decode())
+    else:
+        print("\n".join(render(report)))
+    return 0 if report.ok else 1
+
+
+def _plain(value: object) -> object:
+    """JSON for numpy scalars and paths in an inspect report."""
+    return value.item() if isinstance(value, np.generic) else str(value)

@@ -9,12 +9,24 @@ config; nothing here can change those.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli.control import request
 from pipeline.control import messages
 from pipeline.errors import RigpipeError
+
+
+def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    stim = command("stim", run, "stimulate, stop, arm or disarm (safety-checked)")
+    add_arguments(stim)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(describe(request(args, request_for(args))))
+    return 0
 
 
 def add_arguments(stim: argparse.ArgumentParser) -> None:
@@ -59,7 +71,7 @@ def _repeat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1, help="number of pulses")
 
 
-def request(args: argparse.Namespace) -> messages.Message:
+def request_for(args: argparse.Namespace) -> messages.Message:
     """The request ``args`` describe."""
     worker = args.worker
     match args.action:

@@ -1,0 +1,117 @@
+"""Commands that talk to the running rig: status, worker, set, record, annotate, stop."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from pipeline.cli.run import render
+from pipeline.control import messages, session
+from pipeline.control.bus import Client
+from pipeline.errors import RequestFailed
+
+
+def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    status = command("status", _status, "show workers, streams, rates and lags")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    annotate = command("annotate", _annotate, "broadcast a time-stamped comment")
+    annotate.add_argument("text", nargs="+", help="the comment")
+
+    worker = command("worker", _worker, "start, stop or restart one worker")
+    worker.add_argument("action", choices=["start", "stop", "restart"])
+    worker.add_argument("name", help="worker name from the config")
+
+    setp = command("set", _set, "change a worker parameter while the rig runs")
+    setp.add_argument("worker", help="worker name from the config")
+    setp.add_argument("parameter", help="parameter name")
+    setp.add_argument("value", help='new value (JSON: 20, 0.5, true, "text"; else a string)')
+
+    record = command("record", _record, "start or stop recording while the rig runs")
+    record.add_argument("action", choices=["start", "stop"])
+    record.add_argument("--worker", help="the recording worker (default: the only one)")
+
+    command("stop", _stop, "stop the running rig in order")
+
+
+def request(args: argparse.Namespace, message: messages.Message) -> messages.Message:
+    discovery = session.find(args.session)
+    with Client(discovery.endpoints, args.timeout) as client:
+        return client.request(message)
+
+
+def _status(args: argparse.Namespace) -> int:
+    reply = request(args, messages.Status())
+    assert isinstance(reply, messages.StatusReply)
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+    else:
+        print("\n".join(render(reply)))
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    reply = request(args, messages.Annotate(text=" ".join(args.text)))
+    print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    kind = {
+        "start": messages.StartWorker,
+        "stop": messages.StopWorker,
+        "restart": messages.RestartWorker,
+    }[args.action]
+    reply = request(args, kind(worker=args.name))
+    print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _set(args: argparse.Namespace) -> int:
+    try:
+        value = msgspec.json.decode(args.value)
+    except msgspec.DecodeError:
+        value = args.value
+    reply = request(
+        args, messages.SetParameter(worker=args.worker, name=args.parameter, value=value)
+    )
+    print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    discovery = session.find(args.session)
+    with Client(discovery.endpoints, args.timeout) as client:
+        status = client.request(messages.Status())
+        assert isinstance(status, messages.StatusReply)
+        recorders = [w.name for w in status.workers if w.kind.split(".")[-1] == "recording"]
+        if args.worker:
+            name = args.worker
+        elif len(recorders) == 1:
+            name = recorders[0]
+        else:
+            found = ", ".join(recorders) or "none"
+            raise RequestFailed(f"choose the recording worker with --worker (recorders: {found})")
+        on = args.action == "start"
+        client.request(messages.SetParameter(worker=name, name="recording", value=on))
+    print(f"{name}: recording {'started' if on else 'stopped'}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    discovery = session.find(args.session)
+    with Client(discovery.endpoints, args.timeout) as client:
+        reply = client.request(messages.Shutdown())
+    print(getattr(reply, "detail", reply))
+    deadline = time.monotonic() + 60
+    while discovery.alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if discovery.alive:
+        print(f"rigpipe: the supervisor (pid {discovery.pid}) is still stopping", file=sys.stderr)
+        return 1
+    print(f"session {discovery.session!r} stopped")
+    return 0

@@ -1,0 +1,136 @@
+"""``rigpipe run CONFIG``: the supervisor in the foreground, with the live status table.
+
+On a terminal the table (workers, streams, rates, lags) is redrawn in place
+with the last events below it; otherwise one line per event and a summary
+every 10 s. ``rigpipe status`` prints the same table once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+
+from pipeline import config
+from pipeline.control import messages
+from pipeline.control.messages import StatusReply
+
+
+def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    run = command("run", run_rig, "run a rig from a config file, in the foreground", False)
+    run.add_argument("config", help="TOML config, e.g. configs/demo.toml")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--check", action="store_true", help="validate the config and exit")
+
+
+def run_rig(args: argparse.Namespace) -> int:
+    from pipeline.supervisor.supervisor import Supervisor
+
+    rig = config.load(args.config)
+    if args.check:
+        workers = ", ".join(f"{p.name} ({p.config.kind})" for p in rig.workers)
+        print(f"{args.config}: valid; session {rig.session.name!r}; workers: {workers}")
+        return 0
+    logging.basicConfig(
+        level=rig.session.log_level.upper(), format="%(asctime)s %(name)s %(message)s"
+    )
+    display = _LiveTable() if sys.stdout.isatty() else _EventLog()
+    supervisor = Supervisor(rig, on_event=display.event, on_tick=display.tick)
+    code = supervisor.run(args.duration)
+    display.close()
+    return code
+
+
+class _EventLog:
+    """Non-interactive output: one line per event, a status summary every 10 s."""
+
+    def __init__(self) -> None:
+        self._next = time.monotonic() + 10
+
+    def event(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    def tick(self, status: messages.StatusReply) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + 10
+        running = sum(w.state == "running" for w in status.workers)
+        rates = ", ".join(f"{s.stream} {s.rate_hz:.0f} Hz" for s in status.streams)
+        self.event(f"status: {running}/{len(status.workers)} workers running; {rates}")
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
+class _LiveTable:
+    """Interactive output: the status table redrawn in place, the last events below it."""
+
+    def __init__(self) -> None:
+        self._events: deque[str] = deque(maxlen=8)
+        self._drawn = 0
+        self._last: messages.StatusReply | None = None
+
+    def event(self, text: str) -> None:
+        self._events.append(f"{time.strftime('%H:%M:%S')} {text.splitlines()[0]}")
+        if self._last is not None:
+            self.tick(self._last)
+
+    def tick(self, status: messages.StatusReply) -> None:
+        self._last = status
+        lines = [*render(status), "", *self._events, "", "Ctrl-C stops the rig in order"]
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        sys.stdout.write(up + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J")
+        sys.stdout.flush()
+        self._drawn = len(lines)
+
+    def close(self) -> None:
+        for text in list(self._events)[-3:]:
+            print(text)
+
+
+# -- the status table ------------------------------------------------------------------------------
+def duration(seconds: float) -> str:
+    """``1:02:03`` for hours, ``2:03`` below an hour."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def render(status: StatusReply) -> list[str]:
+    """The lines of the table: session, workers, streams, worker counters."""
+    lines = [
+        f"session {status.session}  {status.state}  up {duration(status.uptime_s)}"
+        f"  bad messages {status.bad_messages}",
+        "",
+        f"{'worker':14} {'kind':12} {'state':9} {'pid':>7} {'restarts':>8} {'uptime':>8} "
+        f"{'cpu %':>6} {'mem MB':>7} {'beat s':>6}",
+    ]
+    for w in status.workers:
+        beat = "-" if w.heartbeat_age_s is None else f"{w.heartbeat_age_s:.1f}"
+        pid = str(w.pid) if w.pid else "-"
+        lines.append(
+            f"{w.name:14} {w.kind[-12:]:12} {w.state:9} {pid:>7} {w.restarts:>8} "
+            f"{duration(w.uptime_s):>8} {w.cpu_percent:6.1f} {w.rss_bytes / 1e6:7.1f} {beat:>6}"
+        )
+    lines += [
+        "",
+        f"{'stream':32} {'writer':10} {'gen':>4} {'rate Hz':>10} {'frames':>13}"
+        "  readers (lag, dropped)",
+    ]
+    for s in status.streams:
+        readers = ", ".join(f"{r.worker} ({r.lag}, {r.dropped})" for r in s.readers) or "-"
+        writer = s.writer if s.writer_alive else f"{s.writer}!"
+        lines.append(
+            f"{s.stream:32} {writer:10} {s.generation:>4} {s.rate_hz:10.0f} "
+            f"{s.write_cursor:>13}  {readers}"
+        )
+    noted = [w for w in status.workers if w.counters or w.note]
+    if noted:
+        lines.append("")
+    for w in noted:
+        shown = "  ".join(f"{k} {v:g}" for k, v in sorted(w.counters.items()))
+        lines.append(f"{w.name}: {w.note + '  ' if w.note else ''}{shown}")
+    return lines
