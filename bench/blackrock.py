@@ -41,7 +41,7 @@ def bench_callback(channels: int, batches: int) -> None:
     os.environ["RIGPIPE_CBSDK_EMULATOR"] = json.dumps({"lost_after_s": 0.0})  # no own delivery
     from pipeline.control.bus import Endpoints
     from pipeline.worker import WorkerSpec
-    from workers.acquisition import AcquisitionWorker
+    from workers.acquisition.worker import AcquisitionWorker
 
     spec = WorkerSpec(
         session=f"bench{uuid.uuid4().hex[:6]}",

@@ -83,13 +83,13 @@ def test_the_reference_documents_every_option() -> None:
     from workers.acquisition.blackrock import BlackrockSettings
     from workers.acquisition.replay import ReplaySettings
     from workers.acquisition.synthetic_source import SyntheticSettings
-    from workers.recording import RecordingSettings
-    from workers.stimulation import StimulationSettings
+    from workers.recording.worker import RecordingSettings
     from workers.stimulation.safety import ChannelLimits
     from workers.stimulation.simulated import SimulatedSettings
     from workers.stimulation.stg import StgSettings
     from workers.stimulation.trigger import TriggerRule
-    from workers.visualization import ScopeSettings
+    from workers.stimulation.worker import StimulationSettings
+    from workers.visualization.worker import ScopeSettings
 
     reference = (ROOT / "configs" / "README.md").read_text()
     tables = [

@@ -1,0 +1,427 @@
+"""Stimulation worker: safety-checked pulse trains and waveforms, closed-loop triggers.
+
+Commands arrive over the control plane (``PulseTrain``, ``Waveform``,
+``StopStimulation``, ``Arm``, ``Disarm`` in :mod:`pipeline.messages`) from the
+CLI (``rigpipe stim ...``), a script or another worker. Each is answered
+``Accepted`` (with a command id) or ``Refused`` (with the reason), and
+published as an event so the recorder keeps it. Trigger rules from the config
+are evaluated here, on the rings themselves. Every stimulus passes
+:mod:`.safety` with the limits from the config, before and after rendering
+(:mod:`.output`), and only then reaches the backend:
+
+- ``simulated`` (default, :mod:`.simulated`): output into the ring ``<worker>/output``;
+- ``stg`` (:mod:`.stg`): a Multi Channel Systems STG4000 through McsUsbNet.dll and
+  pythonnet (extra ``stg``).
+
+The stimulator starts disarmed unless the config says ``armed = true``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from pipeline.control import messages
+from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
+from pipeline.ring import Chunk, RingReader
+from pipeline.worker import Worker
+from workers.stimulation.output import Output, Rendered, Train, render
+from workers.stimulation.safety import ChannelLimits, SafetyViolation, check
+from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
+from workers.stimulation.stg import StgSettings
+from workers.stimulation.trigger import Detector, TriggerRule
+
+#: The Python thread switch interval in a stimulation worker, s.
+SWITCH_INTERVAL_S = 0.0005
+
+
+class StimulationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[workers.parameters]`` of a ``stimulation`` worker."""
+
+    channels: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    backend: Literal["simulated", "stg"] = "simulated"
+    armed: bool = False  # armed at start; otherwise an Arm request is needed first
+    output_rate_hz: Annotated[float, msgspec.Meta(gt=0)] = 50_000.0
+    buffer_ms: Annotated[float, msgspec.Meta(gt=0)] = 20.0  # output buffer period
+    limits: dict[str, ChannelLimits] = {}  # "default" and/or channel numbers ("0", "1"...)
+    triggers: list[TriggerRule] = []
+    simulated: SimulatedSettings = SimulatedSettings()
+    stg: StgSettings | None = None
+
+
+def channel_limits(settings: StimulationSettings) -> dict[int, ChannelLimits]:
+    """The limits of every channel that has any (a channel without limits cannot stimulate)."""
+    limits: dict[int, ChannelLimits] = {}
+    default = settings.limits.get("default")
+    for key in settings.limits:
+        if key == "default":
+            continue
+        if not key.isdigit() or int(key) >= settings.channels:
+            raise ValueError(
+                f"limits.{key}: not a channel; use 'default' or a channel number "
+                f"0..{settings.channels - 1}"
+            )
+    for channel in range(settings.channels):
+        chosen = settings.limits.get(str(channel), default)
+        if chosen is not None:
+            limits[channel] = chosen
+    return limits
+
+
+class StimulationWorker(Worker):
+    Settings = StimulationSettings
+    #: Commands from other processes are answered within a fraction of a millisecond.
+    service_interval_s = 0.0002
+
+    @classmethod
+    def outputs(cls, settings: Any) -> list[str]:
+        return ["output"] if settings.backend == "simulated" else []
+
+    @classmethod
+    def inputs(cls, settings: Any) -> list[str]:
+        return sorted({rule.stream for rule in settings.triggers})
+
+    @classmethod
+    def check(cls, settings: Any) -> None:
+        limits = channel_limits(settings)
+        if not limits:
+            raise ValueError(
+                "no stimulation limits are configured; add [workers.parameters.limits.default] "
+                "with max_amplitude_ua and max_charge_per_phase_nc"
+            )
+        buffer_samples = settings.buffer_ms * settings.output_rate_hz / 1000
+        if buffer_samples < 4:
+            raise ValueError(f"buffer_ms {settings.buffer_ms:g} holds fewer than 4 samples")
+        if settings.backend == "stg" and settings.stg is None:
+            raise ValueError(
+                "backend 'stg' needs [workers.parameters.stg] with dll_path = <McsUsbNet.dll>"
+            )
+        names = set()
+        for rule in settings.triggers:
+            if rule.name in names:
+                raise ValueError(f"two triggers are named {rule.name!r}")
+            names.add(rule.name)
+            if rule.stim_channel >= settings.channels:
+                raise ValueError(
+                    f"trigger {rule.name!r}: stim_channel {rule.stim_channel} does not exist; "
+                    f"channels are 0..{settings.channels - 1}"
+                )
+            try:
+                check(rule.command("config"), limits)
+            except SafetyViolation as exc:
+                raise ValueError(f"trigger {rule.name!r}: {exc}") from None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        s = self.settings
+        # The refill thread must get the GIL within a fraction of the output buffer
+        # (the default switch interval lets another thread hold it for 5 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self.limits = channel_limits(s)
+        self.armed = s.armed
+        self._ids = itertools.count(time.time_ns() // 1000)  # unique across restarts
+        self.backend = self._open_backend()
+        buffer_samples = math.ceil(s.buffer_ms * s.output_rate_hz / 1000)
+        self.output = Output(self.backend, buffer_samples, min(0.002, s.buffer_ms / 8000))
+        self.output.start()
+        self.backend.start()
+        # a rule's pulse is rendered (and checked) once, not at every crossing
+        self.watches = [
+            _Watch(
+                rule,
+                render(
+                    rule.command(self.name),
+                    self.limits,
+                    s.output_rate_hz,
+                    self.backend.resolution_ua,
+                ),
+            )
+            for rule in s.triggers
+        ]
+        for watch in self.watches:
+            self._attach(watch)
+        for name in ("accepted", "refused", "triggers", "fired"):
+            self.counters[name] = 0
+        self._set_armed(s.armed, "config")
+
+    def _open_backend(self) -> Any:
+        s = self.settings
+        if s.backend == "stg":
+            from workers.stimulation.stg import StgStimulator  # imports pythonnet
+
+            backend = StgStimulator(s.stg, s.channels, s.output_rate_hz)
+        else:
+
+            def make_writer(capacity: int) -> Any:
+                descriptor = {
+                    "channel_labels": [f"stim{c}" for c in range(s.channels)],
+                    "units": "uA",
+                    "source": {"kind": "stimulation", "backend": "simulated"},
+                }
+                return self.writer(
+                    "output", "float32", s.channels, capacity, s.output_rate_hz, descriptor
+                )
+
+            backend = SimulatedStimulator(s.simulated, s.channels, s.output_rate_hz, make_writer)
+        over = {c: lim for c, lim in self.limits.items() if lim.max_amplitude_ua > backend.range_ua}
+        if over:
+            backend.close()
+            raise RigpipeError(
+                f"limits allow more current than the stimulator can output "
+                f"({backend.range_ua:g} uA) on channels {sorted(over)}; lower max_amplitude_ua"
+            )
+        return backend
+
+    def run(self) -> None:
+        while not self.stopping:
+            for failure in (self.output.refill_error, getattr(self.backend, "clock_error", None)):
+                if failure is not None:
+                    raise RigpipeError(f"stimulator output failed: {failure!r}") from failure
+            if self.watches:
+                self._watch_streams()
+            else:
+                self.wait_until(time.monotonic() + 0.1)
+            if hasattr(self.backend, "underruns"):
+                self.counters["underruns"] = self.backend.underruns
+            self.service()
+
+    def teardown(self) -> None:
+        output = getattr(self, "output", None)
+        if output is not None:
+            output.close()
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()
+
+    # -- closed loop ----------------------------------------------------------------------------
+    def _attach(self, watch: _Watch) -> None:
+        """Attach to the rule's stream; if it is not there (its source stopped), try again
+        in half a second. Stimulation commands keep working meanwhile."""
+        rule = watch.rule
+        try:
+            reader = self.reader(rule.stream, from_now=True)
+        except StreamNotFound:
+            watch.retry_at = time.monotonic() + 0.5
+            return
+        if rule.channel >= reader.frame_shape[-1]:
+            raise RigpipeError(
+                f"trigger {rule.name!r}: channel {rule.channel} is not in {rule.stream} "
+                f"({reader.frame_shape[-1]} channels)"
+            )
+        watch.reader = reader
+        watch.detector = Detector(rule, reader.sample_rate)
+
+    def _watch_streams(self) -> None:
+        waited = False
+        for watch in self.watches:
+            if watch.reader is None:
+                if time.monotonic() >= watch.retry_at:
+                    self._attach(watch)
+                continue
+            try:
+                chunk = watch.reader.read(timeout_s=0.0 if waited else 0.0005)
+            except EndOfStream:
+                self.report(
+                    f"trigger {watch.rule.name!r}: {watch.rule.stream} ended; waiting "
+                    "for it to come back",
+                    "info",
+                )
+                self.close_reader(watch.rule.stream)
+                watch.reader, watch.retry_at = None, time.monotonic() + 0.5
+                continue
+            waited = True
+            self._detect(watch, chunk)
+        if not waited:
+            self.wait_until(time.monotonic() + 0.01)
+
+    def _detect(self, watch: _Watch, chunk: Chunk) -> None:
+        detector = watch.detector
+        if chunk.dropped or chunk.format_changed:
+            detector.reset()
+        if not chunk.frames:
+            return
+        rule = detector.rule
+        values = chunk.data.reshape(chunk.frames, -1)[:, rule.channel]
+        for sequence in detector.crossings(values, chunk.start_cursor):
+            index = sequence - chunk.start_cursor
+            self.counters["triggers"] += 1
+            self._fire(watch, sequence, float(values[index]), int(chunk.timestamps_ns[index]))
+
+    def _fire(self, watch: _Watch, sequence: int, value: float, timestamp_ns: int) -> None:
+        rule = watch.rule
+        source = f"trigger:{rule.name}"
+        reason, command_id = "", 0
+        if not self.armed:
+            reason = "disarmed"
+        elif self.output.busy(rule.stim_channel):
+            reason = f"channel {rule.stim_channel} is still stimulating"
+        else:
+            reply = self.stimulate(rule.command(self.name), source, timestamp_ns, watch.rendered)
+            if isinstance(reply, messages.Accepted):
+                command_id = reply.command_id
+                self.counters["fired"] += 1
+            else:
+                reason = reply.text
+        self.publish(
+            messages.Triggered(
+                worker=self.name,
+                rule=rule.name,
+                stream=rule.stream,
+                channel=rule.channel,
+                sequence=sequence,
+                value=value,
+                frame_timestamp_ns=timestamp_ns,
+                fired=bool(command_id),
+                command_id=command_id,
+                reason=reason,
+            )
+        )
+
+    # -- commands -------------------------------------------------------------------------------
+    def on_request(self, request: messages.WorkerRequest) -> messages.Message:
+        match request:
+            case messages.PulseTrain() | messages.Waveform():
+                return self.stimulate(request, "command")
+            case messages.StopStimulation(channel=channel):
+                if channel is not None and not 0 <= channel < self.settings.channels:
+                    return messages.Error(
+                        text=f"no channel {channel}; channels are 0..{self.settings.channels - 1}"
+                    )
+                return self.silence(channel, "stop requested")
+            case messages.Arm():
+                self._set_armed(True, "Arm request")
+                return messages.Ok(detail=f"{self.name} armed")
+            case messages.Disarm():
+                self._set_armed(False, "Disarm request")
+                self.silence(None, "disarmed")
+                return messages.Ok(detail=f"{self.name} disarmed, every channel silenced")
+        return super().on_request(request)
+
+    def _set_armed(self, armed: bool, reason: str) -> None:
+        self.armed = armed
+        s = self.settings
+        state = "ARMED" if armed else "disarmed"
+        self.note = f"{s.backend}, {s.channels} channels, {state}"
+        self.publish(messages.StimulatorArmed(worker=self.name, armed=armed, reason=reason))
+
+    def silence(self, channel: int | None, reason: str) -> messages.Ok:
+        dropped = self.output.stop(channel)
+        self.publish(
+            messages.StimulationStopped(
+                worker=self.name, channel=channel, dropped_commands=dropped, reason=reason
+            )
+        )
+        where = "every channel" if channel is None else f"channel {channel}"
+        return messages.Ok(
+            detail=f"{where} silenced within {self.settings.buffer_ms:g} ms; "
+            f"{dropped} pending stimuli dropped"
+        )
+
+    def stimulate(
+        self,
+        command: messages.PulseTrain | messages.Waveform,
+        source: str,
+        frame_timestamp_ns: int = 0,
+        rendered: Rendered | None = None,
+    ) -> messages.Accepted | messages.Refused:
+        """Check, render and queue ``command``; the reply, also published as an event.
+
+        ``rendered`` is the command already rendered and checked with these limits
+        (a trigger rule's pulse, done at setup)."""
+        s = self.settings
+        if not self.armed:
+            return self._refuse(
+                f"{self.name} is disarmed; send Arm (`rigpipe stim arm`) first",
+                source,
+                command.channel,
+                "armed",
+            )
+        if not 0 <= command.channel < s.channels:
+            return self._refuse(
+                f"no channel {command.channel}; channels are 0..{s.channels - 1}",
+                source,
+                command.channel,
+                "channel",
+            )
+        try:
+            if rendered is None:
+                rendered = render(
+                    command, self.limits, s.output_rate_hz, self.backend.resolution_ua
+                )
+        except SafetyViolation as violation:
+            return self._refuse(
+                str(violation),
+                source,
+                violation.channel,
+                violation.limit,
+                violation.value,
+                violation.allowed,
+            )
+        command_id = next(self._ids)
+        queued_ns = self.output.submit(command.channel, Train(command_id, rendered))
+        self.counters["accepted"] += 1
+        is_train = isinstance(command, messages.PulseTrain)
+        self.publish(
+            messages.StimulationQueued(
+                worker=self.name,
+                command_id=command_id,
+                channel=command.channel,
+                source=source,
+                phases=command.phases if is_train else [],
+                interphase_us=command.interphase_us if is_train else 0.0,
+                waveform_samples=0 if is_train else len(command.samples_ua),
+                peak_ua=float(abs(rendered.pulse_ua).max()) if len(rendered.pulse_ua) else 0.0,
+                frequency_hz=command.frequency_hz,
+                count=command.count,
+                duration_s=rendered.total_samples / s.output_rate_hz,
+                queued_ns=queued_ns,
+                frame_timestamp_ns=frame_timestamp_ns,
+            )
+        )
+        return messages.Accepted(
+            command_id=command_id,
+            detail=f"queued on channel {command.channel}: {rendered.total_samples} samples",
+        )
+
+    def _refuse(
+        self,
+        text: str,
+        source: str,
+        channel: int | None,
+        limit: str,
+        value: float = math.nan,
+        allowed: float = math.nan,
+    ) -> messages.Refused:
+        self.counters["refused"] += 1
+        fields = {
+            "channel": channel,
+            "limit": limit,
+            "value": None if math.isnan(value) else float(value),
+            "allowed": None if math.isnan(allowed) else float(allowed),
+        }
+        self.publish(
+            messages.StimulationRefused(worker=self.name, source=source, text=text, **fields)
+        )
+        return messages.Refused(text=text, **fields)
+
+
+@dataclass
+class _Watch:
+    """A trigger rule and, while its stream exists, the reader and detector on it."""
+
+    rule: TriggerRule
+    rendered: Rendered
+    reader: RingReader | None = None
+    detector: Detector | None = None
+    retry_at: float = 0.0
+
+
+WORKER = StimulationWorker
+
+__all__ = ["WORKER", "StimulationSettings", "StimulationWorker", "channel_limits"]

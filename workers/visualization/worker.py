@@ -1,0 +1,351 @@
+"""Visualization worker: a live multi-channel scope (pyqtgraph on PySide6, extra ``viz``).
+
+One tab per stream in ``streams``: stacked traces, each channel in its own
+band, min/max-decimated to the window's pixel width (so a one-sample spike
+stays visible), drawn as a sweep over ``window_s``; ticks for spikes from the
+``spikes`` stream; red lines where the ``markers`` stream (stimulation output
+or events) is active; and a status line (generation, rate, drops, overruns,
+channels shown). ``window_s``, ``gain``, ``span_uv``, ``page`` and
+``channels_per_page`` can be changed while it runs (``rigpipe set``). A
+format change (a new generation) redraws with the new channel count at once.
+
+Without a display (no ``DISPLAY`` / ``WAYLAND_DISPLAY`` on Linux) the worker
+says so once and exits 0, unless ``offscreen = true`` asks it to render
+anyway (``snapshot`` then saves the picture as PNG every ``snapshot_s``). It
+reads rings without ever holding up a writer, so its crash costs nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+
+from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
+from pipeline.ring import RingReader, attach
+from pipeline.worker import Worker
+from workers.visualization.sweep import Picture, Sweep
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ScopeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[workers.parameters]`` of a visualization worker."""
+
+    streams: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["acq/continuous"]
+    )
+    spikes: str = ""
+    markers: str = ""
+    window_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
+    gain: Positive = 1.0
+    span_uv: Positive = 400.0
+    channels_per_page: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    page: Annotated[int, msgspec.Meta(ge=0)] = 0
+    refresh_hz: Annotated[float, msgspec.Meta(gt=0, le=240)] = 30.0
+    width_px: Annotated[int, msgspec.Meta(ge=100, le=8192)] = 1200
+    height_px: Annotated[int, msgspec.Meta(ge=100, le=8192)] = 800
+    offscreen: bool = False
+    snapshot: str = ""
+    snapshot_s: Positive = 1.0
+
+
+def has_display() -> bool:
+    """True where a window can be shown (always on macOS and Windows)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _scale(descriptor: dict[str, Any]) -> float:
+    """Microvolts per ring unit, from the descriptor (1 if it has none)."""
+    scale = descriptor.get("scale", 1.0)
+    if isinstance(scale, list):
+        return float(np.median(scale)) if scale else 1.0
+    return float(scale) if isinstance(scale, int | float) else 1.0
+
+
+class Panel:
+    """One stream's tab: its reader, its sweep, its image and status line."""
+
+    def __init__(self, worker: ScopeWorker, stream: str, pg: Any) -> None:
+        self.worker = worker
+        self.stream = stream
+        s = worker.settings
+        self.widget = pg.GraphicsLayoutWidget()
+        self.status = self.widget.addLabel("", row=0, col=0, justify="left")
+        self.plot = self.widget.addPlot(row=1, col=0)
+        self.plot.hideAxis("left")
+        self.plot.hideAxis("bottom")
+        self.plot.setMenuEnabled(False)
+        self.plot.invertY(True)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.plot.addItem(self.image)
+        self.plot.setRange(xRange=(0, s.width_px), yRange=(0, s.height_px), padding=0)
+        self.reader: RingReader | None = None
+        self.sweep: Sweep | None = None
+        self.picture = Picture()
+        self.newest_ns: int | None = None
+        self.dropped = self.overruns = 0
+        self.retry_at = 0.0
+        self.rate = 0.0
+        self._window = (time.monotonic(), 0)
+
+    def full_name(self) -> str:
+        return f"{self.worker.spec.session}/{self.stream}"
+
+    def refresh(self) -> None:
+        """Fold the frames that arrived into the sweep (drawing is the worker's choice)."""
+        if self.reader is None and not self._attach():
+            self.status.setText(f"{self.stream}: waiting for its writer")
+            return
+        assert self.reader is not None
+        try:
+            self._drain(self.reader)
+        except EndOfStream:
+            self.reader.close()
+            self.reader = None
+            self.status.setText(f"{self.stream}: closed by its writer")
+            return
+
+    def _attach(self) -> bool:
+        if time.monotonic() < self.retry_at:
+            return False
+        try:
+            self.reader = attach(self.full_name(), from_now=True)
+        except StreamNotFound:
+            self.retry_at = time.monotonic() + 0.5
+            return False
+        self._new_sweep()
+        return True
+
+    def _new_sweep(self) -> None:
+        assert self.reader is not None
+        channels = int(np.prod(self.reader.frame_shape)) if self.reader.frame_shape else 1
+        rate = self.reader.sample_rate or 1000.0
+        s = self.worker.settings
+        self.sweep = Sweep(channels, rate, s.window_s, s.width_px)
+        self.unit_uv = _scale(self.reader.descriptor)
+
+    def _drain(self, reader: RingReader) -> None:
+        budget = max(1, round(reader.sample_rate * self.worker.settings.window_s)) or 100_000
+        while budget > 0:
+            chunk = reader.read(max_frames=budget, timeout_s=0)
+            if not chunk.frames:
+                break
+            if chunk.format_changed:
+                self._new_sweep()
+            if chunk.dropped:
+                self.dropped += chunk.dropped
+                self.overruns += 1
+            assert self.sweep is not None
+            self.sweep.add(chunk.data.reshape(chunk.frames, -1))
+            self.newest_ns = int(chunk.timestamps_ns[-1])
+            budget -= chunk.frames
+            self._count(chunk.frames)
+
+    def _count(self, frames: int) -> None:
+        started, counted = self._window
+        now = time.monotonic()
+        counted += frames
+        if now - started >= 1.0:
+            self.rate = counted / (now - started)
+            started, counted = now, 0
+        self._window = (started, counted)
+
+    def frames_before_newest(self, timestamp_ns: int) -> int | None:
+        if self.newest_ns is None or self.sweep is None:
+            return None
+        return round((self.newest_ns - timestamp_ns) * self.sweep.sample_rate / 1e9)
+
+    def _draw(self) -> None:
+        assert self.sweep is not None and self.reader is not None
+        s = self.worker.settings
+        per_page = min(s.channels_per_page, self.sweep.channels)
+        first = min(s.page * per_page, max(0, self.sweep.channels - per_page))
+        span = s.span_uv / self.unit_uv
+        image = self.picture.draw(self.sweep, first, per_page, s.height_px, span, s.gain)
+        self.image.setImage(image, autoLevels=False)
+        self.status.setText(
+            f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
+            f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
+            f"{first + per_page} of {self.sweep.channels}  {s.window_s:g} s  gain {s.gain:g}"
+        )
+
+
+class ScopeWorker(Worker):
+    Settings = ScopeSettings
+    settable = frozenset({"window_s", "gain", "span_uv", "page", "channels_per_page"})
+
+    @classmethod
+    def inputs(cls, settings: Any) -> list[str]:
+        return [*settings.streams, *(s for s in (settings.spikes, settings.markers) if s)]
+
+    def setup(self) -> None:
+        s = self.settings
+        self.shown = False
+        if not s.offscreen and not has_display():
+            self.report(
+                "no display (DISPLAY / WAYLAND_DISPLAY unset): the scope is not shown; "
+                "set offscreen = true to render without one",
+                "info",
+            )
+            return
+        if s.offscreen:
+            os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        try:
+            import pyqtgraph as pg
+            from PySide6 import QtCore, QtWidgets
+        except ImportError as exc:
+            raise RigpipeError(
+                f"the scope needs pyqtgraph and PySide6: pip install 'rigpipe[viz]' ({exc})"
+            ) from None
+        self.pg, self.QtCore = pg, QtCore
+        self.app = pg.mkQApp("rigpipe scope")
+        self.window = QtWidgets.QTabWidget()
+        self.window.setWindowTitle(f"rigpipe scope: {self.spec.session}")
+        self.window.resize(s.width_px + 40, s.height_px + 80)
+        self.panels = [Panel(self, stream, pg) for stream in s.streams]
+        for panel in self.panels:
+            self.window.addTab(panel.widget, panel.stream)
+        self.spikes = self._events(s.spikes)
+        self.markers = self._events(s.markers)
+        self.next_snapshot = time.monotonic() + s.snapshot_s
+        self.counters.update(frames_drawn=0, fps=0.0)
+        self._fps_window = (time.monotonic(), 0)
+        self.window.show()
+        self.shown = True
+
+    def _events(self, stream: str) -> dict[str, Any]:
+        return {"stream": stream, "reader": None, "retry": 0.0}
+
+    def run(self) -> None:
+        if not self.shown:
+            return  # no display: nothing to do, exit 0
+        refresh = self.QtCore.QTimer()
+        refresh.timeout.connect(self._refresh)
+        refresh.start(max(1, round(1000 / self.settings.refresh_hz)))
+        bus = self.QtCore.QTimer()
+        bus.timeout.connect(self._serve)
+        bus.start(10)
+        self._failure: Exception | None = None
+        self.app.exec()
+        if self._failure is not None:
+            raise self._failure
+
+    def _serve(self) -> None:
+        self.service()
+        if self.stopping:
+            self.app.quit()
+
+    def _refresh(self) -> None:
+        try:
+            for panel in self.panels:
+                panel.refresh()  # every tab keeps reading; only the one shown draws
+            shown = self.panels[max(0, self.window.currentIndex())]
+            if shown.sweep is not None and shown.reader is not None:
+                self._overlay(shown)
+                shown._draw()
+            self._count_frame()
+            self._snapshot()
+        except Exception as exc:  # a drawing error ends the scope (run() re-raises it)
+            self._failure = exc
+            self.app.exit(1)
+
+    def _overlay(self, panel: Panel) -> None:
+        """Spike ticks and stimulation markers on the panel shown."""
+        if panel.sweep is None:
+            return
+        assert panel.reader is not None
+        channel_ids = panel.reader.descriptor.get("channel_ids", [])
+        ids = {cid: index for index, cid in enumerate(channel_ids)}  # device ids -> columns
+        for record in self._read_events(self.spikes):
+            offset = panel.frames_before_newest(int(record["timestamp_ns"]))
+            if offset is not None and offset >= 0:
+                channel = int(record["channel"])
+                panel.sweep.mark_spike(offset, ids.get(channel, channel))
+        for timestamp in self._read_marker_times(self.markers):
+            offset = panel.frames_before_newest(timestamp)
+            if offset is not None and offset >= 0:
+                panel.sweep.mark(offset)
+
+    def _reader(self, events: dict[str, Any]) -> RingReader | None:
+        if not events["stream"]:
+            return None
+        if events["reader"] is None and time.monotonic() >= events["retry"]:
+            try:
+                events["reader"] = attach(f"{self.spec.session}/{events['stream']}")
+            except StreamNotFound:
+                events["retry"] = time.monotonic() + 0.5
+        return events["reader"]
+
+    def _read_events(self, events: dict[str, Any]) -> np.ndarray:
+        reader = self._reader(events)
+        if reader is None:
+            return np.empty(0, [("timestamp_ns", "<i8"), ("channel", "<i4")])
+        try:
+            return reader.read(timeout_s=0).data
+        except EndOfStream:
+            reader.close()
+            events["reader"] = None
+            return np.empty(0, [("timestamp_ns", "<i8"), ("channel", "<i4")])
+
+    def _read_marker_times(self, events: dict[str, Any]) -> np.ndarray:
+        """Timestamps where the markers stream is active (an event, or a nonzero frame)."""
+        reader = self._reader(events)
+        if reader is None:
+            return np.empty(0, np.int64)
+        try:
+            chunk = reader.read(timeout_s=0)
+        except EndOfStream:
+            reader.close()
+            events["reader"] = None
+            return np.empty(0, np.int64)
+        if reader.sample_rate == 0 or chunk.data.dtype.names:
+            return chunk.timestamps_ns
+        active = np.any(chunk.data.reshape(chunk.frames, -1) != 0, axis=1)
+        return chunk.timestamps_ns[active]
+
+    def _count_frame(self) -> None:
+        started, frames = self._fps_window
+        frames += 1
+        self.counters["frames_drawn"] += 1
+        now = time.monotonic()
+        if now - started >= 1.0:
+            self.counters["fps"] = round(frames / (now - started), 1)
+            started, frames = now, 0
+        self._fps_window = (started, frames)
+
+    def _snapshot(self) -> None:
+        s = self.settings
+        if not s.snapshot or time.monotonic() < self.next_snapshot:
+            return
+        self.next_snapshot = time.monotonic() + s.snapshot_s
+        path = Path(s.snapshot)
+        temporary = path.with_name(f".{path.stem}.tmp.png")
+        if self.window.grab().save(str(temporary)):
+            os.replace(temporary, path)
+
+    def on_parameter(self, name: str, value: Any) -> None:
+        if name == "window_s" and getattr(self, "panels", None):
+            for panel in self.panels:
+                if panel.reader is not None:
+                    panel._new_sweep()
+
+    def teardown(self) -> None:
+        for panel in getattr(self, "panels", []):
+            if panel.reader is not None:
+                panel.reader.close()
+        for events in (getattr(self, "spikes", None), getattr(self, "markers", None)):
+            if events and events["reader"] is not None:
+                events["reader"].close()
+        if getattr(self, "shown", False):
+            self.window.close()
+
+
+WORKER = ScopeWorker
