@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.control.messages import Phase, PulseTrain, Waveform
-from workers.stimulation.output import ChannelQueue, Train, render
-from workers.stimulation.safety import ChannelLimits, SafetyViolation
+from workers.stimulation.output import ChannelQueue, Train
+from workers.stimulation.safety import ChannelLimits, SafetyViolation, render
 from workers.stimulation.trigger import Detector, TriggerRule
 
 RATE = 50_000.0

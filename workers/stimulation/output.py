@@ -1,10 +1,8 @@
-"""From a checked command to samples in a stimulator's queue.
+"""From a rendered command to samples in a stimulator's queue.
 
-:func:`render` turns a command into the samples the stimulator will output (one
-pulse, at the output rate, quantized to the device's current resolution) and
-checks *those samples* against the limits again, so what reaches the device is
-exactly what passed the safety check. A :class:`Train` hands the rendered pulse
-out period by period without materializing a long train.
+The command was checked and rendered by :mod:`.safety` (its samples checked
+again after quantization). A :class:`Train` hands the rendered pulse out period
+by period without materializing a long train.
 
 :class:`Output` owns one queue of trains per channel and a refill thread. The
 backend's queue (a DLL ring buffer on an STG, a FIFO for the simulated one)
@@ -16,17 +14,14 @@ channel within one output buffer period.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from pipeline.control.messages import PulseTrain, Waveform
-from workers.stimulation.safety import ChannelLimits, SafetyViolation, check
+from workers.stimulation.safety import Rendered
 
 
 class Backend(Protocol):
@@ -46,83 +41,6 @@ class Backend(Protocol):
     def enqueue(self, channel: int, samples_ua: np.ndarray) -> None:
         """Append samples (float64 µA, multiples of ``resolution_ua``) to ``channel``."""
         ...
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """One pulse at the output rate, and how it repeats."""
-
-    pulse_ua: np.ndarray  # float64, multiples of the device resolution
-    period_samples: int
-    count: int
-
-    @property
-    def total_samples(self) -> int:
-        return (self.count - 1) * self.period_samples + len(self.pulse_ua)
-
-
-def _samples(channel: int, duration_us: float, rate_hz: float, what: str) -> int:
-    exact = duration_us * rate_hz / 1e6
-    samples = round(exact)
-    if abs(exact - samples) > 1e-6 or (samples == 0 and duration_us > 0):
-        step_us = 1e6 / rate_hz
-        raise SafetyViolation(
-            channel,
-            "malformed command",
-            math.nan,
-            math.nan,
-            f"{what} {duration_us:g} us is not a multiple of the output sample period "
-            f"{step_us:g} us",
-        )
-    return samples
-
-
-def render(
-    command: PulseTrain | Waveform,
-    limits: dict[int, ChannelLimits],
-    rate_hz: float,
-    resolution_ua: float,
-) -> Rendered:
-    """The samples of ``command`` at ``rate_hz``, checked twice: as commanded, and as rendered.
-
-    Raises :class:`SafetyViolation` if either breaks a limit, or if the command
-    cannot be rendered exactly (a phase that is not a whole number of samples,
-    a waveform at another sample rate).
-    """
-    check(command, limits)
-    channel = command.channel
-    if isinstance(command, PulseTrain):
-        parts = []
-        for index, phase in enumerate(command.phases):
-            if index and command.interphase_us:
-                gap = _samples(channel, command.interphase_us, rate_hz, "interphase_us")
-                parts.append(np.zeros(gap))
-            length = _samples(channel, phase.duration_us, rate_hz, "phase duration")
-            parts.append(np.full(length, phase.amplitude_ua))
-        pulse = np.concatenate(parts)
-    else:
-        if abs(command.sample_rate_hz - rate_hz) > 1e-9 * rate_hz:
-            raise SafetyViolation(
-                channel,
-                "malformed command",
-                math.nan,
-                math.nan,
-                f"waveform sample_rate_hz {command.sample_rate_hz:g} is not the output rate "
-                f"{rate_hz:g}; resample it",
-            )
-        pulse = np.asarray(command.samples_ua, float)
-    pulse = np.round(pulse / resolution_ua) * resolution_ua
-    # ceil: the rendered rate is never above the commanded (and checked) one
-    period = max(len(pulse), math.ceil(rate_hz / command.frequency_hz - 1e-9))
-    as_output = Waveform(
-        channel=channel,
-        samples_ua=pulse.tolist(),
-        sample_rate_hz=rate_hz,
-        frequency_hz=rate_hz / period,
-        count=command.count,
-    )
-    check(as_output, limits)
-    return Rendered(pulse, period, command.count)
 
 
 class Train:

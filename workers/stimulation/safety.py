@@ -17,6 +17,11 @@ the channel for the first limit a command breaks:
 - ``max_duty``: the fraction of time current flows (pulse duration x rate).
 
 Units: microamps x microseconds = picocoulombs; /1000 = nanocoulombs.
+
+:func:`render` then turns a command into the samples the stimulator will output
+(one pulse, at the output rate, quantized to the device's current resolution)
+and checks *those samples* against the limits again, so what reaches the
+device is exactly what passed the check.
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ from pipeline.control.messages import Phase, PulseTrain, Waveform
 from pipeline.errors import RigpipeError
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class StimulatorError(RigpipeError):
+    """The stimulator cannot do what its config asks: its backend is missing (no DLL,
+    no pythonnet, no device, several devices and no serial), the device cannot meet
+    the configured limits or channels, or its output failed while running.
+
+    The message names the device and what to change; the worker exits and is restarted
+    per its policy.
+    """
 
 
 class SafetyViolation(RigpipeError):
@@ -203,3 +218,81 @@ __all__ = [
     "check",
     "shape",
 ]
+
+
+# -- rendering: what the device will output, checked again ----------------------------------
+@dataclass(frozen=True)
+class Rendered:
+    """One pulse at the output rate, and how it repeats."""
+
+    pulse_ua: np.ndarray  # float64, multiples of the device resolution
+    period_samples: int
+    count: int
+
+    @property
+    def total_samples(self) -> int:
+        return (self.count - 1) * self.period_samples + len(self.pulse_ua)
+
+
+def _samples(channel: int, duration_us: float, rate_hz: float, what: str) -> int:
+    exact = duration_us * rate_hz / 1e6
+    samples = round(exact)
+    if abs(exact - samples) > 1e-6 or (samples == 0 and duration_us > 0):
+        step_us = 1e6 / rate_hz
+        raise SafetyViolation(
+            channel,
+            "malformed command",
+            math.nan,
+            math.nan,
+            f"{what} {duration_us:g} us is not a multiple of the output sample period "
+            f"{step_us:g} us",
+        )
+    return samples
+
+
+def render(
+    command: PulseTrain | Waveform,
+    limits: dict[int, ChannelLimits],
+    rate_hz: float,
+    resolution_ua: float,
+) -> Rendered:
+    """The samples of ``command`` at ``rate_hz``, checked twice: as commanded, and as rendered.
+
+    Raises :class:`SafetyViolation` if either breaks a limit, or if the command
+    cannot be rendered exactly (a phase that is not a whole number of samples,
+    a waveform at another sample rate).
+    """
+    check(command, limits)
+    channel = command.channel
+    if isinstance(command, PulseTrain):
+        parts = []
+        for index, phase in enumerate(command.phases):
+            if index and command.interphase_us:
+                gap = _samples(channel, command.interphase_us, rate_hz, "interphase_us")
+                parts.append(np.zeros(gap))
+            length = _samples(channel, phase.duration_us, rate_hz, "phase duration")
+            parts.append(np.full(length, phase.amplitude_ua))
+        pulse = np.concatenate(parts)
+    else:
+        if abs(command.sample_rate_hz - rate_hz) > 1e-9 * rate_hz:
+            raise SafetyViolation(
+                channel,
+                "malformed command",
+                math.nan,
+                math.nan,
+                f"waveform sample_rate_hz {command.sample_rate_hz:g} is not the output rate "
+                f"{rate_hz:g}; resample it",
+            )
+        pulse = np.asarray(command.samples_ua, float)
+    pulse = np.round(pulse / resolution_ua) * resolution_ua
+    # ceil: the rendered rate is never above the commanded (and checked) one
+    period = max(len(pulse), math.ceil(rate_hz / command.frequency_hz - 1e-9))
+    as_output = Waveform(
+        channel=channel,
+        samples_ua=pulse.tolist(),
+        sample_rate_hz=rate_hz,
+        frequency_hz=rate_hz / period,
+        count=command.count,
+    )
+    check(as_output, limits)
+    return Rendered(pulse, period, command.count)

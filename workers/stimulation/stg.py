@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline.errors import RigpipeError
+from workers.stimulation.safety import StimulatorError
 
 #: (class, member, .NET parameter types) for every McsUsbNet member this backend calls.
 STG_API: list[tuple[str, str, tuple[str, ...]]] = [
@@ -72,14 +72,16 @@ def load_assembly(dll_path: str) -> Any:
     """Load McsUsbNet.dll (or a stand-in) through pythonnet; return the ``Mcs.Usb`` namespace."""
     path = Path(dll_path).expanduser()
     if not path.is_file():
-        raise RigpipeError(
+        raise StimulatorError(
             f"McsUsbNet.dll not found at {str(path)!r}; download it from Multi Channel "
             "Systems (McsUsbNet on GitHub) and set [workers.parameters.stg] dll_path"
         )
     try:
         import pythonnet
     except ImportError:
-        raise RigpipeError("the stg backend needs pythonnet: pip install 'rigpipe[stg]'") from None
+        raise StimulatorError(
+            "the stg backend needs pythonnet: pip install 'rigpipe[stg]'"
+        ) from None
     try:
         if pythonnet.get_runtime_info() is None:
             # .NET Framework on Windows; Mono elsewhere (PYTHONNET_RUNTIME overrides both)
@@ -90,7 +92,7 @@ def load_assembly(dll_path: str) -> Any:
         clr.AddReference(str(path.resolve()))
         import Mcs.Usb as mcs  # type: ignore[import-not-found]
     except Exception as exc:
-        raise RigpipeError(
+        raise StimulatorError(
             f"cannot load {str(path)!r} through pythonnet: {exc}. On Linux/macOS install Mono "
             "(Debian: apt-get install mono-runtime libmono-2.0-1 mono-devel)"
         ) from None
@@ -113,7 +115,7 @@ class StgStimulator:
         device = mcs.CStg200xStreamingNet(System.UInt32(settings.queue_samples))
         error = device.Connect(entry)
         if error:
-            raise RigpipeError(
+            raise StimulatorError(
                 f"cannot connect to STG {entry.SerialNumber} (error {error}); is another "
                 "program (MC_Stimulus) connected to it?"
             )
@@ -129,7 +131,7 @@ class StgStimulator:
         devices = mcs.CMcsUsbListNet(mcs.DeviceEnumNet.MCS_STG_DEVICE)
         entries = [devices.GetUsbListEntry(self._system.UInt32(i)) for i in range(devices.Count)]
         if not entries:
-            raise RigpipeError(
+            raise StimulatorError(
                 "no STG stimulator found: is it connected by USB, switched on, and its "
                 "MCS USB driver installed?"
             )
@@ -137,10 +139,10 @@ class StgStimulator:
         if serial:
             chosen = [e for e in entries if str(e.SerialNumber) == serial]
             if not chosen:
-                raise RigpipeError(f"no STG with serial {serial!r}; connected: {found}")
+                raise StimulatorError(f"no STG with serial {serial!r}; connected: {found}")
             return chosen[0]
         if len(entries) > 1:
-            raise RigpipeError(
+            raise StimulatorError(
                 f"{len(entries)} STGs are connected ({found}); choose one with "
                 "[workers.parameters.stg] serial"
             )
@@ -150,14 +152,16 @@ class StgStimulator:
         System, device = self._system, self.device
         available = int(device.GetNumberOfAnalogChannels())
         if channels > available:
-            raise RigpipeError(
+            raise StimulatorError(
                 f"the config asks for {channels} channels; STG {self.serial} has {available}"
             )
         device.SetCurrentMode()
         device.SetOutputRate(System.UInt32(int(output_rate_hz)))
         triggers = int(device.GetNumberOfTriggerInputs())
         if triggers < channels:
-            raise RigpipeError(f"STG {self.serial} has {triggers} triggers for {channels} channels")
+            raise StimulatorError(
+                f"STG {self.serial} has {triggers} triggers for {channels} channels"
+            )
 
         def uints(values: list[int]) -> Any:
             return System.Array[System.UInt32]([System.UInt32(v) for v in values])
@@ -172,7 +176,7 @@ class StgStimulator:
         resolution_na = int(device.GetCurrentResolutionInNanoAmp(System.UInt32(0)))
         range_na = int(device.GetCurrentRangeInNanoAmp(System.UInt32(0)))
         if resolution_na <= 0:
-            raise RigpipeError(f"STG {self.serial} reports a current resolution of 0 nA")
+            raise StimulatorError(f"STG {self.serial} reports a current resolution of 0 nA")
         self.resolution_ua = resolution_na / 1000.0
         self.range_ua = min(range_na / 1000.0, 32767 * self.resolution_ua)
         self._trigger_mask = (1 << channels) - 1

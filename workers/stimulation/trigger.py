@@ -1,22 +1,33 @@
 """Closed-loop trigger rules: a threshold crossing on one channel of a stream fires a pulse train.
 
-The stimulation worker reads the stream's ring itself (no socket in between)
-and runs :class:`Detector` over every chunk. A crossing is the first sample
-at or beyond ``threshold`` after one that was not (``rising``: from below,
-``falling``: from above). After a crossing the rule is deaf for
-``refractory_ms``, counted in frames of the stream, so it behaves the same
-whatever the chunk size.
+The stimulation worker reads the stream's ring itself (no socket in between):
+:class:`Triggers` keeps one reader per rule's stream, follows the stream when
+its source stops and comes back, and runs each rule's :class:`Detector` over
+every chunk; the worker decides what a crossing does (fire, or log why not).
+
+A crossing is the first sample at or beyond ``threshold`` after one that was
+not (``rising``: from below, ``falling``: from above). After a crossing the
+rule is deaf for ``refractory_ms``, counted in frames of the stream, so it
+behaves the same whatever the chunk size.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
 
 from pipeline.control.messages import Phase, PulseTrain
+from pipeline.errors import EndOfStream, StreamNotFound
+from pipeline.ring import Chunk, RingReader
+from workers.stimulation.safety import Rendered, StimulatorError
+
+RETRY_S = 0.5  # how often to look again for a rule's stream that is gone
 
 
 class TriggerRule(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -79,3 +90,96 @@ class Detector:
                 fired.append(sequence)
                 self._deaf_until = sequence + self.refractory_frames
         return fired
+
+
+@dataclass
+class Watch:
+    """A trigger rule, its pulse rendered once, and, while its stream exists, its reader."""
+
+    rule: TriggerRule
+    rendered: Rendered
+    reader: RingReader | None = None
+    detector: Detector | None = None
+    retry_at: float = 0.0
+
+
+#: What a crossing is handed to: (watch, sequence, value, frame timestamp ns).
+OnCrossing = Callable[[Watch, int, float, int], None]
+
+
+class Triggers:
+    """Watches every rule's stream; the stimulation worker calls :meth:`poll` in its loop.
+
+    ``attach(stream)`` returns a reader (or raises StreamNotFound), ``detach``
+    closes it, ``report`` says what happened; commands keep working while a
+    rule's stream is gone.
+    """
+
+    def __init__(
+        self,
+        watches: list[Watch],
+        attach: Callable[[str], RingReader],
+        detach: Callable[[str], None],
+        report: Callable[[str], None],
+    ) -> None:
+        self.watches = watches
+        self._attach_reader = attach
+        self._detach = detach
+        self._report = report
+        for watch in watches:
+            self._attach(watch)
+
+    def _attach(self, watch: Watch) -> None:
+        """Attach to the rule's stream; if it is not there, try again in RETRY_S."""
+        rule = watch.rule
+        try:
+            reader = self._attach_reader(rule.stream)
+        except StreamNotFound:
+            watch.retry_at = time.monotonic() + RETRY_S
+            return
+        if rule.channel >= reader.frame_shape[-1]:
+            raise StimulatorError(
+                f"trigger {rule.name!r}: channel {rule.channel} is not in {rule.stream} "
+                f"({reader.frame_shape[-1]} channels)"
+            )
+        watch.reader = reader
+        watch.detector = Detector(rule, reader.sample_rate)
+
+    def poll(self, on_crossing: OnCrossing) -> bool:
+        """Read what each rule's stream published and hand every crossing on.
+
+        Waits up to 0.5 ms on the first stream (none after that); False when
+        no rule has a stream to wait on, so the caller sleeps instead.
+        """
+        waited = False
+        for watch in self.watches:
+            if watch.reader is None:
+                if time.monotonic() >= watch.retry_at:
+                    self._attach(watch)
+                continue
+            try:
+                chunk = watch.reader.read(timeout_s=0.0 if waited else 0.0005)
+            except EndOfStream:
+                self._report(
+                    f"trigger {watch.rule.name!r}: {watch.rule.stream} ended; waiting "
+                    "for it to come back"
+                )
+                self._detach(watch.rule.stream)
+                watch.reader, watch.retry_at = None, time.monotonic() + RETRY_S
+                continue
+            waited = True
+            self._detect(watch, chunk, on_crossing)
+        return waited
+
+    @staticmethod
+    def _detect(watch: Watch, chunk: Chunk, on_crossing: OnCrossing) -> None:
+        detector = watch.detector
+        assert detector is not None
+        if chunk.dropped or chunk.format_changed:
+            detector.reset()
+        if not chunk.frames:
+            return
+        values = chunk.data.reshape(chunk.frames, -1)[:, watch.rule.channel]
+        for sequence in detector.crossings(values, chunk.start_cursor):
+            index = sequence - chunk.start_cursor
+            on_crossing(watch, sequence, float(values[index]), int(chunk.timestamps_ns[index]))

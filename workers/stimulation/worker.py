@@ -7,7 +7,7 @@ CLI (``rigpipe stim ...``), a script or another worker. Each is answered
 published as an event so the recorder keeps it. Trigger rules from the config
 are evaluated here, on the rings themselves. Every stimulus passes
 :mod:`.safety` with the limits from the config, before and after rendering
-(:mod:`.output`), and only then reaches the backend:
+(:func:`.safety.render`), and only then reaches the backend:
 
 - ``simulated`` (default, :mod:`.simulated`): output into the ring ``<worker>/output``;
 - ``stg`` (:mod:`.stg`): a Multi Channel Systems STG4000 through McsUsbNet.dll and
@@ -22,20 +22,24 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from pipeline.control import messages
-from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
-from pipeline.ring import Chunk, RingReader
 from pipeline.worker import Worker
-from workers.stimulation.output import Output, Rendered, Train, render
-from workers.stimulation.safety import ChannelLimits, SafetyViolation, check
+from workers.stimulation.output import Output, Train
+from workers.stimulation.safety import (
+    ChannelLimits,
+    Rendered,
+    SafetyViolation,
+    StimulatorError,
+    check,
+    render,
+)
 from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
 from workers.stimulation.stg import StgSettings
-from workers.stimulation.trigger import Detector, TriggerRule
+from workers.stimulation.trigger import TriggerRule, Triggers, Watch
 
 #: The Python thread switch interval in a stimulation worker, s.
 SWITCH_INTERVAL_S = 0.0005
@@ -132,8 +136,8 @@ class StimulationWorker(Worker):
         self.output.start()
         self.backend.start()
         # a rule's pulse is rendered (and checked) once, not at every crossing
-        self.watches = [
-            _Watch(
+        watches = [
+            Watch(
                 rule,
                 render(
                     rule.command(self.name),
@@ -144,8 +148,12 @@ class StimulationWorker(Worker):
             )
             for rule in s.triggers
         ]
-        for watch in self.watches:
-            self._attach(watch)
+        self.triggers = Triggers(
+            watches,
+            attach=lambda stream: self.reader(stream, from_now=True),
+            detach=self.close_reader,
+            report=lambda text: self.report(text, "info"),
+        )
         for name in ("accepted", "refused", "triggers", "fired"):
             self.counters[name] = 0
         self._set_armed(s.armed, "config")
@@ -172,7 +180,7 @@ class StimulationWorker(Worker):
         over = {c: lim for c, lim in self.limits.items() if lim.max_amplitude_ua > backend.range_ua}
         if over:
             backend.close()
-            raise RigpipeError(
+            raise StimulatorError(
                 f"limits allow more current than the stimulator can output "
                 f"({backend.range_ua:g} uA) on channels {sorted(over)}; lower max_amplitude_ua"
             )
@@ -182,11 +190,11 @@ class StimulationWorker(Worker):
         while not self.stopping:
             for failure in (self.output.refill_error, getattr(self.backend, "clock_error", None)):
                 if failure is not None:
-                    raise RigpipeError(f"stimulator output failed: {failure!r}") from failure
-            if self.watches:
-                self._watch_streams()
-            else:
+                    raise StimulatorError(f"stimulator output failed: {failure!r}") from failure
+            if not self.triggers.watches:
                 self.wait_until(time.monotonic() + 0.1)
+            elif not self.triggers.poll(self._fire):
+                self.wait_until(time.monotonic() + 0.01)
             if hasattr(self.backend, "underruns"):
                 self.counters["underruns"] = self.backend.underruns
             self.service()
@@ -200,60 +208,9 @@ class StimulationWorker(Worker):
             backend.close()
 
     # -- closed loop ----------------------------------------------------------------------------
-    def _attach(self, watch: _Watch) -> None:
-        """Attach to the rule's stream; if it is not there (its source stopped), try again
-        in half a second. Stimulation commands keep working meanwhile."""
-        rule = watch.rule
-        try:
-            reader = self.reader(rule.stream, from_now=True)
-        except StreamNotFound:
-            watch.retry_at = time.monotonic() + 0.5
-            return
-        if rule.channel >= reader.frame_shape[-1]:
-            raise RigpipeError(
-                f"trigger {rule.name!r}: channel {rule.channel} is not in {rule.stream} "
-                f"({reader.frame_shape[-1]} channels)"
-            )
-        watch.reader = reader
-        watch.detector = Detector(rule, reader.sample_rate)
-
-    def _watch_streams(self) -> None:
-        waited = False
-        for watch in self.watches:
-            if watch.reader is None:
-                if time.monotonic() >= watch.retry_at:
-                    self._attach(watch)
-                continue
-            try:
-                chunk = watch.reader.read(timeout_s=0.0 if waited else 0.0005)
-            except EndOfStream:
-                self.report(
-                    f"trigger {watch.rule.name!r}: {watch.rule.stream} ended; waiting "
-                    "for it to come back",
-                    "info",
-                )
-                self.close_reader(watch.rule.stream)
-                watch.reader, watch.retry_at = None, time.monotonic() + 0.5
-                continue
-            waited = True
-            self._detect(watch, chunk)
-        if not waited:
-            self.wait_until(time.monotonic() + 0.01)
-
-    def _detect(self, watch: _Watch, chunk: Chunk) -> None:
-        detector = watch.detector
-        if chunk.dropped or chunk.format_changed:
-            detector.reset()
-        if not chunk.frames:
-            return
-        rule = detector.rule
-        values = chunk.data.reshape(chunk.frames, -1)[:, rule.channel]
-        for sequence in detector.crossings(values, chunk.start_cursor):
-            index = sequence - chunk.start_cursor
-            self.counters["triggers"] += 1
-            self._fire(watch, sequence, float(values[index]), int(chunk.timestamps_ns[index]))
-
-    def _fire(self, watch: _Watch, sequence: int, value: float, timestamp_ns: int) -> None:
+    def _fire(self, watch: Watch, sequence: int, value: float, timestamp_ns: int) -> None:
+        """A rule's stream crossed its threshold: stimulate, or say why not."""
+        self.counters["triggers"] += 1
         rule = watch.rule
         source = f"trigger:{rule.name}"
         reason, command_id = "", 0
@@ -409,17 +366,6 @@ class StimulationWorker(Worker):
             messages.StimulationRefused(worker=self.name, source=source, text=text, **fields)
         )
         return messages.Refused(text=text, **fields)
-
-
-@dataclass
-class _Watch:
-    """A trigger rule and, while its stream exists, the reader and detector on it."""
-
-    rule: TriggerRule
-    rendered: Rendered
-    reader: RingReader | None = None
-    detector: Detector | None = None
-    retry_at: float = 0.0
 
 
 WORKER = StimulationWorker
