@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -22,8 +24,10 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     annotate = command("annotate", _annotate, "broadcast a time-stamped comment")
     annotate.add_argument("text", nargs="+", help="the comment")
 
-    worker = command("worker", _worker, "start, stop or restart one worker")
-    worker.add_argument("action", choices=["start", "stop", "restart"])
+    worker = command(
+        "worker", _worker, "start, stop or restart one worker (or kill it, to test a crash)"
+    )
+    worker.add_argument("action", choices=["start", "stop", "restart", "kill"])
     worker.add_argument("name", help="worker name from the config")
 
     setp = command("set", _set, "change a worker parameter while the rig runs")
@@ -61,6 +65,8 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    if args.action == "kill":
+        return _kill(args)
     kind = {
         "start": messages.StartWorker,
         "stop": messages.StopWorker,
@@ -68,6 +74,21 @@ def _worker(args: argparse.Namespace) -> int:
     }[args.action]
     reply = request(args, kind(worker=args.name))
     print(getattr(reply, "detail", reply))
+    return 0
+
+
+def _kill(args: argparse.Namespace) -> int:
+    """SIGKILL this rig's worker ``args.name`` (a crash, as a test of the recovery)."""
+    status = request(args, messages.Status())
+    assert isinstance(status, messages.StatusReply)
+    found = {w.name: w for w in status.workers}
+    worker = found.get(args.name)
+    if worker is None:
+        raise RequestFailed(f"no worker named {args.name!r}; workers: {', '.join(found)}")
+    if not worker.pid:
+        raise RequestFailed(f"{args.name} is {worker.state}: no process to kill")
+    os.kill(worker.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+    print(f"killed {args.name} (pid {worker.pid}); the supervisor restarts it per its policy")
     return 0
 
 

@@ -316,6 +316,15 @@ def test_cli_against_a_running_rig(rigs) -> None:
     assert tail.returncode == 0 and "frames/s" in tail.stdout
     assert cli("annotate", "hello").stdout.strip() == "annotation recorded"
     assert "acq.spike_rate_hz = 3" in cli("set", "acq", "spike_rate_hz", "3").stdout
+    pid = rig.worker("acq").pid
+    killed = cli("worker", "kill", "acq")
+    assert killed.returncode == 0 and f"killed acq (pid {pid})" in killed.stdout
+    wait_for(
+        lambda: (w := rig.worker("acq")).state == "running" and w.pid != pid, 10, "a restart"
+    )
+    assert rig.worker("acq").restarts == 1
+    unknown = cli("worker", "kill", "nobody")
+    assert unknown.returncode == 1 and "no worker named 'nobody'" in unknown.stderr
     stop = cli("stop")
     assert stop.returncode == 0 and "stopped" in stop.stdout
     assert rig.proc.wait(10) == 0
