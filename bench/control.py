@@ -253,7 +253,7 @@ def bench_source(channels: int, chunk_s: float, seconds: float) -> None:
             # newest published frame trails now, computed from the frame count alone.
             period_ns = 1e9 / reader.sample_rate
             newest = reader.latest(1)
-            start_ns = int(newest.timestamps_ns[-1]) - (newest.end_cursor - 1) * period_ns
+            start_ns = int(newest.timestamps_ns[-1]) - (newest.end_sequence - 1) * period_ns
             drift_ms = (time.monotonic_ns() - start_ns - reader.write_cursor * period_ns) / 1e6
         counters = next(w.counters for w in rig.status().workers if w.name == "acq")
         elapsed = counters["frames"] / 30000.0

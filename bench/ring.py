@@ -156,7 +156,7 @@ def ring_reader(cfg: Config, ready, out, stream: str, zero_copy: bool = False) -
         try:
             while True:
                 got = reader.read_view(timeout_s=5) if zero_copy else reader.read(timeout_s=5)
-                last = (got.end_cursor // samples - 1) * samples - got.start_cursor
+                last = (got.end_sequence // samples - 1) * samples - got.start_sequence
                 stamp = _stamp_of(got.data[last]) if last >= 0 else None
                 nbytes = got.data.nbytes
                 if zero_copy:

@@ -31,19 +31,19 @@ def sequence_frames(start: int, n: int, channels: int = CHANNELS) -> np.ndarray:
 def frame_problems(chunk: pipeline.Chunk) -> list[str]:
     """What is wrong with a chunk of ``sequence_frames`` (empty if nothing)."""
     data = chunk.data
-    expected = np.arange(chunk.start_cursor, chunk.end_cursor, dtype=np.int64)
+    expected = np.arange(chunk.start_sequence, chunk.end_sequence, dtype=np.int64)
     problems = []
     if not np.array_equal(data[:, 0], expected):
         bad = int(np.flatnonzero(data[:, 0] != expected)[0])
-        problems.append(f"frame {chunk.start_cursor + bad} holds sequence {data[bad, 0]}")
+        problems.append(f"frame {chunk.start_sequence + bad} holds sequence {data[bad, 0]}")
     if len(data):
         channels = data.shape[1]
         checksum = data[:, : channels - 1].sum(axis=1) ^ 0x5A5A5A5A
         if not np.array_equal(checksum, data[:, channels - 1]):
             problems.append(
-                f"torn frame(s) at {chunk.start_cursor + int(np.argmin(checksum == data[:, -1]))}"
+                f"torn frame(s) at {chunk.start_sequence + int(np.argmin(checksum == data[:, -1]))}"
             )
-        if not np.array_equal(data, sequence_frames(chunk.start_cursor, len(data), channels)):
+        if not np.array_equal(data, sequence_frames(chunk.start_sequence, len(data), channels)):
             problems.append("frame contents differ from what was written")
     return problems
 
@@ -75,15 +75,15 @@ def checking_reader(stream: str, delay_s: float, ready: Event, out: Queue) -> No
     with pipeline.attach(stream, from_now=False) as reader:
         ready.set()
         for chunk in reader:
-            if chunk.start_cursor != expected + chunk.dropped:
+            if chunk.start_sequence != expected + chunk.dropped:
                 problems.append(
-                    f"chunk at {chunk.start_cursor} after {expected}: {chunk.dropped} dropped"
+                    f"chunk at {chunk.start_sequence} after {expected}: {chunk.dropped} dropped"
                 )
             problems += frame_problems(chunk)
             received += chunk.frames
             dropped += chunk.dropped
             chunks += 1
-            expected = chunk.end_cursor
+            expected = chunk.end_sequence
             if delay_s:
                 time.sleep(delay_s)
         out.put(

@@ -34,7 +34,7 @@ A generation segment continues::
     80      8     last_publish_ns         host CLOCK_MONOTONIC of the last publish
     128     4     wake word               (pipeline.wait) own cache line: readers sleep on it
     132     4     waiters flag
-    192     8     start_cursor            sequence of this generation's first frame
+    192     8     start_sequence          sequence of this generation's first frame
     200     8     capacity                frames the ring holds
     208     8     sample_rate             float64 (0.0 = irregular, an event stream)
     216     8     frame_bytes
@@ -78,7 +78,7 @@ _VERSION, _KIND, _GENERATION, _STATE, _WRITER_PID, _WRITER_START, _NAME_LEN = ra
 WRITE_CURSOR, CLAIM_CURSOR, LAST_PUBLISH = 8, 9, 10
 _FINAL_CURSOR, _STREAM_ID = 8, 9  # in the stream segment
 WAKE_AT = 128
-_START_CURSOR, _CAPACITY, _SAMPLE_RATE, _FRAME_BYTES = 24, 25, 26, 27
+_START_SEQUENCE, _CAPACITY, _SAMPLE_RATE, _FRAME_BYTES = 24, 25, 26, 27
 _FORMAT_LEN, _DATA_AT, _TIMESTAMPS_AT = 28, 29, 30
 STATE = _STATE  # the hot path compares raw state codes, not State objects
 NAME_AT = 768
@@ -348,7 +348,7 @@ class Generation:
             ) from exc
         self.frame_shape = tuple(self.format.frame_shape)
         self.capacity = capacity
-        self.start_cursor = f[_START_CURSOR]
+        self.start_sequence = f[_START_SEQUENCE]
         self.sample_rate = segment.buf[_SAMPLE_RATE * 8 : _SAMPLE_RATE * 8 + 8].cast("d")[0]
         frame_bytes = self.dtype.itemsize * int(np.prod(self.frame_shape, dtype=np.int64))
         end = f[_TIMESTAMPS_AT] + 8 * capacity
@@ -372,7 +372,7 @@ class Generation:
         fmt: Format,
         capacity: int,
         sample_rate: float,
-        start_cursor: int,
+        start_sequence: int,
         writer: tuple[int, int],
     ) -> Generation:
         """Build generation ``generation`` in a new segment, fully initialised and VALID."""
@@ -386,7 +386,7 @@ class Generation:
         segment = shm.Segment.create(name, timestamps_at + 8 * capacity)
         header = Header(segment)
         f = header.fields
-        f[WRITE_CURSOR] = f[CLAIM_CURSOR] = f[_START_CURSOR] = start_cursor
+        f[WRITE_CURSOR] = f[CLAIM_CURSOR] = f[_START_SEQUENCE] = start_sequence
         f[_CAPACITY] = capacity
         f[_FRAME_BYTES] = frame_bytes
         f[_FORMAT_LEN] = len(record)
@@ -399,16 +399,16 @@ class Generation:
         return cls(segment)
 
     @classmethod
-    def open(cls, stream: str, generation: int) -> Generation:
-        """Attach to an existing generation; FileNotFoundError if it is gone."""
-        segment = shm.Segment.attach(shm_name(data_key(stream, generation)))
+    def open(cls, stream: str, number: int) -> Generation:
+        """Attach to generation ``number`` of ``stream``; FileNotFoundError if it is gone."""
+        segment = shm.Segment.attach(shm_name(data_key(stream, number)))
         try:
-            gen = cls(segment)
-            gen.header.validate(KIND_GENERATION, stream)
+            opened = cls(segment)
+            opened.header.validate(KIND_GENERATION, stream)
         except BaseException:
             segment.close()
             raise
-        return gen
+        return opened
 
     # Cursors (the hot path reads these directly through ``fields``).
     @property

@@ -41,20 +41,20 @@ _ATTACH_RETRY_S = 1.0  # how long attach waits for a segment that is being creat
 
 # -- chunks ----------------------------------------------------------------------------------------
 class _FrameSpan:
-    """What ``Chunk`` and ``ChunkView`` share: frames ``data`` starting at ``start_cursor``."""
+    """What ``Chunk`` and ``ChunkView`` share: frames ``data`` starting at ``start_sequence``."""
 
     __slots__ = ()
     data: np.ndarray
-    start_cursor: int
+    start_sequence: int
 
     @property
     def frames(self) -> int:
         return len(self.data)
 
     @property
-    def end_cursor(self) -> int:
+    def end_sequence(self) -> int:
         """Sequence number just past the last frame."""
-        return self.start_cursor + len(self.data)
+        return self.start_sequence + len(self.data)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -68,8 +68,8 @@ class Chunk(_FrameSpan):
     """``(frames, *frame_shape)`` copy of the frames, in the stream's dtype."""
     timestamps_ns: np.ndarray
     """int64 ``(frames,)``: the device timestamp of every frame, ns."""
-    start_cursor: int
-    """Sequence number of ``data[0]``; the next chunk starts at ``end_cursor + its dropped``."""
+    start_sequence: int
+    """Sequence number of ``data[0]``; the next chunk starts at ``end_sequence + its dropped``."""
     dropped: int
     """Frames lost just before this chunk because the writer lapped the reader (exact)."""
     generation: int
@@ -86,36 +86,36 @@ class ChunkView(_FrameSpan):
     were in use.
     """
 
-    __slots__ = ("_gen", "_intact", "_reader", "data", "dropped", "generation")
-    __slots__ += ("format_changed", "start_cursor", "timestamps_ns")
+    __slots__ = ("_generation", "_intact", "_reader", "data", "dropped", "generation")
+    __slots__ += ("format_changed", "start_sequence", "timestamps_ns")
 
     def __init__(
         self,
         reader: RingReader,
-        gen: Generation | None,
+        mapped: Generation | None,
         data: np.ndarray,
         timestamps_ns: np.ndarray,
-        start_cursor: int,
+        start_sequence: int,
         dropped: int,
         generation: int,
         format_changed: bool = False,
     ) -> None:
         self._reader = reader
-        self._gen = gen
+        self._generation = mapped  # the segment viewed, to tell whether it was overwritten
         self._intact: bool | None = None
         self.data = data
         self.timestamps_ns = timestamps_ns
-        self.start_cursor = start_cursor
+        self.start_sequence = start_sequence
         self.dropped = dropped
         self.generation = generation
         self.format_changed = format_changed
 
     def _overwritten(self) -> int:
-        gen = self._gen
-        if gen is None:
+        generation = self._generation
+        if generation is None:
             return 0
-        oldest_safe = gen.fields[CLAIM_CURSOR] - gen.capacity
-        return max(0, min(oldest_safe, self.end_cursor) - self.start_cursor)
+        oldest_safe = generation.fields[CLAIM_CURSOR] - generation.capacity
+        return max(0, min(oldest_safe, self.end_sequence) - self.start_sequence)
 
     @property
     def intact(self) -> bool:
@@ -131,7 +131,7 @@ class ChunkView(_FrameSpan):
         overwritten = self._overwritten()
         self._intact = overwritten == 0
         self._reader._dropped_total += overwritten
-        self._gen = None
+        self._generation = None
         self.data = self.data[:0].copy()
         self.timestamps_ns = self.timestamps_ns[:0].copy()
 
@@ -148,10 +148,12 @@ class RingReader:
     Not thread-safe: give each thread its own reader.
     """
 
-    def __init__(self, stream: str, meta: StreamSegment, gen: Generation, cursor: int) -> None:
+    def __init__(
+        self, stream: str, meta: StreamSegment, generation: Generation, cursor: int
+    ) -> None:
         self.stream = stream
         self._meta = meta
-        self._gen = gen
+        self._generation = generation
         self._cursor = cursor
         self._pending_dropped = 0
         self._dropped_total = 0
@@ -211,19 +213,22 @@ class RingReader:
     @property
     def writer_alive(self) -> bool:
         """True while the process writing the current generation runs and has not closed it."""
-        gen = self._current()
-        if gen.header.state is State.CLOSED:
+        generation = self._current()
+        if generation.header.state is State.CLOSED:
             return False
-        return process_alive(*gen.header.writer)
+        return process_alive(*generation.header.writer)
 
     def _current(self) -> Generation:
         """The reader's generation, after following any newer one that replaced it."""
         if self._closed:
             raise ReaderClosed(f"RingReader for {self.stream!r} is closed")
-        gen = self._gen
-        if gen.fields[STATE] == State.SUPERSEDED and gen.fields[WRITE_CURSOR] <= self._cursor:
+        generation = self._generation
+        if (
+            generation.fields[STATE] == State.SUPERSEDED
+            and generation.fields[WRITE_CURSOR] <= self._cursor
+        ):
             self._switch()
-        return self._gen
+        return self._generation
 
     def read(self, max_frames: int | None = None, timeout_s: float | None = None) -> Chunk:
         """Return the frames published since the last read, waiting up to ``timeout_s``.
@@ -235,10 +240,10 @@ class RingReader:
         """
         deadline = _deadline(max_frames, timeout_s)
         while True:
-            gen = self._await(deadline)
-            if gen is None:
-                return self._empty(self._gen)
-            chunk = self._copy(gen, max_frames)
+            generation = self._await(deadline)
+            if generation is None:
+                return self._empty(self._generation)
+            chunk = self._copy(generation, max_frames)
             if chunk is not None:
                 return chunk
 
@@ -253,14 +258,14 @@ class RingReader:
         """
         deadline = _deadline(max_frames, timeout_s)
         while True:
-            gen = self._await(deadline)
-            if gen is None:
-                empty = self._empty(self._gen)
+            generation = self._await(deadline)
+            if generation is None:
+                empty = self._empty(self._generation)
                 return ChunkView(self, None, empty.data, empty.timestamps_ns, self._cursor, 0, 0)
-            fields = gen.fields
-            capacity = gen.capacity
+            fields = generation.fields
+            capacity = generation.capacity
             write = fields[WRITE_CURSOR]
-            start = max(self._cursor, fields[CLAIM_CURSOR] - capacity, gen.start_cursor)
+            start = max(self._cursor, fields[CLAIM_CURSOR] - capacity, generation.start_sequence)
             slot = start % capacity
             end = min(write, start + capacity - slot)
             if max_frames is not None:
@@ -270,12 +275,12 @@ class RingReader:
                 self._cursor = start
                 continue
             dropped = self._account(start, end)
-            data = gen.frames[slot : slot + end - start]
-            timestamps = gen.timestamps_ns[slot : slot + end - start]
+            data = generation.frames[slot : slot + end - start]
+            timestamps = generation.timestamps_ns[slot : slot + end - start]
             data.flags.writeable = timestamps.flags.writeable = False
             changed, self._format_changed = self._format_changed, False
-            generation = gen.header.generation
-            return ChunkView(self, gen, data, timestamps, start, dropped, generation, changed)
+            number = generation.header.generation
+            return ChunkView(self, generation, data, timestamps, start, dropped, number, changed)
 
     def _await(self, deadline: float | None) -> Generation | None:
         """Wait until a frame past the cursor is published; return its generation.
@@ -285,12 +290,12 @@ class RingReader:
         if self._closed:
             raise ReaderClosed(f"RingReader for {self.stream!r} is closed")
         while True:
-            gen = self._gen
-            fields = gen.fields
-            seen = gen.wake.load()
+            generation = self._generation
+            fields = generation.fields
+            seen = generation.wake.load()
             state = fields[STATE]  # read before the cursor: a state change follows the last publish
             if fields[WRITE_CURSOR] > self._cursor:
-                return gen
+                return generation
             if state == State.SUPERSEDED:
                 self._switch()
                 continue
@@ -299,7 +304,7 @@ class RingReader:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            gen.wake.wait(seen, remaining)
+            generation.wake.wait(seen, remaining)
 
     def _account(self, start: int, end: int) -> int:
         """Move the cursor to ``end``; return the frames lost before ``start`` (exact)."""
@@ -317,16 +322,16 @@ class RingReader:
             except EndOfStream:
                 return
 
-    def _copy(self, gen: Generation, max_frames: int | None) -> Chunk | None:
+    def _copy(self, generation: Generation, max_frames: int | None) -> Chunk | None:
         """Copy frames from the reader's cursor; None if every one was overwritten meanwhile."""
-        fields = gen.fields
-        capacity = gen.capacity
+        fields = generation.fields
+        capacity = generation.capacity
         write = fields[WRITE_CURSOR]
-        start = max(self._cursor, fields[CLAIM_CURSOR] - capacity, gen.start_cursor)
+        start = max(self._cursor, fields[CLAIM_CURSOR] - capacity, generation.start_sequence)
         if start > write:  # the writer lapped us again since we read write_cursor
             write = start
         end = write if max_frames is None else min(write, start + max_frames)
-        data, timestamps = _copy_slots(gen, start, end)
+        data, timestamps = _copy_slots(generation, start, end)
         # Frames below claim - capacity may have been overwritten while we copied.
         intact_from = fields[CLAIM_CURSOR] - capacity
         if intact_from > start:
@@ -338,7 +343,7 @@ class RingReader:
             return None
         dropped = self._account(start, end)
         changed, self._format_changed = self._format_changed, False
-        return Chunk(data, timestamps, start, dropped, gen.header.generation, changed)
+        return Chunk(data, timestamps, start, dropped, generation.header.generation, changed)
 
     def latest(self, n: int) -> Chunk:
         """The newest ``n`` frames (fewer if the stream holds fewer), for displays.
@@ -350,19 +355,21 @@ class RingReader:
         if n < 1:
             raise ValueError(f"latest() needs n >= 1, given {n}")
         while True:
-            gen = self._current()
-            if gen.header.state is State.SUPERSEDED:
+            generation = self._current()
+            if generation.header.state is State.SUPERSEDED:
                 self._switch()
                 continue
-            fields = gen.fields
+            fields = generation.fields
             write = fields[WRITE_CURSOR]
-            start = max(write - n, fields[CLAIM_CURSOR] - gen.capacity, gen.start_cursor)
-            data, timestamps = _copy_slots(gen, start, write)
-            intact_from = fields[CLAIM_CURSOR] - gen.capacity
+            start = max(
+                write - n, fields[CLAIM_CURSOR] - generation.capacity, generation.start_sequence
+            )
+            data, timestamps = _copy_slots(generation, start, write)
+            intact_from = fields[CLAIM_CURSOR] - generation.capacity
             if intact_from > start:
                 cut = min(intact_from, write) - start
                 data, timestamps, start = data[cut:], timestamps[cut:], start + cut
-            return Chunk(data, timestamps, start, 0, gen.header.generation)
+            return Chunk(data, timestamps, start, 0, generation.header.generation)
 
     def _switch(self) -> None:
         """Follow the stream to its current generation.
@@ -372,13 +379,13 @@ class RingReader:
         """
         deadline = time.monotonic() + _ATTACH_RETRY_S
         while True:
-            generation = self._meta.header.generation
+            number = self._meta.header.generation
             try:
-                if generation == self._gen.header.generation:
+                if number == self._generation.header.generation:
                     # Writers name the successor before superseding, so this is a
                     # stream segment replaced under us (a swept and re-created stream).
-                    raise FileNotFoundError(generation)
-                gen = Generation.open(self.stream, generation)
+                    raise FileNotFoundError(number)
+                generation = Generation.open(self.stream, number)
                 break
             except FileNotFoundError:
                 if self._meta.header.state is State.CLOSED:
@@ -392,25 +399,26 @@ class RingReader:
                         "generation closed before this reader reached it"
                     ) from None
                 if time.monotonic() > deadline:
+                    old = self._generation.header.generation
                     raise SegmentCorrupt(
-                        f"stream {self.stream!r}: generation {self._gen.header.generation} was "
-                        f"superseded but its successor {generation} cannot be opened"
+                        f"stream {self.stream!r}: generation {old} was "
+                        f"superseded but its successor {number} cannot be opened"
                     ) from None
                 time.sleep(1e-4)  # replaced again while we looked; re-read the stream segment
-        old, self._gen = self._gen, gen
+        old, self._generation = self._generation, generation
         old.close()
-        if self._cursor < gen.start_cursor:
-            self._pending_dropped += gen.start_cursor - self._cursor
-            self._cursor = gen.start_cursor
+        if self._cursor < generation.start_sequence:
+            self._pending_dropped += generation.start_sequence - self._cursor
+            self._cursor = generation.start_sequence
         self._format_changed = True
 
-    def _empty(self, gen: Generation) -> Chunk:
+    def _empty(self, generation: Generation) -> Chunk:
         return Chunk(
-            np.empty((0, *gen.frame_shape), gen.dtype),
+            np.empty((0, *generation.frame_shape), generation.dtype),
             np.empty(0, np.int64),
             self._cursor,
             0,
-            gen.header.generation,
+            generation.header.generation,
         )
 
     def close(self) -> None:
@@ -418,7 +426,7 @@ class RingReader:
         if self._closed:
             return
         self._closed = True
-        self._gen.close()
+        self._generation.close()
         self._meta.close()
 
     def __enter__(self) -> RingReader:
@@ -430,8 +438,8 @@ class RingReader:
     def __repr__(self) -> str:
         if self._closed:
             return f"<RingReader {self.stream!r} closed>"
-        generation = self._gen.header.generation
-        return f"<RingReader {self.stream!r} generation {generation} cursor {self._cursor}>"
+        number = self._generation.header.generation
+        return f"<RingReader {self.stream!r} generation {number} cursor {self._cursor}>"
 
 
 def _deadline(max_frames: int | None, timeout_s: float | None) -> float | None:
@@ -441,20 +449,22 @@ def _deadline(max_frames: int | None, timeout_s: float | None) -> float | None:
     return None if timeout_s is None else time.monotonic() + timeout_s
 
 
-def _copy_slots(gen: Generation, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+def _copy_slots(generation: Generation, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
     """Copy frames and timestamps of sequences ``[start, end)`` out of the ring."""
-    capacity = gen.capacity
+    capacity = generation.capacity
     slot = start % capacity
     n = end - start
     if slot + n <= capacity:
-        return gen.frames[slot : slot + n].copy(), gen.timestamps_ns[slot : slot + n].copy()
+        return generation.frames[slot : slot + n].copy(), generation.timestamps_ns[
+            slot : slot + n
+        ].copy()
     head = capacity - slot
-    data = np.empty((n, *gen.frame_shape), gen.dtype)
+    data = np.empty((n, *generation.frame_shape), generation.dtype)
     timestamps = np.empty(n, np.int64)
-    data[:head] = gen.frames[slot:]
-    data[head:] = gen.frames[: n - head]
-    timestamps[:head] = gen.timestamps_ns[slot:]
-    timestamps[head:] = gen.timestamps_ns[: n - head]
+    data[:head] = generation.frames[slot:]
+    data[head:] = generation.frames[: n - head]
+    timestamps[:head] = generation.timestamps_ns[slot:]
+    timestamps[head:] = generation.timestamps_ns[: n - head]
     return data, timestamps
 
 
@@ -493,7 +503,7 @@ def attach(
                 raise StreamNotFound(stream, list_streams())
             if header.state is State.INITIALISING:
                 raise FileNotFoundError  # the first generation is not published yet
-            gen = Generation.open(stream, header.generation)
+            generation = Generation.open(stream, header.generation)
         except FileNotFoundError:
             meta.close()
             if time.monotonic() > deadline:
@@ -503,15 +513,15 @@ def attach(
         except BaseException:
             meta.close()
             raise
-        write = gen.fields[WRITE_CURSOR]
+        write = generation.fields[WRITE_CURSOR]
         if stream_id is not None and meta.stream_id != stream_id:
             found = meta.stream_id
-            gen.close()
+            generation.close()
             meta.close()
             raise StreamReplaced(stream, stream_id, found)
         if cursor is not None:
             if cursor > write:
-                gen.close()
+                generation.close()
                 meta.close()
                 raise ValueError(
                     f"cursor {cursor} is ahead of stream {stream!r}'s write cursor {write}: "
@@ -519,5 +529,7 @@ def attach(
                 )
             start = cursor  # the ring's own accounting reports what is gone
         else:
-            start = write if from_now else max(write - gen.capacity, gen.start_cursor)
-        return RingReader(stream, meta, gen, start)
+            start = (
+                write if from_now else max(write - generation.capacity, generation.start_sequence)
+            )
+        return RingReader(stream, meta, generation, start)

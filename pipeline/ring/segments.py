@@ -115,13 +115,13 @@ def stream_state(stream: str) -> StreamState | None:
         if header.state is State.INITIALISING:
             return None
         try:
-            gen = Generation.open(stream, generation)
+            generation = Generation.open(stream, generation)
         except (FileNotFoundError, SegmentCorrupt):
             return None
         try:
-            rate, cursor = gen.sample_rate, gen.write_cursor
+            rate, cursor = generation.sample_rate, generation.write_cursor
         finally:
-            gen.close()
+            generation.close()
     finally:
         meta.close()
     alive = not closed and process_alive(pid, start_ms)
@@ -178,11 +178,11 @@ def _sweep_segment(name: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        gen = Generation(segment)
+        generation = Generation(segment)
     except SegmentCorrupt:
         segment.close()
     else:
-        if gen.header.state is not State.CLOSED:
-            gen.end(State.CLOSED)
-        gen.close()
+        if generation.header.state is not State.CLOSED:
+            generation.end(State.CLOSED)
+        generation.close()
     return shm.unlink(name)

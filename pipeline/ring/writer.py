@@ -72,10 +72,10 @@ class RingWriter:
         self._closed = False
         self._meta, previous, created = _claim_stream(stream, self._identity)
         try:
-            start_cursor = 0 if previous is None else previous.write_cursor
-            generation = self._meta.header.generation + 1
-            self._gen = Generation.create(
-                stream, generation, fmt, capacity, sample_rate, start_cursor, self._identity
+            start_sequence = 0 if previous is None else previous.write_cursor
+            number = self._meta.header.generation + 1
+            self._generation = Generation.create(
+                stream, number, fmt, capacity, sample_rate, start_sequence, self._identity
             )
         except BaseException:
             if created:
@@ -84,32 +84,32 @@ class RingWriter:
             if previous is not None:
                 previous.close()
             raise
-        self._meta.publish(generation, self._identity)
+        self._meta.publish(number, self._identity)
         if previous is not None:
             _retire(previous, State.SUPERSEDED)
         self._orphans: list[StreamSegment] = []  # unlinked stream segments readers may still map
         self.relinks = 0
         self.relink_reason = ""
         self._next_link_check = time.monotonic_ns() + _LINK_CHECK_NS
-        self._bind(self._gen)
+        self._bind(self._generation)
 
-    def _bind(self, gen: Generation) -> None:
-        """Cache what the hot path touches for generation ``gen``."""
-        self._fields = gen.fields
-        self._frames = gen.frames
-        self._timestamps = gen.timestamps_ns
-        self._wake = gen.wake
-        self._capacity = gen.capacity
-        self._cursor = gen.write_cursor
-        self._frame_shape = gen.frame_shape
-        self._dtype = gen.dtype
-        self._period_ns = 1e9 / gen.sample_rate if gen.sample_rate > 0 else 0.0
+    def _bind(self, generation: Generation) -> None:
+        """Cache what the hot path touches for generation ``generation``."""
+        self._fields = generation.fields
+        self._frames = generation.frames
+        self._timestamps = generation.timestamps_ns
+        self._wake = generation.wake
+        self._capacity = generation.capacity
+        self._cursor = generation.write_cursor
+        self._frame_shape = generation.frame_shape
+        self._dtype = generation.dtype
+        self._period_ns = 1e9 / generation.sample_rate if generation.sample_rate > 0 else 0.0
         self._offsets: dict[int, np.ndarray] = {}
 
     # Properties of the current generation.
     @property
     def generation(self) -> int:
-        return self._gen.header.generation
+        return self._generation.header.generation
 
     @property
     def dtype(self) -> np.dtype:
@@ -125,11 +125,11 @@ class RingWriter:
 
     @property
     def sample_rate(self) -> float:
-        return self._gen.sample_rate
+        return self._generation.sample_rate
 
     @property
     def descriptor(self) -> dict[str, Any]:
-        return self._gen.descriptor
+        return self._generation.descriptor
 
     @property
     def write_cursor(self) -> int:
@@ -230,7 +230,7 @@ class RingWriter:
         """
         if self._closed:
             raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
-        old = self._gen
+        old = self._generation
         fmt, capacity, sample_rate = _check_format(
             old.dtype if dtype is None else dtype,
             old.frame_shape if frame_shape is None else frame_shape,
@@ -238,7 +238,7 @@ class RingWriter:
             old.sample_rate if sample_rate is None else sample_rate,
             old.descriptor if descriptor is None else descriptor,
         )
-        gen = Generation.create(
+        generation = Generation.create(
             self.stream,
             old.header.generation + 1,
             fmt,
@@ -248,11 +248,11 @@ class RingWriter:
             self._identity,
         )
         for meta in (self._meta, *self._orphans):
-            meta.publish(gen.header.generation, self._identity)
-        self._gen = gen
-        self._bind(gen)
+            meta.publish(generation.header.generation, self._identity)
+        self._generation = generation
+        self._bind(generation)
         _retire(old, State.SUPERSEDED)
-        return gen.header.generation
+        return generation.header.generation
 
     def check_linked(self) -> bool:
         """Make sure new readers can still find this stream; True if nothing had to be done.
@@ -262,7 +262,7 @@ class RingWriter:
         class docstring).
         """
         stream_gone = not self._meta.segment.linked()
-        if not stream_gone and self._gen.segment.linked():
+        if not stream_gone and self._generation.segment.linked():
             return True
         what = "stream segment" if stream_gone else f"generation {self.generation} segment"
         if stream_gone:
@@ -298,7 +298,7 @@ class RingWriter:
             self._meta.segment.unlink()
         for meta in (self._meta, *self._orphans):
             meta.close()
-        _retire(self._gen, State.CLOSED)
+        _retire(self._generation, State.CLOSED)
 
     def __enter__(self) -> RingWriter:
         return self
@@ -370,9 +370,9 @@ def _claim_stream(
     return meta, previous, False
 
 
-def _retire(gen: Generation, state: State) -> None:
-    """End generation ``gen`` (SUPERSEDED or CLOSED), wake its readers, unlink and unmap it."""
-    gen.end(state)
-    if gen.segment.linked():  # never unlink a name that now belongs to another segment
-        gen.segment.unlink()
-    gen.close()
+def _retire(generation: Generation, state: State) -> None:
+    """End ``generation`` (SUPERSEDED or CLOSED), wake its readers, unlink and unmap it."""
+    generation.end(state)
+    if generation.segment.linked():  # never unlink a name that now belongs to another segment
+        generation.segment.unlink()
+    generation.close()

@@ -73,8 +73,8 @@ def test_lossless_reader_gets_every_frame_in_order(processes, stream, wait_strat
     assert sum(c.frames for c in before) == 1000 and sum(c.frames for c in after) == 500
     assert all(c.dropped == 0 and procs.frame_problems(c) == [] for c in chunks)
     assert [c.format_changed for c in after] == [True] + [False] * (len(after) - 1)
-    assert after[0].start_cursor == 1000 and after[0].data.shape[1] == 4
-    assert all(a.end_cursor == b.start_cursor for a, b in itertools.pairwise(chunks))
+    assert after[0].start_sequence == 1000 and after[0].data.shape[1] == 4
+    assert all(a.end_sequence == b.start_sequence for a, b in itertools.pairwise(chunks))
 
 
 def test_writer_killed_then_restarted_is_followed_as_a_new_generation(processes, stream):
@@ -93,13 +93,13 @@ def test_writer_killed_then_restarted_is_followed_as_a_new_generation(processes,
         while (more := reader.read(timeout_s=0.2)).frames:
             got = more
         killed_at = reader.cursor
-        assert got.end_cursor == killed_at and procs.frame_problems(got) == []
+        assert got.end_sequence == killed_at and procs.frame_problems(got) == []
 
         ready.clear()
         processes.start(procs.paced_writer, stream, 10, 500.0, killed_at, ready)
         chunk = reader.read(timeout_s=READ_TIMEOUT_S)
         assert (chunk.generation, chunk.format_changed) == (2, True)
-        assert chunk.start_cursor == killed_at and chunk.dropped == 0
+        assert chunk.start_sequence == killed_at and chunk.dropped == 0
         assert procs.frame_problems(chunk) == []
         assert reader.writer_alive
     finally:

@@ -27,11 +27,11 @@ def _read_frames(reader, seconds: float) -> list:
 
 
 def _assert_contiguous(chunks) -> None:
-    cursor = chunks[0].start_cursor
+    cursor = chunks[0].start_sequence
     for chunk in chunks:
         assert chunk.dropped == 0
-        assert chunk.start_cursor == cursor, "a chunk does not start where the last ended"
-        cursor = chunk.end_cursor
+        assert chunk.start_sequence == cursor, "a chunk does not start where the last ended"
+        cursor = chunk.end_sequence
     stamps = np.concatenate([c.timestamps_ns for c in chunks if c.frames])
     assert np.all(np.diff(stamps) > 0), "timestamps must increase frame by frame"
 
@@ -319,9 +319,7 @@ def test_cli_against_a_running_rig(rigs) -> None:
     pid = rig.worker("acq").pid
     killed = cli("worker", "kill", "acq")
     assert killed.returncode == 0 and f"killed acq (pid {pid})" in killed.stdout
-    wait_for(
-        lambda: (w := rig.worker("acq")).state == "running" and w.pid != pid, 10, "a restart"
-    )
+    wait_for(lambda: (w := rig.worker("acq")).state == "running" and w.pid != pid, 10, "a restart")
     assert rig.worker("acq").restarts == 1
     unknown = cli("worker", "kill", "nobody")
     assert unknown.returncode == 1 and "no worker named 'nobody'" in unknown.stderr

@@ -39,7 +39,7 @@ def test_reader_gets_frames_timestamps_and_metadata(writer, stream):
         chunk = reader.read(timeout_s=1)
         np.testing.assert_array_equal(chunk.data, frames_from(0, 5))
         np.testing.assert_array_equal(chunk.timestamps_ns, np.arange(5) * 1000)
-        assert (chunk.start_cursor, chunk.dropped, chunk.end_cursor) == (0, 0, 5)
+        assert (chunk.start_sequence, chunk.dropped, chunk.end_sequence) == (0, 0, 5)
         assert reader.write_cursor == writer.write_cursor == 5 and reader.lag == 0
 
 
@@ -63,7 +63,7 @@ def test_from_now_false_starts_at_the_oldest_frame_held(writer, stream):
     writer.write(frames_from(0, 10))
     writer.write(frames_from(10, 10))  # capacity 16: frames 0-3 are gone
     with pipeline.attach(stream, from_now=False) as old, pipeline.attach(stream) as new:
-        assert old.read(timeout_s=0).start_cursor == 4
+        assert old.read(timeout_s=0).start_sequence == 4
         assert new.read(timeout_s=0).frames == 0
 
 
@@ -75,7 +75,7 @@ def test_lapped_reader_learns_exactly_what_it_lost_and_resumes_at_the_oldest_fra
             writer.write(frames_from(start, 10))
         chunk = reader.read(timeout_s=0)
     assert chunk.dropped == 43 - 16 - 3
-    assert chunk.start_cursor == 43 - 16
+    assert chunk.start_sequence == 43 - 16
     np.testing.assert_array_equal(chunk.data, frames_from(27, 16))
 
 
@@ -88,7 +88,7 @@ def test_wrapping_reads_and_max_frames(writer, stream):
         rest = reader.read(timeout_s=0)
     np.testing.assert_array_equal(first.data, frames_from(12, 4))
     np.testing.assert_array_equal(rest.data, frames_from(16, 6))
-    assert rest.start_cursor == first.end_cursor
+    assert rest.start_sequence == first.end_sequence
 
 
 def test_latest_returns_the_newest_frames_without_moving_the_cursor(writer, stream):
@@ -108,7 +108,7 @@ def test_read_view_is_zero_copy_and_never_spans_the_wrap(writer, stream):
         with reader.read_view(timeout_s=0) as view:
             np.testing.assert_array_equal(view.data, frames_from(12, 4))
             assert not view.data.flags.writeable and not view.data.flags.owndata
-            assert (view.start_cursor, view.dropped, view.generation) == (12, 0, 1)
+            assert (view.start_sequence, view.dropped, view.generation) == (12, 0, 1)
         assert view.intact
         with reader.read_view(timeout_s=0) as rest:
             np.testing.assert_array_equal(rest.data, frames_from(16, 6))
@@ -124,7 +124,7 @@ def test_read_view_overwritten_while_in_use_is_reported_and_counted(writer, stre
             assert not view.intact
         assert not view.intact and view.data.size == 0  # released: no dangling view
         assert reader.dropped_total == 2
-        assert reader.read(timeout_s=0).start_cursor == 8
+        assert reader.read(timeout_s=0).start_sequence == 8
 
 
 def test_read_times_out_with_an_empty_chunk(writer, stream):
@@ -143,7 +143,7 @@ def test_reformat_readers_finish_the_old_generation_then_switch(writer, stream):
         assert reader.frame_shape == (2,) and reader.descriptor == {"units": "mV"}
     assert (old.generation, old.frames, old.format_changed) == (1, 3, False)
     assert (new.generation, new.data.shape, new.format_changed) == (2, (4, 2), True)
-    assert new.start_cursor == 3 and new.dropped == 0
+    assert new.start_sequence == 3 and new.dropped == 0
 
 
 def test_reader_that_missed_a_whole_generation_counts_it_as_dropped(writer, stream):
@@ -153,7 +153,7 @@ def test_reader_that_missed_a_whole_generation_counts_it_as_dropped(writer, stre
         writer.reformat(sample_rate=250.0)
         writer.write(frames_from(5, 2))
         chunk = reader.read(timeout_s=1)
-    assert (chunk.generation, chunk.start_cursor, chunk.dropped) == (3, 5, 5)
+    assert (chunk.generation, chunk.start_sequence, chunk.dropped) == (3, 5, 5)
 
 
 def test_after_close_readers_drain_then_get_end_of_stream(stream):
@@ -330,7 +330,7 @@ def test_resuming_at_a_cursor_the_ring_no_longer_holds_reports_it_dropped(writer
     writer.write(frames_from(16, 10))
     with pipeline.attach(stream, cursor=4, stream_id=writer.stream_id) as reader:
         chunk = reader.read(timeout_s=1)
-    assert (chunk.start_cursor, chunk.dropped) == (10, 6)
+    assert (chunk.start_sequence, chunk.dropped) == (10, 6)
 
 
 def test_segments_unlinked_under_a_writer_are_recreated_and_readers_follow(stream, monkeypatch):
@@ -348,13 +348,13 @@ def test_segments_unlinked_under_a_writer_are_recreated_and_readers_follow(strea
             writer.write(frames_from(8, 4))
             assert writer.relinks == 2 and "generation" in writer.relink_reason
             got.append(reader.read(timeout_s=1))
-            assert [c.start_cursor for c in got] == [0, 4, 8] and not any(c.dropped for c in got)
+            assert [c.start_sequence for c in got] == [0, 4, 8] and not any(c.dropped for c in got)
             np.testing.assert_array_equal(got[2].data, frames_from(8, 4))
             assert reader.stream_id == stream_id
         # A reader attaching now finds the stream by name, in the same sequence space.
         with pipeline.attach(stream, from_now=False, stream_id=stream_id) as late:
             writer.write(frames_from(12, 2))
-            assert late.read(timeout_s=1).end_cursor == 14
+            assert late.read(timeout_s=1).end_sequence == 14
 
 
 def test_a_foreign_segment_under_an_unlinked_name_stops_the_writer(stream, monkeypatch):

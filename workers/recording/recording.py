@@ -283,7 +283,7 @@ class Recording:
         assert segment is not None
         stamps = chunk.timestamps_ns
         base = segment.first_frame(stream) + segment.rows[stream]
-        cursor, dropped = chunk.start_cursor, chunk.dropped
+        cursor, dropped = chunk.start_sequence, chunk.dropped
         previous, first, period = state.last_timestamp_ns, int(stamps[0]), state.period_ns
         # Frames missing by the timestamps, between the last row and this chunk.
         missing = 0
@@ -328,7 +328,7 @@ class Recording:
         state.last_timestamp_ns = int(stamps[-1])
         state.generation = chunk.generation
         state.stream_id = stream_id
-        state.next_sequence = chunk.end_cursor
+        state.next_sequence = chunk.end_sequence
 
     def _gap(
         self,

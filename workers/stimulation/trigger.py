@@ -180,6 +180,6 @@ class Triggers:
         if not chunk.frames:
             return
         values = chunk.data.reshape(chunk.frames, -1)[:, watch.rule.channel]
-        for sequence in detector.crossings(values, chunk.start_cursor):
-            index = sequence - chunk.start_cursor
+        for sequence in detector.crossings(values, chunk.start_sequence):
+            index = sequence - chunk.start_sequence
             on_crossing(watch, sequence, float(values[index]), int(chunk.timestamps_ns[index]))
