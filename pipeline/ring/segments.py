@@ -115,13 +115,13 @@ def stream_state(stream: str) -> StreamState | None:
         if header.state is State.INITIALISING:
             return None
         try:
-            generation = Generation.open(stream, generation)
+            mapped = Generation.open(stream, generation)
         except (FileNotFoundError, SegmentCorrupt):
             return None
         try:
-            rate, cursor = generation.sample_rate, generation.write_cursor
+            rate, cursor = mapped.sample_rate, mapped.write_cursor
         finally:
-            generation.close()
+            mapped.close()
     finally:
         meta.close()
     alive = not closed and process_alive(pid, start_ms)

@@ -36,15 +36,15 @@ from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
 from pipeline.ring import RingReader
 from pipeline.worker import Worker
 from workers.recording import provenance
-from workers.recording.recording import (
+from workers.recording.segment import StreamFormat
+from workers.recording.writer import (
     CAUSE_BEHIND,
     CAUSE_DOWN,
     CAUSE_RESTARTED,
     CAUSE_RESTARTED_WHILE_DOWN,
-    Recording,
+    RecordingWriter,
     finish_abandoned,
 )
-from workers.recording.segment import StreamFormat
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 EXIT_WRITE_FAILED = 75  # EX_TEMPFAIL: restart me, the segment needs a repair
@@ -121,7 +121,7 @@ class RecordingWorker(Worker):
         if hasattr(signal, "SIGXFSZ"):  # a file-size limit becomes an error, not a kill
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         self.root = Path(self.spec.recordings_dir)
-        self.recording: Recording | None = None
+        self.recording: RecordingWriter | None = None
         self.tracks: dict[str, _Track] = {}
         self.next_flush = time.monotonic() + self.settings.flush_s
         self.events = Subscriber(self.spec.endpoints)
@@ -330,7 +330,7 @@ class RecordingWorker(Worker):
             track.format = _format(track.stream, reader)
             formats.append(track.format)
             cursors[track.stream], ids[track.stream] = reader.cursor, reader.stream_id
-        self.recording = Recording.start(
+        self.recording = RecordingWriter.start(
             self.root,
             self.spec.session,
             self.spec.session_id,
@@ -368,7 +368,7 @@ class RecordingWorker(Worker):
             self.report(f"finished recording {directory} left by an earlier session: {repaired}")
             return False
         s = self.settings
-        self.recording = Recording.resume(
+        self.recording = RecordingWriter.resume(
             directory, self._provenance(), s.rotate_minutes * 60, s.rotate_gb * 1e9
         )
         self.tracks = {

@@ -1,6 +1,6 @@
-"""One recording: a directory of segment files, its manifest, rotation and gap bookkeeping.
+"""RecordingWriter: one recording (segment files and a manifest), rotation, gap bookkeeping.
 
-:class:`Recording` is given chunks per stream (from lossless ring readers) and
+:class:`RecordingWriter` is given chunks per stream (from lossless ring readers) and
 control-plane events; it appends them to the current segment, records a gap
 wherever frames are missing (the ring overwrote them, or a source restarted
 and its timestamps jump), starts a new segment on rotation or on a format
@@ -63,7 +63,7 @@ CAUSE_RESTARTED_WHILE_DOWN = (
 CAUSES_FROM_THE_RING = (CAUSE_BEHIND, CAUSE_DOWN)  # lost_frames == cursor_end - cursor_start
 
 
-class Recording:
+class RecordingWriter:
     """Writes one recording directory; create with :meth:`start` or :meth:`resume`."""
 
     def __init__(
@@ -103,7 +103,7 @@ class Recording:
         rotate_bytes: float = 0.0,
         stream_ids: dict[str, int] | None = None,
         streams: list[str] | None = None,
-    ) -> Recording:
+    ) -> RecordingWriter:
         """A new recording directory under ``root`` with its first segment.
 
         ``streams`` lists every stream to record (default: those of
@@ -139,7 +139,7 @@ class Recording:
     @classmethod
     def resume(
         cls, directory: Path, provenance: dict[str, Any], rotate_s: float, rotate_bytes: float
-    ) -> Recording:
+    ) -> RecordingWriter:
         """Continue a recording whose writer crashed, in the segment it was writing."""
         manifest = read_manifest(directory)
         recording = cls(directory, manifest, provenance, rotate_s, rotate_bytes)
