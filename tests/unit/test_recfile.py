@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -146,3 +147,71 @@ def test_a_schema_1_segment_loses_only_its_trailing_unwritten_rows(tmp_path: Pat
     ]
     with h5py.File(path) as f:
         assert np.array_equal(f["streams/acq.continuous/timestamps_ns"][:], stamps)
+
+
+def _chunk(start: int, n: int, t0_ns: int, dropped: int = 0, generation: int = 1):
+    from pipeline.ring import Chunk
+
+    stamps = t0_ns + np.arange(n, dtype=np.int64) * 1_000_000
+    return Chunk(np.zeros((n, 2), "i2"), stamps, start, dropped, generation)
+
+
+def test_the_recorder_writes_true_causes_and_inspect_cross_checks_them(tmp_path: Path) -> None:
+    """Ring drops are exact and resume at the ring's sequence; a new stream is the source's;
+    a manifest that disagrees with the rows, or a ring gap whose range is wrong, fails."""
+    from workers.recording.writer import (
+        CAUSE_BEHIND,
+        CAUSE_RESTARTED,
+        RecordingWriter,
+    )
+
+    fmt = StreamFormat("acq/continuous", np.dtype("i2"), (2,), 1000.0, {})
+    rec = RecordingWriter.start(
+        tmp_path, "t", "sid", [fmt], {"acq/continuous": 0}, {}, stream_ids={"acq/continuous": 7}
+    )
+    rec.write("acq/continuous", _chunk(0, 100, 1_000_000_000), 7, fmt)
+    # the ring overwrote 50 frames the recorder had not read: exact, and the rows go on at 150
+    rec.write("acq/continuous", _chunk(150, 100, 1_150_000_000, dropped=50), 7, fmt)
+    # the source was restarted cleanly: a new stream (id 9) whose sequence starts at 0
+    rec.write("acq/continuous", _chunk(0, 100, 2_000_000_000), 9, fmt)
+    rec.finish()
+    directory = rec.directory
+    with h5py.File(directory / "segment-0000.h5") as f:
+        gaps = f["gaps"][:]
+        runs = f["streams/acq.continuous/sequence_runs"][:]
+    assert [g["cause"].decode() for g in gaps] == [CAUSE_BEHIND, CAUSE_RESTARTED]
+    assert (gaps[0]["lost_frames"], gaps[0]["cursor_start"], gaps[0]["cursor_end"]) == (
+        50,
+        100,
+        150,
+    )
+    assert gaps[1]["lost_frames"] == 750  # a 751 ms step at 1 kHz: 750 frames between
+    assert [(int(r["row"]), int(r["stream_id"]), int(r["sequence"])) for r in runs] == [
+        (0, 7, 0),
+        (100, 7, 150),
+        (200, 9, 0),
+    ]
+    report = inspect(directory)
+    assert report.ok, report.problems
+
+    # A manifest that disagrees with the rows: frames were lost after the segment was closed.
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["segments"][0]["frames"]["acq/continuous"] = 9999
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    assert inspect(directory).problems == [
+        "segment-0000.h5: acq/continuous has 300 rows but the manifest says 9999: "
+        "frames were lost after the segment was closed"
+    ]
+    manifest["segments"][0]["frames"]["acq/continuous"] = 300
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    # A gap blamed on the ring whose sequence range does not hold its frames.
+    with h5py.File(directory / "segment-0000.h5", "a") as f:
+        row = f["gaps"][0]
+        row["cursor_end"] = 160
+        f["gaps"][0] = row
+    problems = inspect(directory).problems
+    assert any(
+        "says 50 frames were overwritten in the ring, but its sequence range holds 60" in p
+        for p in problems
+    ), problems
+    assert any("do not start at ring sequence 160" in p for p in problems), problems
