@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,10 +196,47 @@ def locate(path: Path) -> tuple[list[Path], Manifest | None]:
 
 
 def open_segment(path: Path) -> Any:
-    """Open a segment read-only: with SWMR when its writer has not finished (or crashed)."""
+    """Open a segment read-only: with SWMR when its writer has not finished (or crashed).
+
+    Without HDF5's file lock: a reader holding the lock would make the
+    recorder's rotation, finishing and repair fail (on Windows even its
+    flushes). The SWMR protocol, not the lock, keeps a live reader consistent.
+    Other programs reading a live recording should do the same
+    (``h5py.File(path, "r", swmr=True, locking=False)``, or
+    ``HDF5_USE_FILE_LOCKING=FALSE`` in their environment).
+    """
     import h5py
 
-    return h5py.File(path, "r", swmr=bool(consistency_flags(Path(path))))
+    return h5py.File(path, "r", swmr=bool(consistency_flags(Path(path))), locking=False)
+
+
+#: How long the recorder waits for another program's lock on a segment before writing anyway
+#: (short: a reader keeps the lock as long as it keeps the file open, and the recorder must
+#: go on heartbeating meanwhile).
+LOCK_WAIT_S = 0.25
+
+
+def open_for_update(path: Path, **kwargs: Any) -> Any:
+    """Open a segment for writing although another program may hold HDF5's lock on it.
+
+    A reader that opened the file with HDF5's default locking (an outside
+    ``h5py.File(path, "r", swmr=True)``) holds the lock as long as it keeps the
+    file open. The recorder waits ``LOCK_WAIT_S`` for it, then opens without
+    the lock: finishing or repairing a recording must not fail because
+    someone is looking at it.
+    """
+    import h5py
+
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return h5py.File(path, "a", **kwargs)
+        except OSError as exc:  # BlockingIOError: errno 11, "unable to lock file"
+            if "lock" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                return h5py.File(path, "a", locking=False, **kwargs)
+            time.sleep(0.05)
 
 
 def text(value: Any, limit: int) -> bytes:
@@ -288,7 +326,6 @@ def repair(path: Path) -> list[str]:
 
     Returns what was done, for the log and the manifest.
     """
-    import h5py
 
     done = []
     if clear_consistency_flags(path):
@@ -297,7 +334,7 @@ def repair(path: Path) -> list[str]:
     if os.path.getsize(path) < end:
         os.truncate(path, end)
         done.append(f"extended to the recorded end of file ({end} bytes)")
-    with h5py.File(path, "a") as file:
+    with open_for_update(path) as file:
         if "flushed" in file:
             targets = [(row["dataset"].decode(), int(row["rows"])) for row in file["flushed"][:]]
         else:

@@ -414,3 +414,50 @@ def test_a_stream_segment_unlinked_under_its_writer_is_recreated_and_nothing_is_
     _assert_contiguous(_timestamps(directory))
     assert _gaps(directory) == []
     assert inspect(directory).ok
+
+
+_HOLDER = """
+import sys, h5py, pipeline
+if sys.argv[1] == "h5py":  # an outside reader, with HDF5's default file lock
+    held = h5py.File(sys.argv[2], "r", swmr=True)
+    assert len(held["streams/acq.continuous/data"]) > 0
+else:  # rigpipe's own live reader
+    held = pipeline.open_recording(sys.argv[2])
+    assert held.default.frames > 0
+print("holding", flush=True)
+sys.stdin.readline()  # until the test says so
+"""
+
+
+def test_live_readers_holding_a_segment_through_rotation_and_stop_do_not_break_recording(
+    rigs,
+) -> None:
+    """A reader's file lock must not fail the recorder's rotation, finishing or repair."""
+    rig, recordings = _rig(rigs, recorder="rotate_minutes = 0.03")  # a new segment every 1.8 s
+    rig.start()
+    first = wait_for(lambda: list(recordings.glob("*/segment-0000.h5")), 10, "the first segment")
+    time.sleep(0.8)  # flushed at least once
+    holders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, how, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for how, path in (("h5py", first[0]), ("rigpipe", first[0].parent))
+    ]
+    try:
+        assert [h.stdout.readline().strip() for h in holders] == ["holding", "holding"]
+        wait_for(lambda: len(list(first[0].parent.glob("segment-*.h5"))) >= 3, 15, "rotations")
+        assert rig.interrupt() == 0
+    finally:
+        for holder in holders:
+            holder.communicate("done\n", timeout=30)
+    assert rig.worker_processes() == []
+    log = rig.log()
+    assert "error" not in log.lower(), log
+    directory = first[0].parent
+    manifest = read_manifest(directory)
+    assert manifest.finished_at and all(e.state == "closed" for e in manifest.segments)
+    _assert_contiguous(_timestamps(directory))
+    assert inspect(directory).ok

@@ -29,6 +29,7 @@ from pipeline.recording.format import (
     StreamGroup,
     consistency_flags,
     group_name,
+    open_for_update,
     repair,
     text,
 )
@@ -144,7 +145,7 @@ class Segment:
     def reopen(cls, path: Path) -> Segment:
         """Continue a segment whose writer crashed: repair it, append again under SWMR."""
         repairs = repair(path)
-        file = h5py.File(path, "a", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+        file = open_for_update(path, libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
         try:
             file.swmr_mode = True
         except BaseException:
@@ -241,7 +242,7 @@ def finalize(path: Path, finished_attrs: dict[str, Any]) -> list[str]:
     whose writer crashed is, and what repair did is returned.
     """
     done = repair(path) if consistency_flags(path) else []
-    with h5py.File(path, "a") as file:
+    with open_for_update(path) as file:
         file["provenance"].attrs.update(finished_attrs)
         file.attrs["finished"] = True
     return done

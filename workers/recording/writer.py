@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from pipeline.control.session import now_iso
@@ -29,6 +28,7 @@ from pipeline.recording.format import (
     SegmentEntry,
     StreamGroup,
     group_name,
+    open_segment,
     read_manifest,
     text,
     write_manifest,
@@ -381,7 +381,7 @@ def finish_abandoned(directory: Path) -> list[str]:
             *entry.repairs,
             *finalize(path, {"finished_at": now_iso(), "crashed": True}),
         ]
-        with h5py.File(path, "r") as file:
+        with open_segment(path) as file:
             entry.frames = {
                 StreamGroup.read(g).stream: len(g["data"]) for g in file["streams"].values()
             }
