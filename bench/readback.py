@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
 from pipeline.recording.format import Manifest, SegmentEntry, read_manifest, write_manifest  # noqa: E402
-from workers.recording.segment import Segment, StreamFormat  # noqa: E402
+from workers.recording.segment_file import SegmentFile, StreamFormat  # noqa: E402
 
 RATE = 30000
 SEGMENT_BYTES = 1 << 30
@@ -81,7 +81,7 @@ def make(directory: Path, gb: float, channels: int) -> Path:
         name = f"segment-{index:04d}.h5"
         rows = min(per_segment, total - written)
         provenance = {"session": "bench", "recording_id": "bench", "started_at": STARTED}
-        segment = Segment.create(
+        segment = SegmentFile.create(
             recording / name, {}, provenance, [fmt], {STREAM: written}, {STREAM: written}
         )
         for at in range(0, rows, RATE):

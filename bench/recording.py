@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.control import Rig, cpu_percent  # noqa: E402
 from pipeline.recording.format import read_manifest  # noqa: E402
-from workers.recording.segment import Segment, StreamFormat  # noqa: E402
+from workers.recording.segment_file import SegmentFile, StreamFormat  # noqa: E402
 
 CHANNELS = 1024
 RATE = 30000.0
@@ -133,7 +133,7 @@ def bench_throughput(megabytes: float) -> None:
         fmt = StreamFormat("acq/continuous", block.dtype, (CHANNELS,), RATE, {})
         path = directory / "segment.h5"
         t0 = time.perf_counter()
-        segment = Segment.create(path, {}, {}, [fmt], {fmt.stream: 0}, {fmt.stream: 0})
+        segment = SegmentFile.create(path, {}, {}, [fmt], {fmt.stream: 0}, {fmt.stream: 0})
         next_flush = time.perf_counter() + 1.0
         for _ in range(blocks):
             segment.append(fmt.stream, block, stamps)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.recording.format import GAP_DTYPE, Manifest, SegmentEntry, write_manifest
-from workers.recording.segment import Segment, StreamFormat
+from workers.recording.segment_file import SegmentFile, StreamFormat
 
 STARTED = "2026-01-01T00:00:00+00:00"
 
@@ -41,7 +41,7 @@ def write(directory: Path, streams: list[Stream], segment_rows: list[list[int]])
         names = [s.format.stream for s in streams]
         first_frames = dict(zip(names, firsts, strict=True))
         provenance = {"session": "test", "recording_id": "test-recording", "started_at": STARTED}
-        segment = Segment.create(
+        segment = SegmentFile.create(
             directory / name, {}, provenance, [s.format for s in streams], first_frames,
             dict(first_frames),
         )  # fmt: skip

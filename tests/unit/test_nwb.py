@@ -15,7 +15,7 @@ import pipeline
 from pipeline.errors import RecordingError
 from pipeline.recording.nwb import export_nwb
 from tests import recordings
-from workers.recording.segment import StreamFormat
+from workers.recording.segment_file import StreamFormat
 
 RATE = 30000.0
 IDS = [3, 4, 9, 10]  # Blackrock channel ids, not indices

@@ -20,7 +20,7 @@ from pipeline.recording.format import (
     repair,
 )
 from pipeline.recording.inspect import inspect
-from workers.recording.segment import Segment, StreamFormat
+from workers.recording.segment_file import SegmentFile, StreamFormat
 
 WRITER = """
 import sys, time, h5py, numpy as np
@@ -72,7 +72,7 @@ def _segment(path: Path, stamps: np.ndarray, gap_at: int | None = None) -> None:
     fmt = StreamFormat(
         "acq/continuous", np.dtype("i2"), (2,), 1000.0, {"channel_labels": ["a", "b"]}
     )
-    segment = Segment.create(path, {}, {}, [fmt], {"acq/continuous": 0}, {"acq/continuous": 0})
+    segment = SegmentFile.create(path, {}, {}, [fmt], {"acq/continuous": 0}, {"acq/continuous": 0})
     segment.append("acq/continuous", np.zeros((len(stamps), 2), "i2"), stamps)
     if gap_at is not None:
         row = np.zeros((), GAP_DTYPE)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import pipeline
 from pipeline.recording import views
 from tests import recordings
-from workers.recording.segment import StreamFormat
+from workers.recording.segment_file import StreamFormat
 
 CHANNELS = 5
 ROWS = [700, 0, 1, 1299, 513]  # rows per segment

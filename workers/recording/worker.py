@@ -36,7 +36,7 @@ from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
 from pipeline.ring import RingReader
 from pipeline.worker import Worker
 from workers.recording import provenance
-from workers.recording.segment import StreamFormat
+from workers.recording.segment_file import StreamFormat
 from workers.recording.writer import (
     CAUSE_BEHIND,
     CAUSE_DOWN,
@@ -298,7 +298,8 @@ class RecordingWorker(Worker):
             self._fail(OSError(full))
             return
         if self.settings.fsync and self.recording.segment is not None:
-            fd = os.open(self.recording.segment.path, os.O_RDONLY)
+            # read-write: Windows refuses to flush a file opened read-only (EBADF)
+            fd = os.open(self.recording.segment.path, os.O_RDWR)
             try:
                 os.fsync(fd)
             finally:

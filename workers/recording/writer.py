@@ -34,7 +34,7 @@ from pipeline.recording.format import (
     write_manifest,
 )
 from pipeline.ring import Chunk
-from workers.recording.segment import Segment, StreamFormat, event_row, finalize
+from workers.recording.segment_file import SegmentFile, StreamFormat, event_row, finalize
 
 
 @dataclass
@@ -84,7 +84,7 @@ class RecordingWriter:
         self.rotate_s = rotate_s
         self.rotate_bytes = rotate_bytes
         self.streams: dict[str, _StreamState] = {}
-        self.segment: Segment | None = None
+        self.segment: SegmentFile | None = None
         self._segment_started = time.monotonic()
         self._wall_start = time.time()
         self.gaps = 0
@@ -144,7 +144,7 @@ class RecordingWriter:
         manifest = read_manifest(directory)
         recording = cls(directory, manifest, provenance, rotate_s, rotate_bytes)
         entry = manifest.segments[-1]
-        segment = recording.segment = Segment.reopen(directory / entry.file)
+        segment = recording.segment = SegmentFile.reopen(directory / entry.file)
         if segment.repairs:
             entry.repairs = [*entry.repairs, *segment.repairs]
             write_manifest(directory, manifest)
@@ -198,7 +198,7 @@ class RecordingWriter:
             "segment_index": index,
             "created_at": now_iso(),
         }
-        self.segment = Segment.create(
+        self.segment = SegmentFile.create(
             self.directory / name,
             attrs,
             self.provenance,

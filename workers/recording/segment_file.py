@@ -54,7 +54,7 @@ def _rows_per_chunk(fmt: StreamFormat) -> int:
     return int(np.clip(_CHUNK_BYTES // max(1, frame_bytes), 256, 65536))
 
 
-class Segment:
+class SegmentFile:
     """An open segment file; rows are appended per stream, then flushed."""
 
     def __init__(self, path: Path, file: h5py.File, repairs: list[str] | None = None) -> None:
@@ -85,7 +85,7 @@ class Segment:
         first_frames: dict[str, int],
         first_cursors: dict[str, int],
         stream_ids: dict[str, int] | None = None,
-    ) -> Segment:
+    ) -> SegmentFile:
         """A new segment file with a group per stream, then SWMR on."""
         file = h5py.File(path, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
         try:
@@ -142,7 +142,7 @@ class Segment:
         return cls(path, file)
 
     @classmethod
-    def reopen(cls, path: Path) -> Segment:
+    def reopen(cls, path: Path) -> SegmentFile:
         """Continue a segment whose writer crashed: repair it, append again under SWMR."""
         repairs = repair(path)
         file = open_for_update(path, libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
