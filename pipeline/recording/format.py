@@ -198,16 +198,20 @@ def locate(path: Path) -> tuple[list[Path], Manifest | None]:
 def open_segment(path: Path) -> Any:
     """Open a segment read-only: with SWMR when its writer has not finished (or crashed).
 
-    Without HDF5's file lock: a reader holding the lock would make the
-    recorder's rotation, finishing and repair fail (on Windows even its
-    flushes). The SWMR protocol, not the lock, keeps a live reader consistent.
-    Other programs reading a live recording should do the same
-    (``h5py.File(path, "r", swmr=True, locking=False)``, or
-    ``HDF5_USE_FILE_LOCKING=FALSE`` in their environment).
+    A segment still being written is opened without HDF5's file lock: a reader
+    holding the lock would make the recorder's rotation, finishing and repair
+    fail (on Windows even its flushes). The SWMR protocol, not the lock, keeps
+    a live reader consistent. Other programs reading a live recording should
+    do the same (``h5py.File(path, "r", swmr=True, locking=False)``, or
+    ``HDF5_USE_FILE_LOCKING=FALSE`` in their environment). A finished segment
+    is opened as plain h5py would, so both can have it open in one process
+    (HDF5 refuses one file opened with two lock settings in one process).
     """
     import h5py
 
-    return h5py.File(path, "r", swmr=bool(consistency_flags(Path(path))), locking=False)
+    if consistency_flags(Path(path)):
+        return h5py.File(path, "r", swmr=True, locking=False)
+    return h5py.File(path, "r")
 
 
 #: How long the recorder waits for another program's lock on a segment before writing anyway
