@@ -24,6 +24,7 @@ import psutil
 from pipeline import identity
 from pipeline.control.bus import Endpoints
 from pipeline.errors import SessionNotFound
+from pipeline.files import atomic_replace, read_bytes
 from pipeline.ring import segments
 
 START_HINT = "start one with `rigpipe run configs/demo.toml`"
@@ -92,13 +93,13 @@ def write(discovery: Discovery) -> None:
     path = discovery_path(discovery.session)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_bytes(msgspec.json.encode(discovery))
-    os.replace(temporary, path)
+    atomic_replace(temporary, path)
 
 
 def read(session: str) -> Discovery | None:
     """The discovery file of ``session`` (alive or not), or None."""
     try:
-        return msgspec.json.decode(discovery_path(session).read_bytes(), type=Discovery)
+        return msgspec.json.decode(read_bytes(discovery_path(session)), type=Discovery)
     except (FileNotFoundError, msgspec.DecodeError):
         return None
 

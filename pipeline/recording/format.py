@@ -27,6 +27,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from pipeline.files import atomic_replace, read_bytes
+
 #: 2: per-stream ``sequence_runs`` and ``stream_id``, the ``flushed`` row counts, manifest
 #: ``repairs``. Version 1 recordings are still read (and repaired the version 1 way).
 SCHEMA_VERSION = 2
@@ -162,11 +164,11 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
         out.write(msgspec.json.format(msgspec.json.encode(manifest)))
         out.flush()
         os.fsync(out.fileno())
-    os.replace(temporary, directory / MANIFEST)
+    atomic_replace(temporary, directory / MANIFEST)
 
 
 def read_manifest(directory: Path) -> Manifest:
-    return msgspec.json.decode((directory / MANIFEST).read_bytes(), type=Manifest)
+    return msgspec.json.decode(read_bytes(directory / MANIFEST), type=Manifest)
 
 
 def segment_files(path: Path) -> list[Path]:

@@ -33,6 +33,7 @@ import msgspec
 from pipeline.control import messages
 from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
+from pipeline.files import atomic_replace, read_bytes
 from pipeline.ring import RingReader
 from pipeline.worker import Worker
 from workers.recording import provenance
@@ -109,7 +110,7 @@ class RecordingWorker(Worker):
         """A recorder that died for good left its recording open: repair and close it."""
         pointer = _pointer(Path(spec.recordings_dir), spec.session, spec.name)
         try:
-            directory = Path(json.loads(pointer.read_text())["directory"])
+            directory = Path(json.loads(read_bytes(pointer))["directory"])
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return []
         repaired = finish_abandoned(directory)
@@ -359,7 +360,7 @@ class RecordingWorker(Worker):
     def _resume_if_interrupted(self) -> bool:
         """Resume the recording a crashed recorder of this session left; True if resumed."""
         try:
-            pointer = json.loads(self.pointer.read_text())
+            pointer = json.loads(read_bytes(self.pointer))
         except (FileNotFoundError, json.JSONDecodeError):
             return False
         directory = Path(pointer["directory"])
@@ -400,7 +401,7 @@ class RecordingWorker(Worker):
         record = {"directory": str(self.recording.directory), "session_id": self.spec.session_id}
         temporary = self.pointer.with_suffix(".tmp")
         temporary.write_text(json.dumps(record))
-        os.replace(temporary, self.pointer)
+        atomic_replace(temporary, self.pointer)
 
     def _warn_if_ring_too_short(self) -> None:
         for stream, reader in self._readers.items():

@@ -1,0 +1,47 @@
+"""Replacing small files while another process holds them (Windows sharing violations, injected)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import files
+from pipeline.recording.format import Manifest, read_manifest, write_manifest
+
+
+def _failing(real, times: int):
+    """``real``, raising PermissionError (as Windows does for an open target) ``times`` first."""
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise PermissionError(13, "The process cannot access the file")
+        return real(*args, **kwargs)
+
+    return flaky, calls
+
+
+def _manifest(n: int) -> Manifest:
+    return Manifest(recording_id=f"r{n}", session="s", session_id="i", started_at="t")
+
+
+def test_a_manifest_replace_and_read_retry_a_target_held_open(tmp_path: Path, monkeypatch) -> None:
+    write_manifest(tmp_path, _manifest(1))
+    flaky_replace, replaces = _failing(os.replace, 2)
+    monkeypatch.setattr(files.os, "replace", flaky_replace)
+    write_manifest(tmp_path, _manifest(2))
+    assert replaces["n"] == 3
+    flaky_read, reads = _failing(Path.read_bytes, 2)
+    monkeypatch.setattr(files.Path, "read_bytes", flaky_read)
+    assert read_manifest(tmp_path).recording_id == "r2" and reads["n"] == 3
+
+
+def test_a_target_held_for_longer_than_the_retry_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(files, "RETRY_S", 0.05)
+    flaky_replace, _ = _failing(os.replace, 10**6)
+    monkeypatch.setattr(files.os, "replace", flaky_replace)
+    with pytest.raises(PermissionError):
+        write_manifest(tmp_path, _manifest(1))
