@@ -391,8 +391,14 @@ def parent_watch() -> str:
     chosen = os.environ.get("RIGPIPE_PARENT_WATCH", "auto")
     if chosen not in _PARENT_WATCHES:
         raise ValueError(f"RIGPIPE_PARENT_WATCH={chosen!r}; use one of {_PARENT_WATCHES}")
+    linux = sys.platform.startswith("linux")
     if chosen == "auto":
-        return "pdeathsig" if sys.platform.startswith("linux") else "heartbeat"
+        return "pdeathsig" if linux else "heartbeat"
+    if chosen == "pdeathsig" and not linux:
+        raise ValueError(
+            f"RIGPIPE_PARENT_WATCH=pdeathsig needs Linux (this is {sys.platform}); "
+            "use 'heartbeat' or 'auto'"
+        )
     return chosen
 
 

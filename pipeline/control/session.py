@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import getpass
 import os
 import stat
 import tempfile
@@ -56,7 +57,8 @@ def base_dir() -> Path:
     elif xdg := os.environ.get("XDG_RUNTIME_DIR"):
         base = Path(xdg) / "rigpipe"
     else:
-        uid = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+        # getpass, not os.getlogin: without a console (a service, pythonw) getlogin raises
+        uid = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
         base = Path(tempfile.gettempdir()) / f"rigpipe-{uid}"
     return private_dir(base)
 

@@ -1,4 +1,4 @@
-"""Replacing small files while another process holds them (Windows sharing violations, injected)."""
+"""Portability seams tested on Linux: sharing violations (injected), platform checks."""
 
 from __future__ import annotations
 
@@ -45,3 +45,14 @@ def test_a_target_held_for_longer_than_the_retry_is_an_error(tmp_path: Path, mon
     monkeypatch.setattr(files.os, "replace", flaky_replace)
     with pytest.raises(PermissionError):
         write_manifest(tmp_path, _manifest(1))
+
+
+def test_pdeathsig_is_refused_off_linux_with_the_alternatives(monkeypatch) -> None:
+    from pipeline import worker
+
+    monkeypatch.setenv("RIGPIPE_PARENT_WATCH", "pdeathsig")
+    monkeypatch.setattr(worker.sys, "platform", "win32")
+    with pytest.raises(ValueError, match="needs Linux.*use 'heartbeat' or 'auto'"):
+        worker.parent_watch()
+    monkeypatch.setenv("RIGPIPE_PARENT_WATCH", "auto")
+    assert worker.parent_watch() == "heartbeat"
