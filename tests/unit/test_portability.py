@@ -52,7 +52,7 @@ def test_pdeathsig_is_refused_off_linux_with_the_alternatives(monkeypatch) -> No
 
     monkeypatch.setenv("RIGPIPE_PARENT_WATCH", "pdeathsig")
     monkeypatch.setattr(worker.sys, "platform", "win32")
-    with pytest.raises(ValueError, match="needs Linux.*use 'heartbeat' or 'auto'"):
+    with pytest.raises(ValueError, match=r"needs Linux.*use 'heartbeat' or 'auto'"):
         worker.parent_watch()
     monkeypatch.setenv("RIGPIPE_PARENT_WATCH", "auto")
     assert worker.parent_watch() == "heartbeat"
