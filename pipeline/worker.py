@@ -443,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if hasattr(signal, "SIGBREAK"):  # Windows: how the supervisor asks a worker to stop
+        signal.signal(signal.SIGBREAK, stop)
     if parent_watch() == "pdeathsig":
         signal.signal(PARENT_DEATH_SIGNAL, orphaned)
         _die_with_parent(spec.supervisor_pid)

@@ -28,6 +28,8 @@ from pipeline.identity import process_identity
 from pipeline.worker import WorkerSpec
 
 _TAIL_BYTES = 2000
+_POSIX = os.name == "posix"  # a seam: tests switch it off to run the Windows branches
+_CTRL_BREAK_EVENT = getattr(signal, "CTRL_BREAK_EVENT", 1)
 _RUN_MARKER = "--- rigpipe:"
 
 
@@ -130,15 +132,30 @@ class WorkerProcess:
         except psutil.NoSuchProcess:
             return None
 
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the worker's whole process group (it may have children)."""
+    def terminate(self) -> None:
+        """Ask the worker to stop (it tears down): SIGTERM to its process group; on
+        Windows CTRL_BREAK, which the worker handles like SIGTERM. Where CTRL_BREAK
+        cannot be delivered (no console: pythonw, a service) the worker is killed."""
         if self.popen is None or self.popen.poll() is not None:
             return
         try:
-            if os.name == "posix":
-                os.killpg(self.popen.pid, sig)
-            elif sig == signal.SIGTERM:
-                self.popen.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+            if _POSIX:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                return
+            try:
+                self.popen.send_signal(_CTRL_BREAK_EVENT)
+            except OSError:  # no console to deliver it through
+                self.popen.kill()
+        except (ProcessLookupError, PermissionError):
+            pass  # exited between the check and the signal
+
+    def kill(self) -> None:
+        """Kill the worker at once: SIGKILL to its process group; TerminateProcess on Windows."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            if _POSIX:
+                os.killpg(self.popen.pid, signal.SIGKILL)
             else:
                 self.popen.kill()
         except (ProcessLookupError, PermissionError):
@@ -149,10 +166,10 @@ class WorkerProcess:
         if self.stop_deadline is None or now < self.stop_deadline:
             return
         if self.kill_stage == 0:
-            self.signal(signal.SIGTERM)
+            self.terminate()
             self.kill_stage, self.stop_deadline = 1, now + min(grace_s, 2.0)
         elif self.kill_stage == 1:
-            self.signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+            self.kill()
             self.kill_stage, self.stop_deadline = 2, None
 
     def reap(self) -> int | None:

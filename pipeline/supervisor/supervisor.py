@@ -212,7 +212,7 @@ class Supervisor:
         """SIGKILL whatever still runs (a forced stop, or an error in the loop)."""
         alive = [w for w in self.workers.values() if w.alive]
         for worker in alive:
-            worker.signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+            worker.kill()
             self._killed_any = True
         for worker in alive:
             with contextlib.suppress(Exception):
@@ -322,7 +322,7 @@ class Supervisor:
     def _kill(self, worker: WorkerProcess, reason: str) -> None:
         self.on_event(f"worker {worker.name}: {reason}; killing it")
         worker.reason = reason
-        worker.signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+        worker.kill()
 
     def _exited(self, worker: WorkerProcess, code: int, now: float) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -407,7 +407,7 @@ class Supervisor:
             worker.identity, messages.Stop(request_id=next(self._ids))
         )
         if not sent:
-            worker.signal(signal.SIGTERM)
+            worker.terminate()
             worker.kill_stage = 1
         self.publish(messages.WorkerStateChanged(worker=worker.name, state="stopping"))
 

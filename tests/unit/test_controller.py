@@ -221,3 +221,42 @@ def test_a_worker_that_ran_stable_s_counts_failures_from_zero_again(rig) -> None
     assert [acq.next_restart(t) for t in (1.0, 2.0)] == [0.0, 0.5]
     acq.ready_at = 2.5  # running again, then 10 s without a failure
     assert acq.next_restart(12.5) == 0.0 and acq.failures == 1
+
+
+# -- stopping a worker on Windows (the branch run on Linux through the _POSIX seam) ---------------
+class FakeWindowsPopen(FakePopen):
+    """A Popen whose CTRL_BREAK cannot be delivered (no console), as under pythonw or a service."""
+
+    def __init__(self, pid: int, console: bool) -> None:
+        super().__init__(pid)
+        self.console = console
+        self.sent: list[str] = []
+
+    def send_signal(self, sig: int) -> None:
+        if not self.console:
+            raise OSError(87, "The parameter is incorrect")
+        self.sent.append(f"signal {sig}")
+
+    def kill(self) -> None:
+        self.sent.append("kill")
+        self.code = 1
+
+
+@pytest.mark.parametrize("console", [True, False])
+def test_on_windows_a_stop_is_ctrl_break_then_terminate_and_never_crashes(
+    rig, monkeypatch, console: bool
+) -> None:
+    from pipeline.supervisor import process
+
+    monkeypatch.setattr(process, "_POSIX", False)
+    _, supervisor, _ = rig
+    acq = supervisor.workers["acq"]
+    acq.popen = popen = FakeWindowsPopen(4242, console)  # type: ignore[assignment]
+    acq.stop_deadline, acq.kill_stage = 0.0, 0
+    acq.escalate(now=1.0, grace_s=5.0)  # the worker ignored Stop: ask the OS
+    if console:
+        assert popen.sent == [f"signal {process._CTRL_BREAK_EVENT}"] and acq.kill_stage == 1
+        acq.escalate(now=10.0, grace_s=5.0)  # still there 2 s later: TerminateProcess
+        assert popen.sent[-1] == "kill" and acq.kill_stage == 2
+    else:
+        assert popen.sent == ["kill"], "no console: terminated instead of raising"
