@@ -404,6 +404,7 @@ def test_a_stream_segment_unlinked_under_its_writer_is_recreated_and_nothing_is_
         wait_for(relinked, 5, "the source to report the re-created stream")
         assert time.monotonic() - t0 < 2.0
         assert rig.worker("acq").restarts == 0
+        wait_for(lambda: rig.worker("acq").counters.get("relinks") == 1, 2, "relinks in status")
         with attach(stream, from_now=True) as reader:  # a new reader finds it by name again
             assert reader.read(timeout_s=2).frames > 0
         time.sleep(0.5)
