@@ -105,7 +105,8 @@ class Controller:
         """A worker or client introduces itself; refused if its protocol version differs.
 
         A worker's Hello (its name and pid match a process the supervisor
-        started) binds that worker to this socket peer.
+        started, or that process's child: a launcher stood in between) binds
+        that worker to this socket peer.
         """
         if hello.protocol_version != messages.PROTOCOL_VERSION:
             self.bad_messages += 1
@@ -115,7 +116,7 @@ class Controller:
                 f"supervisor speaks {messages.PROTOCOL_VERSION}: install the same rigpipe",
             )
         worker = self.supervisor.workers.get(hello.worker)
-        if worker is not None and worker.pid == hello.pid:
+        if worker is not None and (worker.pid == hello.pid or worker.adopt(hello.pid)):
             worker.identity = peer
         return messages.Ok(request_id=hello.request_id, detail=f"session {self.supervisor.name}")
 

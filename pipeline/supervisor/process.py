@@ -69,6 +69,7 @@ class WorkerProcess:
     cpu_percent: float = 0.0
     rss_bytes: int = 0
     note: str = ""
+    adopted_pid: int = 0  # the worker itself, when a launcher process stands in between
 
     @property
     def name(self) -> str:
@@ -76,7 +77,25 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
+        """The worker's pid: the process started, or the child it launched (see ``adopt``)."""
+        if self.adopted_pid:
+            return self.adopted_pid
         return self.popen.pid if self.popen is not None else 0
+
+    def adopt(self, pid: int) -> bool:
+        """Take ``pid`` as this worker if the process started is its parent (a launcher, such
+        as a venv's python.exe on Windows, stands in between); True if adopted."""
+        if self.popen is None or not pid or pid == self.popen.pid:
+            return False
+        try:
+            child = psutil.Process(pid)
+            if child.ppid() != self.popen.pid:
+                return False
+        except psutil.Error:
+            return False
+        self.adopted_pid, self.ps = pid, child
+        self.ps.cpu_percent(None)
+        return True
 
     @property
     def alive(self) -> bool:
@@ -91,7 +110,8 @@ class WorkerProcess:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
         )
-        argv = [sys.executable, "-m", "pipeline.worker", msgspec.json.encode(self.spec).decode()]
+        python = worker_python(env)
+        argv = [python, "-m", "pipeline.worker", msgspec.json.encode(self.spec).decode()]
         with open(self.log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"{_RUN_MARKER} {stamp} starting {self.name}\n".encode())
@@ -109,6 +129,7 @@ class WorkerProcess:
             self.ps.cpu_percent(None)  # first call primes the counter
         except psutil.NoSuchProcess:
             self.ps = None
+        self.adopted_pid = 0
         self.state = WorkerState.STARTING
         self.started_at = time.monotonic()
         self.last_heartbeat = None
@@ -248,6 +269,21 @@ class WorkerProcess:
             counters=self.counters,
             note=self.note,
         )
+
+
+def worker_python(env: dict[str, str], windows: bool = sys.platform == "win32") -> str:
+    """The interpreter to start a worker with (``env`` is the worker's environment).
+
+    On Windows a venv's ``python.exe`` is a launcher that starts the real
+    interpreter as its child, so the process the supervisor started would not
+    be the worker that says Hello. As CPython's multiprocessing does, start the
+    base interpreter directly and tell it the venv through ``__PYVENV_LAUNCHER__``.
+    """
+    base = getattr(sys, "_base_executable", sys.executable)
+    if windows and base and base != sys.executable:
+        env["__PYVENV_LAUNCHER__"] = sys.executable
+        return base
+    return sys.executable
 
 
 def _new_group() -> dict[str, object]:

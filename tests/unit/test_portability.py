@@ -56,3 +56,49 @@ def test_pdeathsig_is_refused_off_linux_with_the_alternatives(monkeypatch) -> No
         worker.parent_watch()
     monkeypatch.setenv("RIGPIPE_PARENT_WATCH", "auto")
     assert worker.parent_watch() == "heartbeat"
+
+
+def test_on_windows_a_venv_worker_starts_the_base_interpreter_with_the_launcher_env(
+    monkeypatch,
+) -> None:
+    from pipeline.supervisor import process
+
+    monkeypatch.setattr(process.sys, "_base_executable", "C:/Python311/python.exe")
+    monkeypatch.setattr(process.sys, "executable", "C:/lab/venv/Scripts/python.exe")
+    env: dict[str, str] = {}
+    assert process.worker_python(env, windows=True) == "C:/Python311/python.exe"
+    assert env == {"__PYVENV_LAUNCHER__": "C:/lab/venv/Scripts/python.exe"}
+    env = {}
+    assert process.worker_python(env, windows=False) == "C:/lab/venv/Scripts/python.exe"
+    assert env == {}
+
+
+def test_a_worker_behind_a_launcher_process_is_adopted_by_its_parent(tmp_path) -> None:
+    """A launcher (here sh, which does not exec) starts the real interpreter as its child:
+    the worker's Hello then carries the child's pid, which the supervisor adopts."""
+    import subprocess
+    import sys
+
+    from pipeline import config
+    from pipeline.control.bus import Endpoints
+    from pipeline.supervisor.process import WorkerProcess
+    from pipeline.worker import WorkerSpec
+
+    plan = config.loads('[[workers]]\nname = "acq"\nkind = "acquisition"\n').workers[0]
+    spec = WorkerSpec(
+        session="s", name="acq", kind="acquisition", endpoints=Endpoints("a", "b"), supervisor_pid=1
+    )
+    worker = WorkerProcess(plan, spec, tmp_path / "acq.log")
+    child = (
+        f"{sys.executable} -c 'import os, sys; print(os.getpid(), flush=True); sys.stdin.read()'"
+    )
+    worker.popen = subprocess.Popen(
+        ["sh", "-c", f"{child}; true"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        real_pid = int(worker.popen.stdout.readline())
+        assert real_pid != worker.popen.pid
+        assert not worker.adopt(os.getpid()), "not a child of the launcher"
+        assert worker.adopt(real_pid) and worker.pid == real_pid and worker.alive
+    finally:
+        worker.popen.communicate("", timeout=10)
