@@ -118,9 +118,13 @@ def _newest(data: np.ndarray, channels: int) -> str:
 def _sweep(args: argparse.Namespace) -> int:
     try:
         removed = segments.sweep()
-    except NotImplementedError as exc:
-        print(f"rigpipe: {exc}", file=sys.stderr)
-        return 1
+    except NotImplementedError:  # macOS, Windows: no list of shared memory; ask the sessions
+        streams = session.known_streams()
+        print(
+            f"this platform cannot list shared memory; checking the {len(streams)} stream(s) "
+            "named by the sessions' discovery files"
+        )
+        removed = segments.sweep(streams=streams)
     print(f"removed {len(removed)} segment(s) left by writers that died" + (":" if removed else ""))
     for name in removed:
         print(f"  {name}")

@@ -120,6 +120,16 @@ def running() -> list[Discovery]:
     return found
 
 
+def known_streams() -> list[str]:
+    """Every stream named by a discovery file here, of a running session or a dead one."""
+    streams: set[str] = set()
+    for path in sorted(base_dir().glob("*.json")):
+        discovery = read(path.stem)
+        if discovery is not None:
+            streams.update(discovery.streams)
+    return sorted(streams)
+
+
 def find(session: str | None = None) -> Discovery:
     """The running session named ``session``, or the only one running; SessionNotFound."""
     session = session or os.environ.get("RIGPIPE_SESSION") or None

@@ -102,3 +102,44 @@ def test_a_worker_behind_a_launcher_process_is_adopted_by_its_parent(tmp_path) -
         assert worker.adopt(real_pid) and worker.pid == real_pid and worker.alive
     finally:
         worker.popen.communicate("", timeout=10)
+
+
+def test_sweep_without_a_list_of_shared_memory_uses_the_sessions_streams(
+    monkeypatch, tmp_path, capsys
+) -> None:
+    """Where shared memory cannot be listed (macOS, Windows), a dead session's streams are
+    found through its discovery file."""
+    import signal
+    import subprocess
+    import sys
+
+    import pipeline
+    from pipeline.cli import main
+    from pipeline.control import session
+    from pipeline.control.bus import Endpoints
+    from pipeline.ring import naming, shm
+
+    monkeypatch.setenv("RIGPIPE_RUNTIME_DIR", str(tmp_path))
+    stream = "deadrig/acq/continuous"
+    writer = subprocess.Popen(  # a writer that is SIGKILLed: its segments stay behind
+        [sys.executable, "-c", "import sys, numpy as np, pipeline; "
+         f"w = pipeline.RingWriter({stream!r}, np.int16, (2,), 8, 100.0); "
+         "w.write(np.zeros((4, 2), np.int16)); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert writer.stdout.readline().strip() == "ready"
+    writer.send_signal(signal.SIGKILL)
+    writer.communicate(timeout=10)
+    session.write(
+        session.Discovery(
+            session="deadrig", pid=writer.pid, start_ms=1, endpoints=Endpoints("a", "b"),
+            runtime_dir=str(tmp_path), config_path="x", recordings_dir="x",
+            started_at="t", streams=[stream], workers={},
+        )
+    )  # fmt: skip
+    monkeypatch.setattr(shm, "list_names", lambda: None)
+    assert main(["sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot list shared memory" in out and naming.shm_name(stream) in out
+    with pytest.raises(pipeline.StreamNotFound):
+        pipeline.attach(stream)
