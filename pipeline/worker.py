@@ -6,8 +6,9 @@ the bus connection, heartbeats, command dispatch (``Stop``, ``SetParameter``),
 signals, and leaving when the supervisor disappears (``PR_SET_PDEATHSIG`` on
 Linux; everywhere, a missing ``HeartbeatAck`` for ``heartbeat_timeout_s``).
 
-The supervisor starts each worker as ``python -m pipeline.worker SPEC``, where
-SPEC is the JSON of a :class:`WorkerSpec`, in its own process group::
+The supervisor starts each worker as ``python -m pipeline.worker --spec-stdin
+SESSION/WORKER`` with the JSON of a :class:`WorkerSpec` on its stdin (``python
+-m pipeline.worker SPEC`` takes it as an argument), in its own process group::
 
     class Counter(Worker):
         Settings = CounterSettings            # msgspec Struct of its parameters
@@ -411,13 +412,30 @@ def _die_with_parent(supervisor_pid: int) -> None:
         raise SystemExit(0)
 
 
+#: ``python -m pipeline.worker --spec-stdin SESSION/WORKER``: the spec comes on stdin.
+SPEC_ON_STDIN = "--spec-stdin"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m pipeline.worker SPEC_JSON``."""
+    """Entry point of ``python -m pipeline.worker SPEC_JSON`` (or ``--spec-stdin NAME``).
+
+    The supervisor passes the spec on stdin: a command line is readable by every
+    user of the machine (``ps``, ``/proc/PID/cmdline``) and is capped (32 KiB on
+    Windows), and the spec holds the whole config. ``SESSION/WORKER`` after the
+    option only names the process for ``ps``.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m pipeline.worker SPEC_JSON (started by the supervisor)")
+    if len(argv) == 2 and argv[0] == SPEC_ON_STDIN:
+        text = sys.stdin.buffer.read()
+    elif len(argv) == 1 and not argv[0].startswith("-"):
+        text = argv[0].encode()
+    else:
+        print(
+            "usage: python -m pipeline.worker SPEC_JSON | --spec-stdin SESSION/WORKER "
+            "(started by the supervisor)"
+        )
         return 2
-    spec = msgspec.json.decode(argv[0], type=WorkerSpec)
+    spec = msgspec.json.decode(text, type=WorkerSpec)
     faulthandler.enable()  # a crash in native code leaves its traceback in the worker's log
     logging.basicConfig(
         level=spec.log_level.upper(),

@@ -142,12 +142,12 @@ class Rig:
 
     def worker_processes(self) -> list[psutil.Process]:
         """Live worker processes of this session, wherever they were reparented."""
-        marker = f'"session":"{self.name}"'
+        marker = f"{self.name}/"  # python -m pipeline.worker --spec-stdin SESSION/WORKER
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             with contextlib.suppress(psutil.Error):
                 cmdline = proc.info["cmdline"] or []
-                ours = "pipeline.worker" in cmdline and any(marker in a for a in cmdline)
+                ours = "pipeline.worker" in cmdline and any(a.startswith(marker) for a in cmdline)
                 if ours and proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(proc)
         return found

@@ -1,7 +1,7 @@
 """One configured worker and the OS process currently running it.
 
 :class:`WorkerProcess` is the supervisor's record of a worker: its state, its
-process (spawned as ``python -m pipeline.worker SPEC`` in a new process
+process (spawned as ``python -m pipeline.worker --spec-stdin NAME`` in a new process
 group, output appended to ``<runtime_dir>/logs/<worker>.log``), its last
 heartbeat, and the restart policy's arithmetic (consecutive failures,
 exponential backoff with a cap). The supervisor drives it; this module does
@@ -25,7 +25,7 @@ import psutil
 from pipeline.config import WorkerPlan
 from pipeline.control import messages
 from pipeline.identity import process_identity
-from pipeline.worker import WorkerSpec
+from pipeline.worker import SPEC_ON_STDIN, WorkerSpec
 
 _TAIL_BYTES = 2000
 _POSIX = os.name == "posix"  # a seam: tests switch it off to run the Windows branches
@@ -111,19 +111,26 @@ class WorkerProcess:
             p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
         )
         python = worker_python(env)
-        argv = [python, "-m", "pipeline.worker", msgspec.json.encode(self.spec).decode()]
+        # the spec (the whole config) goes on stdin: argv is public and capped
+        argv = [python, "-m", "pipeline.worker", SPEC_ON_STDIN, f"{self.spec.session}/{self.name}"]
         with open(self.log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"{_RUN_MARKER} {stamp} starting {self.name}\n".encode())
             log.flush()
             self.popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 **_new_group(),
             )
+        assert self.popen.stdin is not None
+        try:
+            self.popen.stdin.write(msgspec.json.encode(self.spec))
+            self.popen.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # it died at once; reaping it reports why
         try:
             self.ps = psutil.Process(self.popen.pid)
             self.ps.cpu_percent(None)  # first call primes the counter

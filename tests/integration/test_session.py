@@ -367,3 +367,16 @@ def test_the_readme_worker_example_runs_in_a_rig(rigs, monkeypatch) -> None:
     rig.client().request(messages.SetParameter(worker="decoder", name="gain", value=2.0))
     stream = next(s for s in rig.status().streams if s.stream.endswith("acq/continuous"))
     assert [r.worker for r in stream.readers] == ["decoder"]
+
+
+def test_a_workers_spec_is_not_on_its_command_line_and_a_large_config_runs(rigs) -> None:
+    """The spec (the whole config) goes on stdin: argv is readable by every user (ps,
+    /proc) and capped (128 KiB per argument on Linux, 32 KiB in all on Windows)."""
+    rig = rigs.new()
+    rig.write(DEMO_WORKER, session_extra="# " + "x" * 200_000)  # a config of 200 KB
+    rig.start()
+    (worker,) = rig.worker_processes()
+    cmdline = worker.cmdline()
+    assert cmdline[-2:] == ["--spec-stdin", f"{rig.name}/acq"]
+    assert not any("xxxx" in a or "sample_rate_hz" in a for a in cmdline)
+    assert rig.interrupt() == 0
