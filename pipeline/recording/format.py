@@ -359,16 +359,15 @@ def repair(path: Path) -> list[str]:
 
 def _v1_written_rows(file: Any) -> list[tuple[str, int]]:
     """Version 1 segments: per table, the rows up to its last one that is not all zero."""
+    columns = [
+        (group["data"].name.lstrip("/"), group["timestamps_ns"][:])
+        for group in file.get("streams", {}).values()
+    ]
+    columns += [(table, file[table][key]) for table, key in _V1_TABLES if table in file]
     targets = []
-    for group in file.get("streams", {}).values():
-        nonzero = np.flatnonzero(group["timestamps_ns"][:])
-        targets.append(
-            (group["data"].name.lstrip("/"), int(nonzero[-1]) + 1 if len(nonzero) else 0)
-        )
-    for table, key in _V1_TABLES:
-        if table in file:
-            nonzero = np.flatnonzero(file[table][key])
-            targets.append((table, int(nonzero[-1]) + 1 if len(nonzero) else 0))
+    for name, values in columns:
+        nonzero = np.flatnonzero(values)
+        targets.append((name, int(nonzero[-1]) + 1 if len(nonzero) else 0))
     return targets
 
 
