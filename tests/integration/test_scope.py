@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("pyqtgraph")
 from PySide6.QtGui import QImage
 
+from pipeline.control import messages
 from tests.rig import DEMO_WORKER, wait_for
 
 
@@ -115,3 +116,27 @@ def test_without_a_display_the_scope_says_so_and_exits_cleanly(rigs, monkeypatch
     assert rig.worker("scope").exit_code == 0
     assert rig.log().count("no display") == 1
     assert rig.worker("acq").state == "running"
+
+
+def test_markers_from_a_continuous_stream_keep_the_scope_running(rigs) -> None:
+    """``markers = "stim/output"`` (the configs/README.md example): the stimulator's output is
+    a continuous stream that is mostly empty reads; the scope must not crash on one."""
+    rig = rigs.new()
+    stimulator = (
+        '[[workers]]\nname = "stim"\nkind = "stimulation"\n[workers.parameters]\n'
+        "channels = 2\narmed = true\n[workers.parameters.limits.default]\n"
+        "max_amplitude_ua = 100.0\nmax_charge_per_phase_nc = 30.0\n"
+    )
+    snapshot = rig.directory / "scope.png"
+    rig.write(
+        DEMO_WORKER + stimulator + _scope(snapshot, '["acq/continuous"]', 'markers = "stim/output"')
+    )
+    rig.start()
+    pulse = [messages.Phase(-20.0, 100.0), messages.Phase(20.0, 100.0)]
+    for _ in range(3):
+        rig.client().request(messages.PulseTrain(worker="stim", channel=0, phases=pulse))
+        time.sleep(0.4)
+    wait_for(lambda: rig.worker("scope").counters.get("frames_drawn", 0) > 10, 10, "drawing")
+    scope = rig.worker("scope")
+    assert scope.state == "running" and scope.restarts == 0, rig.log()
+    assert rig.interrupt() == 0

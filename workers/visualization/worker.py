@@ -306,8 +306,8 @@ class ScopeWorker(Worker):
             reader.close()
             events["reader"] = None
             return np.empty(0, np.int64)
-        if reader.sample_rate == 0 or chunk.data.dtype.names:
-            return chunk.timestamps_ns
+        if reader.sample_rate == 0 or chunk.data.dtype.names or not chunk.frames:
+            return chunk.timestamps_ns  # (a reshape of no frames to (0, -1) raises)
         active = np.any(chunk.data.reshape(chunk.frames, -1) != 0, axis=1)
         return chunk.timestamps_ns[active]
 
