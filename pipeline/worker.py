@@ -36,6 +36,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -143,6 +144,9 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_service = 0.0
         self._last_ack = time.monotonic()
+        # The bus is used by one thread at a time: the keeper thread of _set_up while
+        # setup() runs, the main thread always.
+        self._bus_lock = threading.RLock()
 
     # -- for subclasses -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -242,14 +246,17 @@ class Worker:
         """Publish ``text`` as a session event (and log it)."""
         self.log.log(logging.getLevelName(level.upper()), "%s", text)
         if self._bus is not None:
-            self._bus.send(messages.Report(worker=self.name, level=level, text=text))
+            with self._bus_lock:
+                self._bus.send(messages.Report(worker=self.name, level=level, text=text))
 
     def wait_until(self, deadline: float) -> None:
         """Serve the bus, then sleep until ``deadline`` (monotonic seconds) or a stop."""
         self.service()
         while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
             if remaining > 0.05 and self._bus is not None:
-                self._handle(self._bus.receive(min(remaining, self.spec.heartbeat_interval_s)))
+                with self._bus_lock:
+                    wait_s = min(remaining, self.spec.heartbeat_interval_s)
+                    self._handle(self._bus.receive(wait_s))
                 self._next_service = 0.0
                 self.service()
             else:
@@ -263,20 +270,24 @@ class Worker:
         if bus is None or now < self._next_service:
             return  # a step loop at 1 kHz need not poll the socket 1000 times a second
         self._next_service = now + self.service_interval_s
-        if now >= self._next_heartbeat:
-            self._heartbeat()
-            self._next_heartbeat = now + self.spec.heartbeat_interval_s
-            if now - self._last_ack > self.spec.heartbeat_timeout_s and not self._stopping:
-                self.log.error(
-                    "no heartbeat reply from the supervisor for %.1f s; it is gone, stopping",
-                    now - self._last_ack,
-                )
-                self._stopping = True
-        while (message := bus.receive(0)) is not None:
-            self._handle(message)
+        with self._bus_lock:
+            if now >= self._next_heartbeat:
+                self._heartbeat()
+                self._next_heartbeat = now + self.spec.heartbeat_interval_s
+                self._check_supervisor(now)
+            while (message := bus.receive(0)) is not None:
+                self._handle(message)
+
+    def _check_supervisor(self, now: float) -> None:
+        if now - self._last_ack > self.spec.heartbeat_timeout_s and not self._stopping:
+            self.log.error(
+                "no heartbeat reply from the supervisor for %.1f s; it is gone, stopping",
+                now - self._last_ack,
+            )
+            self._stopping = True
 
     def _report_relinks(self) -> None:
-        for writer, reported in self._writers.items():
+        for writer, reported in list(self._writers.items()):
             if writer.relinks != reported:
                 self._writers[writer] = writer.relinks
                 self.counters["relinks"] = sum(w.relinks for w in self._writers)
@@ -287,7 +298,7 @@ class Worker:
         self._report_relinks()
         readers = [
             messages.ReaderReport(stream=s, cursor=r.cursor, dropped=r.dropped_total)
-            for s, r in self._readers.items()
+            for s, r in list(self._readers.items())
         ]
         self._bus.send(
             messages.Heartbeat(
@@ -346,7 +357,8 @@ class Worker:
 
     def _reply(self, message: messages.Message) -> None:
         if self._bus is not None:
-            self._bus.send(message)
+            with self._bus_lock:
+                self._bus.send(message)
 
     # -- process lifecycle ----------------------------------------------------------------------
     def main(self) -> int:
@@ -362,7 +374,7 @@ class Worker:
             return 1
         code = 0
         try:
-            self.setup()
+            self._set_up()
             self._ready = True
             self._next_heartbeat = self._next_service = 0.0
             self.service()
@@ -382,6 +394,38 @@ class Worker:
                     reader.close()
                 self._bus.close()
         return code
+
+    def _set_up(self) -> None:
+        """Run setup() while a thread keeps heartbeating (not ready) and answering.
+
+        Opening a device can block for seconds (a Blackrock ``Session()`` takes
+        2-3 s on a slow device). Without heartbeats meanwhile, the supervisor's
+        replies would seem to have stopped and the worker would take the
+        supervisor for gone the moment setup() returned.
+        """
+        done = threading.Event()
+        keeper = threading.Thread(
+            target=self._keep_alive, args=(done,), name="setup-heartbeat", daemon=True
+        )
+        keeper.start()
+        try:
+            self.setup()
+        finally:
+            done.set()
+            keeper.join()
+
+    def _keep_alive(self, done: threading.Event) -> None:
+        assert self._bus is not None
+        while not done.wait(self.spec.heartbeat_interval_s):
+            with self._bus_lock:
+                self._heartbeat()
+                while (message := self._bus.receive(0)) is not None:
+                    if isinstance(message, messages.WorkerRequest):
+                        text = f"{self.name} is still starting; ask again once it is running"
+                        self._reply(messages.Error(request_id=message.request_id, text=text))
+                    else:  # acks, Stop
+                        self._handle(message)
+                self._check_supervisor(time.monotonic())
 
 
 def parent_watch() -> str:

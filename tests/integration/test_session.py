@@ -267,6 +267,23 @@ def test_a_worker_that_stops_heartbeating_is_killed_and_restarted(rigs) -> None:
     assert "no heartbeat for" in rig.log()
 
 
+def test_a_setup_longer_than_the_heartbeat_timeout_neither_kills_nor_ends_the_worker(
+    rigs,
+) -> None:
+    rig = rigs.new()  # heartbeat_timeout_s = 1.0; setup blocks 2.5 s
+    rig.write(
+        '[[workers]]\nname = "slow"\nkind = "tests.workers.misbehaving"\nrestart = "on-failure"\n'
+        'start_timeout_s = 10.0\n[workers.parameters]\nmode = "crash"\nafter_s = 3600\n'
+        "setup_s = 2.5\n"
+    )
+    rig.start()
+    first = rig.worker("slow")
+    time.sleep(2.0)  # several heartbeat timeouts after setup returned
+    slow = rig.worker("slow")
+    assert (slow.state, slow.pid, slow.restarts) == ("running", first.pid, 0)
+    assert "it is gone" not in rig.log() and "no heartbeat for" not in rig.log()
+
+
 def test_status_shows_a_lossless_readers_lag(rigs) -> None:
     rig = rigs.new()
     rig.write(DEMO_WORKER + slow_reader(2000.0))
