@@ -82,14 +82,19 @@ class Rig:
         )
         return self.config
 
-    def start(self, env: dict[str, str] | None = None, wait: bool = True) -> Rig:
-        """Start the supervisor; with ``wait``, return once every worker is running."""
+    def start(
+        self, env: dict[str, str] | None = None, wait: bool = True, python: str = sys.executable
+    ) -> Rig:
+        """Start the supervisor; with ``wait``, return once every worker is running.
+
+        ``python`` runs the supervisor, and so every worker (the real pycbsdk needs its own venv).
+        """
         if not self.config.exists():
             self.write()
         self._close_client()
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "run", str(self.config)],
+                [python, "-m", "pipeline.cli", "run", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, **(env or {})),

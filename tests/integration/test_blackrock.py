@@ -14,17 +14,24 @@ from tests.rig import wait_for
 SEAM = {"RIGPIPE_CBSDK_SESSION": "tests.peers.cbsdk:Session"}
 
 
+#: A CMP the real SDK accepts: the first line that is not a comment is the description.
+CMP = "// rigpipe test map\nUtah array 4x4\n//col row bank elec label\n" + "".join(
+    f"{e % 4} {e // 4} A {e + 1} elec{e + 1}\n" for e in range(16)
+)
+
+
 def _env(**knobs) -> dict[str, str]:
     return {**SEAM, "RIGPIPE_CBSDK_EMULATOR": json.dumps(knobs)}
 
 
-def _acq(parameters: str, restart: str = "on-failure") -> str:
+def _acq(parameters: str, restart: str = "on-failure", extra: str = "") -> str:
     return f"""
 [[workers]]
 name = "acq"
 kind = "acquisition"
 restart = "{restart}"
 backoff_s = 0.3
+{extra}
 [workers.parameters]
 source = "blackrock"
 device = "NPLAY"
@@ -59,12 +66,21 @@ def test_programmatic_setup_streams_one_group_spikes_and_both_clocks(rigs) -> No
     stamps = np.concatenate([c.timestamps_ns for c in chunks])
     assert abs(np.median(np.diff(stamps)) - 33333) <= 1
     assert abs(int(stamps[-1]) - time.monotonic_ns()) < 0.5e9, "host monotonic timestamps"
+    with attach(f"{rig.name}/acq/30kHz", from_now=False) as reader:
+        everything = reader.read(timeout_s=2)  # from the first frame, across the SDK's offset steps
+    steps = np.diff(everything.timestamps_ns.astype(np.int64))
+    assert steps.min() > 33333 * 0.99 and steps.max() < 33334 * 1.01, (steps.min(), steps.max())
+    assert "AttributeError" not in rig.log(), "no batch lost to a callback that ran too early"
     with attach(f"{rig.name}/acq/spikes", from_now=False) as spikes:
         records = spikes.read(timeout_s=2).data
     assert len(records) and set(records["unit"]) <= {1, 2, 3}
     with attach(f"{rig.name}/acq/clock", from_now=False) as clock:
         sync = clock.read(timeout_s=2).data
     assert np.all(sync["host_ns"] - sync["device_ns"] < 0), "device clock kept beside host clock"
+    applied = sync["host_ns"] - sync["device_ns"]
+    estimated = sync["sdk_host_ns"] - sync["device_ns"]
+    assert np.ptp(estimated) >= 700_000, "the SDK's estimate stepped (the emulator's +0.72 ms)"
+    assert np.abs(np.diff(applied)).max() < 10_000, "the applied offset only slews"
 
 
 def test_ccf_setup_with_a_channel_map_gives_one_ring_per_group_in_microvolts(
@@ -72,14 +88,15 @@ def test_ccf_setup_with_a_channel_map_gives_one_ring_per_group_in_microvolts(
 ) -> None:
     ccf, cmp = tmp_path / "rig.ccf", tmp_path / "array.cmp"
     ccf.write_text("<ccf/>")
-    cmp.write_text("//col row bank elec label\n0 0 A 1 elec1\n")
+    cmp.write_text(CMP)
     rig = rigs.new()
     rig.write(_acq(f'ccf = "{ccf}"\ngroups = ["30kHz", "1kHz"]\ncmp = "{cmp}"\npublish_uv = true'))
     rig.start(env=_env(ccf_groups={"30kHz": 256, "1kHz": 16}))
     with attach("acq/30kHz") as fast, attach("acq/1kHz") as slow:
         assert fast.frame_shape == (256,) and slow.frame_shape == (16,)
         assert fast.dtype == np.float32 and fast.descriptor["scale"] == 1.0
-        assert fast.descriptor["positions"][17] == [400, 400, 0, 18]
+        assert fast.descriptor["positions"][5] == [400, 400, 0, 6]
+        assert fast.descriptor["positions"][17] == [0, 0, 0, 18], "not in the map"
         data = _read(fast, 1.0)[-1].data
         assert np.abs(data).max() <= 400 * 0.25 + 1, "published in microvolts"
         assert sum(c.frames for c in _read(slow, 1.0)) > 700
@@ -114,6 +131,29 @@ def test_an_absent_device_is_a_clear_error_and_the_worker_exits(rigs) -> None:
     assert rig.worker("acq").exit_code == 1
     assert "no NPLAY device: Failed to create session" in rig.log()
     assert rig.status().state == "running", "the supervisor is not blocked by the device"
+
+
+def test_a_cmp_without_entries_is_one_line_naming_the_file(rigs, tmp_path) -> None:
+    cmp = tmp_path / "bad.cmp"
+    cmp.write_text("//col row bank elec label\n0 0 A 1 elec1\n")  # that row is the description
+    rig = rigs.new()
+    rig.write(_acq(f'channels = 8\ncmp = "{cmp}"', restart="never"))
+    rig.start(env=_env(), wait=False)
+    wait_for(lambda: rig.discovery() and rig.worker("acq").state == "failed", 20, "failure")
+    log = rig.log()
+    assert f"cmp file {str(cmp)!r} was refused by the SDK: " in log and "No valid entries" in log
+    assert "Traceback" not in log
+
+
+def test_a_slow_device_start_is_not_taken_for_a_dead_supervisor(rigs) -> None:
+    rig = rigs.new()  # heartbeat timeout 1 s; Session() blocks 2.5 s
+    rig.write(_acq("channels = 8", extra="start_timeout_s = 15.0"))
+    rig.start(env=_env(start_s=2.5))
+    first = rig.worker("acq")
+    time.sleep(1.5)
+    acq = rig.worker("acq")
+    assert (acq.state, acq.pid, acq.restarts) == ("running", first.pid, 0)
+    assert "it is gone" not in rig.log()
 
 
 def test_a_lost_device_is_noticed_within_lost_after_s_and_restarted(rigs) -> None:

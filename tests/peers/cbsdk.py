@@ -3,15 +3,21 @@
 It implements the part of ``pycbsdk.Session`` the blackrock source uses, with
 the same method names and parameters (tests/peers/test_cbsdk_conformance.py
 checks that against the installed pycbsdk), and the behaviour measured with
-the real SDK (shared/ENVIRONMENT.md): the constructor blocks and raises
-RuntimeError when no device answers; group batches arrive as int16
-``(n, channels padded to an even count)`` with uint64 device-ns timestamps,
-at most 32 samples per call, every data callback on one thread; spike events
-carry a header with ``time``, ``chid``, ``type``, ``dlen``; the clock
-conversion raises until the first sync; a lost device just goes quiet.
+the real SDK (shared/ENVIRONMENT.md, tests/integration/test_blackrock_real.py):
+the constructor blocks through the handshake and raises RuntimeError after
+about 2.4 s when no device answers; the device streams, and the clock is
+synchronised, from the moment the constructor returns; group batches arrive as
+int16 ``(n, channels padded to an even count)`` with uint64 device-ns
+timestamps, at most 32 samples per call, every data callback on one thread,
+and an exception in a callback is printed and swallowed; spike events carry a
+header with ``time``, ``chid``, ``type``, ``dlen``; the clock offset estimate
+steps by about +0.7 ms shortly after start, then by tens of µs at each 2 s
+probe; a CMP file's first line that is not a comment is its description; a
+lost device just goes quiet.
 
 Its own knobs come from ``RIGPIPE_CBSDK_EMULATOR`` (JSON): ``absent`` (no
-device), ``loss`` (probability that a 1 ms packet burst is dropped, counted in
+device), ``start_s`` (the constructor blocks that long: a slow device),
+``loss`` (probability that a 1 ms packet burst is dropped, counted in
 ``stats.packets_dropped``), ``lost_after_s`` (stop delivering, as a device that
 was unplugged), ``ccf_groups`` (what a loaded CCF enables, e.g.
 ``{"30kHz": 256, "1kHz": 16}``), ``spike_rate_hz`` (per channel).
@@ -21,9 +27,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,8 +56,10 @@ _BY_NAME = {
     "raw": SampleRate.SR_RAW,
 }
 _TICK_S = 0.001
-_SYNC_AFTER_S = 0.05  # the clock conversion raises until the device's first sync
 _DEVICE_EPOCH_NS = 1_000_000_000_000  # the device clock does not share the host's origin
+_ABSENT_S = 2.4  # how long the real SDK waits for a device before giving up
+_FIRST_STEP = (0.25, 720_000)  # (s after start, ns): data-packet floor -> probe offsets
+_PROBE_S = 2.0  # the SDK probes the clock every 2 s; each probe moves the estimate a little
 
 
 def _knobs() -> dict[str, Any]:
@@ -71,10 +82,11 @@ class Session:
     ) -> None:
         self.knobs = _knobs()
         if self.knobs.get("absent"):
-            time.sleep(0.3)  # the real SDK waits ~2.4 s for the handshake
+            time.sleep(_ABSENT_S)
             raise RuntimeError(
                 "Failed to create session: Failed to detect protocol: Timed out waiting for device"
             )
+        time.sleep(float(self.knobs.get("start_s", 0.0)))
         self.device_type = DeviceType(device_type)
         self._groups: dict[int, _Group] = {}
         self._batch_callbacks: dict[int, list] = {}
@@ -82,6 +94,7 @@ class Session:
         self._positions: dict[int, tuple[int, int, int, int]] = {}
         self._stats = {"packets_dropped": 0, "packets_received": 0, "packets_delivered": 0}
         self._rng = np.random.default_rng(self.knobs.get("seed", 0))
+        self._reported: set[str] = set()
         self._start = time.monotonic()
         self._device_start_ns = _DEVICE_EPOCH_NS + time.monotonic_ns()
         self._running = True
@@ -118,12 +131,29 @@ class Session:
         self.ac_coupling = enabled
 
     def load_channel_map(self, filepath: str, start_chan: int = 1, hs_id: int = 0):
+        """Legacy column order (col row bank elec label) after the description line."""
         if not os.path.isfile(filepath):
-            raise RuntimeError(f"Failed to load channel map {filepath}")
-        for chan in range(start_chan, start_chan + 256):
-            index = chan - start_chan
-            # pycbsdk's slots for a CMP-mapped channel: (x, y, size, headstage id)
-            self._positions[chan] = (index % 16 * 400, index // 16 * 400, 400, hs_id)
+            raise RuntimeError(f"Failed to load channel map: Failed to open CMP file: {filepath}")
+        rows, described = [], False
+        for line in Path(filepath).read_text().splitlines():
+            if not line.strip() or line.startswith("//"):
+                continue
+            if not described:
+                described = True  # the first line that is not a comment describes the map
+                continue
+            fields = line.split()
+            try:
+                col, row, bank, elec = int(fields[0]), int(fields[1]), fields[2], int(fields[3])
+            except (IndexError, ValueError):
+                continue
+            rows.append((col, row, ord(bank[0].upper()) - ord("A") + start_chan // 32, elec))
+        if not rows:
+            raise RuntimeError(
+                f"Failed to load channel map: No valid entries found in CMP file: {filepath}"
+            )
+        for col, row, bank, elec in rows:
+            # pycbsdk's slots for a CMP-mapped channel: (x, y, size, headstage id), in µm
+            self._positions[bank * 32 + elec] = (col * 400, row * 400, 400, hs_id)
 
     def sync(self, timeout: float = 5.0):
         time.sleep(0.001)
@@ -165,9 +195,16 @@ class Session:
 
     # -- clock and state ------------------------------------------------------------------------
     def device_to_monotonic_batch(self, device_ns, stream_id: int = -1) -> list[float]:
-        if time.monotonic() - self._start < _SYNC_AFTER_S:
-            raise RuntimeError("No clock sync data available")
-        return [(int(t) - _DEVICE_EPOCH_NS) / 1e9 for t in device_ns]
+        offset = self._offset_ns(time.monotonic() - self._start)
+        return [(int(t) - _DEVICE_EPOCH_NS + offset) / 1e9 for t in device_ns]
+
+    def _offset_ns(self, elapsed_s: float) -> int:
+        """The SDK's estimate of (host - device) minus the truth: it moves, as the real one does."""
+        after, step = _FIRST_STEP
+        if elapsed_s < after:
+            return -step  # the data-packet floor: late by the network and queueing delay
+        probe = int(elapsed_s // _PROBE_S)
+        return int(np.random.default_rng(probe).integers(-91_000, 49_000)) if probe else 0
 
     @property
     def stats(self) -> Stats:
@@ -231,8 +268,10 @@ class Session:
         index = first + np.arange(n)
         stamps = (self._device_start_ns + np.round(index * (1e9 / hz))).astype(np.uint64)
         for offset in range(0, n, 32):  # at most 32 samples per call, like the SDK
-            for fn in self._batch_callbacks.get(group_id, []):
-                fn(samples[offset : offset + 32].copy(), stamps[offset : offset + 32].copy())
+            for fn in list(self._batch_callbacks.get(group_id, [])):
+                self._call(
+                    fn, samples[offset : offset + 32].copy(), stamps[offset : offset + 32].copy()
+                )
         self._stats["packets_received"] += n
         self._stats["packets_delivered"] += n
 
@@ -247,5 +286,15 @@ class Session:
                 type=int(self._rng.integers(1, 4)),
                 dlen=24,
             )
-            for fn in self._event_callbacks:
-                fn(header, bytes(96))
+            for fn in list(self._event_callbacks):
+                self._call(fn, header, bytes(96))
+
+    def _call(self, fn, *args) -> None:
+        """As the SDK does: an exception in a callback is printed once and swallowed."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            if type(exc).__name__ not in self._reported:
+                self._reported.add(type(exc).__name__)
+                print("From cffi callback:", file=sys.stderr)
+                traceback.print_exc()

@@ -16,6 +16,18 @@ event, then a non-zero exit, so the restart policy applies). Packets the
 session's callback queue dropped are reported as warning events and counted in
 ``rigpipe status``; the recorder sees them as timestamp jumps and writes gaps.
 
+Timestamps: pycbsdk maps device time to host time with an offset it keeps
+re-estimating (a step of about +0.7 ms shortly after start, then tens of µs).
+Applying each estimate to its batch would make the ring's timestamps jump and
+go backwards, so :class:`DeviceClock` keeps one offset and slews it towards
+the SDK's estimate by at most 0.5 % of the elapsed time: timestamps stay
+strictly increasing, each sample period within 0.5 % of nominal. ``acq/clock``
+keeps, per batch, the device time, the host time given to it and the SDK's own
+estimate.
+
+On Linux the SDK needs ``net.core.rmem_max`` >= 8388608; the source checks it
+first and says how to set it.
+
 pycbsdk is imported here only. ``RIGPIPE_CBSDK_SESSION=module:Class`` replaces
 its ``Session`` class: the tests use it to run against an emulated device.
 """
@@ -65,8 +77,79 @@ SESSION_API = (
     "stats",
     "close",
 )
-CLOCK_DTYPE = np.dtype([("device_ns", "<i8"), ("host_ns", "<i8"), ("group", "<i2")])
+CLOCK_DTYPE = np.dtype(
+    [("device_ns", "<i8"), ("host_ns", "<i8"), ("sdk_host_ns", "<i8"), ("group", "<i2")]
+)
 SESSION_SEAM = "RIGPIPE_CBSDK_SESSION"
+#: The SDK's own minimum socket receive buffer on Linux ("Receive buffer size too small").
+REQUIRED_RMEM_MAX = 8388608
+RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
+
+
+def receive_buffer_max(path: Path = RMEM_MAX) -> int | None:
+    """``net.core.rmem_max`` in bytes, or None where there is no such setting (not Linux)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def check_receive_buffer(found: int | None) -> None:
+    """Refuse, in one line that says the fix, a receive buffer limit the SDK cannot start with."""
+    if found is not None and found < REQUIRED_RMEM_MAX:
+        raise SourceError(
+            f"net.core.rmem_max is {found} bytes; the Blackrock SDK needs at least "
+            f"{REQUIRED_RMEM_MAX}: sudo sysctl -w net.core.rmem_max={REQUIRED_RMEM_MAX} "
+            "(and put it in /etc/sysctl.d/ to keep it after a reboot)"
+        )
+
+
+class DeviceClock:
+    """Device ns -> host monotonic ns through an offset that follows the SDK's estimate slowly.
+
+    The offset is a line through knots, one per batch: ``update(device_ns,
+    estimate)`` adds a knot at the batch's last sample whose offset moves from
+    the previous knot's towards ``estimate`` (host - device ns) by at most
+    ``slew`` times the device time between them, and ``host_ns`` interpolates
+    between knots. So every sample period stays within ``slew`` of nominal and
+    timestamps are strictly increasing, also across batches and groups. A
+    difference over ``step_ns`` (a device clock reset, a host clock step) is
+    taken at once and counted in ``steps``.
+    """
+
+    KNOTS = 16  # enough to cover the batches of every group still being converted
+
+    def __init__(self, slew: float = 0.005, step_ns: int = 50_000_000) -> None:
+        self.slew = slew
+        self.step_ns = step_ns
+        self.steps = 0
+        self._device: list[int] = []
+        self._offset: list[int] = []
+
+    @property
+    def offset(self) -> int | None:
+        return self._offset[-1] if self._offset else None
+
+    def update(self, device_ns: int, estimate: int) -> None:
+        if not self._device or abs(estimate - self._offset[-1]) > self.step_ns:
+            self.steps += bool(self._device)
+            self._device, self._offset = [device_ns], [estimate]
+            return
+        if device_ns <= self._device[-1]:
+            return  # another group's batch that the line already covers
+        allowed = int((device_ns - self._device[-1]) * self.slew)
+        moved = max(-allowed, min(allowed, estimate - self._offset[-1]))
+        self._device.append(device_ns)
+        self._offset.append(self._offset[-1] + moved)
+        del self._device[: -self.KNOTS], self._offset[: -self.KNOTS]
+
+    def host_ns(self, device_ns: np.ndarray) -> np.ndarray:
+        """Host ns of each device ns (int64); before the first knot, its offset."""
+        t0, o0 = self._device[0], self._offset[0]  # interpolate small numbers: exact in float64
+        knots = np.asarray(self._device, np.int64) - t0
+        offsets = np.asarray(self._offset, np.int64) - o0
+        moved = np.interp((device_ns - t0).astype(np.float64), knots, offsets)
+        return device_ns + o0 + np.round(moved).astype(np.int64)
 
 
 class BlackrockSettings(
@@ -152,11 +235,14 @@ class BlackrockSource(Source):
         self.lock = threading.Lock()  # callbacks run on the SDK's thread; counters are shared
         self.rings: dict[int, Any] = {}
         self.last_batch = time.monotonic()
-        self.offset_ns: int | None = None  # host monotonic ns - device ns, from clock sync
+        self.device_clock = DeviceClock()
+        self.steps_reported = 0
         self.dropped_reported = 0
         self.counters = self.worker.counters
         self.counters.update(batches=0, frames=0, spikes=0, packets_dropped=0, clock_synced=0)
         Session = session_class()
+        if not os.environ.get(SESSION_SEAM):
+            check_receive_buffer(receive_buffer_max())
         try:
             self.session = Session(
                 device_type=cb.DeviceType[s.device], callback_queue_depth=s.queue_depth
@@ -165,22 +251,35 @@ class BlackrockSource(Source):
             raise SourceError(f"no {s.device} device: {exc}") from None
         ctype = cb.ChannelType[s.channel_type]
         if s.ccf:
-            self.session.load_ccf_sync(str(s.ccf))
+            self._sdk(f"ccf file {str(s.ccf)!r}", self.session.load_ccf_sync, str(s.ccf))
         else:
             rate = cb.SampleRate[RATES[s.sample_rate][0]]
-            self.session.set_sample_group(s.channels, ctype, rate, disable_others=True)
-            self.session.set_ac_input_coupling(s.channels, ctype, s.ac_coupling)
+            what = f"{s.channels} {s.channel_type} channel(s) at {s.sample_rate}"
+            self._sdk(what, self.session.set_sample_group, s.channels, ctype, rate, True)
+            self._sdk(what, self.session.set_ac_input_coupling, s.channels, ctype, s.ac_coupling)
         if s.cmp:
-            self.session.load_channel_map(str(s.cmp))
-        self.session.sync()
+            self._sdk(f"cmp file {str(s.cmp)!r}", self.session.load_channel_map, str(s.cmp))
+        self._sdk("the configuration", self.session.sync)
         positions = self._positions(ctype) if s.cmp else {}
-        for group in _groups(s):
-            self._open_group(cb, group, positions)
+        # Every ring exists before the first callback is registered: the SDK's clock is
+        # synchronised when Session() returns, so a batch can arrive at once.
+        batches = [self._open_group(cb, group, positions) for group in _groups(s)]
         self.spikes = self.worker.writer(
             "spikes", SPIKE_DTYPE, (), SPIKE_CAPACITY, 0.0, {"source": self._device_info()}
         )
         self.clock = self.worker.writer("clock", CLOCK_DTYPE, (), 1 << 16, 0.0, {})
+        with self.lock:  # the lost-device watch starts now, not before a slow Session()
+            self.last_batch = time.monotonic()
+        for rate, on_batch in batches:
+            self.session.on_group_batch(rate)(on_batch)
         self.session.on_event(ctype)(self._on_event)
+
+    def _sdk(self, what: str, call: Any, *args: Any) -> None:
+        """Call the SDK; its refusal becomes one line naming what was refused."""
+        try:
+            call(*args)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise SourceError(f"{what} was refused by the SDK: {exc}") from None
 
     def _device_info(self) -> dict[str, Any]:
         return {"kind": "blackrock", "device": self.settings.device}
@@ -198,7 +297,8 @@ class BlackrockSource(Source):
             for chan, (x, y, _size, _headstage) in zip(ids, found, strict=False)
         }
 
-    def _open_group(self, cb: Any, group: str, positions: dict[int, list[int]]) -> None:
+    def _open_group(self, cb: Any, group: str, positions: dict[int, list[int]]) -> tuple[Any, Any]:
+        """Create the group's ring; return its SDK rate and the batch callback to register."""
         member, hz = RATES[group]
         group_id = int(cb.SampleRate[member])
         channels = self.session.get_group_channels(group_id)
@@ -240,38 +340,40 @@ class BlackrockSource(Source):
                 self.counters["batches"] += 1
                 self.counters["frames"] += len(data)
 
-        self.session.on_group_batch(cb.SampleRate[member])(on_batch)
+        return cb.SampleRate[member], on_batch
 
     # -- callbacks (on the SDK's thread) --------------------------------------------------------
     def _host_ns(self, device_ns: np.ndarray, group_id: int) -> np.ndarray | None:
-        """Host monotonic ns per sample from one clock-sync conversion per batch.
+        """Host monotonic ns per sample: the SDK's estimate for the batch's last sample
+        (one conversion per batch), applied through :class:`DeviceClock`.
 
         None before the session's first clock sync: such batches are not
         published (stamping them from their arrival time would give a stream
-        whose timestamps jitter, then jump when the sync arrives).
+        whose timestamps jitter, then jump when the sync arrives); they are counted.
         """
         device = device_ns.astype(np.int64)
+        last = int(device[-1])
         try:
-            (host_s,) = self.session.device_to_monotonic_batch([int(device[-1])], group_id)
+            (host_s,) = self.session.device_to_monotonic_batch([last], group_id)
         except RuntimeError:  # "No clock sync data available"
             with self.lock:
                 self.counters["before_clock_sync"] = self.counters.get("before_clock_sync", 0) + 1
             return None
-        offset = round(host_s * 1e9) - int(device[-1])
-        self.offset_ns = offset
+        estimate = round(host_s * 1e9) - last
+        self.device_clock.update(last, estimate)
         self.counters["clock_synced"] = 1
+        host = self.device_clock.host_ns(device)
         record = np.zeros(1, CLOCK_DTYPE)
-        record["device_ns"], record["group"] = device[-1], group_id
-        record["host_ns"] = device[-1] + offset
+        record["device_ns"], record["group"] = last, group_id
+        record["host_ns"], record["sdk_host_ns"] = host[-1], last + estimate
         self.clock.write(record, record["host_ns"])
-        return device + offset
+        return host
 
     def _on_event(self, header: Any, data: Any) -> None:
-        offset = self.offset_ns
-        if offset is None:
+        if self.device_clock.offset is None:
             return  # no batch yet: no clock to put the spike on
         record = np.zeros(1, SPIKE_DTYPE)
-        record["timestamp_ns"] = int(header.time) + offset
+        record["timestamp_ns"] = self.device_clock.host_ns(np.array([int(header.time)], np.int64))
         record["channel"] = int(header.chid)
         record["unit"] = int(header.type)
         self.spikes.write(record, record["timestamp_ns"])
@@ -294,6 +396,14 @@ class BlackrockSource(Source):
             )
             self.dropped_reported = dropped
             self.counters["packets_dropped"] = dropped
+        steps = self.device_clock.steps
+        if steps > self.steps_reported:
+            self.worker.report(
+                f"{self.settings.device}: the device clock stepped by more than "
+                f"{self.device_clock.step_ns / 1e6:g} ms; timestamps follow it at once"
+            )
+            self.steps_reported = steps
+            self.counters["clock_steps"] = steps
         self.worker.wait_until(time.monotonic() + 0.1)
 
     def close(self) -> None:
