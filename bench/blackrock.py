@@ -9,8 +9,13 @@
    against tests/peers/cbsdk.py. The emulated device runs inside the worker
    process (as pycbsdk's threads would), so the same run also measures a
    process with the emulator alone and reports the difference.
+3. The same worker with the real pycbsdk 10.x native library, fed over UDP
+   by tests/peers/cerebus_device.py (a separate process, reported on its own
+   row), at 64 and 256 channels: one NSP has at most 256 front-end channels,
+   so 1024 needs four devices and is not measured here. Needs the venv of
+   tests/peers/real_cbsdk/setup.sh (``--real-python``); skipped without it.
 
-    python bench/blackrock.py                 # about a minute
+    python bench/blackrock.py                 # about two minutes
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,6 +39,7 @@ from bench.control import Rig, cpu_percent  # noqa: E402
 from pipeline.ring import RingWriter  # noqa: E402
 
 SEAM = "tests.peers.cbsdk:Session"
+REAL_PYTHON = Path.home() / ".cache" / "rigpipe" / "real_cbsdk" / "venv" / "bin" / "python"
 WARM_BATCHES = 300_000 // 32 + 100  # the source's ring holds 10 s = 300000 frames
 
 
@@ -98,10 +106,42 @@ def rig_cpu(channels: int, seconds: float, callbacks: bool) -> float:
         rig.stop()
 
 
+def real_cpu(python: str, channels: int, seconds: float) -> tuple[float, float, float]:
+    """(worker %, emulator %, frames per second) with the real SDK and the UDP device."""
+    from tests.peers.cerebus_device import Running
+
+    os.environ.pop("RIGPIPE_CBSDK_SESSION", None)
+    with tempfile.TemporaryDirectory() as directory:
+        device = Running({"channels": max(channels, 32)}, Path(directory))
+        try:
+            rig = Rig(
+                '[[workers]]\nname = "acq"\nkind = "acquisition"\n'
+                '[workers.parameters]\nsource = "blackrock"\ndevice = "NPLAY"\n'
+                f"channels = {channels}\n",
+                python=python,
+            )
+            try:
+                pid = rig.worker_pid("acq")
+                time.sleep(2)
+                before = rig.worker_counters("acq").get("frames", 0)
+                emulator = psutil.Process(device.proc.pid)
+                start = emulator.cpu_times()
+                worker = cpu_percent(pid, seconds)
+                end = emulator.cpu_times()
+                frames = rig.worker_counters("acq").get("frames", 0) - before
+            finally:
+                rig.stop()
+        finally:
+            device.stop()
+    spent = (end.user - start.user) + (end.system - start.system)
+    return worker, 100 * spent / seconds, frames / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="each CPU measurement")
     parser.add_argument("--batches", type=int, default=20000)
+    parser.add_argument("--real-python", default=str(REAL_PYTHON), help="venv with real pycbsdk")
     args = parser.parse_args()
     print(f"rigpipe blackrock benchmark; {os.cpu_count()} cores; python {sys.version.split()[0]}")
     print("\n## callback to ring, per 32-sample batch (in-process, tight loop)\n")
@@ -114,6 +154,14 @@ def main() -> None:
         total = rig_cpu(channels, args.seconds, callbacks=True)
         emulator = rig_cpu(channels, args.seconds, callbacks=False)
         print(f"{channels:>8} {total:9.1f} {emulator:11.1f} {total - emulator:9.1f}")
+    print(f"\n## acquisition worker CPU, 30 kHz, real pycbsdk over UDP, {args.seconds:g} s\n")
+    if not Path(args.real_python).exists():
+        print(f"skipped: no {args.real_python} (bash tests/peers/real_cbsdk/setup.sh)")
+        return
+    print(f"{'channels':>8} {'worker %':>9} {'device %':>9} {'frames/s':>9}")
+    for channels in (64, 256):
+        worker, device, rate = real_cpu(args.real_python, channels, args.seconds)
+        print(f"{channels:>8} {worker:9.1f} {device:9.1f} {rate:9.0f}")
 
 
 if __name__ == "__main__":

@@ -68,15 +68,16 @@ chunk_s = {chunk_s}
 class Rig:
     """A supervisor subprocess running a config, in a private runtime directory."""
 
-    def __init__(self, workers: str, session_extra: str = "") -> None:
+    def __init__(self, workers: str, session_extra: str = "", python: str = sys.executable) -> None:
         self.name = f"bench{uuid.uuid4().hex[:6]}"
         self.dir = Path(tempfile.mkdtemp(prefix="rpb", dir="/tmp" if os.name == "posix" else None))
         os.environ["RIGPIPE_RUNTIME_DIR"] = str(self.dir / "run")
         config = self.dir / "rig.toml"
         config.write_text(f'[session]\nname = "{self.name}"\n{session_extra}\n{workers}')
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+            [python, "-m", "pipeline.cli", "run", str(config)],
             cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -100,6 +101,9 @@ class Rig:
 
     def worker_pid(self, name: str) -> int:
         return next(w.pid for w in self.status().workers if w.name == name)
+
+    def worker_counters(self, name: str) -> dict[str, float]:
+        return next(w.counters for w in self.status().workers if w.name == name)
 
     def stop(self) -> None:
         self.client.close()

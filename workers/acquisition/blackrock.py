@@ -145,6 +145,11 @@ class DeviceClock:
 
     def host_ns(self, device_ns: np.ndarray) -> np.ndarray:
         """Host ns of each device ns (int64); before the first knot, its offset."""
+        last = self._offset[-1]
+        if len(self._offset) == 1 or (
+            last == self._offset[-2] and device_ns[0] >= self._device[-2]
+        ):
+            return device_ns + last  # the usual case once the offset has settled
         t0, o0 = self._device[0], self._offset[0]  # interpolate small numbers: exact in float64
         knots = np.asarray(self._device, np.int64) - t0
         offsets = np.asarray(self._offset, np.int64) - o0
