@@ -13,6 +13,20 @@
 // after the host had queued data on that channel.
 // MCS_STANDIN_DEVICES lists the connected devices as "name:serial,..."
 // (default "STG4004:4711"; empty: none connected).
+//
+// What the vendor documents (McsUsbNet.xml, release 5.3.15) and this models:
+// - with continuous mode off (the default), "the triggers are stopped
+//   automatically when a buffer runs empty": an underrun stops the channel's
+//   output for good, until SendStart; EnableContinousMode keeps it running;
+// - SetCapacity takes bytes per trigger, and their sum must not exceed
+//   GetTotalMemory() (MCS_STANDIN_TOTAL_MEMORY bytes, default 4 MiB); a sum over
+//   it is refused with an exception;
+// - the data handler is called for a trigger whose queue fell below its
+//   callback threshold (percent of the ring buffer); the error handler is where
+//   streaming errors arrive: MCS_STANDIN_ERROR_AFTER_S makes the device raise one
+//   that long after StartLoop.
+// Member signatures, return types included, are those of the real assembly
+// (tests/peers/test_stg.py compares them by reflection).
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -51,6 +65,9 @@ namespace Mcs.Usb
         public CMcsUsbListEntryNet GetUsbListEntry(uint index) { return entries[(int)index]; }
     }
 
+    public delegate void OnStg200xDataHandler(uint trigger);
+    public delegate void OnStg200xErrorHandler();
+
     public class CStg200xStreamingNet
     {
         private const int Channels = 4;
@@ -65,20 +82,36 @@ namespace Mcs.Usb
         private uint outputRate = 50000;
         private uint running;  // bit mask of started channels
         private uint[] channelMap = new uint[Triggers];
-        private bool connected, currentMode, looping;
+        private uint[] threshold = new uint[Triggers];
+        private bool connected, currentMode, looping, continuous;
         private Thread device;
+        private readonly OnStg200xDataHandler onData;
+        private readonly OnStg200xErrorHandler onError;
 
-        public CStg200xStreamingNet(uint bufferSize)
+        public CStg200xStreamingNet(uint bufferSize) : this(bufferSize, null, null) { }
+
+        public CStg200xStreamingNet(uint bufferSize, OnStg200xDataHandler onData, OnStg200xErrorHandler onError)
         {
             this.bufferSize = bufferSize;
+            this.onData = onData;
+            this.onError = onError;
             for (int c = 0; c < Channels; c++) { queues[c] = new Queue<short>(); output[c] = new List<short>(); }
         }
 
-        public int Connect(CMcsUsbListEntryNet entry)
+        public uint Connect(CMcsUsbListEntryNet entry)
         {
             if (entry == null) return 1;
             connected = true;
             return 0;
+        }
+
+        public void EnableContinousMode() { Require(); continuous = true; }
+        public void DisableContinousMode() { Require(); continuous = false; }
+
+        public uint GetTotalMemory()
+        {
+            string configured = Environment.GetEnvironmentVariable("MCS_STANDIN_TOTAL_MEMORY");
+            return string.IsNullOrEmpty(configured) ? 4u << 20 : uint.Parse(configured);
         }
 
         public void Disconnect()
@@ -106,6 +139,10 @@ namespace Mcs.Usb
         {
             Require();
             if (capacity.Length != Triggers) throw new ArgumentException("one capacity per trigger");
+            ulong sum = 0;
+            foreach (uint bytes in capacity) sum += bytes;
+            if (sum > GetTotalMemory())
+                throw new ArgumentException("capacity sum " + sum + " exceeds the total memory " + GetTotalMemory());
         }
 
         public void SetupTrigger(uint[] channelmap, uint[] syncoutmap, uint[] digoutmap, uint[] autostart, uint[] callbackThreshold)
@@ -113,6 +150,7 @@ namespace Mcs.Usb
             Require();
             if (channelmap.Length != Triggers) throw new ArgumentException("one entry per trigger");
             channelMap = (uint[])channelmap.Clone();
+            threshold = (uint[])callbackThreshold.Clone();
         }
 
         public void StartLoop()
@@ -141,12 +179,12 @@ namespace Mcs.Usb
             lock (sync) { running &= ~Channelmask(triggerMap); }
         }
 
-        public int GetDataQueueSpace(uint channel)
+        public uint GetDataQueueSpace(uint channel)
         {
-            lock (sync) { return (int)bufferSize - queues[channel].Count; }
+            lock (sync) { return bufferSize - (uint)queues[channel].Count; }
         }
 
-        public void EnqueueData(uint channel, short[] data)
+        public uint EnqueueData(uint channel, short[] data)
         {
             Require();
             lock (sync)
@@ -156,6 +194,7 @@ namespace Mcs.Usb
                 foreach (short sample in data) queues[channel].Enqueue(sample);
                 fed[channel] = true;
             }
+            return (uint)data.Length * 2;  // "Returns the number of enqueued bytes"
         }
 
         private uint Channelmask(uint triggerMap)
@@ -174,27 +213,43 @@ namespace Mcs.Usb
         private void Run()
         {
             Stopwatch clock = Stopwatch.StartNew();
+            string errorAfter = Environment.GetEnvironmentVariable("MCS_STANDIN_ERROR_AFTER_S");
+            double errorAt = string.IsNullOrEmpty(errorAfter) ? double.MaxValue : double.Parse(errorAfter);
             long done = 0;
             while (looping)
             {
                 Thread.Sleep(1);
+                if (clock.Elapsed.TotalSeconds >= errorAt)
+                {
+                    errorAt = double.MaxValue;
+                    if (onError != null) onError();
+                }
                 long due = (long)(clock.Elapsed.TotalSeconds * outputRate) - done;
                 if (due <= 0) continue;
+                List<uint> low = new List<uint>();
                 lock (sync)
                 {
                     for (int c = 0; c < Channels; c++)
                     {
                         if ((running & (1u << c)) == 0) continue;
                         Queue<short> queue = queues[c];
-                        if (fed[c] && queue.Count < due)
+                        bool underrun = fed[c] && queue.Count < due;
+                        if (underrun)
                         {
                             if (underruns[c]++ == 0) firstUnderrun[c] = output[c].Count + queue.Count;
                         }
                         for (long i = 0; i < due; i++)
                             output[c].Add(queue.Count > 0 ? queue.Dequeue() : (short)0);
+                        if (underrun && !continuous) running &= ~(1u << c);  // the trigger stops
                     }
+                    for (uint t = 0; t < Triggers; t++)
+                        for (int c = 0; c < Channels; c++)
+                            if (threshold[t] > 0 && (channelMap[t] & (1u << c)) != 0
+                                && (ulong)queues[c].Count * 100 < (ulong)threshold[t] * bufferSize)
+                            { low.Add(t); break; }
                 }
                 done += due;
+                if (onData != null) foreach (uint t in low) onData(t);
             }
         }
 

@@ -3,13 +3,27 @@
 Through the vendor's .NET assembly McsUsbNet.dll, loaded with pythonnet (extra
 ``stg``; on Linux and macOS on Mono). Streaming mode as MCS describes it: the
 DLL holds one ring buffer per channel that the host fills (``EnqueueData``)
-and the device drains at its output rate (``SetOutputRate``, 50 kHz). Setup:
-find the device (``CMcsUsbListNet``), connect, current mode, output rate,
-capacity per trigger (``SetCapacity``), trigger map (trigger ``i`` drives
-channel ``i``; ``SetupTrigger``), then ``StartLoop`` and ``SendStart``. The
-worker's refill thread (:class:`~workers.stimulation.output.Output`) keeps the
-queues filled with the current waveform or silence. ``close()`` stops and
-disconnects.
+and the device drains at its output rate (``SetOutputRate``, 50 kHz).
+
+Setup, in pystg's order: find the device (``CMcsUsbListNet``); construct it
+with a data handler and an error handler; connect; current mode; output rate;
+continuous mode (``EnableContinousMode``: "If continuous mode is switched off,
+the triggers are stopped automatically when a buffer runs empty", so without it
+one late refill would silence a channel for good); capacity per trigger in
+bytes (``SetCapacity``; the sum is checked against ``GetTotalMemory()``
+first); the trigger map (trigger ``i`` drives channel ``i``; ``SetupTrigger``).
+The worker then primes every queue with silence, and ``start()`` runs
+``StartLoop``, waits ``LOOP_SETTLE_S`` and sends ``SendStart``. McsUsbNet.xml
+documents no wait between ``StartLoop`` and ``SendStart`` ("The startup delay
+is in the range of a few ms" is said of ``SendStart`` itself); pystg sleeps
+there ("suggested by documentation for initialization of the loop"), so this
+backend does too, while the refill thread keeps the primed queues full.
+
+The worker's refill thread (:class:`~workers.stimulation.output.Output`) keeps
+the queues filled with the current waveform or silence; it polls (see
+``CALLBACK_THRESHOLD_PERCENT``). The error handler counts streaming errors
+(``device_errors``); the worker then silences and disarms the stimulator and
+says so. ``close()`` stops and disconnects.
 
 Samples go to the DLL as int16 steps of the channel's current resolution
 (``GetCurrentResolutionInNanoAmp``). They are copied from numpy into a .NET
@@ -25,6 +39,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,31 +48,55 @@ import numpy as np
 
 from workers.stimulation.safety import StimulatorError
 
-#: (class, member, .NET parameter types) for every McsUsbNet member this backend calls.
-STG_API: list[tuple[str, str, tuple[str, ...]]] = [
-    ("CMcsUsbListNet", ".ctor", ("DeviceEnumNet",)),
-    ("CMcsUsbListNet", "get_Count", ()),
-    ("CMcsUsbListNet", "GetUsbListEntry", ("UInt32",)),
-    ("CMcsUsbListEntryNet", "get_SerialNumber", ()),
-    ("CMcsUsbListEntryNet", "get_DeviceName", ()),
-    ("CStg200xStreamingNet", ".ctor", ("UInt32",)),
-    ("CStg200xStreamingNet", "Connect", ("CMcsUsbListEntryNet",)),
-    ("CStg200xStreamingNet", "Disconnect", ()),
-    ("CStg200xStreamingNet", "SetCurrentMode", ()),
-    ("CStg200xStreamingNet", "SetOutputRate", ("UInt32",)),
-    ("CStg200xStreamingNet", "GetNumberOfAnalogChannels", ()),
-    ("CStg200xStreamingNet", "GetNumberOfTriggerInputs", ()),
-    ("CStg200xStreamingNet", "GetCurrentRangeInNanoAmp", ("UInt32",)),
-    ("CStg200xStreamingNet", "GetCurrentResolutionInNanoAmp", ("UInt32",)),
-    ("CStg200xStreamingNet", "SetCapacity", ("UInt32[]",)),
-    ("CStg200xStreamingNet", "SetupTrigger", ("UInt32[]",) * 5),
-    ("CStg200xStreamingNet", "StartLoop", ()),
-    ("CStg200xStreamingNet", "StopLoop", ()),
-    ("CStg200xStreamingNet", "SendStart", ("UInt32",)),
-    ("CStg200xStreamingNet", "SendStop", ("UInt32",)),
-    ("CStg200xStreamingNet", "GetDataQueueSpace", ("UInt32",)),
-    ("CStg200xStreamingNet", "EnqueueData", ("UInt32", "Int16[]")),
+#: (class, member, .NET parameter types, .NET return type; "" for a constructor) for every
+#: McsUsbNet member this backend calls. tests/peers/test_stg.py checks each against the
+#: vendor's real McsUsbNet.dll (by reflection) and against the stand-in.
+STG_API: list[tuple[str, str, tuple[str, ...], str]] = [
+    ("CMcsUsbListNet", ".ctor", ("DeviceEnumNet",), ""),
+    ("CMcsUsbListNet", "get_Count", (), "UInt32"),
+    ("CMcsUsbListNet", "GetUsbListEntry", ("UInt32",), "CMcsUsbListEntryNet"),
+    ("CMcsUsbListEntryNet", "get_SerialNumber", (), "String"),
+    ("CMcsUsbListEntryNet", "get_DeviceName", (), "String"),
+    (
+        "CStg200xStreamingNet",
+        ".ctor",
+        ("UInt32", "OnStg200xDataHandler", "OnStg200xErrorHandler"),
+        "",
+    ),
+    ("CStg200xStreamingNet", "Connect", ("CMcsUsbListEntryNet",), "UInt32"),
+    ("CStg200xStreamingNet", "Disconnect", (), "Void"),
+    ("CStg200xStreamingNet", "SetCurrentMode", (), "Void"),
+    ("CStg200xStreamingNet", "SetOutputRate", ("UInt32",), "Void"),
+    ("CStg200xStreamingNet", "GetNumberOfAnalogChannels", (), "UInt32"),
+    ("CStg200xStreamingNet", "GetNumberOfTriggerInputs", (), "UInt32"),
+    ("CStg200xStreamingNet", "GetCurrentRangeInNanoAmp", ("UInt32",), "Int32"),
+    ("CStg200xStreamingNet", "GetCurrentResolutionInNanoAmp", ("UInt32",), "Int32"),
+    ("CStg200xStreamingNet", "GetTotalMemory", (), "UInt32"),
+    ("CStg200xStreamingNet", "EnableContinousMode", (), "Void"),
+    ("CStg200xStreamingNet", "SetCapacity", ("UInt32[]",), "Void"),
+    ("CStg200xStreamingNet", "SetupTrigger", ("UInt32[]",) * 5, "Void"),
+    ("CStg200xStreamingNet", "StartLoop", (), "Void"),
+    ("CStg200xStreamingNet", "StopLoop", (), "Void"),
+    ("CStg200xStreamingNet", "SendStart", ("UInt32",), "Void"),
+    ("CStg200xStreamingNet", "SendStop", ("UInt32",), "Void"),
+    ("CStg200xStreamingNet", "GetDataQueueSpace", ("UInt32",), "UInt32"),
+    ("CStg200xStreamingNet", "EnqueueData", ("UInt32", "Int16[]"), "UInt32"),
+    ("OnStg200xDataHandler", "Invoke", ("UInt32",), "Void"),  # the handlers we hand it
+    ("OnStg200xErrorHandler", "Invoke", (), "Void"),
 ]
+#: Bytes one sample takes in the STG's memory: ``EnqueueData(UInt32, Int16[])`` "Returns
+#: the number of enqueued bytes" for int16 samples, and ``SetCapacity`` takes "memory sizes
+#: in bytes, one entry for each trigger" (McsUsbNet.xml, release 5.3.15).
+BYTES_PER_SAMPLE = 2
+#: ``SetupTrigger``'s fifth array: "when the data handler should be called in percent of
+#: the buffer level" (pystg passes 10). 0: never. The refill polls every 2 ms and keeps each
+#: queue at half the output buffer (10 ms by default), far below 10 % of the DLL's ring
+#: (50000 samples: 100 ms), so a percent-of-ring handler would fire on every transfer and
+#: say nothing; bench/stg_refill.py measured a handler-driven refill against polling
+#: (docs/performance.md) and polling won.
+CALLBACK_THRESHOLD_PERCENT = 0
+#: Between ``StartLoop`` and ``SendStart``, as pystg waits (the XML gives no figure).
+LOOP_SETTLE_S = 0.1
 
 
 class StgSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -90,11 +129,17 @@ def load_assembly(dll_path: str) -> Any:
         import clr
 
         clr.AddReference(str(path.resolve()))
-        import Mcs.Usb as mcs  # type: ignore[import-not-found]
     except Exception as exc:
         raise StimulatorError(
             f"cannot load {str(path)!r} through pythonnet: {exc}. On Linux/macOS install Mono "
             "(Debian: apt-get install mono-runtime libmono-2.0-1 mono-devel)"
+        ) from None
+    try:
+        import Mcs.Usb as mcs  # type: ignore[import-not-found]
+    except ImportError:
+        raise StimulatorError(
+            f"{str(path)!r} is a .NET assembly but not McsUsbNet.dll (it has no Mcs.Usb "
+            "namespace); set [workers.parameters.stg] dll_path to the vendor's McsUsbNet.dll"
         ) from None
     return mcs
 
@@ -112,7 +157,9 @@ class StgStimulator:
         self.output_rate_hz = output_rate_hz
         self.capacity = settings.queue_samples
         entry = self._find(mcs, settings.serial)
-        device = mcs.CStg200xStreamingNet(System.UInt32(settings.queue_samples))
+        # The handlers must live as long as the device: the DLL calls them from its thread.
+        self._handlers = self._make_handlers(mcs)
+        device = mcs.CStg200xStreamingNet(System.UInt32(settings.queue_samples), *self._handlers)
         error = device.Connect(entry)
         if error:
             raise StimulatorError(
@@ -166,12 +213,24 @@ class StgStimulator:
         def uints(values: list[int]) -> Any:
             return System.Array[System.UInt32]([System.UInt32(v) for v in values])
 
-        device.SetCapacity(uints([self.capacity] * triggers))
+        per_trigger = self.capacity * BYTES_PER_SAMPLE
+        total = int(device.GetTotalMemory())
+        if per_trigger * channels > total:
+            raise StimulatorError(
+                f"queue_samples = {self.capacity} needs {per_trigger * channels} bytes of STG "
+                f"memory for {channels} channel(s) ({BYTES_PER_SAMPLE} bytes a sample); STG "
+                f"{self.serial} has {total}: set [workers.parameters.stg] queue_samples <= "
+                f"{total // (BYTES_PER_SAMPLE * channels)}"
+            )
+        device.EnableContinousMode()  # an underrun outputs zeros instead of stopping the trigger
+        used = [i < channels for i in range(triggers)]
+        device.SetCapacity(uints([per_trigger if u else 0 for u in used]))
         # trigger i drives channel i; no sync or digital outputs; no autostart
-        channel_map = [1 << i if i < channels else 0 for i in range(triggers)]
+        channel_map = [1 << i if u else 0 for i, u in enumerate(used)]
         zeros = [0] * triggers
+        thresholds = [CALLBACK_THRESHOLD_PERCENT if u else 0 for u in used]
         device.SetupTrigger(
-            uints(channel_map), uints(zeros), uints(zeros), uints(zeros), uints(zeros)
+            uints(channel_map), uints(zeros), uints(zeros), uints(zeros), uints(thresholds)
         )
         resolution_na = int(device.GetCurrentResolutionInNanoAmp(System.UInt32(0)))
         range_na = int(device.GetCurrentRangeInNanoAmp(System.UInt32(0)))
@@ -180,6 +239,44 @@ class StgStimulator:
         self.resolution_ua = resolution_na / 1000.0
         self.range_ua = min(range_na / 1000.0, 32767 * self.resolution_ua)
         self._trigger_mask = (1 << channels) - 1
+
+    # -- the DLL's handlers --------------------------------------------------------------------
+    def _make_handlers(self, mcs: Any) -> tuple[Any, Any]:
+        """(data handler, error handler) that run no Python on the DLL's thread.
+
+        A Python function as a handler is called on the DLL's own thread and must take the
+        GIL there: with the stand-in on Mono that deadlocked (a Python thread inside a DLL
+        call held the GIL while the runtime waited for the handler's thread), and an
+        exception escaping it ends the process. So both are delegates bound to .NET
+        methods: the error handler to ``CountdownEvent.AddCount`` (``device_errors`` reads
+        the count), the data handler to ``ConcurrentQueue<UInt32>.Enqueue`` (with a
+        callback threshold of 0 the DLL does not call it; were it called, the triggers it
+        names are counted in ``low_buffer_reports``).
+        """
+        import clr  # type: ignore[import-not-found]
+
+        System = self._system
+        self._low = System.Collections.Concurrent.ConcurrentQueue[System.UInt32]()
+        self._errors = System.Threading.CountdownEvent(1)
+        add_count = self._errors.GetType().GetMethod("AddCount", System.Type.EmptyTypes)
+        enqueue = self._low.GetType().GetMethod("Enqueue")
+        return (
+            System.Delegate.CreateDelegate(
+                clr.GetClrType(mcs.OnStg200xDataHandler), self._low, enqueue
+            ),
+            System.Delegate.CreateDelegate(
+                clr.GetClrType(mcs.OnStg200xErrorHandler), self._errors, add_count
+            ),
+        )
+
+    @property
+    def device_errors(self) -> int:
+        """Streaming errors the DLL reported through the error handler."""
+        return int(self._errors.CurrentCount) - 1
+
+    @property
+    def low_buffer_reports(self) -> int:
+        return int(self._low.Count)
 
     # -- Backend --------------------------------------------------------------------------------
     def space(self, channel: int) -> int:
@@ -205,6 +302,7 @@ class StgStimulator:
     # -- device ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.device.StartLoop()
+        time.sleep(LOOP_SETTLE_S)
         self.device.SendStart(self._system.UInt32(self._trigger_mask))
 
     def close(self) -> None:

@@ -197,7 +197,23 @@ class StimulationWorker(Worker):
                 self.wait_until(time.monotonic() + 0.01)
             if hasattr(self.backend, "underruns"):
                 self.counters["underruns"] = self.backend.underruns
+            self._check_device_errors()
             self.service()
+
+    def _check_device_errors(self) -> None:
+        """A streaming error the device reported: silence, disarm, and say so."""
+        errors = getattr(self.backend, "device_errors", 0)
+        if errors <= self.counters.get("device_errors", 0):
+            return
+        self.counters["device_errors"] = errors
+        self.silence(None, "the stimulator reported a streaming error")
+        if self.armed:
+            self._set_armed(False, "the stimulator reported a streaming error")
+        self.report(
+            f"the stimulator reported a streaming error ({errors} so far): every channel "
+            "silenced and the stimulator disarmed; check the device, then rigpipe stim arm",
+            "error",
+        )
 
     def teardown(self) -> None:
         output = getattr(self, "output", None)
