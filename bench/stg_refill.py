@@ -15,11 +15,12 @@ channels:
 - ``handler``: pystg's way: threshold 10 %, a Python data handler on the DLL's
   thread wakes the refill thread (a 50 ms poll only as a safety net).
 
-Each runs in its own process, with the worker's GIL switch interval, once idle and once beside a thread that holds
-the GIL in 4 ms bursts (a busy worker). Reported: underruns the device saw,
-refills per second, the process's CPU, and whether it hung (a run that does
-not finish within its time + 30 s is reported as a deadlock, with the
-threads' stacks on stderr). The stand-in's handler timing is not a real STG's.
+Each runs in its own process, with the worker's GIL switch interval, once
+idle and once beside a thread that holds the GIL in 4 ms bursts (a busy
+worker). Reported: underruns the device saw, refills per second, the
+process's CPU, and whether it hung (a run that does not finish within its
+time + 30 s is reported as a deadlock, with the threads' stacks on stderr).
+The stand-in's handler timing is not a real STG's.
 """
 
 from __future__ import annotations
