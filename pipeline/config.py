@@ -22,8 +22,11 @@ file, the field path and what is allowed there.
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import pkgutil
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,8 @@ class SessionConfig(_Table, kw_only=True):
     runtime_dir: str = ""  # sockets and worker logs; default $XDG_RUNTIME_DIR/rigpipe/<name>
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     recordings_dir: str = "recordings"
+    #: who may read recordings: "group" (files 0640, directories 0750) or "user" (0600, 0700)
+    recordings_access: Literal["group", "user"] = "group"
     stop_timeout_s: PositiveS = 5.0
 
 
@@ -132,6 +137,10 @@ def load(path: str | Path) -> RigConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path), "", f"not a text file (not UTF-8 at byte {exc.start}); a config is TOML"
+        ) from None
     return loads(text, str(path))
 
 
@@ -141,9 +150,13 @@ def loads(text: str, where: str = "<config>") -> RigConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(where, "", "arrays or tables nested too deeply to be a config") from None
+    _check_finite(raw, where, "")
     config = _convert(raw, Config, where, "")
     rig = RigConfig(Path(where), text, config)
     _check_name(config.session.name, where, "session.name")
+    _check_control(config.control, where)
     seen: dict[str, int] = {}
     for index, worker in enumerate(config.workers):
         at = f"workers[{index}]"
@@ -161,7 +174,54 @@ def loads(text: str, where: str = "<config>") -> RigConfig:
         rig.workers.append(_plan(worker, where, at))
     _check_streams(rig, where)
     _order(rig, where)
+    if any(plan.config.kind in ("recording", "workers.recording") for plan in rig.workers):
+        _check_writable(config.session.recordings_dir, where, "session.recordings_dir")
     return rig
+
+
+def _check_finite(value: Any, where: str, at: str) -> None:
+    """No inf or nan anywhere: JSON (how settings travel) has neither, and no limit means one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(where, at, f"{value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, where, f"{at}.{key}" if at else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, where, f"{at}[{index}]")
+
+
+def _check_control(control: ControlConfig, where: str) -> None:
+    if control.heartbeat_timeout_s < 2 * control.heartbeat_interval_s:
+        raise ConfigError(
+            where,
+            "control.heartbeat_timeout_s",
+            f"{control.heartbeat_timeout_s:g} s must be at least twice heartbeat_interval_s "
+            f"({control.heartbeat_interval_s:g} s), or one late heartbeat kills a worker",
+        )
+    try:  # the host TCP would listen on (transport "tcp", or RIGPIPE_TRANSPORT=tcp)
+        family, kind, proto, _, address = socket.getaddrinfo(
+            control.host, 0, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address[:2])
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(
+            where,
+            "control.host",
+            f"cannot listen on {control.host!r} ({exc}); use 127.0.0.1 or an address of "
+            "this machine",
+        ) from None
+
+
+def _check_writable(directory: str, where: str, at: str) -> None:
+    """``directory``, or the nearest parent that exists, must let this user create files."""
+    path = Path(directory).expanduser().resolve()
+    existing = next((p for p in (path, *path.parents) if p.exists()), path)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            where, at, f"{str(path)!r} cannot be written by this user (checked {existing})"
+        )
 
 
 def _plan(worker: WorkerConfig, where: str, at: str) -> WorkerPlan:
@@ -219,11 +279,16 @@ def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[W
     return cls
 
 
+MAX_NAME = 64  # session and worker names become file and socket names
+
+
 def _check_name(name: str, where: str, at: str) -> None:
     if not _PART.fullmatch(name):
         raise ConfigError(
             where, at, f"{name!r} is not a valid name; use letters, digits, '_', '.' or '-'"
         )
+    if len(name) > MAX_NAME:
+        raise ConfigError(where, at, f"{len(name)} characters; at most {MAX_NAME}")
 
 
 def _check_streams(rig: RigConfig, where: str) -> None:

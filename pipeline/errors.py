@@ -73,6 +73,14 @@ class SegmentCorrupt(RigpipeError):
     """
 
 
+class SegmentForeign(SegmentCorrupt):
+    """A shared-memory segment under a rigpipe name belongs to another user.
+
+    Someone created it first (by accident, or squatting the name). It is never
+    read, written or unlinked; the message names it and its owner.
+    """
+
+
 class SegmentNotReady(SegmentCorrupt):
     """A segment's header is still blank: its writer is creating it right now.
 

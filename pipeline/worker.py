@@ -71,6 +71,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_s: float = 2.0
     log_level: str = "info"
     recordings_dir: str = "recordings"
+    recordings_access: str = "group"  # "group": 0640/0750; "user": 0600/0700
     session_id: str = ""  # a uuid per supervisor run
     supervisor_start_ms: int = 0  # with supervisor_pid: tells a restarted supervisor from ours
     config_text: str = ""  # the config file as given, for provenance

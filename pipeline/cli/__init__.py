@@ -19,6 +19,7 @@ rigpipe sweep                         remove the shared memory of writers that d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # inside the try: a reader that left is handled below
+        return code
     except ConfigError as exc:
         print(f"rigpipe: config error: {exc}", file=sys.stderr)
         return 2
@@ -39,6 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # whoever read our output left (rigpipe status | head): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a file or socket we cannot use: say which, in one line
+        if os.environ.get("RIGPIPE_DEBUG"):
+            raise
+        print(f"rigpipe: {exc} (RIGPIPE_DEBUG=1 shows where)", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,6 +6,15 @@ DEALER) and a :class:`Subscriber` (a SUB). Endpoints are ``ipc://`` sockets in
 the session's runtime directory, or TCP on loopback where the config asks for
 it (or where ``ipc://`` is unavailable, or ``RIGPIPE_TRANSPORT=tcp`` forces it).
 
+Who may talk to a rig: over ``ipc://``, whoever can open the sockets in the
+0700 runtime directory (its user). Over TCP, ZeroMQ's CURVE: the supervisor
+makes a server and a client key pair per session and writes them, 0600, to
+``curve-keys.json`` in that directory (``Endpoints.keys`` names the file).
+Both sockets are CURVE servers, and a ZAP handler admits only the session's
+client key; a client proves it can read the file. A peer without the keys
+gets nothing: its handshake is refused, and its requests time out. On another
+machine, copy the file and set ``RIGPIPE_CURVE_KEYS`` to it.
+
 Nothing that arrives on the ROUTER can raise out of :meth:`Server.receive`:
 a malformed frame comes back as a :class:`~pipeline.errors.ProtocolError`
 next to the sender's identity, so the supervisor can answer and count it.
@@ -16,16 +25,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.control import messages
 from pipeline.control.messages import Message
 from pipeline.errors import BusTimeout, ProtocolError, RequestFailed
+from pipeline.files import atomic_replace
 
 #: Longest ``ipc://`` path libzmq accepts on Linux (sun_path is 108 bytes with the NUL).
 MAX_IPC_PATH = 107
@@ -33,10 +45,114 @@ _TRANSPORTS = ("auto", "ipc", "tcp")
 
 
 class Endpoints(msgspec.Struct, frozen=True):
-    """Where a session's supervisor listens: ``control`` (ROUTER) and ``events`` (PUB)."""
+    """Where a session's supervisor listens: ``control`` (ROUTER) and ``events`` (PUB);
+    ``keys``: the CURVE key file, when the endpoints are TCP."""
 
     control: str
     events: str
+    keys: str = ""
+
+
+KEYS_FILE = "curve-keys.json"
+KEYS_ENV = "RIGPIPE_CURVE_KEYS"
+
+
+class CurveKeys(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A session's CURVE key pairs (Z85 text)."""
+
+    server_public: str
+    server_secret: str
+    client_public: str
+    client_secret: str
+
+
+def require_curve() -> None:
+    if not zmq.has("curve"):
+        raise OSError(
+            "this pyzmq has no CURVE security (libzmq built without libsodium), which TCP "
+            "control needs: pip install --force-reinstall pyzmq (PyPI's wheels include it), "
+            'or use transport = "ipc"'
+        )
+
+
+def make_keys(directory: Path) -> Path:
+    """New key pairs for a session, written 0600 to ``directory``; the file's path."""
+    require_curve()
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    keys = CurveKeys(
+        server_public.decode(),
+        server_secret.decode(),
+        client_public.decode(),
+        client_secret.decode(),
+    )
+    path = directory / KEYS_FILE
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(msgspec.json.encode(keys))
+    atomic_replace(temporary, path)
+    return path
+
+
+def load_keys(endpoints: Endpoints) -> CurveKeys | None:
+    """The CURVE keys for ``endpoints`` (``RIGPIPE_CURVE_KEYS`` overrides), None for ipc."""
+    path = os.environ.get(KEYS_ENV) or endpoints.keys
+    if not path or not endpoints.control.startswith("tcp://"):
+        return None
+    require_curve()
+    try:
+        return msgspec.json.decode(Path(path).read_bytes(), type=CurveKeys)
+    except FileNotFoundError:
+        raise OSError(
+            f"the rig's CURVE key file {path} is missing; on another machine copy "
+            f"{KEYS_FILE} from the rig's runtime directory and set {KEYS_ENV} to it"
+        ) from None
+    except PermissionError:
+        raise OSError(
+            f"cannot read the rig's CURVE key file {path}: only the user running the rig can"
+        ) from None
+    except (OSError, msgspec.DecodeError) as exc:
+        raise OSError(f"{path} is not a rigpipe CURVE key file: {exc}") from None
+
+
+class _Admit:
+    """ZAP credentials provider: only the client keys of this process's servers."""
+
+    def __init__(self) -> None:
+        self.allowed: set[bytes] = set()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.allowed
+
+
+_auth_lock = threading.Lock()
+_authenticator: ThreadAuthenticator | None = None
+_admit = _Admit()
+
+
+def _admit_client(public: str) -> None:
+    """Start this process's ZAP handler (once) and admit ``public``."""
+    global _authenticator
+    with _auth_lock:
+        if _authenticator is None:
+            _authenticator = ThreadAuthenticator(zmq.Context.instance())
+            _authenticator.start()
+            _authenticator.configure_curve_callback("*", credentials_provider=_admit)
+        _admit.allowed.add(public.encode())
+
+
+def _secure_server(sock: zmq.Socket, keys: CurveKeys) -> None:
+    sock.curve_secretkey = keys.server_secret.encode()
+    sock.curve_publickey = keys.server_public.encode()
+    sock.curve_server = True
+
+
+def _secure_client(sock: zmq.Socket, keys: CurveKeys | None) -> None:
+    if keys is not None:
+        sock.curve_serverkey = keys.server_public.encode()
+        sock.curve_publickey = keys.client_public.encode()
+        sock.curve_secretkey = keys.client_secret.encode()
 
 
 def transport_from_env(configured: str) -> str:
@@ -82,13 +198,21 @@ class Server:
         self._router = _socket(zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone peer raises, not lost
         self._pub = _socket(zmq.PUB)
+        keys = load_keys(endpoints)
+        if endpoints.control.startswith("tcp://") and keys is None:
+            self.close()
+            raise OSError("TCP control needs CURVE keys (bus.make_keys); refusing to listen open")
+        if keys is not None:
+            _admit_client(keys.client_public)
+            _secure_server(self._router, keys)
+            _secure_server(self._pub, keys)
         try:
             control = _bind(self._router, endpoints.control)
             events = _bind(self._pub, endpoints.events)
         except zmq.ZMQError as exc:
             self.close()
             raise OSError(f"cannot bind the control plane ({endpoints}): {exc}") from exc
-        self.endpoints = Endpoints(control, events)
+        self.endpoints = Endpoints(control, events, endpoints.keys)
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
 
@@ -144,6 +268,7 @@ class Client:
         self._sock = _socket(zmq.DEALER)
         if identity:
             self._sock.setsockopt(zmq.ROUTING_ID, identity.encode())
+        _secure_client(self._sock, load_keys(endpoints))
         self._sock.connect(endpoints.control)
         self._ids = itertools.count(1)
 
@@ -198,6 +323,7 @@ class Subscriber:
     def __post_init__(self) -> None:
         self._sock = _socket(zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, self.prefix.encode())
+        _secure_client(self._sock, load_keys(self.endpoints))
         self._sock.connect(self.endpoints.events)
 
     def receive(self, timeout_s: float) -> tuple[str, Message] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import SegmentCorrupt
+from pipeline.errors import SegmentCorrupt, SegmentForeign
 from pipeline.identity import process_alive
 from pipeline.ring import naming, shm
 from pipeline.ring.layout import (
@@ -49,6 +49,9 @@ def list_segments() -> list[SegmentInfo] | None:
         try:
             segment = shm.Segment.attach(name)
         except (FileNotFoundError, PermissionError):
+            continue
+        except SegmentForeign as exc:  # listed, never touched
+            found.append(SegmentInfo(name, None, None, None, 0, False, str(exc)))
             continue
         try:
             found.append(_describe(segment))
@@ -175,7 +178,7 @@ def _sweep_segment(name: str) -> bool:
     """Mark a dead writer's generation CLOSED (waking its readers), then unlink it."""
     try:
         segment = shm.Segment.attach(name)
-    except FileNotFoundError:
+    except (FileNotFoundError, SegmentForeign):  # gone, or another user's: never unlinked
         return False
     try:
         generation = Generation(segment)

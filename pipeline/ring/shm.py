@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.errors import SegmentForeign
 from pipeline.ring.naming import shm_prefix
 
 _POSIX = os.name == "posix"
@@ -72,9 +73,15 @@ class Segment:
         """Map existing segment ``name``; FileNotFoundError if there is none."""
         if not _POSIX:  # pragma: no cover
             return cls(name, SharedMemory(name, create=False))
-        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
         try:
-            size = os.fstat(fd).st_size
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        except PermissionError:
+            raise _foreign(name, None) from None
+        try:
+            info = os.fstat(fd)
+            if info.st_uid != os.getuid():  # a squatter's segment, even one anybody may write
+                raise _foreign(name, info.st_uid)
+            size = info.st_size
             if size == 0:
                 # Created but not yet sized by its writer: treat as absent for now.
                 raise FileNotFoundError(f"shared-memory segment {name!r} is still being created")
@@ -115,6 +122,27 @@ class Segment:
     def unlink(self) -> None:
         """Remove the segment's name so no new process can attach to it."""
         unlink(self.name)
+
+
+def _foreign(name: str, uid: int | None) -> SegmentForeign:
+    """The one-line refusal of a segment that another user owns."""
+    if uid is None:
+        try:
+            uid = os.stat(f"/dev/shm/{name}").st_uid
+        except OSError:
+            uid = -1
+    try:
+        import pwd
+
+        owner = pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        owner = "another user"
+    return SegmentForeign(
+        f"shared-memory segment {name!r} belongs to {owner} (uid {uid}), not to this user "
+        f"(uid {os.getuid()}): someone else created it under this rig's name. It is left "
+        f"alone; remove it as its owner or root (/dev/shm/{name}), or run this rig under "
+        "other names (RIGPIPE_SHM_PREFIX, another session name)"
+    )
 
 
 def _identity(fd: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import SegmentCorrupt, StreamExists, WriterClosed
+from pipeline.errors import SegmentCorrupt, SegmentForeign, StreamExists, WriterClosed
 from pipeline.identity import process_alive, process_identity
 from pipeline.ring import naming, shm
 from pipeline.ring.layout import (
@@ -352,8 +352,10 @@ def _claim_stream(
         pass
     try:
         meta = StreamSegment.open(stream)
+    except SegmentForeign:
+        raise  # another user's segment: never replaced, the message names its owner
     except (FileNotFoundError, SegmentCorrupt):
-        # A stale or foreign leftover under our name, and nobody can attach to it: replace it.
+        # A stale or broken leftover of ours under the name, nobody can attach to it: replace it.
         shm.unlink(naming.shm_name(stream))
         return StreamSegment.create(stream, identity), None, True
     pid, start_ms = meta.header.writer

@@ -138,7 +138,9 @@ class Supervisor:
             return bus.ipc_endpoints(self.runtime_dir)
         host = control.host
         return bus.Endpoints(
-            f"tcp://{host}:{control.control_port}", f"tcp://{host}:{control.events_port}"
+            f"tcp://{host}:{control.control_port}",
+            f"tcp://{host}:{control.events_port}",
+            str(bus.make_keys(self.runtime_dir)),
         )
 
     def _make_workers(self) -> None:
@@ -155,6 +157,7 @@ class Supervisor:
                 heartbeat_timeout_s=self.rig.control.heartbeat_timeout_s,
                 log_level=self.rig.session.log_level,
                 recordings_dir=str(Path(self.rig.session.recordings_dir).resolve()),
+                recordings_access=self.rig.session.recordings_access,
                 session_id=self.session_id,
                 supervisor_start_ms=process_identity()[1],
                 config_text=self.rig.text,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import psutil
+import pytest
 
 from pipeline import attach
 from pipeline.control import messages
@@ -230,16 +233,56 @@ def test_record_stop_and_start_while_the_rig_runs(rigs) -> None:
             assert inspect(directory).ok
 
 
-def test_an_unwritable_recordings_directory_is_reported_and_the_rig_stays_up(rigs) -> None:
+def test_an_unwritable_recordings_directory_is_refused_by_check(rigs) -> None:
     rig = rigs.new()
     blocker = rig.directory / "a-file"
     blocker.write_text("not a directory")
     rig.write(_workers(), session_extra=f'recordings_dir = "{blocker / "recordings"}"')
+    checked = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(rig.config), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 2 and "session.recordings_dir" in checked.stderr
+    assert "cannot be written by this user" in checked.stderr
+
+
+def test_a_recordings_directory_that_goes_away_is_reported_and_the_rig_stays_up(rigs) -> None:
+    rig = rigs.new()
+    place = rig.directory / "place"
+    place.mkdir()
+    rig.write(_workers("recording = false"), session_extra=f'recordings_dir = "{place / "rec"}"')
     rig.start()
+    shutil.rmtree(place / "rec", ignore_errors=True)
+    (place / "rec").write_text("now a file")  # the disk was swapped, a mount went away...
+    client = rig.client()
+    client.request(messages.SetParameter(worker="rec", name="recording", value=True))
     rec = wait_for(lambda: (w := rig.worker("rec")).note.startswith("ERROR") and w, 10, "error")
-    assert "Not a directory" in rec.note or "exists" in rec.note
+    assert "Not a directory" in rec.note or "exists" in rec.note, rec.note
     assert rec.state == "running" and rig.worker("acq").state == "running"
     assert "worker rec error: recording stopped" in rig.log()
+
+
+@pytest.mark.parametrize(
+    ("access", "files", "directories"), [("group", 0o640, 0o750), ("user", 0o600, 0o700)]
+)
+def test_recordings_are_never_readable_by_every_user(rigs, access, files, directories) -> None:
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    rig.write(
+        _workers(),
+        session_extra=f'recordings_dir = "{recordings}"\nrecordings_access = "{access}"',
+    )
+    rig.start()
+    time.sleep(1.0)
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    made = [directory, *directory.rglob("*")]
+    assert any(p.suffix == ".h5" for p in made) and any(p.name == "manifest.json" for p in made)
+    for path in made:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (directories if path.is_dir() else files), f"{path}: {oct(mode)}"
 
 
 def test_a_nearly_full_disk_stops_recording_cleanly(rigs) -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,6 +305,77 @@ def test_control_plane_over_tcp_when_forced(rigs) -> None:
     assert rig.status().workers[0].state == "running"
 
 
+def _raw_request(endpoint: str, secure=None) -> bytes | None:
+    """One Status request from a plain DEALER (optionally with given CURVE keys)."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if secure is not None:
+        secure(sock)
+    sock.connect(endpoint)
+    try:
+        sock.send(messages.encode(messages.Status()))
+        return sock.recv() if sock.poll(1500) else None
+    finally:
+        sock.close()
+
+
+def test_a_reader_that_leaves_the_pipe_early_is_not_a_traceback(rigs) -> None:
+    rig = rigs.new().start()
+    for command in (["status", "--session", rig.name], ["status", "--session", rig.name, "--json"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        proc.stdout.close()  # as `rigpipe status | head -0` does
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and b"Traceback" not in stderr, stderr
+        assert b"Exception ignored" not in stderr, stderr
+
+
+def test_tcp_control_answers_only_peers_with_the_sessions_keys(rigs, tmp_path) -> None:
+    import zmq
+
+    from pipeline.control import bus
+
+    rig = rigs.new().start(env={"RIGPIPE_TRANSPORT": "tcp"})
+    endpoints = rig.discovery().endpoints
+    keys_file = endpoints.keys
+    assert oct(os.stat(keys_file).st_mode & 0o777) == "0o600", "the keys are private"
+    assert rig.status().state == "running", "the session's own clients get in"
+    assert _raw_request(endpoints.control) is None, "a peer without keys gets nothing"
+    keys = bus.load_keys(endpoints)
+    public, secret = zmq.curve_keypair()  # knows the server's key, but is not the client
+
+    def stranger(sock):
+        sock.curve_serverkey = keys.server_public.encode()
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+
+    assert _raw_request(endpoints.control, stranger) is None, "an unknown client key neither"
+    assert rig.status().state == "running" and rig.worker("acq").restarts == 0
+    copied = tmp_path / "copied-keys.json"  # as on another machine: a copy of the file
+    copied.write_bytes(Path(keys_file).read_bytes())
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "status", "--session", rig.name],
+        env={**os.environ, "RIGPIPE_CURVE_KEYS": str(copied)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert elsewhere.returncode == 0 and "acq" in elsewhere.stdout, elsewhere.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "status", "--session", rig.name],
+        env={**os.environ, "RIGPIPE_CURVE_KEYS": str(tmp_path / "nowhere.json")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "CURVE key file" in missing.stderr and "is missing" in missing.stderr
+
+
 def test_a_second_supervisor_for_a_running_session_is_refused(rigs) -> None:
     rig = rigs.new().start()
     result = subprocess.run(
@@ -397,3 +469,33 @@ def test_a_workers_spec_is_not_on_its_command_line_and_a_large_config_runs(rigs)
     assert cmdline[-2:] == ["--spec-stdin", f"{rig.name}/acq"]
     assert not any("xxxx" in a or "sample_rate_hz" in a for a in cmdline)
     assert rig.interrupt() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fchown") or os.geteuid() != 0, reason="needs root to chown")
+def test_a_segment_squatted_by_another_user_is_refused_in_one_line_and_left_alone(rigs) -> None:
+    import _posixshmem
+
+    rig = rigs.new()
+    name = naming.shm_name(f"{rig.name}/acq/continuous")
+    fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o666)
+    try:
+        os.ftruncate(fd, 4096)
+        os.fchown(fd, 65534, 65534)  # as if user nobody had created it first
+        rig.write(
+            DEMO_WORKER.replace('kind = "acquisition"', 'kind = "acquisition"\nrestart = "never"')
+        )
+        rig.start(wait=False)
+        wait_for(lambda: rig.discovery() and rig.worker("acq").state == "failed", 30, "failure")
+        log = rig.log()
+        assert f"shared-memory segment '{name}' belongs to nobody (uid 65534)" in log, log
+        assert "Traceback" not in log
+        assert rig.status().state == "running", "the supervisor is not crashed by it"
+        swept = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "sweep"], capture_output=True, text=True
+        )
+        assert "Traceback" not in swept.stderr, swept.stderr
+        assert os.path.exists(f"/dev/shm/{name}"), "another user's segment is never unlinked"
+        assert rig.interrupt() == 0
+    finally:
+        os.close(fd)
+        shm.unlink(name)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.control import messages
-from pipeline.control.bus import Client, Endpoints, Server, Subscriber
+from pipeline.control.bus import Client, Endpoints, Server, Subscriber, make_keys
 from pipeline.errors import BusTimeout, ProtocolError
 
 EXAMPLES = [
@@ -94,8 +94,14 @@ def test_a_request_with_nobody_listening_times_out_with_a_clear_message(tmp_path
     assert time.monotonic() - started < 2
 
 
-def test_server_answers_and_publishes_over_tcp_on_loopback() -> None:
-    server = Server(Endpoints("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"))
+def test_tcp_without_keys_is_refused() -> None:
+    with pytest.raises(OSError, match="TCP control needs CURVE keys"):
+        Server(Endpoints("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"))
+
+
+def test_server_answers_and_publishes_over_tcp_on_loopback(tmp_path) -> None:
+    keys = str(make_keys(tmp_path))
+    server = Server(Endpoints("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", keys))
     try:
         assert server.endpoints.control.startswith("tcp://127.0.0.1:")
         with Client(server.endpoints, timeout_s=2) as client, Subscriber(server.endpoints) as sub:

@@ -53,6 +53,10 @@ REATTACH_S = 0.5  # how often to look for a stream that is absent (or whose writ
 RESTART_MARGIN_S = 3.0  # time a restarted recorder needs before it reads again
 
 
+#: [session] recordings_access -> the recorder's umask (files 0640 / 0600, directories 0750 / 0700).
+RECORDING_UMASK = {"group": 0o027, "user": 0o077}
+
+
 class RecordingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """``[workers.parameters]`` of a recording worker."""
 
@@ -121,6 +125,9 @@ class RecordingWorker(Worker):
     def setup(self) -> None:
         if hasattr(signal, "SIGXFSZ"):  # a file-size limit becomes an error, not a kill
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        # Recordings are never readable by every user: everything this process creates
+        # (directories, segments, manifest) gets the session's recordings_access.
+        os.umask(RECORDING_UMASK[self.spec.recordings_access])
         self.root = Path(self.spec.recordings_dir)
         self.recording: RecordingWriter | None = None
         self.tracks: dict[str, _Track] = {}
