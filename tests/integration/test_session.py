@@ -151,10 +151,13 @@ def test_second_ctrl_c_kills_a_worker_that_ignores_stop(rigs) -> None:
 def test_malformed_and_random_messages_never_stop_the_supervisor(rigs) -> None:
     import zmq
 
+    from pipeline.control import bus
+
     rig = rigs.new().start()
     endpoints = rig.discovery().endpoints
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    bus._secure_client(sock, bus.load_keys(endpoints))  # over TCP: an authenticated peer
     sock.connect(endpoints.control)
     rng = np.random.default_rng(7)
     bad = [rng.bytes(int(n)) for n in rng.integers(0, 300, 300)]
@@ -495,7 +498,8 @@ def test_a_segment_squatted_by_another_user_is_refused_in_one_line_and_left_alon
         )
         assert "Traceback" not in swept.stderr, swept.stderr
         assert os.path.exists(f"/dev/shm/{name}"), "another user's segment is never unlinked"
-        assert rig.interrupt() == 0
+        assert rig.interrupt() == 1, "a session that ended with a failed worker exits 1"
+        assert "worker acq ended the session failed" in rig.log()
     finally:
         os.close(fd)
         shm.unlink(name)
