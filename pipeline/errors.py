@@ -173,6 +173,10 @@ class RecordingError(RigpipeError):
     """
 
 
+class ManifestCorrupt(RecordingError, ValueError):
+    """A recording's manifest.json is not a rigpipe manifest (cut short, overwritten...)."""
+
+
 class SliceTooLarge(RecordingError):
     """A slice of a recording would need more memory than the reader's limit allows.
 

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from pipeline.errors import ManifestCorrupt, RecordingError
 from pipeline.files import atomic_replace, read_bytes
 
 #: 2: per-stream ``sequence_runs`` and ``stream_id``, the ``flushed`` row counts, manifest
@@ -168,7 +169,15 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
 
 
 def read_manifest(directory: Path) -> Manifest:
-    return msgspec.json.decode(read_bytes(directory / MANIFEST), type=Manifest)
+    """The manifest of ``directory``; :class:`ManifestCorrupt` if it is not one."""
+    path = directory / MANIFEST
+    try:
+        return msgspec.json.decode(read_bytes(path), type=Manifest)
+    except msgspec.DecodeError as exc:  # also: not JSON, cut short, wrong types
+        raise ManifestCorrupt(
+            f"{path} is not a rigpipe manifest ({exc}); move it aside to open the "
+            f"segments by their names, and run rigpipe inspect {directory}"
+        ) from None
 
 
 def segment_files(path: Path) -> list[Path]:
@@ -189,12 +198,30 @@ def locate(path: Path) -> tuple[list[Path], Manifest | None]:
             found = sorted(directory.glob("segment-*.h5"))
             if not found:
                 raise FileNotFoundError(f"{directory} holds no {MANIFEST} and no segment files")
+            _check_numbering(found)
             return found, None
         manifest = read_manifest(directory)
         return [directory / entry.file for entry in manifest.segments], manifest
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     return [path], None
+
+
+def _check_numbering(found: list[Path]) -> None:
+    """Without a manifest, only the names tell a missing segment: they must run 0, 1, 2..."""
+    numbers = []
+    for path in found:
+        try:
+            numbers.append(int(path.stem.split("-", 1)[1]))
+        except (IndexError, ValueError):
+            continue
+    for expected, number in enumerate(numbers):
+        if number != expected:
+            raise RecordingError(
+                f"{found[0].parent} has no {MANIFEST} and segment {expected:04d} is missing "
+                f"(segment-{number:04d}.h5 follows); restore it, or open the segments that "
+                "are there as a list to read them anyway"
+            )
 
 
 def open_segment(path: Path) -> Any:

@@ -246,10 +246,23 @@ class Recording:
         groups: dict[str, list[tuple[str, h5py.Group]]] = {}
         for path in self.segment_paths:
             file = self.files.get(str(path))
-            if "streams" not in file:
-                raise RecordingError(f"{path} is not a rigpipe segment: it has no /streams group")
-            for group in file["streams"].values():
-                groups.setdefault(StreamGroup.read(group).stream, []).append((str(path), group))
+            try:
+                if "streams" not in file:
+                    raise RecordingError(f"{path} is not a rigpipe segment: no /streams group")
+                for group in file["streams"].values():
+                    stream = StreamGroup.read(group).stream
+                    for name in ("data", "timestamps_ns"):
+                        if name not in group:
+                            raise RecordingError(
+                                f"{path}: stream {stream!r} has no {name} dataset; "
+                                f"rigpipe inspect {self.path} says what can still be read"
+                            )
+                    groups.setdefault(stream, []).append((str(path), group))
+            except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
+                raise RecordingError(
+                    f"{path} is damaged ({type(exc).__name__}: {exc}); "
+                    f"rigpipe inspect {self.path} says what can still be read"
+                ) from None
         return groups
 
     def _rate(self, stream: str) -> float:

@@ -100,7 +100,8 @@ class Supervisor:
 
     # -- session lifecycle ----------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> int:
-        """Run until stopped; 0 after an ordered stop, 1 if a worker had to be killed."""
+        """Run until stopped; 0 after an ordered stop, 1 if a worker had to be killed or
+        ended the session failed (so a script that runs a rig learns it)."""
         existing = session.read(self.name)
         if existing is not None and existing.alive:
             raise SessionRunning(
@@ -130,7 +131,10 @@ class Supervisor:
             self._kill_all()
             self._restore_signals(previous)
             self._cleanup()
-        return 1 if self._killed_any else 0
+        failed = [w for w in self.workers.values() if w.state is WorkerState.FAILED]
+        for worker in failed:
+            self.on_event(f"worker {worker.name} ended the session failed: {worker.reason}")
+        return 1 if self._killed_any or failed else 0
 
     def _endpoints(self) -> bus.Endpoints:
         control = self.rig.control

@@ -45,7 +45,7 @@ class AcquisitionWorker(Worker):
     @classmethod
     def settings_type(cls, parameters: dict[str, Any]) -> type[msgspec.Struct]:
         name = parameters.get("source", "synthetic")
-        if name not in SOURCES:
+        if not isinstance(name, str) or name not in SOURCES:
             raise ValueError(
                 f"unknown source {name!r}; allowed: {', '.join(repr(s) for s in SOURCES)}"
             )

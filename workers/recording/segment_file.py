@@ -92,6 +92,7 @@ class SegmentFile:
             file.attrs.update(attrs)
             file.attrs["schema_version"] = SCHEMA_VERSION
             file.attrs["finished"] = False
+            file.create_group("streams")  # also when no stream exists yet: they come later
             for fmt in formats:
                 group = file.create_group(group_name(fmt.stream))
                 rows = _rows_per_chunk(fmt)
