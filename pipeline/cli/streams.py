@@ -26,6 +26,8 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     tail.add_argument("--seconds", type=float, default=None, help="stop after this long")
     tail.add_argument("--channels", type=int, default=6, help="channels to show (default 6)")
     command("sweep", _sweep, "remove shared memory left by writers that died", False)
+    lsl = command("lsl", _lsl, "list the Lab Streaming Layer streams on the network", False)
+    lsl.add_argument("--wait", type=float, default=1.0, help="seconds to listen (default 1)")
 
 
 def _streams(args: argparse.Namespace) -> int:
@@ -42,6 +44,26 @@ def _streams(args: argparse.Namespace) -> int:
         print(
             f"{s.stream:40} {s.generation:>4} {s.writer:>10} {s.rate_hz:9.0f} {s.write_cursor:>12}"
         )
+    return 0
+
+
+def _lsl(args: argparse.Namespace) -> int:
+    try:
+        import pylsl
+    except ImportError:
+        raise RigpipeError("rigpipe lsl needs pylsl: pip install 'rigpipe[lsl]'") from None
+    found = sorted(pylsl.resolve_streams(wait_time=args.wait), key=lambda i: i.name())
+    if not found:
+        print(f"no LSL streams seen in {args.wait:g} s")
+        return 0
+    print(f"{'':2}{'name':36} {'type':10} {'ch':>4} {'rate Hz':>9} {'host':16} source_id")
+    for info in found:
+        ours = "* " if info.source_id().startswith("rigpipe:") else "  "
+        print(
+            f"{ours}{info.name():36} {info.type():10} {info.channel_count():>4} "
+            f"{info.nominal_srate():9g} {info.hostname():16} {info.source_id()}"
+        )
+    print("(* from a rigpipe rig)")
     return 0
 
 

@@ -83,6 +83,8 @@ def test_the_reference_documents_every_option() -> None:
     from workers.acquisition.blackrock import BlackrockSettings
     from workers.acquisition.replay import ReplaySettings
     from workers.acquisition.synthetic_source import SyntheticSettings
+    from workers.lsl_inlet.worker import InletSettings
+    from workers.lsl_outlet.worker import OutletSettings, StreamOptions
     from workers.recording.worker import RecordingSettings
     from workers.stimulation.safety import ChannelLimits
     from workers.stimulation.simulated import SimulatedSettings
@@ -106,6 +108,9 @@ def test_the_reference_documents_every_option() -> None:
         TriggerRule,
         SimulatedSettings,
         StgSettings,
+        OutletSettings,
+        StreamOptions,
+        InletSettings,
     ]
     missing = [
         f"{table.__name__}.{field.name}"
@@ -114,3 +119,10 @@ def test_the_reference_documents_every_option() -> None:
         if f"`{field.name}`" not in reference
     ]
     assert not missing, f"configs/README.md does not describe: {missing}"
+
+
+def test_a_binary_file_is_one_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "photo.toml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(ConfigError, match=r"not a text file \(not UTF-8 at byte 0\)"):
+        config.load(path)
