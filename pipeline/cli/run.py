@@ -1,14 +1,22 @@
 """``rigpipe run CONFIG``: the supervisor in the foreground, with the live status table.
 
 On a terminal the table (workers, streams, rates, lags) is redrawn in place
-with the last events below it; otherwise one line per event and a summary
-every 10 s. ``rigpipe status`` prints the same table once.
+with the last events below it, fitted to the terminal: every line is cut to
+its width (a wrapped line would break the redraw) and, when the table is
+taller than the terminal, the parts that matter least go first (counters,
+then streams, then events) with a line saying how much is hidden. Otherwise
+one line per event and a summary every 10 s. ``rigpipe status`` prints the
+same table once, whole.
+
+(rich's Live would do the redraw too; the project keeps its dependencies to
+numpy, pyzmq, msgspec, psutil and h5py, and fitting lines is all it takes.)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from collections import deque
@@ -80,7 +88,8 @@ class _LiveTable:
 
     def tick(self, status: messages.StatusReply) -> None:
         self._last = status
-        lines = [*render(status), "", *self._events, "", "Ctrl-C stops the rig in order"]
+        size = shutil.get_terminal_size()
+        lines = fit(status, list(self._events), size.columns, size.lines)
         up = f"\x1b[{self._drawn}F" if self._drawn else ""
         sys.stdout.write(up + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J")
         sys.stdout.flush()
@@ -89,6 +98,34 @@ class _LiveTable:
     def close(self) -> None:
         for text in list(self._events)[-3:]:
             print(text)
+
+
+def fit(status: StatusReply, events: list[str], columns: int, rows: int) -> list[str]:
+    """The live view in ``rows - 1`` lines of at most ``columns - 1`` characters.
+
+    What does not fit goes in this order: worker counters, stream rows, older
+    events; the session line and the worker rows stay as long as they fit.
+    """
+    width, height = max(20, columns - 1), max(4, rows - 1)
+    table = render(status)
+    blank = [i for i, line in enumerate(table) if line == ""] + [len(table)] * 3
+    workers, streams, counters = table[: blank[1]], table[blank[1] : blank[2]], table[blank[2] :]
+    recent = ["", *events] if events else []
+    tail = ["", "Ctrl-C stops the rig in order"]
+    parts = [workers, streams, counters, recent, tail]
+    hidden = 0
+    for index in (2, 1, 3):  # counters, then streams (from the bottom), then the oldest events
+        part = parts[index]
+        while part and sum(map(len, parts)) + 1 > height:
+            part.pop(1 if index == 3 and len(part) > 1 else -1)
+            hidden += 1
+        if len(part) == 1:  # a lone blank separator
+            part.clear()
+    lines = [*workers, *streams, *counters, *recent]
+    if hidden:
+        lines.append(f"({hidden} more lines: enlarge the terminal, or see rigpipe status)")
+    lines = [*lines, *tail][:height]
+    return [line if len(line) <= width else line[: width - 1] + "~" for line in lines]
 
 
 # -- the status table ------------------------------------------------------------------------------

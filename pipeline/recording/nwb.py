@@ -159,9 +159,6 @@ class _Writer:
             source_script=f"rigpipe export {rec.path}",
             source_script_file_name=str(rec.path),
         )
-        nwbfile.add_electrode_column("label", "the channel's label in the recording")
-        nwbfile.add_electrode_column("stream", "the rigpipe stream the channel belongs to")
-        nwbfile.add_electrode_column("scale", "the recorded value's scale to the stream's units")
         for name in rec.streams:
             view = rec.stream(name)
             if isinstance(view, StreamView):
@@ -203,6 +200,12 @@ class _Writer:
                 location="unknown",
                 device=self._device(nwbfile, view),
             )
+            if nwbfile.electrodes is None:  # only a recording with electrodes gets the table
+                nwbfile.add_electrode_column("label", "the channel's label in the recording")
+                nwbfile.add_electrode_column("stream", "the rigpipe stream the channel belongs to")
+                nwbfile.add_electrode_column(
+                    "scale", "the recorded value's scale to the stream's units"
+                )
             first_row = len(nwbfile.electrodes) if nwbfile.electrodes is not None else 0
             positions = view.positions
             for i, label in enumerate(view.channel_labels):

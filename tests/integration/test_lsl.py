@@ -21,6 +21,7 @@ import pytest
 
 from pipeline import attach, open_recording
 from pipeline.recording.inspect import inspect
+from pipeline.recording.nwb import export_nwb
 from tests.rig import wait_for
 
 SOURCE = """
@@ -82,7 +83,7 @@ def test_an_lsl_inlet_elsewhere_gets_every_value_of_the_rigs_stream(rigs) -> Non
     assert line.startswith("* ") and "ECoG" in line and f"rigpipe:{name}" in line
 
 
-def test_an_outlet_made_here_is_recorded_by_the_rig_with_markers(rigs) -> None:
+def test_an_outlet_made_here_is_recorded_by_the_rig_with_markers(rigs, tmp_path) -> None:
     tag = uuid.uuid4().hex[:8]
     info = pylsl.StreamInfo(f"Eye{tag}", "Gaze", 4, 500, pylsl.cf_float32, f"eye-{tag}")
     channels = info.desc().append_child("channels")
@@ -136,6 +137,20 @@ def test_an_outlet_made_here_is_recorded_by_the_rig_with_markers(rigs) -> None:
         task = rec.stream("task/markers")[:]
         assert [t.decode() for t in task["text"]] == [f"trial {k} start" for k in range(4)]
         assert np.abs(task["timestamp_ns"] / 1e9 - np.asarray(sent_at)[::250]).max() < 0.001
+        start_s = rec.start_ns / 1e9
+    out = tmp_path / "lsl.nwb"
+    export_nwb(directory, out)
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(str(out), "r") as io:
+        nwb = io.read()
+        series = nwb.acquisition["eye_data"]
+        np.testing.assert_array_equal(series.data[:], np.asarray(pushed, np.float32))
+        times = np.asarray(series.get_timestamps()[:])
+        assert np.abs(times + start_s - np.asarray(sent_at)).max() < 0.001
+        table = nwb.events["task_markers"].to_dataframe()
+        texts = [t.decode() if isinstance(t, bytes) else t for t in table["text"]]
+        assert texts == [f"trial {k} start" for k in range(4)]
 
 
 def test_a_killed_inlet_or_outlet_worker_recovers(rigs) -> None:

@@ -13,7 +13,7 @@ appears (``rigpipe status`` says what it waits for), then fills
 
 Timestamps: liblsl applies its own clock synchronisation (``proc_clocksync``:
 the outlet's clock mapped onto this machine's ``local_clock()``), then
-:class:`~workers.lsl_support.ClockMap` maps that onto the host monotonic clock
+:class:`~pipeline.lsl.ClockMap` maps that onto the host monotonic clock
 the rings use. The correction liblsl measured is in the stream's descriptor
 (``lsl.time_correction_s``) and, when it moves by more than 0.5 ms, in a
 session event. When the outlet restarts, liblsl reconnects by itself (same
@@ -29,8 +29,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from pipeline.lsl import DTYPES, STRING_FORMAT, ClockMap, pylsl
 from pipeline.worker import Worker
-from workers.lsl_support import DTYPES, STRING_FORMAT, ClockMap, pylsl
 
 MARKER_DTYPE = np.dtype([("timestamp_ns", "<i8"), ("text", "S255")])
 #: Match keys of the config -> the XPath field of LSL's stream info.
@@ -96,8 +96,8 @@ class LslInlet(Worker):
         if now >= self._next_correction:
             self._next_correction = now + 5.0
             self._correct()
-        if not self._pull():
-            self.wait_until(time.monotonic() + 0.005)
+        if not self._pull(wait_s=0.0):
+            self.wait_until(time.monotonic() + 0.001)
 
     def teardown(self) -> None:
         if getattr(self, "inlet", None) is not None:
@@ -170,9 +170,9 @@ class LslInlet(Worker):
         self.counters["time_correction_us"] = round(correction * 1e6, 1)
 
     # -- data -----------------------------------------------------------------------------------
-    def _pull(self) -> bool:
+    def _pull(self, wait_s: float) -> bool:
         if self.strings:
-            samples, stamps = self.inlet.pull_chunk(timeout=0.0, max_samples=1024)
+            samples, stamps = self.inlet.pull_chunk(timeout=wait_s, max_samples=1024)
             if not stamps:
                 return False
             records = np.zeros(len(stamps), MARKER_DTYPE)
@@ -181,7 +181,7 @@ class LslInlet(Worker):
             self.ring.write(records, records["timestamp_ns"])
         else:
             _, stamps = self.inlet.pull_chunk(
-                timeout=0.0, max_samples=len(self._buffer), dest_obj=self._buffer
+                timeout=wait_s, max_samples=len(self._buffer), dest_obj=self._buffer
             )
             if not stamps:
                 return False

@@ -10,7 +10,7 @@ the XDF conventions LabRecorder writes: ``desc/channels/channel`` with
 Continuous streams keep their rate and sample type (int16 stays int16); event
 streams (numeric records such as spikes) become irregular-rate outlets with
 one double channel per record field. Timestamps are the ring's per-frame host
-timestamps converted to ``local_clock()`` (:class:`~workers.lsl_support.ClockMap`).
+timestamps converted to ``local_clock()`` (:class:`~pipeline.lsl.ClockMap`).
 A new generation with another format makes a new outlet under the same
 source_id. Pushing never blocks: liblsl buffers for each consumer and drops a
 consumer that falls ``max_buffered_s`` behind, so a slow or vanished consumer
@@ -27,8 +27,8 @@ import msgspec
 import numpy as np
 
 from pipeline.errors import EndOfStream, StreamNotFound
+from pipeline.lsl import FORMATS, ClockMap, pylsl
 from pipeline.worker import Worker
-from workers.lsl_support import FORMATS, ClockMap, pylsl
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -78,29 +78,31 @@ class LslOutlet(Worker):
         self._next_note = 0.0
 
     def step(self) -> None:
+        # Poll the rings; when none had frames, sleep 1 ms. Waking on every ring write
+        # (a blocking read) halved the latency but doubled the CPU (bench/lsl.py).
         moved = False
         for out in self.outs:
-            moved |= self._pump(out)
+            moved |= self._pump(out, 0.0)
         now = time.monotonic()
         if now >= self._next_note:
             self._next_note = now + 1.0
             self._update_status()
         if not moved:
-            self.wait_until(time.monotonic() + 0.002)
+            self.wait_until(time.monotonic() + (0.05 if self.outs[0].reader is None else 0.001))
 
     def teardown(self) -> None:
         for out in getattr(self, "outs", []):
             out.outlet = None  # liblsl closes the outlet when it is collected
 
     # -- one stream -----------------------------------------------------------------------------
-    def _pump(self, out: _Out) -> bool:
+    def _pump(self, out: _Out, wait_s: float) -> bool:
         if out.reader is None:
             try:
                 out.reader = self.reader(out.stream, from_now=True)
             except StreamNotFound:
                 return False
         try:
-            chunk = out.reader.read(timeout_s=0)
+            chunk = out.reader.read(timeout_s=wait_s)
         except EndOfStream:
             self.close_reader(out.stream)
             out.reader, out.outlet = None, None

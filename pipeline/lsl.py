@@ -1,8 +1,9 @@
 """What the LSL bridge's two worker kinds share: pylsl, formats and the clock.
 
-pylsl (extra ``lsl``; its wheels carry liblsl) is imported here only, when a
-bridge worker starts. LSL timestamps are seconds of liblsl's ``local_clock()``;
-ring timestamps are host ``CLOCK_MONOTONIC`` nanoseconds. On Linux the two are
+pylsl (extra ``lsl``; its wheels carry liblsl) is imported here only (and by
+``rigpipe lsl``), when a bridge worker starts; importing this module does not.
+LSL timestamps are seconds of liblsl's ``local_clock()``; ring timestamps are
+host ``CLOCK_MONOTONIC`` nanoseconds. On Linux the two are
 the same clock (measured: they agree to microseconds), elsewhere they need not
 be, so :class:`ClockMap` always converts, through an offset it measures by
 reading both clocks back to back and keeping the tightest bracket.

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""The LSL bridge beside raw pylsl, in one run: latency, throughput and CPU.
+
+    python bench/lsl.py [--seconds 10] [--channels 64 256 1024]
+
+For each channel count, int16 at 30 kHz in 1 ms chunks:
+
+1. **raw pylsl**: a process pushes chunks into a ``StreamOutlet`` (each
+   stamped with ``local_clock()`` when pushed); another process pulls them
+   from a ``StreamInlet``. Latency = pull time - stamp of a chunk's last sample.
+2. **rig -> LSL** (``lsl_outlet``): a rig's synthetic source at the same
+   rate and chunking, published by the outlet worker; the same pulling process.
+   Latency = pull time - the ring timestamp of the chunk's last frame (the
+   synthetic source publishes a frame once its time has come, so this also
+   holds the source's own pacing, as a rig's latency does).
+3. **LSL -> rig** (``lsl_inlet``): the pushing process of 1 into a rig's
+   inlet worker; this process reads the inlet's ring. Latency = read time -
+   the frame's ring timestamp (the pushed stamp, mapped to the host clock).
+
+Reported: frames/s delivered, latency p50/p99 in ms, and the CPU of the
+bridge worker (one core = 100 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.control import Rig, cpu_percent  # noqa: E402
+from pipeline import attach  # noqa: E402
+
+PUSH = """
+import sys, time
+import numpy as np
+import pylsl
+name, channels, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+info = pylsl.StreamInfo(name, "EEG", channels, 30000, pylsl.cf_int16, name)
+outlet = pylsl.StreamOutlet(info, 30)
+chunk = np.zeros((30, channels), np.int16)
+start = time.monotonic()
+n = 0
+while time.monotonic() - start < seconds:
+    n += 1
+    time.sleep(max(0.0, start + n * 0.001 - time.monotonic()))
+    now = pylsl.local_clock()
+    outlet.push_chunk(chunk, [now - (29 - i) / 30000 for i in range(30)])
+"""
+
+PULL = """
+import json, sys, time
+import numpy as np
+import pylsl
+prop, value, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+(info,) = pylsl.resolve_byprop(prop, value, timeout=20)[:1]
+inlet = pylsl.StreamInlet(info, max_buflen=10)
+inlet.open_stream(timeout=10)
+buffer = np.zeros((30000, info.channel_count()), np.int16)
+latency, frames = [], 0
+start = time.monotonic()
+while time.monotonic() - start < seconds:
+    _, stamps = inlet.pull_chunk(timeout=0.01, max_samples=len(buffer), dest_obj=buffer)
+    if stamps:
+        latency.append(pylsl.local_clock() - stamps[-1])
+        frames += len(stamps)
+warm = latency[len(latency) // 5:]  # the first fifth: connection and catch-up
+print(json.dumps({"frames_per_s": frames / seconds, "latency_ms": [x * 1e3 for x in warm]}))
+"""
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "     -      -"
+    p50, p99 = np.percentile(values, [50, 99])
+    return f"{p50:6.2f} {p99:6.2f}"
+
+
+def _run(code: str, *args: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def _pulled(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=120)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def raw(channels: int, seconds: float) -> str:
+    name = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    pusher = _run(PUSH, name, channels, seconds + 5)
+    try:
+        result = _pulled(_run(PULL, "name", name, seconds))
+    finally:
+        pusher.kill()
+        pusher.wait()
+    return f"{result['frames_per_s']:9.0f} {_percentiles(result['latency_ms'])} {'-':>7}"
+
+
+def outlet(channels: int, seconds: float) -> str:
+    rig = Rig(
+        '[[workers]]\nname = "acq"\nkind = "acquisition"\n[workers.parameters]\n'
+        f"channels = {channels}\nsample_rate_hz = 30000.0\nchunk_s = 0.001\n"
+        '[[workers]]\nname = "lsl"\nkind = "lsl_outlet"\n'
+        '[workers.parameters]\nstreams = ["acq/continuous"]\n'
+    )
+    try:
+        puller = _run(PULL, "source_id", f"rigpipe:{rig.name}/acq/continuous", seconds)
+        time.sleep(2)
+        cpu = cpu_percent(rig.worker_pid("lsl"), seconds - 3)
+        result = _pulled(puller)
+    finally:
+        rig.stop()
+    # ring timestamps are CLOCK_MONOTONIC, which is local_clock() on Linux (ClockMap converts)
+    return f"{result['frames_per_s']:9.0f} {_percentiles(result['latency_ms'])} {cpu:7.1f}"
+
+
+def inlet(channels: int, seconds: float) -> str:
+    name = f"bench-in-{uuid.uuid4().hex[:6]}"
+    pusher = _run(PUSH, name, channels, seconds + 15)
+    try:
+        rig = Rig(
+            '[[workers]]\nname = "lsl"\nkind = "lsl_inlet"\n'
+            f'[workers.parameters]\nname = "{name}"\n'
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while rig.worker_counters("lsl").get("connected") != 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the inlet did not connect")
+                time.sleep(0.1)
+            latency, frames = [], 0
+            with attach(f"{rig.name}/lsl/data", from_now=True) as ring:
+                process = psutil.Process(rig.worker_pid("lsl"))
+                before, start = process.cpu_times(), time.monotonic()
+                while time.monotonic() - start < seconds:
+                    chunk = ring.read(timeout_s=0.1)
+                    if chunk.frames:
+                        latency.append((time.monotonic_ns() - chunk.timestamps_ns[-1]) / 1e6)
+                        frames += chunk.frames
+                after = process.cpu_times()
+            cpu = 100 * (after.user - before.user + after.system - before.system) / seconds
+        finally:
+            rig.stop()
+    finally:
+        pusher.kill()
+        pusher.wait()
+    warm = latency[len(latency) // 5 :]
+    return f"{frames / seconds:9.0f} {_percentiles(warm)} {cpu:7.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--channels", type=int, nargs="+", default=[64, 256, 1024])
+    args = parser.parse_args()
+    import pylsl
+
+    print(f"LSL bridge benchmark; liblsl {pylsl.library_version()}, {args.seconds:g} s each")
+    print("int16 at 30 kHz in 1 ms chunks; latency in ms; CPU of the bridge worker\n")
+    print(f"{'channels':>8} {'path':14} {'frames/s':>9} {'p50':>6} {'p99':>6} {'CPU %':>7}")
+    for channels in args.channels:
+        for label, run in (("raw pylsl", raw), ("rig -> LSL", outlet), ("LSL -> rig", inlet)):
+            print(f"{channels:>8} {label:14} {run(channels, args.seconds)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
