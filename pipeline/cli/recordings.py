@@ -40,14 +40,26 @@ def add_arguments(export: argparse.ArgumentParser) -> None:
         "--gzip", action="store_true", help="compress the continuous data (smaller, slower)"
     )
     export.add_argument("--quiet", action="store_true", help="no progress display")
+    export.add_argument(
+        "--metadata",
+        metavar="FILE.toml",
+        help="subject, experimenter, institution... (DANDI needs a [subject]); see README",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.recording.nwb import export_nwb
+    from pipeline.recording.nwb import export_nwb, read_metadata
 
     if args.block_s <= 0:
         print("rigpipe: --block-s must be positive", file=sys.stderr)
         return 2
+    metadata = read_metadata(args.metadata) if args.metadata else None
+    if metadata is None or metadata.subject is None:
+        print(
+            "rigpipe: note: no [subject] (--metadata FILE.toml): DANDI and nwbinspector "
+            "require one",
+            file=sys.stderr,
+        )
     bar = None if args.quiet else ProgressBar(sys.stderr)
     summary = export_nwb(
         args.path,
@@ -56,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.force,
         compression="gzip" if args.gzip else None,
         progress=bar,
+        metadata=metadata,
     )
     if bar is not None:
         bar.finish()

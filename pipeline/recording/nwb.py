@@ -28,11 +28,13 @@ import datetime as dt
 import json
 import os
 import time
+import tomllib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import numpy as np
 
 from pipeline.errors import RecordingError
@@ -81,6 +83,40 @@ def _pynwb() -> Any:
     return pynwb
 
 
+class Subject(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[subject]`` of a metadata file: NWB's Subject (DANDI requires one)."""
+
+    subject_id: str
+    species: str = ""  # binomial, e.g. "Mus musculus", or an NCBI taxonomy URL
+    sex: Literal["M", "F", "U", "O"] = "U"
+    age: str = ""  # ISO 8601 duration, e.g. "P90D"
+    description: str = ""
+
+
+class Metadata(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a recording does not know and NWB (and DANDI) want: ``rigpipe export --metadata``."""
+
+    subject: Subject | None = None
+    experimenter: list[str] = []
+    institution: str = ""
+    lab: str = ""
+    experiment_description: str = ""
+    keywords: list[str] = []
+    #: where the electrodes are (for a mouse: an Allen CCF name or acronym, e.g. "VISp")
+    electrode_location: str = "unknown"
+
+
+def read_metadata(path: str | Path) -> Metadata:
+    """A metadata TOML file; :class:`RecordingError` naming the file and the field if wrong."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return msgspec.convert(raw, Metadata, strict=True)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RecordingError(f"cannot read the metadata file {path}: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise RecordingError(f"metadata file {path}: {exc}") from None
+
+
 def export_nwb(
     source: str | Path | Recording,
     out: str | Path,
@@ -89,8 +125,13 @@ def export_nwb(
     overwrite: bool = False,
     compression: str | None = None,
     progress: Progress | None = None,
+    metadata: Metadata | None = None,
 ) -> Summary:
-    """Write the recording at ``source`` to the NWB file ``out``; see the module docstring."""
+    """Write the recording at ``source`` to the NWB file ``out``; see the module docstring.
+
+    ``metadata`` adds the subject, experimenter, institution... that DANDI and
+    nwbinspector require and a recording does not hold.
+    """
     pynwb = _pynwb()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -98,7 +139,7 @@ def export_nwb(
     partial = out.with_name(out.stem + ".partial.nwb")  # pynwb warns about other suffixes
     rec = source if isinstance(source, Recording) else open_recording(source)
     started = time.monotonic()
-    writer = _Writer(pynwb, rec, block_s, compression, progress)
+    writer = _Writer(pynwb, rec, block_s, compression, progress, metadata or Metadata())
     try:
         nwbfile = writer.build()
         with pynwb.NWBHDF5IO(partial, "w") as io:
@@ -126,8 +167,10 @@ class _Writer:
         block_s: float,
         compression: str | None,
         progress: Progress | None,
+        metadata: Metadata,
     ) -> None:
         self.pynwb = pynwb
+        self.metadata = metadata
         self.rec = rec
         self.block_s = block_s
         self.compression = compression
@@ -158,7 +201,15 @@ class _Writer:
             was_generated_by=[["rigpipe", _version()]],
             source_script=f"rigpipe export {rec.path}",
             source_script_file_name=str(rec.path),
+            experimenter=self.metadata.experimenter or None,
+            institution=self.metadata.institution or None,
+            lab=self.metadata.lab or None,
+            experiment_description=self.metadata.experiment_description or None,
+            keywords=self.metadata.keywords or None,
         )
+        if self.metadata.subject is not None:
+            given = msgspec.structs.asdict(self.metadata.subject)
+            nwbfile.subject = pynwb.file.Subject(**{k: v for k, v in given.items() if v})
         for name in rec.streams:
             view = rec.stream(name)
             if isinstance(view, StreamView):
@@ -197,7 +248,7 @@ class _Writer:
             group = nwbfile.create_electrode_group(
                 name=view.stream.replace("/", "."),
                 description=f"the channels of rigpipe stream {view.stream}",
-                location="unknown",
+                location=self.metadata.electrode_location,
                 device=self._device(nwbfile, view),
             )
             if nwbfile.electrodes is None:  # only a recording with electrodes gets the table
@@ -214,7 +265,7 @@ class _Writer:
                     place = {"rel_x": float(positions[i, 0]), "rel_y": float(positions[i, 1])}
                 nwbfile.add_electrode(
                     group=group,
-                    location="unknown",
+                    location=self.metadata.electrode_location,
                     label=label,
                     stream=view.stream,
                     scale=float(view.scale[i]),
@@ -319,6 +370,15 @@ class _Writer:
         labels = _spike_labels(view)
         rows = _electrode_rows(nwbfile, view.stream.split("/")[0])
         if nwbfile.units is None:  # the first spike stream adds the columns
+            rates = [
+                v.sample_rate
+                for v in map(self.rec.stream, self.rec.streams)
+                if isinstance(v, StreamView) and v.sample_rate > 0
+            ]
+            if rates and nwbfile.units is None:  # spike times are on the fastest sample grid
+                nwbfile.units = self.pynwb.misc.Units(
+                    name="units", description="rigpipe spike streams", resolution=1 / max(rates)
+                )
             nwbfile.add_unit_column("channel", "the channel the spike was detected on")
             nwbfile.add_unit_column("sorted_unit", "the unit number the source gave it")
             nwbfile.add_unit_column("channel_label", "the channel's label")

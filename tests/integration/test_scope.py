@@ -140,3 +140,55 @@ def test_markers_from_a_continuous_stream_keep_the_scope_running(rigs) -> None:
     scope = rig.worker("scope")
     assert scope.state == "running" and scope.restarts == 0, rig.log()
     assert rig.interrupt() == 0
+
+
+def _spike_pixels(path: Path) -> int:
+    image = QImage(str(path)).convertToFormat(QImage.Format.Format_RGBA8888)
+    pixels = np.frombuffer(image.constBits(), np.uint8).reshape(
+        image.height(), image.bytesPerLine() // 4, 4
+    )[:, : image.width()]
+    return int(
+        (
+            (pixels[..., 0] > 230)
+            & (abs(pixels[..., 1].astype(int) - 200) < 30)
+            & (pixels[..., 2] < 90)
+        ).sum()
+    )
+
+
+def test_spike_ticks_are_drawn_only_on_the_tabs_of_their_source(rigs) -> None:
+    rig = rigs.new()
+    snapshot = rig.directory / "scope.png"
+    pattern = '[[workers]]\nname = "pat"\nkind = "tests.workers.pattern"\n'
+    # the tab shown is pat/out; the spikes are acq's (about 5 per channel and second)
+    rig.write(
+        DEMO_WORKER
+        + pattern
+        + _scope(snapshot, '["pat/out", "acq/continuous"]', 'spikes = "acq/spikes"')
+    )
+    rig.start()
+    _lines_after(snapshot, 4)
+    time.sleep(1.5)  # more than a window of spikes
+    wait_for(lambda: rig.worker("acq").counters.get("spikes", 0) > 20, 10, "spikes")
+    time.sleep(0.5)
+    assert _spike_pixels(snapshot) == 0, "acq's spikes drawn on the pat/out tab"
+
+
+def test_missing_x11_libraries_are_named_with_their_packages(rigs) -> None:
+    from workers.visualization.worker import missing_xcb
+
+    assert missing_xcb({"libxcb-nosuch.so.9": "libxcb-nosuch9", "libc.so.6": "libc6"}) == [
+        "libxcb-nosuch9"
+    ]
+    missing = missing_xcb()
+    if not missing:
+        pytest.skip("every X11 library Qt needs is installed here")
+    rig = rigs.new()
+    rig.write(
+        DEMO_WORKER + '[[workers]]\nname = "scope"\nkind = "visualization"\nrestart = "never"\n'
+    )
+    rig.start(env={"DISPLAY": ":99"}, wait=False)  # a window is asked for; Qt is never reached
+    wait_for(lambda: rig.discovery() and rig.worker("scope").state == "failed", 20, "failure")
+    log = rig.log()
+    assert f"apt-get install {' '.join(missing)}" in log and "Traceback" not in log
+    assert rig.worker("acq").state == "running"

@@ -4,6 +4,8 @@ a clock record stream), written by the recorder's segment writer and read back w
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,62 @@ def test_an_existing_file_is_kept_and_a_failed_export_leaves_nothing(
         p for p in psutil.Process().children() if "pipeline.recording.prefetch_child" in p.cmdline()
     ]
     assert children == [], "the interrupted export left its prefetch process running"
+
+
+EXPORT = [sys.executable, "-m", "pipeline.cli", "export"]
+METADATA = """
+experimenter = ["Doe, Jane"]
+institution = "Example University"
+experiment_description = "rigpipe export test"
+keywords = ["rigpipe", "test"]
+electrode_location = "VISp"
+
+[subject]
+subject_id = "m001"
+species = "Mus musculus"
+sex = "M"
+age = "P90D"
+description = "wild type"
+"""
+
+
+def test_the_export_passes_nwbinspector_given_the_metadata_dandi_needs(
+    blackrock_like: Path, tmp_path: Path
+) -> None:
+    from nwbinspector import Importance, inspect_nwbfile
+
+    meta = tmp_path / "meta.toml"
+    meta.write_text(METADATA)
+    out = tmp_path / "dandi.nwb"
+    done = subprocess.run(
+        [*EXPORT, str(blackrock_like), "--nwb", str(out), "--metadata", str(meta), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no [subject]" not in done.stderr
+    found = list(inspect_nwbfile(nwbfile_path=str(out)))
+    serious = [m for m in found if m.importance.value >= Importance.BEST_PRACTICE_VIOLATION.value]
+    assert serious == [], [f"{m.check_function_name}: {m.message}" for m in serious]
+    assert {m.check_function_name for m in found} <= {"check_column_binary_capability"}
+
+
+def test_export_without_a_subject_says_what_dandi_needs(blackrock_like: Path, tmp_path) -> None:
+    done = subprocess.run(
+        [*EXPORT, str(blackrock_like), "--nwb", str(tmp_path / "x.nwb"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "no [subject]" in done.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[subject]\nsubject_id = "m1"\nsex = "male"\n')
+    refused = subprocess.run(
+        [*EXPORT, str(blackrock_like), "--nwb", str(tmp_path / "y.nwb"), "--metadata", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"metadata file {bad}" in refused.stderr and "subject.sex" in refused.stderr

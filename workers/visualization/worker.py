@@ -17,6 +17,7 @@ reads rings without ever holding up a writer, so its crash costs nothing else.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import time
@@ -60,6 +61,31 @@ def has_display() -> bool:
     if not sys.platform.startswith("linux"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+#: X11 libraries Qt's xcb platform plugin loads -> the Debian package that has each.
+#: Qt's own abort names libxcb-cursor0 even when another of these is the one missing.
+XCB_LIBRARIES = {
+    "libxcb-cursor.so.0": "libxcb-cursor0",
+    "libxcb-icccm.so.4": "libxcb-icccm4",
+    "libxcb-keysyms.so.1": "libxcb-keysyms1",
+    "libxcb-image.so.0": "libxcb-image0",
+    "libxcb-render-util.so.0": "libxcb-render-util0",
+    "libxcb-shape.so.0": "libxcb-shape0",
+    "libxcb-xkb.so.1": "libxcb-xkb1",
+    "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
+}
+
+
+def missing_xcb(libraries: dict[str, str] = XCB_LIBRARIES) -> list[str]:
+    """The Debian packages of the X11 libraries Qt needs and this machine cannot load."""
+    missing = []
+    for library, package in libraries.items():
+        try:
+            ctypes.CDLL(library)
+        except OSError:
+            missing.append(package)
+    return missing
 
 
 def _scale(descriptor: dict[str, Any]) -> float:
@@ -198,6 +224,14 @@ class ScopeWorker(Worker):
             return
         if s.offscreen:
             os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        elif sys.platform.startswith("linux") and os.environ.get("DISPLAY"):
+            missing = missing_xcb()
+            if missing:  # otherwise Qt aborts the process (SIGABRT) with a misleading hint
+                raise RigpipeError(
+                    "Qt cannot open a window here: X11 libraries are missing; install them "
+                    f"(Debian/Ubuntu: apt-get install {' '.join(missing)}), "
+                    "or set offscreen = true"
+                )
         try:
             import pyqtgraph as pg
             from PySide6 import QtCore, QtWidgets
@@ -264,7 +298,10 @@ class ScopeWorker(Worker):
         assert panel.reader is not None
         channel_ids = panel.reader.descriptor.get("channel_ids", [])
         ids = {cid: index for index, cid in enumerate(channel_ids)}  # device ids -> columns
-        for record in self._read_events(self.spikes):
+        spikes = self._read_events(self.spikes)  # read on every refresh: it keeps up
+        if panel.stream.split("/")[0] != self.settings.spikes.split("/")[0]:
+            spikes = spikes[:0]  # ticks only on the tabs of the worker that detected them
+        for record in spikes:
             offset = panel.frames_before_newest(int(record["timestamp_ns"]))
             if offset is not None and offset >= 0:
                 channel = int(record["channel"])
