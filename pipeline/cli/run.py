@@ -21,6 +21,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from pipeline import config
 from pipeline.control import messages
@@ -45,11 +46,34 @@ def run_rig(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=rig.session.log_level.upper(), format="%(asctime)s %(name)s %(message)s"
     )
-    display = _LiveTable() if sys.stdout.isatty() else _EventLog()
+    display = _LiveTable() if sys.stdout.isatty() and enable_vt() else _EventLog()
     supervisor = Supervisor(rig, on_event=display.event, on_tick=display.tick)
     code = supervisor.run(args.duration)
     display.close()
     return code
+
+
+ENABLE_VIRTUAL_TERMINAL_PROCESSING = 0x0004
+STD_OUTPUT_HANDLE = -11
+
+
+def enable_vt(windows: bool = sys.platform == "win32", kernel32: Any = None) -> bool:
+    """True where the terminal understands the table's escape codes.
+
+    A legacy Windows console does only after ``SetConsoleMode`` turns on virtual
+    terminal processing; where that fails, ``rigpipe run`` prints events line by line.
+    """
+    if not windows:
+        return True
+    import ctypes
+
+    if kernel32 is None:
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.GetStdHandle(STD_OUTPUT_HANDLE)
+    mode = ctypes.c_uint32()
+    if not kernel32.GetConsoleMode(handle, ctypes.byref(mode)):
+        return False
+    return bool(kernel32.SetConsoleMode(handle, mode.value | ENABLE_VIRTUAL_TERMINAL_PROCESSING))
 
 
 class _EventLog:

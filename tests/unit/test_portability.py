@@ -143,3 +143,120 @@ def test_sweep_without_a_list_of_shared_memory_uses_the_sessions_streams(
     assert "cannot list shared memory" in out and naming.shm_name(stream) in out
     with pytest.raises(pipeline.StreamNotFound):
         pipeline.attach(stream)
+
+
+# -- finding 7: the Windows timer tick ------------------------------------------------------------
+TICK_S = 0.015625  # Windows' default timer period
+
+
+class _TickClock:
+    """A clock whose sleeps end on the next 15.625 ms tick, as an unraised Windows timer."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now = (int((self.now + seconds) / TICK_S) + 1) * TICK_S
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_the_timer_is_raised_on_windows_and_restored_after() -> None:
+    from pipeline.timer import fine_timer
+
+    calls: list[tuple[str, int]] = []
+
+    class WinMM:
+        def timeBeginPeriod(self, period: int) -> int:
+            calls.append(("begin", period))
+            return 0
+
+        def timeEndPeriod(self, period: int) -> int:
+            calls.append(("end", period))
+            return 0
+
+    with fine_timer(windows=True, winmm=WinMM):
+        assert calls == [("begin", 1)]
+    assert calls == [("begin", 1), ("end", 1)]
+    with fine_timer(windows=False, winmm=WinMM):
+        pass
+    assert len(calls) == 2, "nothing to ask elsewhere"
+
+
+def test_a_buffer_the_timer_cannot_keep_filled_is_refused() -> None:
+    from pipeline.timer import wake_period_s
+    from workers.stimulation.safety import StimulatorError
+    from workers.stimulation.worker import check_buffer
+
+    tick = _TickClock()
+    wake = wake_period_s(sleep=tick.sleep, clock=tick.clock)
+    assert wake == pytest.approx(TICK_S)
+    with pytest.raises(StimulatorError, match=r"1 ms wait takes 15.6 ms.*buffer_ms >= 32"):
+        check_buffer(20.0, wake)
+    check_buffer(40.0, wake)
+    check_buffer(20.0, wake_period_s())  # this machine: about 1 ms
+
+
+@pytest.mark.parametrize(("buffer_ms", "underruns"), [(20.0, "some"), (40.0, "none")])
+def test_the_output_queue_with_a_15_6_ms_refill(buffer_ms: float, underruns: str) -> None:
+    """What the timer tick does to the refill: 20 ms runs dry, 40 ms does not."""
+    import math
+    import time
+    import uuid
+
+    from pipeline.ring import RingWriter
+    from workers.stimulation.output import Output
+    from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
+
+    def writer(capacity: int) -> RingWriter:
+        stream = f"tick{uuid.uuid4().hex[:6]}/stim/output"
+        return RingWriter(stream, "float32", 1, capacity, 50000.0, {})
+
+    settings = SimulatedSettings(ring_seconds=1.0)
+    backend = SimulatedStimulator(settings, 1, 50000.0, writer)
+    output = Output(backend, math.ceil(buffer_ms * 50), TICK_S)
+    try:
+        output.start()
+        backend.start()
+        time.sleep(1.5)
+    finally:
+        output.close()
+        backend.close()
+    assert (backend.underruns > 0) == (underruns == "some"), backend.underruns
+
+
+def test_the_stg_load_hint_fits_the_os() -> None:
+    from workers.stimulation.stg import load_hint
+
+    assert "Unblock-File" in load_hint("win32") and "x64" in load_hint("win32")
+    assert "Mono" not in load_hint("win32")
+    assert "apt-get install mono-runtime" in load_hint("linux")
+    assert "brew install mono" in load_hint("darwin")
+
+
+def test_the_live_table_asks_a_windows_console_for_vt_mode_and_falls_back() -> None:
+    import ctypes
+
+    from pipeline.cli.run import ENABLE_VIRTUAL_TERMINAL_PROCESSING, enable_vt
+
+    class Console:
+        def __init__(self, accepts: bool) -> None:
+            self.accepts, self.set_to = accepts, None
+
+        def GetStdHandle(self, which: int) -> int:
+            return 7
+
+        def GetConsoleMode(self, handle: int, mode) -> int:
+            ctypes.cast(mode, ctypes.POINTER(ctypes.c_uint32))[0] = 0x0003
+            return 1
+
+        def SetConsoleMode(self, handle: int, mode: int) -> int:
+            self.set_to = mode
+            return int(self.accepts)
+
+    modern = Console(accepts=True)
+    assert enable_vt(windows=True, kernel32=modern)
+    assert modern.set_to == 0x0003 | ENABLE_VIRTUAL_TERMINAL_PROCESSING
+    assert not enable_vt(windows=True, kernel32=Console(accepts=False)), "line by line then"
+    assert enable_vt(windows=False)

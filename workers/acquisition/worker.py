@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
 import msgspec
 
+from pipeline.timer import fine_timer
 from pipeline.worker import Worker
 from workers.acquisition.source import Source, SourceError
 
@@ -65,6 +67,8 @@ class AcquisitionWorker(Worker):
         _source_class(settings).check(settings)
 
     def setup(self) -> None:
+        self._timer = contextlib.ExitStack()
+        self._timer.enter_context(fine_timer())  # Windows: 1 ms pacing, not 15.6 ms
         self.source = _source_class(self.settings)(self, self.settings)
         self.settable = self.source.settable
         self.source.open()
@@ -80,6 +84,9 @@ class AcquisitionWorker(Worker):
         source = getattr(self, "source", None)
         if source is not None:
             source.close()
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.close()
 
 
 WORKER = AcquisitionWorker

@@ -107,6 +107,22 @@ class StgSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     queue_samples: int = 50_000  # the DLL's ring buffer per channel (and capacity per trigger)
 
 
+def load_hint(platform: str = sys.platform) -> str:
+    """What usually stops the DLL from loading, on this OS."""
+    if platform == "win32":
+        return (
+            "On Windows: unblock the downloaded DLL (its Properties > Unblock, or PowerShell "
+            "Unblock-File), use the x64 McsUsbNet.dll with 64-bit Python, and install the MCS "
+            "USB driver"
+        )
+    if platform == "darwin":
+        return "On macOS install Mono (brew install mono); the STG itself needs Windows"
+    return (
+        "On Linux install Mono (Debian: apt-get install mono-runtime libmono-2.0-1 "
+        "mono-devel); the STG itself needs Windows"
+    )
+
+
 def load_assembly(dll_path: str) -> Any:
     """Load McsUsbNet.dll (or a stand-in) through pythonnet; return the ``Mcs.Usb`` namespace."""
     path = Path(dll_path).expanduser()
@@ -131,8 +147,7 @@ def load_assembly(dll_path: str) -> Any:
         clr.AddReference(str(path.resolve()))
     except Exception as exc:
         raise StimulatorError(
-            f"cannot load {str(path)!r} through pythonnet: {exc}. On Linux/macOS install Mono "
-            "(Debian: apt-get install mono-runtime libmono-2.0-1 mono-devel)"
+            f"cannot load {str(path)!r} through pythonnet: {exc}. {load_hint()}"
         ) from None
     try:
         import Mcs.Usb as mcs  # type: ignore[import-not-found]

@@ -18,6 +18,7 @@ The stimulator starts disarmed unless the config says ``armed = true``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import sys
@@ -27,6 +28,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from pipeline.control import messages
+from pipeline.timer import fine_timer, wake_period_s
 from pipeline.worker import Worker
 from workers.stimulation.output import Output, Train
 from workers.stimulation.safety import (
@@ -127,6 +129,11 @@ class StimulationWorker(Worker):
         # The refill thread must get the GIL within a fraction of the output buffer
         # (the default switch interval lets another thread hold it for 5 ms).
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._timer = contextlib.ExitStack()
+        self._timer.enter_context(fine_timer())  # Windows: 1 ms waits, not 15.6 ms
+        wake_s = wake_period_s()
+        self.counters["wake_ms"] = round(wake_s * 1e3, 2)
+        check_buffer(s.buffer_ms, wake_s)
         self.limits = channel_limits(s)
         self.armed = s.armed
         self._ids = itertools.count(time.time_ns() // 1000)  # unique across restarts
@@ -222,6 +229,20 @@ class StimulationWorker(Worker):
         backend = getattr(self, "backend", None)
         if backend is not None:
             backend.close()
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.close()
+
+
+def check_buffer(buffer_ms: float, wake_s: float) -> None:
+    """Refuse an output buffer the refill cannot keep: it keeps half of it queued, so a
+    refill that wakes ``wake_s`` late must still find half a buffer left."""
+    if buffer_ms / 1000 < 2 * wake_s:
+        raise StimulatorError(
+            f"buffer_ms = {buffer_ms:g} is too short for this machine: a 1 ms wait takes "
+            f"{wake_s * 1e3:.1f} ms here, so the refill could fall that far behind; "
+            f"set buffer_ms >= {math.ceil(2 * wake_s * 1e3)}"
+        )
 
     # -- closed loop ----------------------------------------------------------------------------
     def _fire(self, watch: Watch, sequence: int, value: float, timestamp_ns: int) -> None:
