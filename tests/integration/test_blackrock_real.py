@@ -24,6 +24,7 @@ import pytest
 
 from pipeline import attach, open_recording
 from pipeline.recording.inspect import inspect
+from tests.integration.test_blackrock import _acq as emulated_acq
 from tests.peers.cerebus_device import GROUP_PERIODS, HZ, PRIME, Running
 from tests.rig import wait_for
 from workers.acquisition.blackrock import REQUIRED_RMEM_MAX, receive_buffer_max
@@ -75,19 +76,8 @@ def device(tmp_path) -> Iterator:
 
 
 def _acq(parameters: str, restart: str = "on-failure", extra: str = "") -> str:
-    return f"""
-[[workers]]
-name = "acq"
-kind = "acquisition"
-restart = "{restart}"
-backoff_s = 0.3
-start_timeout_s = 15.0
-{extra}
-[workers.parameters]
-source = "blackrock"
-device = "NPLAY"
-{parameters}
-"""
+    """The emulated-peer tests' config, with time for a real SDK's handshake."""
+    return emulated_acq(parameters, restart, f"start_timeout_s = 15.0\n{extra}")
 
 
 def _start(rig, python: str, wait: bool = True):

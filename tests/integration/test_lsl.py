@@ -208,3 +208,28 @@ def test_bad_bridge_configs_are_one_line_each(tmp_path, parameters) -> None:
     )
     with pytest.raises(ConfigError, match=r"say which LSL stream|list the streams"):
         config.load(path)
+
+
+def test_annotations_and_stimulation_go_out_as_lsl_markers(rigs) -> None:
+    import json
+
+    from pipeline.control import messages
+
+    rig = rigs.new()
+    rig.write(
+        SOURCE + '[[workers]]\nname = "lsl"\nkind = "lsl_outlet"\n'
+        '[workers.parameters]\nstreams = ["acq/continuous"]\nmarkers = true\n'
+    )
+    rig.start()
+    info = _resolve("name", f"{rig.name}/events")
+    assert info.type() == "Markers" and info.channel_format() == pylsl.cf_string
+    inlet = pylsl.StreamInlet(info)
+    inlet.open_stream(timeout=5)
+    time.sleep(0.5)
+    client = rig.client()
+    client.request(messages.Annotate(text="drug applied"))
+    said_at = pylsl.local_clock()
+    sample, stamp = inlet.pull_sample(timeout=5)
+    event = json.loads(sample[0])
+    assert event["text"] == "drug applied"
+    assert abs(stamp - said_at) < 0.05, "stamped when the supervisor took it"

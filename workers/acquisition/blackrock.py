@@ -241,8 +241,6 @@ class BlackrockSource(Source):
         self.rings: dict[int, Any] = {}
         self.last_batch = time.monotonic()
         self.device_clock = DeviceClock()
-        self.steps_reported = 0
-        self.dropped_reported = 0
         self.counters = self.worker.counters
         self.counters.update(batches=0, frames=0, spikes=0, packets_dropped=0, clock_synced=0)
         Session = session_class()
@@ -393,23 +391,25 @@ class BlackrockSource(Source):
             raise SourceError(
                 f"{self.settings.device}: no data for {silent_s:.1f} s; the device was lost"
             )
-        dropped = self.session.stats.packets_dropped
-        if dropped > self.dropped_reported:
-            self.worker.report(
-                f"{dropped - self.dropped_reported} packet(s) dropped by the SDK's callback queue "
-                f"({dropped} in all); the recording shows them as gaps"
-            )
-            self.dropped_reported = dropped
-            self.counters["packets_dropped"] = dropped
-        steps = self.device_clock.steps
-        if steps > self.steps_reported:
-            self.worker.report(
-                f"{self.settings.device}: the device clock stepped by more than "
-                f"{self.device_clock.step_ns / 1e6:g} ms; timestamps follow it at once"
-            )
-            self.steps_reported = steps
-            self.counters["clock_steps"] = steps
+        self._count(
+            "packets_dropped",
+            self.session.stats.packets_dropped,
+            "packet(s) dropped by the SDK's callback queue; the recording shows them as gaps",
+        )
+        self._count(
+            "clock_steps",
+            self.device_clock.steps,
+            f"step(s) of the {self.settings.device}'s clock by more than "
+            f"{self.device_clock.step_ns / 1e6:g} ms; timestamps follow them at once",
+        )
         self.worker.wait_until(time.monotonic() + 0.1)
+
+    def _count(self, counter: str, value: int, what: str) -> None:
+        """Report a counter that grew (``N <what> (M in all)``) and show it in status."""
+        reported = int(self.counters.get(counter, 0))
+        if value > reported:
+            self.worker.report(f"{value - reported} {what} ({value} in all)")
+            self.counters[counter] = value
 
     def close(self) -> None:
         session = getattr(self, "session", None)

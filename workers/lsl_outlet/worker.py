@@ -9,12 +9,16 @@ the XDF conventions LabRecorder writes: ``desc/channels/channel`` with
 
 Continuous streams keep their rate and sample type (int16 stays int16); event
 streams (numeric records such as spikes) become irregular-rate outlets with
-one double channel per record field. Timestamps are the ring's per-frame host
-timestamps converted to ``local_clock()`` (:class:`~pipeline.lsl.ClockMap`).
-A new generation with another format makes a new outlet under the same
-source_id. Pushing never blocks: liblsl buffers for each consumer and drops a
-consumer that falls ``max_buffered_s`` behind, so a slow or vanished consumer
-never slows the rig. A stream that is absent is waited for (status says so).
+one double channel per record field. With ``markers = true`` the session's
+annotations and stimulation events (queued, refused, stopped, armed) go out
+as JSON text on a string marker outlet ``<session>/events``, stamped with the
+time they happened (an annotation's, a pulse's first sample). Timestamps are
+the ring's per-frame host timestamps converted to ``local_clock()``
+(:class:`~pipeline.lsl.ClockMap`). A new generation with another format
+makes a new outlet under the same source_id. Pushing never blocks: liblsl
+buffers for each consumer and drops a consumer that falls ``max_buffered_s``
+behind, so a slow or vanished consumer never slows the rig. A stream that is
+absent is waited for (status says so).
 """
 
 from __future__ import annotations
@@ -26,9 +30,15 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from pipeline.control import messages
+from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound
 from pipeline.lsl import FORMATS, ClockMap, pylsl
 from pipeline.worker import Worker
+
+#: Session events forwarded as markers (besides annotations and queued stimuli), stamped
+#: when they reach the outlet.
+MARKED = (messages.StimulationRefused, messages.StimulationStopped, messages.StimulatorArmed)
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -44,6 +54,8 @@ class OutletSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     streams: list[str]
     options: dict[str, StreamOptions] = {}
     max_buffered_s: int = 60  # per consumer, before liblsl drops it
+    #: also publish the session's annotations and stimulation events as string markers
+    markers: bool = False
 
 
 @dataclass
@@ -76,11 +88,21 @@ class LslOutlet(Worker):
         self.outs = [_Out(stream) for stream in self.settings.streams]
         self.counters.update(frames=0, outlets=0, consumers=0)
         self._next_note = 0.0
+        self.events: Subscriber | None = None
+        self.markers: Any = None
+        if self.settings.markers:
+            self.events = Subscriber(self.spec.endpoints)
+            name = f"{self.spec.session}/events"
+            info = self.lsl.StreamInfo(
+                name, "Markers", 1, self.lsl.IRREGULAR_RATE, self.lsl.cf_string, f"rigpipe:{name}"
+            )
+            self.markers = self.lsl.StreamOutlet(info, 0, self.settings.max_buffered_s)
+            self.counters["markers"] = 0
 
     def step(self) -> None:
         # Poll the rings; when none had frames, sleep 1 ms. Waking on every ring write
         # (a blocking read) halved the latency but doubled the CPU (bench/lsl.py).
-        moved = False
+        moved = self._forward_events()
         for out in self.outs:
             moved |= self._pump(out, 0.0)
         now = time.monotonic()
@@ -93,6 +115,29 @@ class LslOutlet(Worker):
     def teardown(self) -> None:
         for out in getattr(self, "outs", []):
             out.outlet = None  # liblsl closes the outlet when it is collected
+        if getattr(self, "events", None) is not None:
+            self.events.close()
+
+    # -- session events as markers --------------------------------------------------------------
+    def _forward_events(self) -> bool:
+        if self.events is None:
+            return False
+        moved = False
+        while (got := self.events.receive(0)) is not None:
+            _, event = got
+            if isinstance(event, messages.Annotated):
+                at_ns = event.monotonic_ns
+            elif isinstance(event, messages.StimulationQueued):
+                at_ns = event.queued_ns
+            elif isinstance(event, MARKED):
+                at_ns = time.monotonic_ns()
+            else:
+                continue
+            text = msgspec.json.encode(event).decode()
+            self.markers.push_sample([text], float(self.clock.to_lsl(np.int64(at_ns))))
+            self.counters["markers"] += 1
+            moved = True
+        return moved
 
     # -- one stream -----------------------------------------------------------------------------
     def _pump(self, out: _Out, wait_s: float) -> bool:

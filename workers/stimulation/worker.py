@@ -233,17 +233,6 @@ class StimulationWorker(Worker):
         if timer is not None:
             timer.close()
 
-
-def check_buffer(buffer_ms: float, wake_s: float) -> None:
-    """Refuse an output buffer the refill cannot keep: it keeps half of it queued, so a
-    refill that wakes ``wake_s`` late must still find half a buffer left."""
-    if buffer_ms / 1000 < 2 * wake_s:
-        raise StimulatorError(
-            f"buffer_ms = {buffer_ms:g} is too short for this machine: a 1 ms wait takes "
-            f"{wake_s * 1e3:.1f} ms here, so the refill could fall that far behind; "
-            f"set buffer_ms >= {math.ceil(2 * wake_s * 1e3)}"
-        )
-
     # -- closed loop ----------------------------------------------------------------------------
     def _fire(self, watch: Watch, sequence: int, value: float, timestamp_ns: int) -> None:
         """A rule's stream crossed its threshold: stimulate, or say why not."""
@@ -403,6 +392,17 @@ def check_buffer(buffer_ms: float, wake_s: float) -> None:
             messages.StimulationRefused(worker=self.name, source=source, text=text, **fields)
         )
         return messages.Refused(text=text, **fields)
+
+
+def check_buffer(buffer_ms: float, wake_s: float) -> None:
+    """Refuse an output buffer the refill cannot keep: it keeps half of it queued, so a
+    refill that wakes ``wake_s`` late must still find half a buffer left."""
+    if buffer_ms / 1000 < 2 * wake_s:
+        raise StimulatorError(
+            f"buffer_ms = {buffer_ms:g} is too short for this machine: a 1 ms wait takes "
+            f"{wake_s * 1e3:.1f} ms here, so the refill could fall that far behind; "
+            f"set buffer_ms >= {math.ceil(2 * wake_s * 1e3)}"
+        )
 
 
 WORKER = StimulationWorker
