@@ -198,32 +198,39 @@ def test_a_buffer_the_timer_cannot_keep_filled_is_refused() -> None:
     check_buffer(20.0, wake_period_s())  # this machine: about 1 ms
 
 
-@pytest.mark.parametrize(("buffer_ms", "underruns"), [(20.0, "some"), (40.0, "none")])
-def test_the_output_queue_with_a_15_6_ms_refill(buffer_ms: float, underruns: str) -> None:
-    """What the timer tick does to the refill: 20 ms runs dry, 40 ms does not."""
-    import math
-    import time
-    import uuid
+class _VirtualStimulator:
+    """A stimulator queue drained in virtual time: no scheduler in the measurement."""
 
-    from pipeline.ring import RingWriter
+    output_rate_hz, channels, resolution_ua, range_ua, capacity = 50000.0, 1, 0.1, 1000.0, 50000
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.underruns = 0
+
+    def space(self, channel: int) -> int:
+        return self.capacity - self.queued
+
+    def enqueue(self, channel: int, samples_ua) -> None:
+        self.queued += len(samples_ua)
+
+    def drain(self, samples: int) -> None:
+        if self.queued < samples:
+            self.underruns += 1
+        self.queued = max(0, self.queued - samples)
+
+
+@pytest.mark.parametrize(("buffer_ms", "dry"), [(20.0, True), (31.0, True), (32.0, False)])
+def test_a_refill_on_the_15_6_ms_tick_needs_twice_the_tick_of_buffer(buffer_ms, dry) -> None:
+    """The refill keeps half the buffer queued: between two wakes 15.6 ms are drained."""
     from workers.stimulation.output import Output
-    from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
 
-    def writer(capacity: int) -> RingWriter:
-        stream = f"tick{uuid.uuid4().hex[:6]}/stim/output"
-        return RingWriter(stream, "float32", 1, capacity, 50000.0, {})
-
-    settings = SimulatedSettings(ring_seconds=1.0)
-    backend = SimulatedStimulator(settings, 1, 50000.0, writer)
-    output = Output(backend, math.ceil(buffer_ms * 50), TICK_S)
-    try:
-        output.start()
-        backend.start()
-        time.sleep(1.5)
-    finally:
-        output.close()
-        backend.close()
-    assert (backend.underruns > 0) == (underruns == "some"), backend.underruns
+    backend = _VirtualStimulator()
+    output = Output(backend, round(buffer_ms * 50), TICK_S)  # the refill thread never starts
+    output.refill()
+    for _ in range(200):  # about 3 s of ticks
+        backend.drain(round(TICK_S * backend.output_rate_hz))
+        output.refill()
+    assert (backend.underruns > 0) is dry, backend.underruns
 
 
 def test_the_stg_load_hint_fits_the_os() -> None:
