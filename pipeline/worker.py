@@ -29,6 +29,7 @@ SESSION/WORKER`` with the JSON of a :class:`WorkerSpec` on its stdin (``python
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import importlib
@@ -48,6 +49,7 @@ from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints
 from pipeline.errors import RigpipeError
 from pipeline.ring import RingReader, RingWriter, attach
+from pipeline.timer import fine_timer
 
 _PR_SET_PDEATHSIG = 1
 #: Sent by the kernel when the supervisor dies (Linux); SIGHUP, so that it cannot be
@@ -91,6 +93,9 @@ class Worker:
     #: How often ``service()`` polls the bus at most; a worker that must answer within
     #: a millisecond (the stimulator) lowers it.
     service_interval_s: ClassVar[float] = SERVICE_INTERVAL_S
+    #: Waits of about 1 ms while the worker lives (Windows: ``timeBeginPeriod(1)``; see
+    #: :mod:`pipeline.timer`), for kinds that pace or refill every millisecond.
+    needs_fine_timer: ClassVar[bool] = False
 
     @classmethod
     def settings_type(cls, parameters: dict[str, Any]) -> type[msgspec.Struct]:
@@ -373,6 +378,13 @@ class Worker:
             self.log.error("the supervisor refused this worker: %s", answer.text)
             self._bus.close()
             return 1
+        timer = fine_timer() if self.needs_fine_timer else contextlib.nullcontext()
+        with timer:
+            return self._live()
+
+    def _live(self) -> int:
+        """Set up, run, tear down; the exit code."""
+        assert self._bus is not None
         code = 0
         try:
             self._set_up()

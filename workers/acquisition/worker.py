@@ -14,13 +14,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from typing import Any
 
 import msgspec
 
-from pipeline.timer import fine_timer
 from pipeline.worker import Worker
 from workers.acquisition.source import Source, SourceError
 
@@ -44,6 +42,8 @@ def _source_class(settings: Any) -> type[Source]:
 
 
 class AcquisitionWorker(Worker):
+    needs_fine_timer = True  # a source paced every millisecond
+
     @classmethod
     def settings_type(cls, parameters: dict[str, Any]) -> type[msgspec.Struct]:
         name = parameters.get("source", "synthetic")
@@ -67,8 +67,6 @@ class AcquisitionWorker(Worker):
         _source_class(settings).check(settings)
 
     def setup(self) -> None:
-        self._timer = contextlib.ExitStack()
-        self._timer.enter_context(fine_timer())  # Windows: 1 ms pacing, not 15.6 ms
         self.source = _source_class(self.settings)(self, self.settings)
         self.settable = self.source.settable
         self.source.open()
@@ -84,9 +82,6 @@ class AcquisitionWorker(Worker):
         source = getattr(self, "source", None)
         if source is not None:
             source.close()
-        timer = getattr(self, "_timer", None)
-        if timer is not None:
-            timer.close()
 
 
 WORKER = AcquisitionWorker

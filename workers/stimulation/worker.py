@@ -18,7 +18,6 @@ The stimulator starts disarmed unless the config says ``armed = true``.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import sys
@@ -28,7 +27,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from pipeline.control import messages
-from pipeline.timer import fine_timer, wake_period_s
+from pipeline.timer import wake_period_s
 from pipeline.worker import Worker
 from workers.stimulation.output import Output, Train
 from workers.stimulation.safety import (
@@ -84,6 +83,7 @@ class StimulationWorker(Worker):
     Settings = StimulationSettings
     #: Commands from other processes are answered within a fraction of a millisecond.
     service_interval_s = 0.0002
+    needs_fine_timer = True  # the refill wakes every 2 ms
 
     @classmethod
     def outputs(cls, settings: Any) -> list[str]:
@@ -129,8 +129,6 @@ class StimulationWorker(Worker):
         # The refill thread must get the GIL within a fraction of the output buffer
         # (the default switch interval lets another thread hold it for 5 ms).
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self._timer = contextlib.ExitStack()
-        self._timer.enter_context(fine_timer())  # Windows: 1 ms waits, not 15.6 ms
         wake_s = wake_period_s()
         self.counters["wake_ms"] = round(wake_s * 1e3, 2)
         check_buffer(s.buffer_ms, wake_s)
@@ -229,9 +227,6 @@ class StimulationWorker(Worker):
         backend = getattr(self, "backend", None)
         if backend is not None:
             backend.close()
-        timer = getattr(self, "_timer", None)
-        if timer is not None:
-            timer.close()
 
     # -- closed loop ----------------------------------------------------------------------------
     def _fire(self, watch: Watch, sequence: int, value: float, timestamp_ns: int) -> None:
