@@ -73,7 +73,8 @@ class Rig:
         self.dir = Path(tempfile.mkdtemp(prefix="rpb", dir="/tmp" if os.name == "posix" else None))
         os.environ["RIGPIPE_RUNTIME_DIR"] = str(self.dir / "run")
         config = self.dir / "rig.toml"
-        config.write_text(f'[session]\nname = "{self.name}"\n{session_extra}\n{workers}')
+        extra = session_extra.replace("{dir}", str(self.dir))  # e.g. recordings_dir = "{dir}"
+        config.write_text(f'[session]\nname = "{self.name}"\n{extra}\n{workers}')
         self.proc = subprocess.Popen(
             [python, "-m", "pipeline.cli", "run", str(config)],
             cwd=ROOT,

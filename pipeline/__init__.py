@@ -8,6 +8,7 @@ An outside process needs only :func:`attach`::
             process(chunk.data, chunk.timestamps_ns)
 
 A stream writer needs :class:`RingWriter`; a worker kind subclasses :class:`Worker`.
+A decoder closes the loop through :func:`stimulator` (``pipeline.control.direct``).
 A recording is read back with :func:`open_recording`::
 
     with pipeline.open_recording("recordings/demo-20261122-101500") as rec:
@@ -28,6 +29,7 @@ from pipeline.errors import (
     SessionNotFound,
     SessionRunning,
     SliceTooLarge,
+    StimulationRefused,
     StreamExists,
     StreamNotFound,
     StreamReplaced,
@@ -62,6 +64,10 @@ def __getattr__(name: str):
         from pipeline.worker import Worker
 
         return Worker
+    if name == "stimulator":  # a stimulation worker reached directly (closed loop)
+        from pipeline.control.direct import stimulator
+
+        return stimulator
     if name in ("open_recording", "Recording"):  # h5py is imported only by those who read files
         from pipeline.recording import readback
 
@@ -87,6 +93,7 @@ __all__ = [
     "SessionNotFound",
     "SessionRunning",
     "SliceTooLarge",
+    "StimulationRefused",
     "StreamExists",
     "StreamNotFound",
     "StreamReplaced",
@@ -95,5 +102,6 @@ __all__ = [
     "attach",
     "list_streams",
     "open_recording",
+    "stimulator",
     "sweep",
 ]

@@ -139,6 +139,19 @@ class RequestFailed(RigpipeError):
     """
 
 
+class StimulationRefused(RequestFailed):
+    """A stimulator refused a command: it breaks a configured limit, names no channel
+    it has, or the stimulator is disarmed. Nothing was output.
+
+    ``reply`` is the stimulator's ``Refused`` (``limit``, ``value``, ``allowed``,
+    ``channel``); the message says the same in words.
+    """
+
+    def __init__(self, text: str, reply: object = None) -> None:
+        super().__init__(text)
+        self.reply = reply
+
+
 class BusTimeout(RigpipeError):
     """No reply came back from the supervisor in time.
 

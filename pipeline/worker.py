@@ -34,6 +34,7 @@ import ctypes
 import faulthandler
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -44,10 +45,12 @@ from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
+import zmq
 
 from pipeline.control import messages
-from pipeline.control.bus import Client, Endpoints
-from pipeline.errors import RigpipeError
+from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, load_keys
+from pipeline.control.doorbell import Doorbell
+from pipeline.errors import ProtocolError, RigpipeError
 from pipeline.ring import RingReader, RingWriter, attach
 from pipeline.timer import fine_timer
 
@@ -55,8 +58,11 @@ _PR_SET_PDEATHSIG = 1
 #: Sent by the kernel when the supervisor dies (Linux); SIGHUP, so that it cannot be
 #: mistaken for a second Ctrl-C / SIGTERM, which makes a stopping worker exit at once.
 PARENT_DEATH_SIGNAL = getattr(signal, "SIGHUP", signal.SIGTERM)
-#: The bus is polled at most this often by service(); commands wait at most this long.
+#: The bus is polled at most this often by service() in a busy step loop; a worker
+#: sleeping in wait() or wait_until() wakes the moment a message arrives.
 SERVICE_INTERVAL_S = 0.005
+#: wait() on several rings sleeps on the first and looks at the others this often.
+OTHER_READERS_S = 0.002
 _PARENT_WATCHES = ("auto", "pdeathsig", "heartbeat")
 
 
@@ -96,6 +102,10 @@ class Worker:
     #: Waits of about 1 ms while the worker lives (Windows: ``timeBeginPeriod(1)``; see
     #: :mod:`pipeline.timer`), for kinds that pace or refill every millisecond.
     needs_fine_timer: ClassVar[bool] = False
+    #: Take requests (``on_request``) on the worker's own socket too, not only through
+    #: the supervisor: one hop instead of two, for a closed loop run by another process.
+    #: Its endpoint is in the discovery file (``direct``); see :mod:`pipeline.control.direct`.
+    direct: ClassVar[bool] = False
 
     @classmethod
     def settings_type(cls, parameters: dict[str, Any]) -> type[msgspec.Struct]:
@@ -147,6 +157,9 @@ class Worker:
         self._stopping = False
         self._ready = False
         self._bus: Client | None = None
+        self._direct: Router | None = None
+        self._doorbell: Doorbell | None = None
+        self._zmq_poller: zmq.Poller | None = None
         self._next_heartbeat = 0.0
         self._next_service = 0.0
         self._last_ack = time.monotonic()
@@ -257,24 +270,81 @@ class Worker:
 
     def wait_until(self, deadline: float) -> None:
         """Serve the bus, then sleep until ``deadline`` (monotonic seconds) or a stop."""
-        self.service()
-        while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
-            if remaining > 0.05 and self._bus is not None:
-                with self._bus_lock:
-                    wait_s = min(remaining, self.spec.heartbeat_interval_s)
-                    self._handle(self._bus.receive(wait_s))
-                self._next_service = 0.0
-                self.service()
+        self.wait((), deadline)
+
+    def wait(self, readers: Sequence[RingReader] = (), deadline: float | None = None) -> bool:
+        """Serve the bus, then sleep until one of ``readers`` has frames (or its stream
+        changed: a new generation, an end; the next read says which), a message for
+        this worker arrives, or ``deadline`` (monotonic seconds) passes, whichever is
+        first. True if a reader has something to read.
+
+        It never polls: on a ring it sleeps in the ring's own wait while a
+        :class:`~pipeline.control.doorbell.Doorbell` watches the sockets; with no
+        ring it sleeps in the sockets' poll (the last 2 ms before ``deadline`` in
+        ``time.sleep``, for pacing). With several readers it sleeps on the first
+        and looks at the others every ``OTHER_READERS_S``.
+        """
+        while not self._stopping:
+            # Checked right before sleeping: a send since the last drain can have taken
+            # the sockets' descriptor signal for a message that came in meanwhile.
+            now = time.monotonic()
+            if self._bus is not None and (self._messages_waiting() or now >= self._next_heartbeat):
+                self._serve_bus(now)
+                continue  # and look again: the replies just sent may have taken that signal
+            if any(reader.wait(0) for reader in readers):
+                return True
+            now = time.monotonic()
+            remaining = math.inf if deadline is None else deadline - now
+            if remaining <= 0 or self._stopping:
+                return False
+            sleep_s = max(0.0, min(remaining, self._next_heartbeat - now))
+            if readers:
+                if len(readers) > 1:
+                    sleep_s = min(sleep_s, OTHER_READERS_S)
+                first = readers[0]
+                with self._bell().sleeping(first.nudge) as rung:
+                    first.wait(sleep_s, rung)
+            elif sleep_s > 0.002 and self._bus is not None:
+                # the sockets' poll counts whole ms: the last ms is slept precisely below
+                self._poller().poll(int(sleep_s * 1000) - 1)
             else:
-                time.sleep(remaining)
+                time.sleep(sleep_s)
+        return False
+
+    def _messages_waiting(self) -> bool:
+        if self._bus is None:
+            return False
+        return self._bus.pending() or (self._direct is not None and self._direct.pending())
+
+    def _bell(self) -> Doorbell:
+        if self._doorbell is None:
+            assert self._bus is not None
+            sockets = [self._bus.socket]
+            if self._direct is not None:
+                sockets.append(self._direct.socket)
+            self._doorbell = Doorbell(sockets)
+        return self._doorbell
+
+    def _poller(self) -> zmq.Poller:
+        if self._zmq_poller is None:
+            assert self._bus is not None
+            self._zmq_poller = zmq.Poller()
+            self._zmq_poller.register(self._bus.socket, zmq.POLLIN)
+            if self._direct is not None:
+                self._zmq_poller.register(self._direct.socket, zmq.POLLIN)
+        return self._zmq_poller
 
     # -- bus ------------------------------------------------------------------------------------
     def service(self) -> None:
         """Heartbeat when due, handle waiting commands, notice a vanished supervisor."""
-        bus = self._bus
         now = time.monotonic()
-        if bus is None or now < self._next_service:
+        if self._bus is None or now < self._next_service:
             return  # a step loop at 1 kHz need not poll the socket 1000 times a second
+        self._serve_bus(now)
+
+    def _serve_bus(self, now: float) -> None:
+        bus = self._bus
+        assert bus is not None
         self._next_service = now + self.service_interval_s
         with self._bus_lock:
             if now >= self._next_heartbeat:
@@ -283,6 +353,37 @@ class Worker:
                 self._check_supervisor(now)
             while (message := bus.receive(0)) is not None:
                 self._handle(message)
+            if self._direct is not None:
+                for peer, request in self._direct.receive(0):
+                    self._direct.send(peer, self._answer_direct(request))
+
+    def _answer_direct(self, request: messages.Message | ProtocolError) -> messages.Message:
+        """The reply to a request that came to this worker's own socket."""
+        if isinstance(request, ProtocolError):
+            self.counters["bad_requests"] = self.counters.get("bad_requests", 0) + 1
+            return messages.Error(text=f"malformed request to {self.name}: {request}")
+        if not isinstance(request, messages.WorkerRequest):
+            tag = type(request).__struct_config__.tag
+            return messages.Error(
+                request_id=getattr(request, "request_id", 0),
+                text=f"{self.name}'s own socket takes worker requests only, not {tag!r}; "
+                "send the others to the supervisor",
+            )
+        if request.worker != self.name:
+            return messages.Error(
+                request_id=request.request_id,
+                text=f"this is worker {self.name!r}'s socket, but the request is for "
+                f"{request.worker!r}; nothing was done",
+            )
+        return self._answer(request)
+
+    def _answer(self, request: messages.WorkerRequest) -> messages.Message:
+        try:
+            reply = self.on_request(request)
+        except Exception as exc:  # nothing a client sends may kill the worker
+            self.log.exception("request %r failed", request)
+            reply = messages.Error(text=f"{self.name} failed on the request: {exc!r}")
+        return msgspec.structs.replace(reply, request_id=request.request_id)
 
     def _check_supervisor(self, now: float) -> None:
         if now - self._last_ack > self.spec.heartbeat_timeout_s and not self._stopping:
@@ -330,12 +431,7 @@ class Worker:
             case messages.SetParameter(request_id=request_id, name=name, value=value):
                 self._reply(self._set_parameter(request_id, name, value))
             case messages.WorkerRequest():
-                try:
-                    reply = self.on_request(message)
-                except Exception as exc:  # nothing a client sends may kill the worker
-                    self.log.exception("request %r failed", message)
-                    reply = messages.Error(text=f"{self.name} failed on the request: {exc!r}")
-                self._reply(msgspec.structs.replace(reply, request_id=message.request_id))
+                self._reply(self._answer(message))
             case messages.Ok() | messages.Error():
                 self._last_ack = time.monotonic()  # the answer to Hello
             case _:
@@ -370,13 +466,17 @@ class Worker:
     def main(self) -> int:
         """Connect, set up, run, tear down; the process exit code."""
         identity = f"worker:{self.name}:{os.getpid()}"
-        self._bus = Client(self.spec.endpoints, self.spec.heartbeat_timeout_s, identity)
+        endpoints = self.spec.endpoints
+        self._bus = Client(endpoints, self.spec.heartbeat_timeout_s, identity)
+        if self.direct:
+            self._direct = Router(direct_endpoint(endpoints, self.name), load_keys(endpoints))
         self._last_ack = time.monotonic()
-        self._bus.send(messages.Hello(worker=self.name, pid=os.getpid()))
+        direct = "" if self._direct is None else self._direct.endpoint
+        self._bus.send(messages.Hello(worker=self.name, pid=os.getpid(), direct=direct))
         answer = self._bus.receive(self.spec.heartbeat_timeout_s)
         if isinstance(answer, messages.Error):
             self.log.error("the supervisor refused this worker: %s", answer.text)
-            self._bus.close()
+            self._close_sockets()
             return 1
         timer = fine_timer() if self.needs_fine_timer else contextlib.nullcontext()
         with timer:
@@ -405,8 +505,16 @@ class Worker:
             finally:
                 for reader in self._readers.values():
                     reader.close()
-                self._bus.close()
+                self._close_sockets()
         return code
+
+    def _close_sockets(self) -> None:
+        if self._doorbell is not None:
+            self._doorbell.close()
+        if self._direct is not None:
+            self._direct.close()
+        if self._bus is not None:
+            self._bus.close()
 
     def _set_up(self) -> None:
         """Run setup() while a thread keeps heartbeating (not ready) and answering.

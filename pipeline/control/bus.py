@@ -23,6 +23,7 @@ next to the sender's identity, so the supervisor can answer and count it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import threading
@@ -36,12 +37,13 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.control import messages
 from pipeline.control.messages import Message
-from pipeline.errors import BusTimeout, ProtocolError, RequestFailed
+from pipeline.errors import BusTimeout, ProtocolError, RequestFailed, StimulationRefused
 from pipeline.files import atomic_replace
 
 #: Longest ``ipc://`` path libzmq accepts on Linux (sun_path is 108 bytes with the NUL).
 MAX_IPC_PATH = 107
 _TRANSPORTS = ("auto", "ipc", "tcp")
+_POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the enum costs more than the syscall
 
 
 class Endpoints(msgspec.Struct, frozen=True):
@@ -191,39 +193,41 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
     return endpoint
 
 
-class Server:
-    """The supervisor's ROUTER (requests, replies) and PUB (events)."""
+class Router:
+    """A bound ROUTER: requests in with their sender, replies out.
 
-    def __init__(self, endpoints: Endpoints) -> None:
-        self._router = _socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone peer raises, not lost
-        self._pub = _socket(zmq.PUB)
-        keys = load_keys(endpoints)
-        if endpoints.control.startswith("tcp://") and keys is None:
+    The supervisor's control socket, and a worker's own socket for requests
+    that skip the supervisor (:func:`direct_endpoint`). With ``keys`` it is a
+    CURVE server that admits only the session's client key.
+    """
+
+    def __init__(self, endpoint: str, keys: CurveKeys | None) -> None:
+        self.socket = _socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone peer raises
+        if endpoint.startswith("tcp://") and keys is None:
             self.close()
             raise OSError("TCP control needs CURVE keys (bus.make_keys); refusing to listen open")
         if keys is not None:
             _admit_client(keys.client_public)
-            _secure_server(self._router, keys)
-            _secure_server(self._pub, keys)
+            _secure_server(self.socket, keys)
         try:
-            control = _bind(self._router, endpoints.control)
-            events = _bind(self._pub, endpoints.events)
+            self.endpoint = _bind(self.socket, endpoint)
         except zmq.ZMQError as exc:
             self.close()
-            raise OSError(f"cannot bind the control plane ({endpoints}): {exc}") from exc
-        self.endpoints = Endpoints(control, events, endpoints.keys)
-        self._poller = zmq.Poller()
-        self._poller.register(self._router, zmq.POLLIN)
+            raise OSError(f"cannot bind {endpoint}: {exc}") from None
+
+    def pending(self) -> bool:
+        """True if a message waits (cheap; also re-arms the socket's ``zmq.FD``)."""
+        return bool(self.socket.getsockopt(zmq.EVENTS) & _POLLIN)
 
     def receive(self, timeout_s: float) -> list[tuple[bytes, Message | ProtocolError]]:
         """Every message waiting (after up to ``timeout_s`` for the first), with its sender."""
         received: list[tuple[bytes, Message | ProtocolError]] = []
-        if not self._poller.poll(max(0, int(timeout_s * 1000))):
+        if not self.socket.poll(max(0, int(timeout_s * 1000))):
             return received
         while len(received) < 1000:
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             identity, payload = frames[0], frames[1:]
@@ -242,10 +246,61 @@ class Server:
     def send(self, identity: bytes, message: Message) -> bool:
         """Send to one peer; False if that peer is gone or not keeping up."""
         try:
-            self._router.send_multipart([identity, messages.encode(message)], zmq.NOBLOCK)
+            self.socket.send_multipart([identity, messages.encode(message)], zmq.NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH (peer gone) or EAGAIN (its queue is full)
             return False
         return True
+
+    def close(self) -> None:
+        self.socket.close(linger=0)  # libzmq removes an ipc:// socket file it bound
+
+
+def direct_endpoint(endpoints: Endpoints, worker: str) -> str:
+    """Where worker ``worker`` of the session at ``endpoints`` takes requests directly.
+
+    ``ipc://`` beside the supervisor's socket (the 0700 runtime directory), or a
+    free TCP port on the supervisor's host (CURVE, the session's keys).
+    """
+    if endpoints.control.startswith("ipc://"):
+        directory = Path(endpoints.control.removeprefix("ipc://")).parent
+        digest = hashlib.blake2s(worker.encode(), digest_size=4).hexdigest()
+        path = directory / f"direct-{digest}.sock"
+        if len(str(path)) > MAX_IPC_PATH:
+            raise ValueError(
+                f"runtime directory {str(directory)!r} is too long for worker sockets "
+                f"(at most {MAX_IPC_PATH - 20} characters); choose a shorter session.runtime_dir"
+            )
+        return f"ipc://{path}"
+    host = endpoints.control.removeprefix("tcp://").rsplit(":", 1)[0]
+    return f"tcp://{host}:0"
+
+
+class Server:
+    """The supervisor's ROUTER (requests, replies) and PUB (events)."""
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        keys = load_keys(endpoints)
+        try:
+            self.router = Router(endpoints.control, keys)
+        except OSError as exc:
+            raise OSError(f"cannot bind the control plane ({endpoints}): {exc}") from None
+        self._pub = _socket(zmq.PUB)
+        if keys is not None:
+            _secure_server(self._pub, keys)
+        try:
+            events = _bind(self._pub, endpoints.events)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise OSError(f"cannot bind the control plane ({endpoints}): {exc}") from exc
+        self.endpoints = Endpoints(self.router.endpoint, events, endpoints.keys)
+
+    def receive(self, timeout_s: float) -> list[tuple[bytes, Message | ProtocolError]]:
+        """Every message waiting (after up to ``timeout_s`` for the first), with its sender."""
+        return self.router.receive(timeout_s)
+
+    def send(self, identity: bytes, message: Message) -> bool:
+        """Send to one peer; False if that peer is gone or not keeping up."""
+        return self.router.send(identity, message)
 
     def publish(self, event: Message) -> None:
         """Broadcast an event under its topic (see :func:`pipeline.messages.topic`)."""
@@ -255,7 +310,7 @@ class Server:
             self._pub.send_multipart(frames, zmq.NOBLOCK)
 
     def close(self) -> None:
-        self._router.close(linger=0)
+        self.router.close()
         self._pub.close(linger=0)
 
 
@@ -282,6 +337,8 @@ class Client:
             reply = self.receive(remaining)
             if reply is None or getattr(reply, "request_id", None) != request_id:
                 continue  # a late reply to an earlier request that timed out
+            if isinstance(reply, messages.Refused):
+                raise StimulationRefused(reply.text, reply)
             if isinstance(reply, messages.Error):
                 raise RequestFailed(reply.text)
             return reply
@@ -295,6 +352,14 @@ class Client:
         # Again: not connected yet, or the supervisor is not reading; heartbeats retry
         with contextlib.suppress(zmq.Again):
             self._sock.send(messages.encode(message), zmq.NOBLOCK)
+
+    @property
+    def socket(self) -> zmq.Socket:
+        return self._sock
+
+    def pending(self) -> bool:
+        """True if a message waits (cheap; also re-arms the socket's ``zmq.FD``)."""
+        return bool(self._sock.getsockopt(zmq.EVENTS) & _POLLIN)
 
     def receive(self, timeout_s: float = 0.0) -> Message | None:
         """The next message from the supervisor, or None after ``timeout_s``."""

@@ -42,6 +42,7 @@ class Hello(Message, kw_only=True):
     protocol_version: int = PROTOCOL_VERSION
     worker: str = ""
     pid: int = 0
+    direct: str = ""  # the worker's own request socket, if it has one (Worker.direct)
 
 
 class Status(Message, kw_only=True):

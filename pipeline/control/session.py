@@ -44,6 +44,7 @@ class Discovery(msgspec.Struct, kw_only=True):
     started_at: str  # ISO 8601, UTC
     streams: list[str] = []  # full stream names
     workers: dict[str, tuple[int, int]] = {}  # name -> (pid, start_ms) of live processes
+    direct: dict[str, str] = {}  # name -> the worker's own request socket (Worker.direct)
 
     @property
     def alive(self) -> bool:

@@ -9,6 +9,7 @@ resolved by ``pipeline.attach``, not here: this package never loads ZeroMQ.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -305,6 +306,34 @@ class RingReader:
             if remaining is not None and remaining <= 0:
                 return None
             generation.wake.wait(seen, remaining)
+
+    def wait(self, timeout_s: float | None, interrupt: threading.Event | None = None) -> bool:
+        """Sleep until a frame past the cursor is published or the stream changed state
+        (a new generation, closed: the next read says which); True then.
+
+        False after ``timeout_s``, or once ``interrupt`` is set (its setter calls
+        :meth:`nudge`): how a worker waits for this ring and its sockets at once.
+        Unlike :meth:`read` it does not spin first: it is for a reader that keeps
+        up and sleeps between chunks.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            generation = self._current()
+            fields = generation.fields
+            seen = generation.wake.load()
+            if fields[WRITE_CURSOR] > self._cursor or fields[STATE] != State.VALID:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if interrupt is not None and interrupt.is_set():
+                return False
+            generation.wake.wait(seen, remaining, interrupt, spin_s=0.0)
+
+    def nudge(self) -> None:
+        """End a :meth:`wait` in another thread of this process whose interrupt is set."""
+        if not self._closed:
+            self._generation.wake.nudge()
 
     def _account(self, start: int, end: int) -> int:
         """Move the cursor to ``end``; return the frames lost before ``start`` (exact)."""

@@ -26,6 +26,12 @@ Strategies (``RIGPIPE_WAIT`` = ``auto`` | ``futex`` | ``poll``):
 reader first spins for ``SPIN_S`` (20 µs): when frames are flowing fast, the
 next one is usually caught there and nobody makes a syscall. An idle reader
 spins once per ``wait`` call, then sleeps.
+
+A wait can also end early for something other than the ring: pass an
+``interrupt`` event, and have whoever sets it call :meth:`WakeWord.nudge`
+(a ``FUTEX_WAKE`` that leaves the word alone; other sleepers on the word wake,
+find it unchanged and sleep again). A worker waits this way for its ring and
+its control sockets at once (``pipeline.control.doorbell``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import ctypes
 import os
 import platform
 import sys
+import threading
 import time
 
 import numpy as np
@@ -130,29 +137,49 @@ class WakeWord:
             if _syscall is not None:
                 _syscall(_SYS_FUTEX, self._address, _FUTEX_WAKE, _WAKE_ALL, None, None, 0)
 
-    def wait(self, seen: int, timeout_s: float | None) -> bool:
+    def nudge(self) -> None:
+        """Wake every sleeper on this word without changing it (see ``interrupt``).
+
+        Safe from any thread, even after the mapping went away (the kernel then
+        answers EFAULT, which is ignored)."""
+        if _syscall is not None:
+            _syscall(_SYS_FUTEX, self._address, _FUTEX_WAKE, _WAKE_ALL, None, None, 0)
+
+    def wait(
+        self,
+        seen: int,
+        timeout_s: float | None,
+        interrupt: threading.Event | None = None,
+        spin_s: float = SPIN_S,
+    ) -> bool:
         """Reader side: sleep until the wake word differs from ``seen`` or the timeout passes.
 
         Returns True if the word changed. ``timeout_s=None`` waits until it does.
+        A set ``interrupt`` ends the wait too (False); its setter calls :meth:`nudge`.
+        ``spin_s``: how long to spin first (0: a reader that expects a pause).
         """
         deadline = None if timeout_s is None else time.monotonic() + max(timeout_s, 0.0)
         # A short spin first: a writer publishing at a high rate is caught here,
         # and neither side pays for a syscall.
-        spin_until = time.perf_counter() + SPIN_S
+        spin_until = time.perf_counter() + spin_s
         words = self._words
-        while time.perf_counter() < spin_until:
+        while spin_s and time.perf_counter() < spin_until:
             if words[0] != seen:
                 return True
         if self._strategy == "futex":
-            return self._wait_futex(seen, deadline)
-        return self._wait_poll(seen, deadline)
+            return self._wait_futex(seen, deadline, interrupt)
+        return self._wait_poll(seen, deadline, interrupt)
 
-    def _wait_futex(self, seen: int, deadline: float | None) -> bool:
+    def _wait_futex(
+        self, seen: int, deadline: float | None, interrupt: threading.Event | None
+    ) -> bool:
         words = self._words
         timespec = _Timespec()
         while True:
             if words[0] != seen:
                 return True
+            if interrupt is not None and interrupt.is_set():
+                return False
             slice_s = FUTEX_SLICE_S
             if deadline is not None:
                 slice_s = min(slice_s, deadline - time.monotonic())
@@ -165,7 +192,9 @@ class WakeWord:
             # ETIMEDOUT or EINTR: the loop re-reads the word in every case.
             _syscall(_SYS_FUTEX, self._address, _FUTEX_WAIT, seen, ctypes.byref(timespec), None, 0)
 
-    def _wait_poll(self, seen: int, deadline: float | None) -> bool:
+    def _wait_poll(
+        self, seen: int, deadline: float | None, interrupt: threading.Event | None
+    ) -> bool:
         words = self._words
         interval = POLL_MIN_S
         while True:
@@ -176,5 +205,8 @@ class WakeWord:
                 sleep_s = min(sleep_s, deadline - time.monotonic())
                 if sleep_s <= 0:
                     return False
-            time.sleep(sleep_s)
+            if interrupt is None:
+                time.sleep(sleep_s)
+            elif interrupt.wait(sleep_s):
+                return False
             interval = min(interval * 2, POLL_MAX_S)

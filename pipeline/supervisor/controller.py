@@ -118,6 +118,9 @@ class Controller:
         worker = self.supervisor.workers.get(hello.worker)
         if worker is not None and (worker.pid == hello.pid or worker.adopt(hello.pid)):
             worker.identity = peer
+            if hello.direct != worker.direct:
+                worker.direct = hello.direct
+                self.supervisor.write_discovery()
         return messages.Ok(request_id=hello.request_id, detail=f"session {self.supervisor.name}")
 
     def heartbeat(self, peer: bytes, beat: messages.Heartbeat) -> Message | None:

@@ -70,6 +70,7 @@ class WorkerProcess:
     rss_bytes: int = 0
     note: str = ""
     adopted_pid: int = 0  # the worker itself, when a launcher process stands in between
+    direct: str = ""  # the worker's own request socket, from its Hello (Worker.direct)
 
     @property
     def name(self) -> str:
@@ -150,6 +151,7 @@ class WorkerProcess:
         self.counters = {}
         self.readers = []
         self.note = ""
+        self.direct = ""  # the worker's own request socket, from its Hello
 
     def identity_now(self) -> tuple[int, int] | None:
         """(pid, start_ms) of the running process, for the discovery file."""

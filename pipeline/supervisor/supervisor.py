@@ -116,7 +116,7 @@ class Supervisor:
         self._make_workers()
         previous = self._install_signals()
         try:
-            self._write_discovery()
+            self.write_discovery()
             self.on_event(
                 f"session {self.name!r} up: control {self.server.endpoints.control}, "
                 f"logs in {self.runtime_dir / 'logs'}"
@@ -169,7 +169,8 @@ class Supervisor:
             log_path = self.runtime_dir / "logs" / f"{plan.name}.log"
             self.workers[plan.name] = WorkerProcess(plan, spec, log_path)
 
-    def _write_discovery(self) -> None:
+    def write_discovery(self) -> None:
+        """Replace the discovery file: endpoints, live workers, streams, workers' own sockets."""
         assert self.server is not None
         identities = {n: i for n, w in self.workers.items() if (i := w.identity_now()) is not None}
         pid, start_ms = process_identity()
@@ -185,6 +186,7 @@ class Supervisor:
                 started_at=session.now_iso(),
                 streams=sorted(self.streams),
                 workers=identities,
+                direct={n: w.direct for n, w in self.workers.items() if w.direct},
             )
         )
 
@@ -294,7 +296,7 @@ class Supervisor:
 
     def spawn(self, worker: WorkerProcess) -> None:
         worker.spawn()
-        self._write_discovery()
+        self.write_discovery()
         self.publish(
             messages.WorkerStateChanged(worker=worker.name, state="starting", pid=worker.pid)
         )

@@ -8,10 +8,12 @@ import time
 import h5py
 import msgspec
 import numpy as np
+import pytest
 
-from pipeline import attach
+import pipeline
+from pipeline import RequestFailed, StimulationRefused, attach
 from pipeline.control import messages
-from pipeline.control.bus import Client, Subscriber
+from pipeline.control.bus import Client, Endpoints, Subscriber
 from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader
 from tests.rig import wait_for
@@ -264,3 +266,66 @@ def test_a_trigger_on_a_stream_that_stops_waits_for_it_and_commands_still_work(r
     finally:
         stim_events.close()
     assert rig.worker("stim").state == "running" and rig.worker("stim").restarts == 0
+
+
+def test_a_decoder_commands_the_stimulator_directly_and_the_rig_still_records_it(rigs) -> None:
+    """pipeline.stimulator(): one hop to the worker's own socket, every safety check
+    still in the worker, the command still published (so recorded), bad input answered."""
+    quiet = SOURCE.replace("period_ms = 100.0", "period_ms = 100.0\nsample_rate_hz = 10.0")
+    rig = rigs.new()
+    # a quiet trigger stream (one chunk a second) and slow heartbeats: the worker sleeps
+    # on the ring, and only the doorbell can wake it for a command in time
+    rig.config.write_text(
+        f'[session]\nname = "{rig.name}"\nstop_timeout_s = 3.0\n'
+        "[control]\nheartbeat_interval_s = 2.0\nheartbeat_timeout_s = 6.0\n"
+        + quiet
+        + STIM.format(buffer_ms=BUFFER_MS, extra="armed = true")
+        + TRIGGER
+    )
+    rig.start()
+    discovery = rig.discovery()
+    assert discovery is not None and set(discovery.direct) == {"stim"}
+    queued = rig.subscriber("worker.stim.stimulation_queued")
+    stim = pipeline.stimulator("stim", rig.name)
+    try:
+        started = time.monotonic()
+        reply = stim.pulse_train(channel=0, phases=[(-30.0, 100.0), (30.0, 100.0)])
+        assert time.monotonic() - started < 1.0, "the worker slept through a command"
+        assert isinstance(reply, messages.Accepted)
+        published = [
+            e
+            for e in events(queued, 2.0)
+            if isinstance(e, messages.StimulationQueued) and e.source == "command"
+        ]
+        assert [e.command_id for e in published] == [reply.command_id]
+        assert published[0].channel == 0
+
+        with pytest.raises(StimulationRefused, match="amplitude") as refused:
+            stim.pulse_train(channel=0, phases=[(-500.0, 100.0), (500.0, 100.0)])
+        assert refused.value.reply.limit == "amplitude (uA)"
+        assert refused.value.reply.allowed == 100.0
+        assert "disarmed" in stim.disarm()
+        with pytest.raises(StimulationRefused, match="disarmed"):
+            stim.pulse_train(channel=0, phases=[(-30.0, 100.0), (30.0, 100.0)])
+
+        # bad input on the worker's socket: answered, counted, never fatal
+        direct = Client(Endpoints(stim.endpoint, "", discovery.endpoints.keys), timeout_s=5.0)
+        try:
+            direct._sock.send(b"\xc1 not msgpack")
+            garbage = direct.receive(5.0)
+            assert isinstance(garbage, messages.Error) and "malformed" in garbage.text
+            with pytest.raises(RequestFailed, match="is for 'other'; nothing was done"):
+                direct.request(messages.Arm(worker="other"))
+            with pytest.raises(RequestFailed, match="worker requests only"):
+                direct.request(messages.Status())
+        finally:
+            direct.close()
+        with pytest.raises(RequestFailed, match=r"taking direct requests .*stim"):
+            pipeline.stimulator("src", rig.name)
+        counted = lambda: rig.worker("stim").counters.get("bad_requests") == 1  # noqa: E731
+        wait_for(counted, 10, "the malformed request counted in status")
+    finally:
+        stim.close()
+        queued.close()
+    stim_status = rig.worker("stim")
+    assert stim_status.state == "running" and stim_status.restarts == 0

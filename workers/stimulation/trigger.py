@@ -145,20 +145,16 @@ class Triggers:
         watch.reader = reader
         watch.detector = Detector(rule, reader.sample_rate)
 
-    def poll(self, on_crossing: OnCrossing) -> bool:
-        """Read what each rule's stream published and hand every crossing on.
-
-        Waits up to 0.5 ms on the first stream (none after that); False when
-        no rule has a stream to wait on, so the caller sleeps instead.
-        """
-        waited = False
+    def poll(self, on_crossing: OnCrossing) -> None:
+        """Read what each rule's stream published (without waiting) and hand every
+        crossing on; attach again to streams that came back."""
         for watch in self.watches:
             if watch.reader is None:
                 if time.monotonic() >= watch.retry_at:
                     self._attach(watch)
                 continue
             try:
-                chunk = watch.reader.read(timeout_s=0.0 if waited else 0.0005)
+                chunk = watch.reader.read(timeout_s=0.0)
             except EndOfStream:
                 self._report(
                     f"trigger {watch.rule.name!r}: {watch.rule.stream} ended; waiting "
@@ -167,9 +163,15 @@ class Triggers:
                 self._detach(watch.rule.stream)
                 watch.reader, watch.retry_at = None, time.monotonic() + RETRY_S
                 continue
-            waited = True
             self._detect(watch, chunk, on_crossing)
-        return waited
+
+    def readers(self) -> list[RingReader]:
+        """The readers of the rules' streams that exist now (what to wait on)."""
+        return [watch.reader for watch in self.watches if watch.reader is not None]
+
+    def next_retry(self) -> float:
+        """When to look again for a rule's stream that is gone (monotonic s; inf: none is)."""
+        return min((w.retry_at for w in self.watches if w.reader is None), default=math.inf)
 
     @staticmethod
     def _detect(watch: Watch, chunk: Chunk, on_crossing: OnCrossing) -> None:

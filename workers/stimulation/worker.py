@@ -81,9 +81,11 @@ def channel_limits(settings: StimulationSettings) -> dict[int, ChannelLimits]:
 
 class StimulationWorker(Worker):
     Settings = StimulationSettings
-    #: Commands from other processes are answered within a fraction of a millisecond.
-    service_interval_s = 0.0002
     needs_fine_timer = True  # the refill wakes every 2 ms
+    #: A decoder in another process commands pulses on the worker's own socket, one hop
+    #: (``pipeline.stimulator``); the loop sleeps on the trigger streams and the sockets
+    #: at once (``Worker.wait``), so a command is taken the moment it arrives.
+    direct = True
 
     @classmethod
     def outputs(cls, settings: Any) -> list[str]:
@@ -196,14 +198,13 @@ class StimulationWorker(Worker):
             for failure in (self.output.refill_error, getattr(self.backend, "clock_error", None)):
                 if failure is not None:
                     raise StimulatorError(f"stimulator output failed: {failure!r}") from failure
-            if not self.triggers.watches:
-                self.wait_until(time.monotonic() + 0.1)
-            elif not self.triggers.poll(self._fire):
-                self.wait_until(time.monotonic() + 0.01)
+            self.triggers.poll(self._fire)
             if hasattr(self.backend, "underruns"):
                 self.counters["underruns"] = self.backend.underruns
             self._check_device_errors()
-            self.service()
+            # Failures of the refill are looked at least every 0.1 s.
+            deadline = min(time.monotonic() + 0.1, self.triggers.next_retry())
+            self.wait(self.triggers.readers(), deadline)
 
     def _check_device_errors(self) -> None:
         """A streaming error the device reported: silence, disarm, and say so."""

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""A whole rig at once: CPU of every worker at 64 to 4096 channels, and idle workers.
+
+The rig of issue 18, run by a real supervisor (``rigpipe run``) in a private
+runtime directory:
+
+- ``acq``: synthetic acquisition, 30 kHz, 1 ms chunks, int16;
+- ``rec``: a recorder recording ``acq/continuous``, ``acq/spikes`` and ``stim/output``;
+- ``stim``: a disarmed simulated stimulator with one trigger rule on ``acq/continuous``;
+- ``scope``: the visualization worker offscreen (``QT_QPA_PLATFORM=offscreen``),
+  256 channels on screen, 30 Hz.
+
+For each channel count the rig runs ``--warmup`` seconds, then every process's
+CPU time (psutil: user + system, all threads) is taken over ``--seconds``. A
+row gives each worker's % of one core, the supervisor's, the rig's total, the
+restarts during the run (a missed heartbeat at start-up restarts a worker),
+the recorder's lag behind the writer at the end and every reader's dropped
+frames. ``--without`` repeats one channel count with each worker left out, so
+what a worker costs the others (the readers it adds to the source) shows too.
+The second table is each worker kind with nothing to do: its floor.
+
+Targets (issue 18): rig total at 1024 channels <= 60 % of one core, at 256 <= 35 %;
+an idle stimulator <= 3 %; the recorder <= 10 % and the scope <= 25 % at 1024.
+
+    python bench/rig.py                                  # about 6 minutes
+    python bench/rig.py --channels 1024 --repeats 3 --without none
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.control import Rig  # noqa: E402
+
+WORKERS = ("acq", "rec", "stim", "scope")
+
+ACQ = """
+[[workers]]
+name = "acq"
+kind = "acquisition"
+[workers.parameters]
+channels = {channels}
+sample_rate_hz = 30000.0
+chunk_s = 0.001
+buffer_s = 10.0
+"""
+
+REC = """
+[[workers]]
+name = "rec"
+kind = "recording"
+[workers.parameters]
+streams = ["acq/continuous", "acq/spikes", "stim/output"]
+recording = true
+"""
+
+STIM = """
+[[workers]]
+name = "stim"
+kind = "stimulation"
+[workers.parameters]
+channels = 4
+armed = {armed}
+[workers.parameters.limits.default]
+max_amplitude_ua = 100.0
+max_charge_per_phase_nc = 30.0
+[[workers.parameters.triggers]]
+name = "spike0"
+stream = "{trigger_stream}"
+channel = 0
+threshold = {threshold}
+direction = "falling"
+refractory_ms = 250.0
+stim_channel = 0
+phases = [[-50.0, 200.0], [50.0, 200.0]]
+"""
+
+STIM_NO_TRIGGER = """
+[[workers]]
+name = "stim"
+kind = "stimulation"
+[workers.parameters]
+channels = 4
+[workers.parameters.limits.default]
+max_amplitude_ua = 100.0
+max_charge_per_phase_nc = 30.0
+"""
+
+SCOPE = """
+[[workers]]
+name = "scope"
+kind = "visualization"
+[workers.parameters]
+streams = ["acq/continuous"]
+spikes = "acq/spikes"
+offscreen = true
+window_s = 5.0
+refresh_hz = 30.0
+channels_per_page = {per_page}
+"""
+
+
+def rig_config(channels: int, without: str = "") -> str:
+    parts = {
+        "acq": ACQ.format(channels=channels),
+        "rec": REC,
+        "stim": STIM.format(armed="false", trigger_stream="acq/continuous", threshold=-300.0),
+        "scope": SCOPE.format(per_page=min(256, channels)),
+    }
+    return "".join(text for name, text in parts.items() if name != without)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def measure(rig: Rig, warmup_s: float, seconds: float) -> dict[str, float]:
+    """% of one core of each worker and of the supervisor over ``seconds``."""
+    time.sleep(warmup_s)
+    procs = {w.name: psutil.Process(w.pid) for w in rig.status().workers}
+    procs["supervisor"] = psutil.Process(rig.proc.pid)
+    start = {name: cpu_seconds(p) for name, p in procs.items()}
+    began = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - began
+    cpu = {}
+    for name, proc in procs.items():
+        try:
+            cpu[name] = 100 * (cpu_seconds(proc) - start[name]) / elapsed
+        except psutil.NoSuchProcess:  # restarted meanwhile: the restarts column says so
+            cpu[name] = math.nan
+    return cpu
+
+
+def run_rig(channels: int, without: str, warmup_s: float, seconds: float) -> dict[str, object]:
+    rig = Rig(rig_config(channels, without), 'recordings_dir = "{dir}"')
+    try:
+        cpu = measure(rig, warmup_s, seconds)
+        status = rig.status()
+        restarts = sum(w.restarts for w in status.workers)
+        dropped = sum(r.dropped for s in status.streams for r in s.readers)
+        lag = max(
+            (r.lag for s in status.streams for r in s.readers if r.worker == "rec"), default=0
+        )
+        return {"cpu": cpu, "restarts": restarts, "dropped": dropped, "rec_lag": lag}
+    finally:
+        rig.stop()
+
+
+def pct(cpu: dict[str, float], name: str) -> str:
+    return f"{cpu[name]:.1f}" if name in cpu else "-"
+
+
+def rig_table(
+    sizes: list[int], without_at: int | None, repeats: int, warmup_s: float, seconds: float
+) -> None:
+    print(f"\n## the rig, {seconds:g} s counted after {warmup_s:g} s, % of one core\n")
+    print(
+        "| channels | left out | acq | rec | stim | scope | supervisor | rig total "
+        "| restarts | rec lag frames | dropped |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    runs = [(n, "") for n in sizes]
+    if without_at is not None:
+        runs += [(without_at, name) for name in WORKERS[1:]]
+    for channels, without in runs:
+        totals = []
+        for _ in range(repeats):
+            result = run_rig(channels, without, warmup_s, seconds)
+            cpu = result["cpu"]
+            assert isinstance(cpu, dict)
+            total = sum(cpu.values())
+            totals.append(total)
+            print(
+                f"| {channels} | {without or '-'} | "
+                + " | ".join(pct(cpu, name) for name in (*WORKERS, "supervisor"))
+                + f" | {total:.1f} | {result['restarts']} | {result['rec_lag']} "
+                f"| {result['dropped']} |",
+                flush=True,
+            )
+        if repeats > 1:
+            spread = np.array(totals)
+            print(
+                f"| {channels} | {without or '-'} | spread of the total over {repeats} runs: "
+                f"min {spread.min():.1f}, median {np.median(spread):.1f}, max {spread.max():.1f} "
+                "| | | | | | | | |"
+            )
+
+
+IDLE_RIGS = {
+    "stimulator, disarmed, no trigger": (STIM_NO_TRIGGER, "stim"),
+    "stimulator, armed, trigger on a quiet stream": (
+        ACQ.format(channels=64)
+        + STIM.format(armed="true", trigger_stream="acq/continuous", threshold=-30000.0),
+        "stim",
+    ),
+    "recorder, not recording": (ACQ.format(channels=64) + REC.replace("true", "false"), "rec"),
+    "scope, its stream absent": (SCOPE.format(per_page=64).replace("acq/spikes", ""), "scope"),
+}
+
+
+def idle_table(warmup_s: float, seconds: float) -> None:
+    print(f"\n## each worker kind with nothing to do, {seconds:g} s, % of one core\n")
+    print("| worker | % of one core |")
+    print("| --- | ---: |")
+    for label, (config, name) in IDLE_RIGS.items():
+        rig = Rig(config, 'recordings_dir = "{dir}"')
+        try:
+            cpu = measure(rig, warmup_s, seconds)
+        finally:
+            rig.stop()
+        print(f"| {label} | {cpu[name]:.1f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--channels", default="64,256,1024,4096", help="rig sizes")
+    parser.add_argument(
+        "--without", default="1024", help="size at which to leave each worker out, or 'none'"
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="counted per run (20)")
+    parser.add_argument("--warmup", type=float, default=10.0, help="before counting (10)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row (1)")
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle table")
+    args = parser.parse_args()
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    print(
+        f"rigpipe rig benchmark; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"{platform.system()} {platform.release()}, python {sys.version.split()[0]}"
+    )
+    sizes = [int(c) for c in args.channels.split(",")]
+    without_at = None if args.without == "none" else int(args.without)
+    rig_table(sizes, without_at, args.repeats, args.warmup, args.seconds)
+    if not args.no_idle:
+        idle_table(min(args.warmup, 5.0), min(args.seconds, 10.0))
+
+
+if __name__ == "__main__":
+    main()
