@@ -207,8 +207,10 @@ IDLE_RIGS = {
         + STIM.format(armed="true", trigger_stream="acq/continuous", threshold=-30000.0),
         "stim",
     ),
-    "recorder, not recording": (ACQ.format(channels=64) + REC.replace("true", "false"), "rec"),
-    "scope, its stream absent": (SCOPE.format(per_page=64).replace("acq/spikes", ""), "scope"),
+    "recorder, not recording": (
+        ACQ.format(channels=64) + REC.replace(', "stim/output"', "").replace("true", "false"),
+        "rec",
+    ),
 }
 
 

@@ -49,9 +49,10 @@ import zmq
 
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, load_keys
+from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD
 from pipeline.control.doorbell import Doorbell
-from pipeline.errors import ProtocolError, RigpipeError
-from pipeline.ring import RingReader, RingWriter, attach
+from pipeline.errors import EndOfStream, ProtocolError, RigpipeError
+from pipeline.ring import RingReader, RingWriter, attach, wait_any
 from pipeline.timer import fine_timer
 
 _PR_SET_PDEATHSIG = 1
@@ -61,9 +62,9 @@ PARENT_DEATH_SIGNAL = getattr(signal, "SIGHUP", signal.SIGTERM)
 #: The bus is polled at most this often by service() in a busy step loop; a worker
 #: sleeping in wait() or wait_until() wakes the moment a message arrives.
 SERVICE_INTERVAL_S = 0.005
-#: wait() on several rings sleeps on the first and looks at the others this often.
-OTHER_READERS_S = 0.002
 _PARENT_WATCHES = ("auto", "pdeathsig", "heartbeat")
+#: A worker takes requests from at most this many clients' command rings (CommandRing).
+MAX_COMMAND_RINGS = 16
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +161,8 @@ class Worker:
         self._direct: Router | None = None
         self._doorbell: Doorbell | None = None
         self._zmq_poller: zmq.Poller | None = None
+        # clients' command rings (Worker.direct): stream -> (reader, the peer to answer)
+        self._command_rings: dict[str, tuple[RingReader, bytes]] = {}
         self._next_heartbeat = 0.0
         self._next_service = 0.0
         self._last_ack = time.monotonic()
@@ -281,8 +284,8 @@ class Worker:
         It never polls: on a ring it sleeps in the ring's own wait while a
         :class:`~pipeline.control.doorbell.Doorbell` watches the sockets; with no
         ring it sleeps in the sockets' poll (the last 2 ms before ``deadline`` in
-        ``time.sleep``, for pacing). With several readers it sleeps on the first
-        and looks at the others every ``OTHER_READERS_S``.
+        ``time.sleep``, for pacing). On several rings it sleeps on all of them
+        at once (:func:`~pipeline.ring.wait_any`).
         """
         while not self._stopping:
             # Checked right before sleeping: a send since the last drain can have taken
@@ -293,17 +296,19 @@ class Worker:
                 continue  # and look again: the replies just sent may have taken that signal
             if any(reader.wait(0) for reader in readers):
                 return True
+            rings = [reader for reader, _ in self._command_rings.values()]
+            if rings and wait_any(rings, 0):
+                self._take_commands()
+                continue
             now = time.monotonic()
             remaining = math.inf if deadline is None else deadline - now
             if remaining <= 0 or self._stopping:
                 return False
             sleep_s = max(0.0, min(remaining, self._next_heartbeat - now))
-            if readers:
-                if len(readers) > 1:
-                    sleep_s = min(sleep_s, OTHER_READERS_S)
-                first = readers[0]
-                with self._bell().sleeping(first.nudge) as rung:
-                    first.wait(sleep_s, rung)
+            if readers or rings:
+                every = [*readers, *rings]
+                with self._bell().sleeping(every[0].nudge) as rung:
+                    wait_any(every, sleep_s, rung)
             elif sleep_s > 0.002 and self._bus is not None:
                 # the sockets' poll counts whole ms: the last ms is slept precisely below
                 self._poller().poll(int(sleep_s * 1000) - 1)
@@ -355,7 +360,61 @@ class Worker:
                 self._handle(message)
             if self._direct is not None:
                 for peer, request in self._direct.receive(0):
-                    self._direct.send(peer, self._answer_direct(request))
+                    if isinstance(request, messages.CommandRing):
+                        self._direct.send(peer, self._open_command_ring(peer, request))
+                    else:
+                        self._direct.send(peer, self._answer_direct(request))
+                self._take_commands()
+
+    def _open_command_ring(self, peer: bytes, request: messages.CommandRing) -> messages.Message:
+        """Take requests from a client's ring too, answering ``peer`` (see CommandRing)."""
+
+        def refuse(text: str) -> messages.Error:
+            return messages.Error(request_id=request.request_id, text=text)
+
+        stream = request.stream
+        if request.worker != self.name:
+            return refuse(f"this is worker {self.name!r}'s socket, not {request.worker!r}'s")
+        if not stream.startswith(f"{self.spec.session}/"):
+            return refuse(f"a command ring must be a stream of session {self.spec.session!r}")
+        if stream not in self._command_rings and len(self._command_rings) >= MAX_COMMAND_RINGS:
+            return refuse(f"{self.name} already reads {MAX_COMMAND_RINGS} command rings")
+        try:
+            reader = attach(stream, from_now=True)
+        except RigpipeError as exc:
+            return refuse(f"cannot read command ring {stream}: {exc}")
+        if reader.dtype != COMMAND_FRAME or reader.frame_shape != ():
+            reader.close()
+            return refuse(f"{stream} is not a command ring (frames of {COMMAND_FRAME})")
+        previous = self._command_rings.pop(stream, None)
+        if previous is not None:
+            previous[0].close()
+        self._command_rings[stream] = (reader, peer)
+        return messages.Ok(request_id=request.request_id, detail=f"{self.name} reads {stream}")
+
+    def _take_commands(self) -> None:
+        """Answer every request waiting in the clients' command rings."""
+        if self._direct is None:
+            return
+        for stream, (reader, peer) in list(self._command_rings.items()):
+            try:
+                chunk = reader.read(timeout_s=0)
+            except (EndOfStream, RigpipeError):  # the client closed it, or it is gone
+                reader.close()
+                del self._command_rings[stream]
+                continue
+            if chunk.dropped:  # never answered: the client's requests time out
+                self.counters["commands_lost"] = self.counters.get("commands_lost", 0) + 1
+            for frame in chunk.data:
+                length = int(frame["length"])
+                request: messages.Message | ProtocolError
+                try:
+                    if length > COMMAND_PAYLOAD:
+                        raise ProtocolError(f"a command frame says {length} bytes")
+                    request = messages.decode(frame["payload"][:length].tobytes())
+                except ProtocolError as exc:
+                    request = exc
+                self._direct.send(peer, self._answer_direct(request))
 
     def _answer_direct(self, request: messages.Message | ProtocolError) -> messages.Message:
         """The reply to a request that came to this worker's own socket."""
@@ -504,6 +563,8 @@ class Worker:
                 self.teardown()
             finally:
                 for reader in self._readers.values():
+                    reader.close()
+                for reader, _ in self._command_rings.values():
                     reader.close()
                 self._close_sockets()
         return code

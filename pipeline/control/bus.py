@@ -329,9 +329,17 @@ class Client:
 
     def request(self, message: Message, timeout_s: float | None = None) -> Message:
         """Send ``message`` and return its reply; raise on ``Error`` replies and timeouts."""
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         request_id = next(self._ids)
         self.send(msgspec.structs.replace(message, request_id=request_id))
+        return self.reply_to(request_id, timeout_s)
+
+    def next_request_id(self) -> int:
+        """A request id for a request sent another way (``reply_to`` then awaits it)."""
+        return next(self._ids)
+
+    def reply_to(self, request_id: int, timeout_s: float | None = None) -> Message:
+        """The reply to request ``request_id``; raises like :meth:`request`."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
             reply = self.receive(remaining)

@@ -20,27 +20,83 @@ safety check, answers ``Accepted`` or raises :class:`~pipeline.errors.Stimulatio
 here, and publishes the command through the supervisor as before, so the
 recorder keeps it. Same security as the control plane: ``ipc://`` in the
 session's 0700 runtime directory, or CURVE over TCP with the session's keys.
+
+On the rig's machine a request does not even cross a socket: the client makes
+a *command ring* (a shared-memory ring it writes, 0600 like every ring, one
+encoded request per ``COMMAND_FRAME``), and tells the worker about it once
+(``CommandRing``); the worker sleeps on it beside its own rings, so a request
+wakes it as fast as a frame does. Replies still come over the socket. A
+request too large for a frame (a long waveform), or a client on another
+machine, uses the socket.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Sequence
 
 import msgspec
+import numpy as np
 
 from pipeline.control import messages, session
 from pipeline.control.bus import Client, Endpoints
-from pipeline.errors import BusTimeout, RequestFailed
+from pipeline.errors import BusTimeout, RequestFailed, RigpipeError
+from pipeline.ring import RingWriter
+
+#: Bytes of one encoded request in a command ring frame (a pulse train takes ~100).
+COMMAND_PAYLOAD = 2044
+#: One frame of a command ring: the request's length, then its msgpack bytes.
+COMMAND_FRAME = np.dtype([("length", "<u4"), ("payload", "u1", (COMMAND_PAYLOAD,))])
+#: Frames a command ring holds: requests sent and not yet read by the worker.
+COMMAND_RING_FRAMES = 64
+
+_ring_numbers = itertools.count()
 
 
 class WorkerClient:
     """Requests to one worker's own socket (``Worker.direct``) of a running rig."""
 
-    def __init__(self, worker: str, session_name: str | None = None, timeout_s: float = 2.0):
+    def __init__(
+        self,
+        worker: str,
+        session_name: str | None = None,
+        timeout_s: float = 2.0,
+        shared_memory: bool = True,
+    ):
         self.worker = worker
         self.timeout_s = timeout_s
         self._session = session_name
+        self._shared_memory = shared_memory
         self._client = self._connect()
+        self._ring: RingWriter | None = None
+        self._ring_retry = False  # the worker did not answer when told of the ring
+        self._frame = np.zeros(1, COMMAND_FRAME)
+        if shared_memory:
+            self._ring = self._open_ring()
+
+    @property
+    def command_ring(self) -> str:
+        """The stream of this client's command ring ("" when requests use the socket)."""
+        return "" if self._ring is None else self._ring.stream
+
+    def _open_ring(self) -> RingWriter | None:
+        """A command ring the worker has agreed to read, or None (then: the socket)."""
+        name = f"{self._session}/client-{os.getpid()}-{next(_ring_numbers)}/{self.worker}"
+        try:
+            ring = RingWriter(name, COMMAND_FRAME, (), COMMAND_RING_FRAMES, 0.0)
+        except (OSError, RigpipeError, ValueError):
+            return None  # no shared memory here: the socket does it all
+        try:
+            self._client.request(messages.CommandRing(worker=self.worker, stream=name))
+        except RequestFailed:  # e.g. the worker runs on another machine: the socket then
+            ring.close()
+            return None
+        except BusTimeout:  # a worker restarting: try again with the next request
+            ring.close()
+            self._ring_retry = True
+            return None
+        return ring
 
     def _connect(self) -> Client:
         discovery = session.find(self._session)
@@ -60,22 +116,46 @@ class WorkerClient:
         """Send ``request`` (its ``worker`` set to this one) and return the reply.
 
         Raises RequestFailed for an Error reply, and BusTimeout if the worker does
-        not answer (after looking the socket up again: a restarted worker on TCP
-        listens on a new port).
+        not answer (after looking the worker up again: a restarted worker on TCP
+        listens on a new port, and reads no command ring until told again).
         """
         request = msgspec.structs.replace(request, worker=self.worker)
         try:
+            if self._ring is None and self._ring_retry:  # the worker was away: ask again
+                self._ring_retry = False
+                self._ring = self._open_ring()
+            if self._ring is not None:
+                request_id = self._client.next_request_id()
+                raw = messages.encode(msgspec.structs.replace(request, request_id=request_id))
+                if len(raw) <= COMMAND_PAYLOAD:
+                    frame = self._frame
+                    frame["length"] = len(raw)
+                    frame["payload"][0, : len(raw)] = np.frombuffer(raw, np.uint8)
+                    self._ring.write(frame)
+                    return self._client.reply_to(request_id)
             return self._client.request(request)
         except BusTimeout:
-            self._client.close()
-            self._client = self._connect()
+            self._reconnect()
             raise BusTimeout(
                 f"worker {self.worker!r} did not answer within {self.timeout_s:g} s at "
                 f"{self.endpoint}; is it running? (`rigpipe status`)"
             ) from None
 
-    def close(self) -> None:
+    def _reconnect(self) -> None:
+        self._close()
+        self._client = self._connect()
+        if self._shared_memory:
+            self._ring = self._open_ring()
+
+    def _close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         self._client.close()
+
+    def close(self) -> None:
+        """Close the socket, and end and unlink the command ring."""
+        self._close()
 
     def __enter__(self) -> WorkerClient:
         return self

@@ -146,6 +146,15 @@ class Disarm(WorkerRequest, kw_only=True):
     worker: str = "stim"
 
 
+class CommandRing(WorkerRequest, kw_only=True):
+    """Sent to a worker's own socket (``Worker.direct``) by a client on the same machine:
+    also take requests from shared-memory ring ``stream`` (the client writes it; each
+    frame one encoded request, see ``pipeline.control.direct``), answering them on this
+    socket. Only frames written after this request count. Answered ``Ok``."""
+
+    stream: str
+
+
 class Annotate(Message, kw_only=True):
     """A free-text comment, time-stamped by the supervisor and broadcast as ``Annotated``."""
 
@@ -398,6 +407,7 @@ StimulationEvent = (
 AnyMessage = (
     Request
     | SetParameter
+    | CommandRing
     | StimulationRequest
     | StimulationEvent
     | Accepted

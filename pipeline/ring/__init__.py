@@ -15,7 +15,7 @@ touches), ``wait`` (futex or polling wake-ups), ``layout`` (the bytes),
 ``segments`` (listing and sweeping), ``writer`` and ``reader``.
 """
 
-from pipeline.ring.reader import Chunk, ChunkView, RingReader, attach
+from pipeline.ring.reader import Chunk, ChunkView, RingReader, attach, wait_any
 from pipeline.ring.writer import RingWriter
 
-__all__ = ["Chunk", "ChunkView", "RingReader", "RingWriter", "attach"]
+__all__ = ["Chunk", "ChunkView", "RingReader", "RingWriter", "attach", "wait_any"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from pipeline.ring.layout import (
     StreamSegment,
 )
 from pipeline.ring.segments import list_streams
+from pipeline.ring.wait import wait_any as wait_words
 
 _ATTACH_RETRY_S = 1.0  # how long attach waits for a segment that is being created or replaced
 
@@ -314,21 +315,9 @@ class RingReader:
         False after ``timeout_s``, or once ``interrupt`` is set (its setter calls
         :meth:`nudge`): how a worker waits for this ring and its sockets at once.
         Unlike :meth:`read` it does not spin first: it is for a reader that keeps
-        up and sleeps between chunks.
+        up and sleeps between chunks. :func:`wait_any` waits on several readers.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            generation = self._current()
-            fields = generation.fields
-            seen = generation.wake.load()
-            if fields[WRITE_CURSOR] > self._cursor or fields[STATE] != State.VALID:
-                return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            if interrupt is not None and interrupt.is_set():
-                return False
-            generation.wake.wait(seen, remaining, interrupt, spin_s=0.0)
+        return wait_any([self], timeout_s, interrupt)
 
     def nudge(self) -> None:
         """End a :meth:`wait` in another thread of this process whose interrupt is set."""
@@ -469,6 +458,33 @@ class RingReader:
             return f"<RingReader {self.stream!r} closed>"
         number = self._generation.header.generation
         return f"<RingReader {self.stream!r} generation {number} cursor {self._cursor}>"
+
+
+def wait_any(
+    readers: Sequence[RingReader],
+    timeout_s: float | None,
+    interrupt: threading.Event | None = None,
+) -> bool:
+    """Sleep until any of ``readers`` has a frame past its cursor or a state change;
+    True then. False after ``timeout_s`` or once ``interrupt`` is set (its setter
+    calls ``nudge()`` on any of the readers). One ``futex_waitv`` on Linux 5.16+.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        words = []
+        for reader in readers:
+            generation = reader._current()
+            fields = generation.fields
+            seen = generation.wake.load()  # before the cursor: a publish after it wakes us
+            if fields[WRITE_CURSOR] > reader._cursor or fields[STATE] != State.VALID:
+                return True
+            words.append((generation.wake, seen))
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        if interrupt is not None and interrupt.is_set():
+            return False
+        wait_words(words, remaining, interrupt)
 
 
 def _deadline(max_frames: int | None, timeout_s: float | None) -> float | None:

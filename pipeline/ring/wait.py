@@ -27,6 +27,10 @@ reader first spins for ``SPIN_S`` (20 µs): when frames are flowing fast, the
 next one is usually caught there and nobody makes a syscall. An idle reader
 spins once per ``wait`` call, then sleeps.
 
+:func:`wait_any` sleeps on several rings at once: one ``futex_waitv`` call
+(Linux 5.16+) on every wake word, woken by whichever writer publishes first;
+elsewhere the poll above, over every word.
+
 A wait can also end early for something other than the ring: pass an
 ``interrupt`` event, and have whoever sets it call :meth:`WakeWord.nudge`
 (a ``FUTEX_WAKE`` that leaves the word alone; other sleepers on the word wake,
@@ -37,11 +41,13 @@ its control sockets at once (``pipeline.control.doorbell``).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,12 +59,24 @@ POLL_MAX_S = 10e-3
 _FUTEX_WAIT = 0  # not FUTEX_PRIVATE_FLAG: the word is shared between processes
 _FUTEX_WAKE = 1
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine())
+_SYS_FUTEX_WAITV = {"x86_64": 449, "aarch64": 449, "arm64": 449}.get(platform.machine())
+_FUTEX2_SIZE_U32 = 0x02  # and not FUTEX2_PRIVATE: shared between processes
+_CLOCK_MONOTONIC = 1  # what time.monotonic() reads on Linux
 _WAKE_ALL = 0x7FFFFFFF
 STRATEGIES = ("auto", "futex", "poll")
 
 
 class _Timespec(ctypes.Structure):
     _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+class _FutexWaitv(ctypes.Structure):
+    _fields_ = (
+        ("val", ctypes.c_uint64),
+        ("uaddr", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    )
 
 
 def _load_syscall() -> ctypes._CFuncPtr | None:
@@ -79,6 +97,23 @@ def _load_syscall() -> ctypes._CFuncPtr | None:
 
 
 _syscall = _load_syscall()
+
+
+def _probe_waitv() -> bool:
+    """True if the kernel has futex_waitv (an empty call answers EINVAL, not ENOSYS)."""
+    if _syscall is None or _SYS_FUTEX_WAITV is None:
+        return False
+    if _syscall(_SYS_FUTEX_WAITV, None, 0, 0, None, None, 0) == 0:
+        return True
+    return ctypes.get_errno() != errno.ENOSYS
+
+
+_has_waitv = _probe_waitv()
+
+
+def waitv_available() -> bool:
+    """True where :func:`wait_any` sleeps in one ``futex_waitv`` call (Linux 5.16+)."""
+    return _has_waitv
 
 
 def futex_available() -> bool:
@@ -210,3 +245,71 @@ class WakeWord:
             elif interrupt.wait(sleep_s):
                 return False
             interval = min(interval * 2, POLL_MAX_S)
+
+
+def wait_any(
+    words: Sequence[tuple[WakeWord, int]],
+    timeout_s: float | None,
+    interrupt: threading.Event | None = None,
+) -> bool:
+    """Sleep until any ``(word, seen)`` pair's word differs from ``seen``, the timeout
+    passes, or ``interrupt`` is set (its setter nudges any of the words). True if one
+    changed. No spin: for readers that keep up and sleep between chunks.
+
+    One ``futex_waitv`` call where the kernel has it and every word uses ``futex``;
+    otherwise the growing-interval poll over every word.
+    """
+    if len(words) == 1:
+        word, seen = words[0]
+        return word.wait(seen, timeout_s, interrupt, spin_s=0.0)
+    deadline = None if timeout_s is None else time.monotonic() + max(timeout_s, 0.0)
+    if _has_waitv and all(word.strategy == "futex" for word, _ in words):
+        return _waitv(words, deadline, interrupt)
+    interval = POLL_MIN_S
+    while True:
+        if any(word.load() != seen for word, seen in words):
+            return True
+        sleep_s = interval
+        if deadline is not None:
+            sleep_s = min(sleep_s, deadline - time.monotonic())
+            if sleep_s <= 0:
+                return False
+        if interrupt is None:
+            time.sleep(sleep_s)
+        elif interrupt.wait(sleep_s):
+            return False
+        interval = min(interval * 2, POLL_MAX_S)
+
+
+def _waitv(
+    words: Sequence[tuple[WakeWord, int]], deadline: float | None, interrupt: threading.Event | None
+) -> bool:
+    waiters = (_FutexWaitv * len(words))()
+    for waiter, (word, seen) in zip(waiters, words, strict=True):
+        waiter.val, waiter.uaddr, waiter.flags = seen, word._address, _FUTEX2_SIZE_U32
+    timespec = _Timespec()
+    while True:
+        if any(word.load() != seen for word, seen in words):
+            return True
+        if interrupt is not None and interrupt.is_set():
+            return False
+        until = time.monotonic() + FUTEX_SLICE_S  # absolute, on CLOCK_MONOTONIC
+        if deadline is not None:
+            if deadline <= time.monotonic():
+                return False
+            until = min(until, deadline)
+        timespec.tv_sec = int(until)
+        timespec.tv_nsec = int((until - int(until)) * 1e9)
+        for word, _ in words:
+            word._words[1] = 1  # the waiters flag: writers call FUTEX_WAKE only when set
+        # 0+ (woken), or -1 with EAGAIN (a word already changed), ETIMEDOUT or EINTR:
+        # the loop re-reads every word in each case.
+        _syscall(
+            _SYS_FUTEX_WAITV,
+            ctypes.byref(waiters),
+            len(words),
+            0,
+            ctypes.byref(timespec),
+            _CLOCK_MONOTONIC,
+            0,
+        )

@@ -8,12 +8,14 @@ import time
 import h5py
 import msgspec
 import numpy as np
+import psutil
 import pytest
 
 import pipeline
-from pipeline import RequestFailed, StimulationRefused, attach
+from pipeline import BusTimeout, RequestFailed, StimulationRefused, attach
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Subscriber
+from pipeline.control.direct import Stimulator
 from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader
 from tests.rig import wait_for
@@ -287,7 +289,16 @@ def test_a_decoder_commands_the_stimulator_directly_and_the_rig_still_records_it
     assert discovery is not None and set(discovery.direct) == {"stim"}
     queued = rig.subscriber("worker.stim.stimulation_queued")
     stim = pipeline.stimulator("stim", rig.name)
+    by_socket = Stimulator("stim", rig.name, shared_memory=False)
     try:
+        # on the rig's machine requests travel in the client's shared-memory command ring
+        assert stim.command_ring.startswith(f"{rig.name}/client-")
+        assert by_socket.command_ring == ""
+        assert isinstance(
+            by_socket.pulse_train(channel=1, phases=[(-30.0, 100.0), (30.0, 100.0)]),
+            messages.Accepted,
+        )
+        events(queued, 0.5)
         started = time.monotonic()
         reply = stim.pulse_train(channel=0, phases=[(-30.0, 100.0), (30.0, 100.0)])
         assert time.monotonic() - started < 1.0, "the worker slept through a command"
@@ -325,7 +336,38 @@ def test_a_decoder_commands_the_stimulator_directly_and_the_rig_still_records_it
         counted = lambda: rig.worker("stim").counters.get("bad_requests") == 1  # noqa: E731
         wait_for(counted, 10, "the malformed request counted in status")
     finally:
+        by_socket.close()
         stim.close()
         queued.close()
     stim_status = rig.worker("stim")
     assert stim_status.state == "running" and stim_status.restarts == 0
+
+
+def test_a_restarted_stimulator_never_runs_a_command_sent_while_it_was_down(rigs) -> None:
+    """A command ring is read only from the moment the worker is told of it: a request
+    written while the worker restarts times out and is never carried out later."""
+    rig = rigs.new()
+    rig.write(STIM.format(buffer_ms=BUFFER_MS, extra="armed = true"))
+    rig.start()
+    queued = rig.subscriber("worker.stim.stimulation_queued")
+    stim = pipeline.stimulator("stim", rig.name)
+    phases = [(-30.0, 100.0), (30.0, 100.0)]
+    try:
+        first = stim.pulse_train(channel=0, phases=phases)
+        old_pid = rig.worker("stim").pid
+        rig.client().request(messages.RestartWorker(worker="stim"))
+        wait_for(lambda: not psutil.pid_exists(old_pid), 20, "the old stim process to end")
+        with pytest.raises(BusTimeout):  # sent into the old worker's ring, or to nobody
+            stim.pulse_train(channel=0, phases=phases)
+        wait_for(lambda: rig.worker("stim").state == "running", 20, "stim to come back")
+        stim.arm()  # a restarted stimulator starts as its config says: armed here
+        again = stim.pulse_train(channel=0, phases=phases)  # the client told it again
+        seen = [
+            e.command_id
+            for e in events(queued, 3.0)
+            if isinstance(e, messages.StimulationQueued) and e.source == "command"
+        ]
+        assert seen == [first.command_id, again.command_id]
+    finally:
+        stim.close()
+        queued.close()

@@ -44,6 +44,8 @@ from workers.stimulation.trigger import TriggerRule, Triggers, Watch
 
 #: The Python thread switch interval in a stimulation worker, s.
 SWITCH_INTERVAL_S = 0.0005
+#: Rendered commands kept for reuse (only ones that passed the safety check are kept).
+RENDER_CACHE = 64
 
 
 class StimulationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -135,6 +137,7 @@ class StimulationWorker(Worker):
         self.counters["wake_ms"] = round(wake_s * 1e3, 2)
         check_buffer(s.buffer_ms, wake_s)
         self.limits = channel_limits(s)
+        self._rendered: dict[bytes, Rendered] = {}
         self.armed = s.armed
         self._ids = itertools.count(time.time_ns() // 1000)  # unique across restarts
         self.backend = self._open_backend()
@@ -330,9 +333,7 @@ class StimulationWorker(Worker):
             )
         try:
             if rendered is None:
-                rendered = render(
-                    command, self.limits, s.output_rate_hz, self.backend.resolution_ua
-                )
+                rendered = self._render(command)
         except SafetyViolation as violation:
             return self._refuse(
                 str(violation),
@@ -367,6 +368,20 @@ class StimulationWorker(Worker):
             command_id=command_id,
             detail=f"queued on channel {command.channel}: {rendered.total_samples} samples",
         )
+
+    def _render(self, command: messages.PulseTrain | messages.Waveform) -> Rendered:
+        """``command`` checked and rendered; a command seen before comes from a cache (a
+        decoder sends the same pulse again and again; rendering takes 80-300 µs, and the
+        limits, output rate and resolution never change while the worker runs)."""
+        key = messages.encode(msgspec.structs.replace(command, request_id=0))
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            s = self.settings
+            rendered = render(command, self.limits, s.output_rate_hz, self.backend.resolution_ua)
+            if len(self._rendered) >= RENDER_CACHE:
+                self._rendered.pop(next(iter(self._rendered)))  # the oldest
+            self._rendered[key] = rendered
+        return rendered
 
     def _refuse(
         self,

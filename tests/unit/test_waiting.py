@@ -1,5 +1,6 @@
-"""A thread asleep on a ring wakes for a ZeroMQ message (the Doorbell), with the futex
-wait and with the portable poll, and still wakes for frames."""
+"""Waiting without polling: a thread asleep on rings wakes for a frame on any of them
+(``wait_any``: one futex_waitv, or the portable poll) and for a ZeroMQ message (the
+Doorbell), and sleeps through to its timeout when nothing comes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import zmq
 
 from pipeline.control.doorbell import Doorbell
-from pipeline.ring import RingWriter, attach
+from pipeline.ring import RingWriter, attach, wait_any
 from pipeline.ring.wait import futex_available
 
 STRATEGIES = ["poll", *(["futex"] if futex_available() else [])]
@@ -94,6 +95,36 @@ def test_frames_still_wake_the_sleeper_and_a_quiet_bell_does_not(ring, pair) -> 
         assert time.monotonic() - started >= 0.2
     finally:
         bell.close()
+
+
+def test_a_frame_on_any_of_several_rings_wakes_the_sleeper(ring, monkeypatch) -> None:
+    first_writer, first = ring
+    others = [
+        RingWriter(f"bell{time.monotonic_ns()}/w{i}/out", np.float32, 2, 256, 100.0)
+        for i in range(2)
+    ]
+    readers = [first, *(attach(w.stream) for w in others)]
+    try:
+        for index, writer in enumerate([first_writer, *others]):
+            rows = np.ones((2, *writer.frame_shape), writer.dtype)
+            publisher = later(0.1, lambda writer=writer, rows=rows: writer.write(rows))
+            started = time.monotonic()
+            assert wait_any(readers, 10.0), f"ring {index}"
+            assert time.monotonic() - started < 5.0
+            publisher.join()
+            assert [r.read(timeout_s=0).frames for r in readers] == [
+                2 if i == index else 0 for i in range(3)
+            ]
+        started = time.monotonic()
+        assert not wait_any(readers, 0.2)  # nothing published: the timeout ends it
+        assert time.monotonic() - started >= 0.2
+        others[1].close()  # an end of stream is news too: the next read says which
+        assert wait_any(readers, 10.0)
+    finally:
+        for reader in readers[1:]:
+            reader.close()
+        for writer in others:
+            writer.close()
 
 
 def test_a_closed_bell_stops_its_thread(pair) -> None:
