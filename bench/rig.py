@@ -17,7 +17,10 @@ restarts during the run (a missed heartbeat at start-up restarts a worker),
 the recorder's lag behind the writer at the end and every reader's dropped
 frames. ``--without`` repeats one channel count with each worker left out, so
 what a worker costs the others (the readers it adds to the source) shows too.
-The second table is each worker kind with nothing to do: its floor.
+The second table is each worker kind with nothing to do: its floor. Last, the
+recorder's floor on this machine's disk: a bare process writing the same bytes
+(plain ``write()``, 0.2 s blocks); the kernel's page cache and writeback are
+charged to whoever writes, and grow as dirty pages pile up.
 
 Targets (issue 18): rig total at 1024 channels <= 60 % of one core, at 256 <= 35 %;
 an idle stimulator <= 3 %; the recorder <= 10 % and the scope <= 25 % at 1024.
@@ -30,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -160,6 +165,39 @@ def run_rig(channels: int, without: str, warmup_s: float, seconds: float) -> dic
         rig.stop()
 
 
+def _write_paced(path: str, bytes_per_s: float, block_s: float, seconds: float) -> None:
+    block = np.zeros(int(bytes_per_s * block_s), np.uint8).tobytes()
+    with open(path, "wb") as out:
+        due = time.monotonic()
+        end = due + seconds
+        while due < end:
+            out.write(block)
+            due += block_s
+            time.sleep(max(0.0, due - time.monotonic()))
+            if out.tell() > 2**30:  # keep the disk's use bounded
+                out.seek(0)
+
+
+def raw_write_floor(channels: int, warmup_s: float, seconds: float) -> float:
+    """% of one core a bare process spends writing what the recorder writes at
+    ``channels`` (int16 at 30 kHz, in 0.2 s blocks, page cache and all): the floor
+    under the recorder's figure on this machine's disk."""
+    with tempfile.TemporaryDirectory(dir="/tmp" if os.name == "posix" else None) as tmp:
+        writer = mp.get_context("spawn").Process(
+            target=_write_paced,
+            args=(f"{tmp}/raw.bin", channels * 30000 * 2, 0.2, warmup_s + seconds + 1),
+        )
+        writer.start()
+        try:
+            time.sleep(warmup_s)
+            proc = psutil.Process(writer.pid)
+            before = cpu_seconds(proc)
+            time.sleep(seconds)
+            return 100 * (cpu_seconds(proc) - before) / seconds
+        finally:
+            writer.join(warmup_s + seconds + 30)
+
+
 def pct(cpu: dict[str, float], name: str) -> str:
     return f"{cpu[name]:.1f}" if name in cpu else "-"
 
@@ -247,6 +285,13 @@ def main() -> None:
     sizes = [int(c) for c in args.channels.split(",")]
     without_at = None if args.without == "none" else int(args.without)
     rig_table(sizes, without_at, args.repeats, args.warmup, args.seconds)
+    print(
+        "\nthe recorder's floor, a bare process writing the same bytes paced in 0.2 s "
+        "blocks (plain write(), no HDF5), % of one core: "
+        + ", ".join(
+            f"{n} channels {raw_write_floor(n, args.warmup, args.seconds):.1f}" for n in sizes
+        )
+    )
     if not args.no_idle:
         idle_table(min(args.warmup, 5.0), min(args.seconds, 10.0))
 

@@ -288,13 +288,8 @@ class Worker:
         at once (:func:`~pipeline.ring.wait_any`).
         """
         while not self._stopping:
-            # Checked right before sleeping: a send since the last drain can have taken
-            # the sockets' descriptor signal for a message that came in meanwhile.
-            now = time.monotonic()
-            if self._bus is not None and (self._messages_waiting() or now >= self._next_heartbeat):
-                self._serve_bus(now)
-                continue  # and look again: the replies just sent may have taken that signal
             if any(reader.wait(0) for reader in readers):
+                self.service()  # at most every service_interval_s while frames flow
                 return True
             rings = [reader for reader, _ in self._command_rings.values()]
             if rings and wait_any(rings, 0):
@@ -302,14 +297,24 @@ class Worker:
                 continue
             now = time.monotonic()
             remaining = math.inf if deadline is None else deadline - now
-            if remaining <= 0 or self._stopping:
+            if remaining <= 0:
+                self.service()
                 return False
             sleep_s = max(0.0, min(remaining, self._next_heartbeat - now))
+            watched = bool(readers or rings) or sleep_s > 0.002
+            if self._bus is not None:
+                if not watched:
+                    self.service()  # a short pacing sleep: the sockets wait for the next
+                elif self._messages_waiting() or now >= self._next_heartbeat:
+                    # Checked right before sleeping: a send since the last drain can have
+                    # taken the sockets' descriptor signal for a message that came in.
+                    self._serve_bus(now)
+                    continue  # and look again: the replies just sent may have done so too
             if readers or rings:
                 every = [*readers, *rings]
                 with self._bell().sleeping(every[0].nudge) as rung:
                     wait_any(every, sleep_s, rung)
-            elif sleep_s > 0.002 and self._bus is not None:
+            elif watched and self._bus is not None:
                 # the sockets' poll counts whole ms: the last ms is slept precisely below
                 self._poller().poll(int(sleep_s * 1000) - 1)
             else:

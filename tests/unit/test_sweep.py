@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from workers.visualization.sweep import CURSOR, MARKER, SPIKE, TRACE, Picture, Sweep
 
@@ -75,3 +76,16 @@ def test_a_picture_redraws_only_what_changed_and_matches_a_full_drawing() -> Non
     assert not sweep.dirty.any()
     sweep.dirty[:] = True
     assert np.array_equal(incremental, Picture().draw(sweep, 0, 8, 160, 40.0, 1.0))
+
+
+@pytest.mark.parametrize("chunk_frames", [1, 7, 1000, 20_000])  # 20 000: past _LOOP_COLUMNS
+def test_columns_hold_the_exact_min_and_max_however_the_frames_arrive(chunk_frames) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.integers(-2000, 2000, (24_000, 5), dtype=np.int16)
+    sweep = Sweep(5, 30_000.0, 1.0, 400)  # 75 frames per column, 24 000 frames < 1 sweep
+    for start in range(0, len(data), chunk_frames):
+        sweep.add(data[start : start + chunk_frames])
+    columns = data[: 320 * 75].reshape(320, 75, 5)
+    assert np.array_equal(sweep.low[:320], columns.min(axis=1).astype(np.float32))
+    assert np.array_equal(sweep.high[:320], columns.max(axis=1).astype(np.float32))
+    assert sweep.filled[:320].all() and not sweep.filled[320:].any()

@@ -54,9 +54,7 @@ class Sweep:
             return
         absolute = ((self.frame + np.arange(n)) // self.frames_per_column).astype(np.int64)
         starts = np.flatnonzero(np.concatenate(([True], absolute[1:] != absolute[:-1])))
-        values = data.astype(np.float32, copy=False)
-        low = np.minimum.reduceat(values, starts, axis=0)
-        high = np.maximum.reduceat(values, starts, axis=0)
+        low, high = _min_max(data, starts)
         touched = absolute[starts] % self.width
         # A run that begins a column replaces what the column held one sweep ago.
         fresh = np.ones(len(starts), bool)
@@ -89,6 +87,29 @@ class Sweep:
     def _column_of(self, frame_offset: int) -> int:
         frame = max(0, self.frame - 1 - frame_offset)
         return int(frame // self.frames_per_column) % self.width
+
+
+#: Up to this many columns in one add, each is reduced on its own; beyond, reduceat.
+_LOOP_COLUMNS = 256
+
+
+def _min_max(data: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-run minimum and maximum of every channel (runs of rows begin at ``starts``), as
+    float32. A contiguous block's ``min(axis=0)`` is 20-40x faster than
+    ``minimum.reduceat(axis=0)`` (which walks the channels of each row one by one): at
+    1024 channels x 30 kHz that was 70 % of the scope's time."""
+    if len(starts) > _LOOP_COLUMNS:
+        low = np.minimum.reduceat(data, starts, axis=0)
+        high = np.maximum.reduceat(data, starts, axis=0)
+        return low.astype(np.float32, copy=False), high.astype(np.float32, copy=False)
+    low = np.empty((len(starts), *data.shape[1:]), np.float32)
+    high = np.empty_like(low)
+    ends = [*starts[1:].tolist(), len(data)]
+    for run, (start, end) in enumerate(zip(starts.tolist(), ends, strict=True)):
+        block = data[start:end]
+        low[run] = block.min(axis=0)
+        high[run] = block.max(axis=0)
+    return low, high
 
 
 class Picture:
