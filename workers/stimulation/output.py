@@ -103,11 +103,27 @@ class Output:
 
     def start(self) -> None:
         """Prime every channel with a whole buffer of silence (slack for the refill
-        thread's first, slow calls into the backend) and start the refill thread."""
+        thread's first, slow calls into the backend) and start refilling.
+
+        A backend whose own clock asks for data (``pull(callback)``: called after
+        each block it consumed, like a device's data handler) refills from there,
+        and no thread of ours wakes to check; otherwise the refill thread does it
+        every ``refill_interval_s``."""
         with self.lock:
             for channel in range(len(self.queues)):
                 self._fill(channel, self.buffer_samples)
-        self._thread.start()
+        pull = getattr(self.backend, "pull", None)
+        if pull is not None:
+            pull(self._refill_pulled)
+        else:
+            self._thread.start()
+
+    def _refill_pulled(self) -> None:
+        try:
+            self.refill()
+        except BaseException as exc:  # the worker's loop sees it and fails loudly
+            self.refill_error = exc
+            raise
 
     def close(self) -> None:
         self._stop.set()

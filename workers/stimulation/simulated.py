@@ -1,7 +1,9 @@
 """The ``simulated`` stimulator: no hardware, the output goes into a ring.
 
 It behaves like a streaming stimulator: one FIFO per channel that a clock
-thread drains at the output rate (50 kHz), block by block, in real time.
+thread drains at the output rate (50 kHz), block by block, in real time, and
+after each block asks the host for more (``pull``), as a device's data
+handler would.
 What it "outputs" is published as float32 µA frames ``(channels,)`` on the
 ring ``<worker>/output``, so the stimulation can be seen in the scope and
 recorded next to the neural data. An empty FIFO while running is an underrun:
@@ -57,6 +59,12 @@ class SimulatedStimulator:
         self._stop = threading.Event()
         self._writer = make_writer(max(1, int(settings.ring_seconds * output_rate_hz)))
         self._thread = threading.Thread(target=self._clock, name="device-clock", daemon=True)
+        self._pulled: Callable[[], None] | None = None
+
+    def pull(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each block output (the host refills then, as it would
+        from a streaming device's data handler)."""
+        self._pulled = callback
 
     # -- Backend --------------------------------------------------------------------------------
     def queued(self, channel: int) -> int:
@@ -69,8 +77,10 @@ class SimulatedStimulator:
         with self._lock:
             if len(samples_ua) > self.space(channel):
                 raise OverflowError(f"channel {channel}: FIFO full")
-            slots = (self._tail[channel] + np.arange(len(samples_ua))) % self.capacity
-            self._fifo[channel, slots] = samples_ua
+            done = 0
+            for slot, count in _spans(int(self._tail[channel]), len(samples_ua), self.capacity):
+                self._fifo[channel, slot : slot + count] = samples_ua[done : done + count]
+                done += count
             self._tail[channel] += len(samples_ua)
             self._started[channel] = True
 
@@ -97,6 +107,8 @@ class SimulatedStimulator:
                     )
                     self._writer.write(frames, stamps)
                     self.samples_output += due
+                if self._pulled is not None:
+                    self._pulled()
         except BaseException as exc:  # the worker's loop sees it and fails loudly
             self.clock_error = exc
 
@@ -105,9 +117,19 @@ class SimulatedStimulator:
         with self._lock:
             for channel in range(self.channels):
                 available = min(frames, self.queued(channel))
-                slots = (self._head[channel] + np.arange(available)) % self.capacity
-                out[:available, channel] = self._fifo[channel, slots]
+                done = 0
+                for slot, count in _spans(int(self._head[channel]), available, self.capacity):
+                    out[done : done + count, channel] = self._fifo[channel, slot : slot + count]
+                    done += count
                 self._head[channel] += available
                 if available < frames and self._started[channel]:
                     self.underruns += 1
         return out
+
+
+def _spans(position: int, count: int, capacity: int) -> list[tuple[int, int]]:
+    """The FIFO slots of ``count`` samples from sample number ``position``: one or two
+    ``(first slot, samples)`` runs (two where they wrap around the end)."""
+    slot = position % capacity
+    first = min(count, capacity - slot)
+    return [(slot, first), (0, count - first)] if count > first else [(slot, first)]

@@ -186,7 +186,13 @@ class StimulationWorker(Worker):
                     "output", "float32", s.channels, capacity, s.output_rate_hz, descriptor
                 )
 
-            backend = SimulatedStimulator(s.simulated, s.channels, s.output_rate_hz, make_writer)
+            # A block is an eighth of the output buffer (at most 2.5 ms): the refill after
+            # each keeps half a buffer queued, so the device's clock thread may be three
+            # blocks late before its next block finds the queue short (an underrun).
+            block_s = min(0.0025, s.buffer_ms / 8000)
+            backend = SimulatedStimulator(
+                s.simulated, s.channels, s.output_rate_hz, make_writer, block_s
+            )
         over = {c: lim for c, lim in self.limits.items() if lim.max_amplitude_ua > backend.range_ua}
         if over:
             backend.close()
