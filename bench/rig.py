@@ -120,7 +120,7 @@ channels_per_page = {per_page}
 def rig_config(channels: int, without: str = "") -> str:
     parts = {
         "acq": ACQ.format(channels=channels),
-        "rec": REC,
+        "rec": REC.replace(', "stim/output"', "") if without == "stim" else REC,
         "stim": STIM.format(armed="false", trigger_stream="acq/continuous", threshold=-300.0),
         "scope": SCOPE.format(per_page=min(256, channels)),
     }

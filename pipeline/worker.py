@@ -52,7 +52,7 @@ from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, loa
 from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD
 from pipeline.control.doorbell import Doorbell
 from pipeline.errors import EndOfStream, ProtocolError, RigpipeError
-from pipeline.ring import RingReader, RingWriter, attach, wait_any
+from pipeline.ring import RingReader, RingWriter, attach, segments, wait_any
 from pipeline.timer import fine_timer
 
 _PR_SET_PDEATHSIG = 1
@@ -397,6 +397,20 @@ class Worker:
         self._command_rings[stream] = (reader, peer)
         return messages.Ok(request_id=request.request_id, detail=f"{self.name} reads {stream}")
 
+    def _drop_dead_command_rings(self) -> None:
+        """Forget the command rings of clients that died without closing them, and remove
+        their segments (a stream of this session whose writer is gone: no one else's)."""
+        for stream, (reader, _) in list(self._command_rings.items()):
+            try:
+                alive = reader.writer_alive
+            except RigpipeError:
+                alive = False
+            if not alive:
+                reader.close()
+                del self._command_rings[stream]
+                segments.sweep(streams=[stream])
+                self.log.info("the client of command ring %s is gone; removed it", stream)
+
     def _take_commands(self) -> None:
         """Answer every request waiting in the clients' command rings."""
         if self._direct is None:
@@ -467,6 +481,7 @@ class Worker:
     def _heartbeat(self) -> None:
         assert self._bus is not None
         self._report_relinks()
+        self._drop_dead_command_rings()
         readers = [
             messages.ReaderReport(stream=s, cursor=r.cursor, dropped=r.dropped_total)
             for s, r in list(self._readers.items())

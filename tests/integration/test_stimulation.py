@@ -3,6 +3,8 @@ stimulator's output ring, closed-loop triggers, events and the recorder."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import h5py
@@ -17,7 +19,7 @@ from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Subscriber
 from pipeline.control.direct import Stimulator
 from pipeline.recording.format import read_manifest
-from pipeline.ring import RingReader
+from pipeline.ring import RingReader, naming, shm
 from tests.rig import wait_for
 
 RATE = 50_000.0
@@ -371,3 +373,36 @@ def test_a_restarted_stimulator_never_runs_a_command_sent_while_it_was_down(rigs
     finally:
         stim.close()
         queued.close()
+
+
+def test_the_command_ring_of_a_decoder_that_was_killed_is_removed(rigs) -> None:
+    rig = rigs.new()
+    rig.write(STIM.format(buffer_ms=BUFFER_MS, extra="armed = true"))
+    rig.start()
+    decoder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pipeline\n"
+            f"stim = pipeline.stimulator('stim', {rig.name!r})\n"
+            "stim.pulse_train(channel=0, phases=[(-30.0, 100.0), (30.0, 100.0)])\n"
+            "print(stim.command_ring, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert decoder.stdout is not None
+        stream = decoder.stdout.readline().strip()
+        assert stream.startswith(f"{rig.name}/client-{decoder.pid}-")
+        segment = naming.shm_name(stream)
+        assert segment in shm.list_names()
+        decoder.kill()  # no close(): its ring stays behind, until the worker notices
+        decoder.wait(10)
+        wait_for(lambda: segment not in shm.list_names(), 10, "the dead decoder's ring removed")
+    finally:
+        decoder.kill()
+        decoder.wait(10)
+        decoder.stdout.close()
+    assert rig.worker("stim").state == "running"
