@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.visualization.sweep import CURSOR, MARKER, SPIKE, TRACE, Picture, Sweep
+from workers.visualization.sweep import CLIP, CURSOR, MARKER, SPIKE, TRACE, Picture, Sweep
 
 
 def _rgba(value: np.uint32) -> np.ndarray:
@@ -89,3 +89,16 @@ def test_columns_hold_the_exact_min_and_max_however_the_frames_arrive(chunk_fram
     assert np.array_equal(sweep.low[:320], columns.min(axis=1).astype(np.float32))
     assert np.array_equal(sweep.high[:320], columns.max(axis=1).astype(np.float32))
     assert sweep.filled[:320].all() and not sweep.filled[320:].any()
+
+
+def test_a_trace_the_gain_pushes_past_its_band_is_marked_at_the_edge() -> None:
+    sweep = Sweep(2, 1000.0, 1.0, 100)
+    data = np.zeros((1000, 2), np.float32)
+    data[:500, 0], data[500:, 1] = 10.0, -10.0
+    sweep.add(data)
+    fits = rasterize(sweep, 0, 2, 100, span=40.0, gain=1.0)  # bands of 50 rows
+    assert not (fits.view(np.uint32) == CLIP).any()
+    clipped = rasterize(sweep, 0, 2, 100, span=40.0, gain=4.0)  # 4 x 10 = a whole band
+    assert list(_rows_with(clipped, CLIP, 10)) == [0], "channel 0 clips at its top edge"
+    assert list(_rows_with(clipped, CLIP, 80)) == [99], "channel 1 at its bottom edge"
+    assert list(_rows_with(clipped, TRACE, 10)) == [75], "channel 1, unclipped, as it was"

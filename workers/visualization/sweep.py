@@ -6,7 +6,8 @@ the minimum and maximum of every channel over the frames that fall in it
 columns from left to right and wrap around (a sweep, as on an oscilloscope),
 so each refresh costs only the frames that arrived since the last one.
 :func:`rasterize` turns a page of channels into an RGBA image: stacked traces,
-each channel in its own band, plus spike ticks and stimulation markers.
+each channel in its own band, plus spike ticks, stimulation markers, and red
+band edges where a trace goes past its band (clipped by the gain).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TRACE = _rgba(40, 220, 90)
 SPIKE = _rgba(255, 200, 40)
 MARKER = _rgba(255, 60, 60)
 CURSOR = _rgba(90, 90, 90)
+CLIP = _rgba(255, 0, 0)  # a band's edge where its trace goes past it
 BACKGROUND = _rgba(0, 0, 0)
 
 
@@ -166,11 +168,16 @@ def rasterize(
     bands_bottom = bands_top + band - 1
     # Larger values go up: rows count downward from the top. Values past the band
     # are drawn at its edge.
-    top = np.clip(np.rint(centers - sweep.high[columns, chans] * scale), bands_top, bands_bottom)
-    bottom = np.clip(np.rint(centers - sweep.low[columns, chans] * scale), bands_top, bands_bottom)
-    top, bottom = top.astype(np.int64), bottom.astype(np.int64)
+    raw_top = np.rint(centers - sweep.high[columns, chans] * scale)
+    raw_bottom = np.rint(centers - sweep.low[columns, chans] * scale)
+    filled_columns = sweep.filled[columns][:, None]
+    # Past its band by more than a row (a value at exactly +-span/2 may round one row out).
+    clipped_top = (raw_top < bands_top - 1) & filled_columns
+    clipped_bottom = (raw_bottom > bands_bottom + 1) & filled_columns
+    top = np.clip(raw_top, bands_top, bands_bottom).astype(np.int64)
+    bottom = np.clip(raw_bottom, bands_top, bands_bottom).astype(np.int64)
     index = np.broadcast_to(np.arange(width)[:, None], top.shape)
-    filled = sweep.filled[columns][:, None] & (bottom >= top) & (bottom < height)
+    filled = filled_columns & (bottom >= top) & (bottom < height)
     # Paint each column's [top, bottom] run: +1 at top, -1 after bottom, then a running sum.
     size = (height + 1) * width
     starts = np.bincount((top * width + index)[filled], minlength=size)
@@ -181,6 +188,9 @@ def rasterize(
     spike_cols, spike_chans = np.nonzero(sweep.spikes[columns, chans])
     for dy in range(max(1, band // 6)):
         image[np.minimum(bands_top[0, spike_chans] + dy, height - 1), spike_cols] = SPIKE
+    for clipped, edge in ((clipped_top, bands_top), (clipped_bottom, bands_bottom)):
+        clip_cols, clip_chans = np.nonzero(clipped)
+        image[np.minimum(edge[0, clip_chans], height - 1), clip_cols] = CLIP
     image[:, sweep.markers[columns]] = MARKER
     image[:, columns == sweep.column] = CURSOR
     return image

@@ -5,9 +5,14 @@ band, min/max-decimated to the window's pixel width (so a one-sample spike
 stays visible), drawn as a sweep over ``window_s``; ticks for spikes from the
 ``spikes`` stream; red lines where the ``markers`` stream (stimulation output
 or events) is active; and a status line (generation, rate, drops, overruns,
-channels shown). ``window_s``, ``gain``, ``span_uv``, ``page`` and
-``channels_per_page`` can be changed while it runs (``rigpipe set``). A
-format change (a new generation) redraws with the new channel count at once.
+channels shown, the µV a band spans), with channel labels beside the traces.
+``window_s``, ``gain``, ``span_uv``, ``page`` and ``channels_per_page`` can be
+changed while it runs, with ``rigpipe set`` or with keys (``ScopeWorker.KEYS``:
++/- gain, PgUp/PgDn page, [/] channels per page, Left/Right time window,
+space pauses drawing); the mouse does not move the view. What the keys set
+shows in ``rigpipe status``. A trace that the gain pushes past its band is
+marked in red at the band's edge. A format change (a new generation) redraws
+with the new channel count at once.
 
 Without a display (no ``DISPLAY`` / ``WAYLAND_DISPLAY`` on Linux) the worker
 says so once and exits 0, unless ``offscreen = true`` asks it to render
@@ -22,11 +27,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import numpy as np
 
+from pipeline.control import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.ring import RingReader, attach
 from pipeline.worker import Worker
@@ -106,9 +112,11 @@ class Panel:
         self.widget = pg.GraphicsLayoutWidget()
         self.status = self.widget.addLabel("", row=0, col=0, justify="left")
         self.plot = self.widget.addPlot(row=1, col=0)
-        self.plot.hideAxis("left")
         self.plot.hideAxis("bottom")
+        self.plot.getAxis("left").setWidth(60)  # channel labels beside their traces
         self.plot.setMenuEnabled(False)
+        self.plot.setMouseEnabled(x=False, y=False)  # no silent zoom: keys set the view
+        self.plot.hideButtons()
         self.plot.invertY(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
@@ -121,6 +129,7 @@ class Panel:
         self.retry_at = 0.0
         self.rate = 0.0
         self._window = (time.monotonic(), 0)
+        self._labelled: tuple[int, int, int] | None = None  # (first, count, generation)
 
     def full_name(self) -> str:
         return f"{self.worker.spec.session}/{self.stream}"
@@ -197,11 +206,36 @@ class Panel:
         span = s.span_uv / self.unit_uv
         image = self.picture.draw(self.sweep, first, per_page, s.height_px, span, s.gain)
         self.image.setImage(image, autoLevels=False)
+        self._label(first, per_page, s.height_px)
         self.status.setText(
             f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
             f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
-            f"{first + per_page} of {self.sweep.channels}  {s.window_s:g} s  gain {s.gain:g}"
+            f"{first + per_page} of {self.sweep.channels}  {s.window_s:g} s  gain {s.gain:g}  "
+            f"band {s.span_uv / s.gain:g} uV"
         )
+
+    def show_paused(self) -> None:
+        """The status line says the picture is paused (it keeps reading meanwhile)."""
+        text = self.status.text or self.stream
+        if "PAUSED" not in text:
+            self.status.setText(f"{text}  PAUSED (space)")
+
+    def _label(self, first: int, count: int, height: int) -> None:
+        """Channel labels beside their bands (at most ~32 on a page: every k-th)."""
+        assert self.reader is not None
+        key = (first, count, self.reader.generation)
+        if key == self._labelled:
+            return
+        self._labelled = key
+        labels = self.reader.descriptor.get("channel_labels") or []
+        band = max(2, height // max(1, count))
+        every = max(1, -(-count // 32))
+        ticks = [
+            (k * band + band // 2, str(labels[c]) if c < len(labels) else str(c))
+            for k, c in enumerate(range(first, first + count))
+            if k % every == 0
+        ]
+        self.plot.getAxis("left").setTicks([ticks, []])
 
 
 class ScopeWorker(Worker):
@@ -252,8 +286,83 @@ class ScopeWorker(Worker):
         self.next_snapshot = time.monotonic() + s.snapshot_s
         self.counters.update(frames_drawn=0, fps=0.0)
         self._fps_window = (time.monotonic(), 0)
+        self.paused = False
+        self._bind_keys()
+        self._update_note()
         self.window.show()
         self.shown = True
+
+    #: The keys the scope answers to, and what each does (README, "The live scope").
+    KEYS: ClassVar[dict[str, str]] = {
+        "+": "gain x2",
+        "-": "gain /2",
+        "PgDown": "next page",
+        "PgUp": "previous page",
+        "]": "channels per page x2",
+        "[": "channels per page /2",
+        "Right": "time window x2",
+        "Left": "time window /2",
+        "Space": "pause / resume drawing",
+    }
+
+    def _bind_keys(self) -> None:
+        from PySide6 import QtGui
+
+        actions = {
+            "+": lambda: self._step("gain", 2.0),
+            "=": lambda: self._step("gain", 2.0),  # + without shift
+            "-": lambda: self._step("gain", 0.5),
+            "PgDown": lambda: self._step_page(1),
+            "PgUp": lambda: self._step_page(-1),
+            "]": lambda: self._step("channels_per_page", 2.0),
+            "[": lambda: self._step("channels_per_page", 0.5),
+            "Right": lambda: self._step("window_s", 2.0),
+            "Left": lambda: self._step("window_s", 0.5),
+            "Space": self._toggle_pause,
+        }
+        self._shortcuts = []
+        for key, action in actions.items():
+            shortcut = QtGui.QShortcut(QtGui.QKeySequence(key), self.window)
+            shortcut.activated.connect(action)
+            self._shortcuts.append(shortcut)
+
+    def _step(self, name: str, factor: float) -> None:
+        """A key's change, through the same checks as `rigpipe set` (refused: unchanged)."""
+        value = getattr(self.settings, name) * factor
+        if name == "channels_per_page":
+            value = int(min(1024, max(1, round(value))))
+        reply = self._set_parameter(0, name, value)
+        if isinstance(reply, messages.Error):
+            self.log.info("key refused: %s", reply.text)
+        self._update_note()
+
+    def _step_page(self, delta: int) -> None:
+        panel = self.panels[max(0, self.window.currentIndex())]
+        channels = panel.sweep.channels if panel.sweep is not None else 1
+        pages = max(1, -(-channels // self.settings.channels_per_page))
+        page = min(max(0, self.settings.page + delta), pages - 1)
+        self._set_parameter(0, "page", page)
+        self._update_note()
+
+    def _toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._update_note()
+
+    def _update_note(self) -> None:
+        """What `rigpipe status` shows beside the scope: the view as the keys left it."""
+        s = self.settings
+        self.note = (
+            f"gain {s.gain:g}, page {s.page + 1}, {s.channels_per_page} per page, "
+            f"{s.window_s:g} s" + (", PAUSED" if self.paused else "")
+        )
+
+    def on_parameter(self, name: str, value: Any) -> None:
+        if name == "window_s" and getattr(self, "panels", None):
+            for panel in self.panels:
+                if panel.reader is not None:
+                    panel._new_sweep()
+        if getattr(self, "shown", False):
+            self._update_note()
 
     def _events(self, stream: str) -> dict[str, Any]:
         return {"stream": stream, "reader": None, "retry": 0.0}
@@ -282,7 +391,9 @@ class ScopeWorker(Worker):
             for panel in self.panels:
                 panel.refresh()  # every tab keeps reading; only the one shown draws
             shown = self.panels[max(0, self.window.currentIndex())]
-            if shown.sweep is not None and shown.reader is not None:
+            if self.paused:
+                shown.show_paused()
+            elif shown.sweep is not None and shown.reader is not None:
                 self._overlay(shown)
                 shown._draw()
             self._count_frame()
@@ -367,12 +478,6 @@ class ScopeWorker(Worker):
         temporary = path.with_name(f".{path.stem}.tmp.png")
         if self.window.grab().save(str(temporary)):
             os.replace(temporary, path)
-
-    def on_parameter(self, name: str, value: Any) -> None:
-        if name == "window_s" and getattr(self, "panels", None):
-            for panel in self.panels:
-                if panel.reader is not None:
-                    panel._new_sweep()
 
     def teardown(self) -> None:
         for panel in getattr(self, "panels", []):

@@ -1,0 +1,129 @@
+"""The scope driven by keys, through Qt's own test API, offscreen: every key in
+ScopeWorker.KEYS changes what it says, through the same checks as `rigpipe set`, and
+the mouse wheel changes nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyqtgraph")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
+
+from pipeline.control.bus import Endpoints
+from pipeline.ring import RingWriter
+from pipeline.worker import WorkerSpec
+from workers.visualization.worker import ScopeWorker
+
+
+@pytest.fixture
+def scope(tmp_path) -> Iterator[ScopeWorker]:
+    session = f"keys{os.getpid()}"
+    labels = [f"ch{c:03d}" for c in range(64)]
+    source = RingWriter(
+        f"{session}/src/out", np.int16, 64, 10_000, 1000.0, {"channel_labels": labels}
+    )
+    spec = WorkerSpec(
+        session=session,
+        name="scope",
+        kind="workers.visualization",
+        endpoints=Endpoints("ipc:///nonexistent", "ipc:///nonexistent"),
+        supervisor_pid=os.getpid(),
+    )
+    parameters = {"streams": ["src/out"], "offscreen": True, "channels_per_page": 16}
+    worker = ScopeWorker(spec, ScopeWorker.parse_settings(parameters))
+    worker.setup()
+    try:
+        source.write(np.zeros((500, 64), np.int16))
+        worker._refresh()  # attaches and draws the first picture
+        worker.window.activateWindow()
+        QTest.qWaitForWindowActive(worker.window, 2000)
+        yield worker
+    finally:
+        worker.teardown()
+        source.close()
+
+
+def press(worker: ScopeWorker, key: Qt.Key) -> None:
+    QTest.keyClick(worker.window, key, Qt.KeyboardModifier.NoModifier)
+    QApplication.processEvents()
+    worker._refresh()
+
+
+def test_keys_change_gain_page_channels_window_and_pause(scope) -> None:
+    s = scope.settings
+    assert (s.gain, s.page, s.channels_per_page, s.window_s) == (1.0, 0, 16, 5.0)
+    press(scope, Qt.Key.Key_Plus)
+    press(scope, Qt.Key.Key_Plus)
+    assert scope.settings.gain == 4.0
+    press(scope, Qt.Key.Key_Minus)
+    assert scope.settings.gain == 2.0
+    press(scope, Qt.Key.Key_PageDown)
+    press(scope, Qt.Key.Key_PageDown)
+    assert scope.settings.page == 2
+    for _ in range(5):  # 64 channels, 16 a page: page 4 does not exist
+        press(scope, Qt.Key.Key_PageDown)
+    assert scope.settings.page == 3
+    press(scope, Qt.Key.Key_PageUp)
+    assert scope.settings.page == 2
+    press(scope, Qt.Key.Key_BracketRight)
+    assert scope.settings.channels_per_page == 32
+    press(scope, Qt.Key.Key_BracketLeft)
+    press(scope, Qt.Key.Key_BracketLeft)
+    assert scope.settings.channels_per_page == 8
+    press(scope, Qt.Key.Key_Right)
+    assert scope.settings.window_s == 10.0
+    press(scope, Qt.Key.Key_Left)
+    press(scope, Qt.Key.Key_Left)
+    assert scope.settings.window_s == 2.5
+    assert scope.note == "gain 2, page 3, 8 per page, 2.5 s"  # what rigpipe status shows
+    press(scope, Qt.Key.Key_Space)
+    assert scope.paused and scope.note.endswith("PAUSED")
+    assert "PAUSED" in scope.panels[0].status.text
+    press(scope, Qt.Key.Key_Space)
+    assert not scope.paused and "PAUSED" not in scope.panels[0].status.text
+
+
+def test_a_key_past_a_limit_changes_nothing(scope) -> None:
+    for _ in range(12):  # window_s is at most 600 s: 5 * 2**7 = 640 is refused
+        press(scope, Qt.Key.Key_Right)
+    assert scope.settings.window_s == 320.0
+
+
+def test_channel_labels_stand_beside_their_traces(scope) -> None:
+    ticks = scope.panels[0].plot.getAxis("left")._tickLevels[0]
+    assert [label for _, label in ticks] == [f"ch{c:03d}" for c in range(16)]
+    band = scope.settings.height_px // 16
+    assert [round(y) for y, _ in ticks][:2] == [band // 2, band + band // 2]
+    press(scope, Qt.Key.Key_PageDown)
+    ticks = scope.panels[0].plot.getAxis("left")._tickLevels[0]
+    assert ticks[0][1] == "ch016"
+
+
+def test_the_mouse_wheel_does_not_zoom(scope) -> None:
+    view = scope.panels[0].plot.getViewBox()
+    before = view.viewRange()
+    view.wheelEvent(_Wheel(), axis=None)  # what pyqtgraph zoomed on before
+    assert view.viewRange() == before
+
+
+class _Wheel:
+    """The parts of a QGraphicsSceneWheelEvent that pyqtgraph's ViewBox.wheelEvent reads."""
+
+    def delta(self) -> int:
+        return 480
+
+    def pos(self) -> QPointF:
+        return QPointF(100, 100)
+
+    def accept(self) -> None:
+        pass
+
+    def ignore(self) -> None:
+        pass
