@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import sys
 import time
@@ -106,7 +107,7 @@ class _LiveTable:
         self._last: messages.StatusReply | None = None
 
     def event(self, text: str) -> None:
-        self._events.append(f"{time.strftime('%H:%M:%S')} {text.splitlines()[0]}")
+        collapse(self._events, text.splitlines()[0], time.strftime("%H:%M:%S"))
         if self._last is not None:
             self.tick(self._last)
 
@@ -122,6 +123,24 @@ class _LiveTable:
     def close(self) -> None:
         for text in list(self._events)[-3:]:
             print(text)
+
+
+_NUMBERS = re.compile(r"\d+")
+_REPEATED = re.compile(r"^(\S+?)(?:-(\S+))? (.*?)(?: \(x(\d+)\))?$")
+
+
+def collapse(events: deque[str], text: str, now: str) -> None:
+    """Add ``text`` (seen at ``now``) to the pane; the same message again, numbers aside
+    (a frame number, a pid), replaces the last line with a time range and a count, so a
+    message repeated three times a second cannot push a crash off the pane."""
+    if events:
+        match = _REPEATED.match(events[-1])
+        if match is not None:
+            first, _, previous, count = match.groups()
+            if _NUMBERS.sub("#", previous) == _NUMBERS.sub("#", text):
+                events[-1] = f"{first}-{now} {text} (x{int(count or 1) + 1})"
+                return
+    events.append(f"{now} {text}")
 
 
 def fit(status: StatusReply, events: list[str], columns: int, rows: int) -> list[str]:

@@ -397,6 +397,9 @@ class Triggered(WorkerEvent, kw_only=True):
     fired: bool
     command_id: int = 0
     reason: str = ""
+    #: Crossings this event stands for: a rule that keeps not firing for the same reason
+    #: is published at most once a second, the last crossing carrying the count.
+    repeats: int = 1
 
 
 Request = Hello | Status | ListStreams | StartWorker | StopWorker | RestartWorker

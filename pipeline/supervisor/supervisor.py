@@ -514,7 +514,10 @@ def describe(event: Message) -> str:
             return f"worker {w}: {'armed' if armed else 'disarmed'}" + (
                 f" ({reason})" if reason else ""
             )
-        case messages.Triggered(worker=w, rule=rule, sequence=seq, fired=fired, reason=r):
+        case messages.Triggered(
+            worker=w, rule=rule, sequence=seq, fired=fired, reason=r, repeats=n
+        ):
             outcome = "fired" if fired else f"did not fire: {r}"
-            return f"worker {w}: trigger {rule} at frame {seq} {outcome}"
+            again = f" ({n} crossings since the last line)" if n > 1 else ""
+            return f"worker {w}: trigger {rule} at frame {seq} {outcome}{again}"
     return repr(event)

@@ -406,3 +406,25 @@ def test_the_command_ring_of_a_decoder_that_was_killed_is_removed(rigs) -> None:
         decoder.wait(10)
         decoder.stdout.close()
     assert rig.worker("stim").state == "running"
+
+
+def test_a_rule_that_keeps_not_firing_is_published_once_a_second_with_its_count(rigs) -> None:
+    """Disarmed, a rule crossing 10 times a second would flood the session's events, the
+    live view and the recording; its crossings are counted into one event a second."""
+    rig = rigs.new()
+    rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="") + TRIGGER)
+    rig.start()
+    triggered = rig.subscriber("worker.stim.triggered")
+    try:
+        seen = events(triggered, 3.5)
+        rig.client().request(messages.StopWorker(worker="src"))
+        seen += events(triggered, 2.5)  # what was held back comes out after QUIET_S
+    finally:
+        triggered.close()
+    assert seen and all(isinstance(e, messages.Triggered) and not e.fired for e in seen)
+    assert {e.reason for e in seen} == {"disarmed"}
+    crossings = sum(e.repeats for e in seen)
+    assert crossings >= 25, "the source crosses 10 times a second"
+    assert len(seen) <= 8, f"{len(seen)} events for {crossings} crossings"
+    counted = lambda: rig.worker("stim").counters.get("triggers") == crossings  # noqa: E731
+    wait_for(counted, 5, "every crossing in an event's count")

@@ -22,6 +22,7 @@ import itertools
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -46,6 +47,20 @@ from workers.stimulation.trigger import TriggerRule, Triggers, Watch
 SWITCH_INTERVAL_S = 0.0005
 #: Rendered commands kept for reuse (only ones that passed the safety check are kept).
 RENDER_CACHE = 64
+
+
+#: A rule that keeps not firing for the same reason is published at most this often.
+QUIET_S = 1.0
+
+
+@dataclass
+class _Held:
+    """Crossings of one rule not published yet: all did not fire, for ``reason``."""
+
+    reason: str
+    published_at: float  # monotonic s of the last event published for the rule
+    count: int = 0
+    latest: messages.Triggered | None = None
 
 
 class StimulationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -138,6 +153,7 @@ class StimulationWorker(Worker):
         check_buffer(s.buffer_ms, wake_s)
         self.limits = channel_limits(s)
         self._rendered: dict[bytes, Rendered] = {}
+        self._held: dict[str, _Held] = {}  # rule -> crossings held back (_publish_triggered)
         self.armed = s.armed
         self._ids = itertools.count(time.time_ns() // 1000)  # unique across restarts
         self.backend = self._open_backend()
@@ -211,6 +227,7 @@ class StimulationWorker(Worker):
             if hasattr(self.backend, "underruns"):
                 self.counters["underruns"] = self.backend.underruns
             self._check_device_errors()
+            self._release_quiet()
             # Failures of the refill are looked at least every 0.1 s.
             deadline = min(time.monotonic() + 0.1, self.triggers.next_retry())
             self.wait(self.triggers.readers(), deadline)
@@ -231,6 +248,8 @@ class StimulationWorker(Worker):
         )
 
     def teardown(self) -> None:
+        for rule in list(getattr(self, "_held", {})):
+            self._release(rule)
         output = getattr(self, "output", None)
         if output is not None:
             output.close()
@@ -256,20 +275,49 @@ class StimulationWorker(Worker):
                 self.counters["fired"] += 1
             else:
                 reason = reply.text
-        self.publish(
-            messages.Triggered(
-                worker=self.name,
-                rule=rule.name,
-                stream=rule.stream,
-                channel=rule.channel,
-                sequence=sequence,
-                value=value,
-                frame_timestamp_ns=timestamp_ns,
-                fired=bool(command_id),
-                command_id=command_id,
-                reason=reason,
-            )
+        event = messages.Triggered(
+            worker=self.name,
+            rule=rule.name,
+            stream=rule.stream,
+            channel=rule.channel,
+            sequence=sequence,
+            value=value,
+            frame_timestamp_ns=timestamp_ns,
+            fired=bool(command_id),
+            command_id=command_id,
+            reason=reason,
         )
+        self._publish_triggered(event)
+
+    def _publish_triggered(self, event: messages.Triggered) -> None:
+        """Publish a crossing; one that keeps not firing for the same reason (a disarmed
+        rig crossing three times a second) at most every QUIET_S, with its count."""
+        held = self._held.get(event.rule)
+        if event.fired or held is None or held.reason != event.reason:
+            self._release(event.rule)
+            self.publish(event)
+            if not event.fired:
+                self._held[event.rule] = _Held(event.reason, time.monotonic())
+            return
+        held.count += 1
+        held.latest = event
+        if time.monotonic() - held.published_at >= QUIET_S:
+            self._release(event.rule)
+            self._held[event.rule] = _Held(event.reason, time.monotonic())
+
+    def _release(self, rule: str) -> None:
+        """Publish what was held back for ``rule`` (the last crossing, with the count)."""
+        held = self._held.pop(rule, None)
+        if held is not None and held.latest is not None:
+            self.publish(msgspec.structs.replace(held.latest, repeats=held.count))
+
+    def _release_quiet(self) -> None:
+        """Publish held-back crossings once QUIET_S has passed, even if none follows."""
+        now = time.monotonic()
+        for rule, held in list(self._held.items()):
+            if held.latest is not None and now - held.published_at >= QUIET_S:
+                self._release(rule)
+                self._held[rule] = _Held(held.reason, now)
 
     # -- commands -------------------------------------------------------------------------------
     def on_request(self, request: messages.WorkerRequest) -> messages.Message:
