@@ -119,7 +119,15 @@ def _record(args: argparse.Namespace) -> int:
             raise RequestFailed(f"choose the recording worker with --worker (recorders: {found})")
         on = args.action == "start"
         client.request(messages.SetParameter(worker=name, name="recording", value=on))
-    print(f"{name}: recording {'started' if on else 'stopped'}")
+        # The recorder says where in its note, which reaches status with its next heartbeat.
+        where, deadline = "", time.monotonic() + 3.0
+        while on and not where and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = client.request(messages.Status())
+            assert isinstance(status, messages.StatusReply)
+            note = next((w.note for w in status.workers if w.name == name), "")
+            where = note if note.startswith("recording to ") else ""
+    print(f"{name}: recording {'started' if on else 'stopped'}" + (f", {where}" if where else ""))
     return 0
 
 

@@ -13,24 +13,49 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 import msgspec
 import numpy as np
+
+PATH_HELP = (
+    "a recording directory, its manifest.json, or a segment; 'latest': the newest "
+    "recording of the running rig (else under ./recordings)"
+)
+
+
+def recording_path(path: str) -> str:
+    """``path``, or for ``latest`` the newest recording directory: under the running
+    rig's recordings_dir, else ./recordings. FileNotFoundError saying where it looked."""
+    if path != "latest":
+        return path
+    from pipeline.control import session
+    from pipeline.errors import SessionNotFound
+    from pipeline.recording.format import MANIFEST
+
+    try:
+        root = Path(session.find().recordings_dir)
+    except SessionNotFound:
+        root = Path("recordings")
+    found = [d for d in root.glob("*") if (d / MANIFEST).is_file()] if root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no recording in {root} ('latest' looks there)")
+    return str(max(found, key=lambda d: (d / MANIFEST).stat().st_mtime))
 
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     inspect = command(
         "inspect", _inspect, "summarize a recording and check that no frame is missing", False
     )
-    inspect.add_argument("path", help="a recording directory, its manifest.json, or a segment")
+    inspect.add_argument("path", help=PATH_HELP)
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     export = command("export", run, "write a recording as an NWB file (needs pynwb)", False)
     add_arguments(export)
 
 
 def add_arguments(export: argparse.ArgumentParser) -> None:
-    export.add_argument("path", help="a recording directory, its manifest.json, or a segment")
+    export.add_argument("path", help=PATH_HELP)
     export.add_argument("--nwb", required=True, metavar="OUT.nwb", help="the NWB file to write")
     export.add_argument("--force", action="store_true", help="replace OUT.nwb if it exists")
     export.add_argument(
@@ -60,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             "require one",
             file=sys.stderr,
         )
+    args.path = recording_path(args.path)
     bar = None if args.quiet else ProgressBar(sys.stderr)
     summary = export_nwb(
         args.path,
@@ -134,6 +160,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from pipeline.recording.inspect import inspect, render
 
     try:
+        args.path = recording_path(args.path)
         report = inspect(args.path)
     except (OSError, ValueError, KeyError) as exc:
         print(f"rigpipe: cannot inspect {args.path}: {exc}", file=sys.stderr)

@@ -221,9 +221,21 @@ def test_record_stop_and_start_while_the_rig_runs(rigs) -> None:
     assert read_manifest(first).finished_at
     lag_streams = [s for s in rig.status().streams if s.readers]
     assert lag_streams == [], "a stopped recorder is no reader"
-    assert "rec: recording started" in cli("record", "start")
+    started = cli("record", "start")
+    assert started.startswith("rec: recording started, recording to "), started
+    second = Path(started.strip().removeprefix("rec: recording started, recording to "))
+    assert second.parent == recordings and second != first
     wait_for(lambda: rig.worker("rec").note.startswith("recording to"), 5, "recording to start")
     time.sleep(0.8)
+
+    def first_line(path: str) -> str:
+        command = [sys.executable, "-m", "pipeline.cli", "inspect", path]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        return result.stdout.splitlines()[0] if result.stdout else result.stderr
+
+    # latest: the running rig's newest recording (its id is on the first line)
+    assert first_line("latest") == first_line(str(second))
+    assert first_line("latest").startswith("recording ")
     stream = next(s for s in rig.status().streams if s.stream.endswith("acq/continuous"))
     assert [r.worker for r in stream.readers] == ["rec"]
     assert rig.interrupt() == 0
