@@ -192,3 +192,68 @@ def test_missing_x11_libraries_are_named_with_their_packages(rigs) -> None:
     log = rig.log()
     assert f"apt-get install {' '.join(missing)}" in log and "Traceback" not in log
     assert rig.worker("acq").state == "running"
+
+
+@pytest.fixture
+def xvfb(tmp_path):
+    """A real X server (Xvfb) on a free display, stopped after the test."""
+    import shutil
+    import subprocess
+
+    from workers.visualization.worker import missing_xcb
+
+    if shutil.which("Xvfb") is None or missing_xcb():
+        pytest.skip("Xvfb and Qt's X11 libraries are installed by tests/setup.sh")
+    for number in range(90 + os.getpid() % 100, 300):
+        if (
+            not Path(f"/tmp/.X11-unix/X{number}").exists()
+            and not Path(f"/tmp/.X{number}-lock").exists()
+        ):
+            break
+    server = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: Path(f"/tmp/.X11-unix/X{number}").exists(), 10, "Xvfb to listen")
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_real_window_on_an_x_server_shows_labels_and_traces_where_the_data_says(
+    rigs, xvfb
+) -> None:
+    """The xcb platform plugin, not offscreen: the window Qt opens on a real X server
+    (Xvfb) draws each trace in its band and the channel labels beside them."""
+    rig = rigs.new()
+    snapshot = rig.directory / "window.png"
+    pattern = (
+        '[[workers]]\nname = "pat"\nkind = "tests.workers.pattern"\n'
+        "[workers.parameters]\nchannels = 4\n"
+    )
+    scope = _scope(snapshot).replace("offscreen = true", "offscreen = false")
+    rig.write(pattern + scope)
+    rig.start(env={"DISPLAY": xvfb, "QT_QPA_PLATFORM": "xcb"})
+    four = _lines_after(snapshot, 4)
+    assert np.allclose(_spacing(four), [3, 1, 3], atol=0.25), four
+    image = QImage(str(snapshot)).convertToFormat(QImage.Format.Format_RGBA8888)
+    pixels = np.frombuffer(image.constBits(), np.uint8).reshape(
+        image.height(), image.bytesPerLine() // 4, 4
+    )[:, : image.width()]
+    green = (pixels[..., 1] > 150) & (pixels[..., 0] < 120) & (pixels[..., 2] < 160)
+    traces = np.flatnonzero(green.sum(axis=0))
+    # left of the traces, inside the tab's frame and short of the axis line and its ticks
+    plot_rows = slice(int(min(four)) - 20, int(max(four)) + 20)
+    left = pixels[plot_rows, 5 : traces.min() - 8]
+    ink = (left[..., :3].min(axis=2) > 100).sum(axis=1)  # light grey text on black
+    rows_with_text = np.flatnonzero(ink) + plot_rows.start
+    assert 0 < len(rows_with_text) < 0.6 * len(ink), "no channel labels left of the traces"
+    # a label's text stands beside each trace line (within half a band)
+    half_band = np.diff(sorted(four)).min() / 2
+    for line in four:
+        assert np.any(np.abs(rows_with_text - line) < half_band), f"no label near row {line}"
+    assert rig.worker("scope").state == "running"
+    assert "Traceback" not in rig.log()
