@@ -257,3 +257,27 @@ def test_a_real_window_on_an_x_server_shows_labels_and_traces_where_the_data_say
         assert np.any(np.abs(rows_with_text - line) < half_band), f"no label near row {line}"
     assert rig.worker("scope").state == "running"
     assert "Traceback" not in rig.log()
+
+
+def test_the_spike_raster_shows_the_sources_spikes_under_the_traces(rigs) -> None:
+    rig = rigs.new()
+    snapshot = rig.directory / "raster.png"
+    acquisition = DEMO_WORKER.replace("chunk_s = 0.002", "chunk_s = 0.002\nspike_rate_hz = 40.0")
+    scope = _scope(snapshot, '["acq/continuous"]', 'spikes = "acq/spikes"\nraster = true')
+    rig.write(acquisition + scope)
+    rig.start()
+
+    def raster_ticks() -> int:
+        if not snapshot.exists():
+            return 0
+        image = QImage(str(snapshot)).convertToFormat(QImage.Format.Format_RGBA8888)
+        pixels = np.frombuffer(image.constBits(), np.uint8).reshape(
+            image.height(), image.bytesPerLine() // 4, 4
+        )[:, : image.width()]
+        ticks = (pixels[..., 0] > 230) & (abs(pixels[..., 1].astype(int) - 200) < 30)
+        ticks &= pixels[..., 2] < 90  # the SPIKE colour, (255, 200, 40)
+        lowest_trace = max(_trace_lines(snapshot) or [0])
+        return int(ticks[int(lowest_trace) + 30 :].sum())  # below the traces: the raster
+
+    wait_for(lambda: raster_ticks() > 50, 20, "spike ticks in the raster under the traces")
+    assert rig.worker("scope").state == "running"

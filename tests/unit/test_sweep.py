@@ -102,3 +102,18 @@ def test_a_trace_the_gain_pushes_past_its_band_is_marked_at_the_edge() -> None:
     assert list(_rows_with(clipped, CLIP, 10)) == [0], "channel 0 clips at its top edge"
     assert list(_rows_with(clipped, CLIP, 80)) == [99], "channel 1 at its bottom edge"
     assert list(_rows_with(clipped, TRACE, 10)) == [75], "channel 1, unclipped, as it was"
+
+
+def test_the_raster_has_a_row_band_per_channel_and_a_tick_where_each_spike_fell() -> None:
+    from workers.visualization.sweep import raster_image
+
+    sweep = Sweep(8, 1000.0, 1.0, 100)  # 10 frames per column
+    sweep.add(np.zeros((1000, 8), np.float32))
+    sweep.mark_spike(0, 5)  # the newest frame: column 99
+    sweep.mark_spike(505, 6)  # frame 494: column 49
+    image = raster_image(sweep, 4, 4, 40)  # channels 4..7, 10 rows each
+    spike = _rgba(SPIKE)
+    assert list(_rows_with(image, SPIKE, 99)) == list(range(10, 20)), "channel 5: 2nd band"
+    assert list(_rows_with(image, SPIKE, 49)) == list(range(20, 30)), "channel 6: 3rd band"
+    ticks = (image == spike).all(axis=2)
+    assert ticks.sum() == 20, "nothing else is marked"

@@ -194,3 +194,15 @@ def rasterize(
     image[:, sweep.markers[columns]] = MARKER
     image[:, columns == sweep.column] = CURSOR
     return image
+
+
+def raster_image(sweep: Sweep, first: int, count: int, height: int) -> np.ndarray:
+    """A spike raster of channels ``first .. first + count`` over the window: one row
+    band per channel (top to bottom), a tick in each column that holds a spike; RGBA
+    (height x width x 4, uint8)."""
+    count = max(1, min(count, sweep.channels - first))
+    rows = np.minimum(np.arange(height) * count // height, count - 1)  # pixel row -> channel
+    spikes = sweep.spikes[:, first : first + count]  # (width, count)
+    image = np.where(spikes[:, rows].T, SPIKE, BACKGROUND).astype(np.uint32)
+    image[:, sweep.column] = CURSOR
+    return image.view(np.uint8).reshape(height, sweep.width, 4)

@@ -5,7 +5,8 @@ band, min/max-decimated to the window's pixel width (so a one-sample spike
 stays visible), drawn as a sweep over ``window_s``; ticks for spikes from the
 ``spikes`` stream; red lines where the ``markers`` stream (stimulation output
 or events) is active; and a status line (generation, rate, drops, overruns,
-channels shown, the µV a band spans), with channel labels beside the traces.
+channels shown, the µV a band spans), with channel labels beside the traces, a
+time axis under them and, with ``raster = true``, a spike raster below.
 ``window_s``, ``gain``, ``span_uv``, ``page`` and ``channels_per_page`` can be
 changed while it runs, with ``rigpipe set`` or with keys (``ScopeWorker.KEYS``:
 +/- gain, PgUp/PgDn page, [/] channels per page, Left/Right time window,
@@ -36,7 +37,7 @@ from pipeline.control import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.ring import RingReader, attach
 from pipeline.worker import Worker
-from workers.visualization.sweep import Picture, Sweep
+from workers.visualization.sweep import Picture, Sweep, raster_image
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -60,6 +61,8 @@ class ScopeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     offscreen: bool = False
     snapshot: str = ""
     snapshot_s: Positive = 1.0
+    raster: bool = False  # a spike raster under the traces: a row per channel of the page
+    raster_px: Annotated[int, msgspec.Meta(ge=20, le=2000)] = 160
 
 
 def has_display() -> bool:
@@ -121,6 +124,21 @@ class Panel:
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.plot.setRange(xRange=(0, s.width_px), yRange=(0, s.height_px), padding=0)
+        self.plot.showAxis("bottom")  # where in the sweep: seconds from its left edge
+        self.raster = None
+        if s.raster:  # rows = the page's channels, a tick per spike over the window
+            self.raster_plot = self.widget.addPlot(row=2, col=0)
+            self.raster_plot.hideAxis("bottom")
+            self.raster_plot.getAxis("left").setWidth(60)
+            self.raster_plot.setMenuEnabled(False)
+            self.raster_plot.setMouseEnabled(x=False, y=False)
+            self.raster_plot.hideButtons()
+            self.raster_plot.invertY(True)
+            self.raster_plot.setMaximumHeight(s.raster_px + 20)
+            self.raster = pg.ImageItem(axisOrder="row-major")
+            self.raster_plot.addItem(self.raster)
+            self.raster_plot.setRange(xRange=(0, s.width_px), yRange=(0, s.raster_px), padding=0)
+            self.raster_plot.setXLink(self.plot)
         self.reader: RingReader | None = None
         self.sweep: Sweep | None = None
         self.picture = Picture()
@@ -207,12 +225,31 @@ class Panel:
         image = self.picture.draw(self.sweep, first, per_page, s.height_px, span, s.gain)
         self.image.setImage(image, autoLevels=False)
         self._label(first, per_page, s.height_px)
+        self._time_axis(s.window_s, s.width_px)
+        if self.raster is not None:
+            self.raster.setImage(
+                raster_image(self.sweep, first, per_page, s.raster_px), autoLevels=False
+            )
         self.status.setText(
             f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
             f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
             f"{first + per_page} of {self.sweep.channels}  {s.window_s:g} s  gain {s.gain:g}  "
             f"band {s.span_uv / s.gain:g} uV"
         )
+
+    def _time_axis(self, window_s: float, width: int) -> None:
+        """Ticks in seconds from the sweep's left edge (the cursor sweeps across)."""
+        key = (window_s, width)
+        if key == getattr(self, "_timed", None):
+            return
+        self._timed = key
+        steps = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)]
+        step = next((t for t in steps if window_s / t <= 10), 60.0)
+        ticks = [
+            (k * step * width / window_s, f"{k * step:g} s")
+            for k in range(int(window_s / step + 1e-9) + 1)
+        ]
+        self.plot.getAxis("bottom").setTicks([ticks, []])
 
     def show_paused(self) -> None:
         """The status line says the picture is paused (it keeps reading meanwhile)."""
@@ -277,7 +314,10 @@ class ScopeWorker(Worker):
         self.app = pg.mkQApp("rigpipe scope")
         self.window = QtWidgets.QTabWidget()
         self.window.setWindowTitle(f"rigpipe scope: {self.spec.session}")
-        self.window.resize(s.width_px + 40, s.height_px + 80)
+        # the picture at 1:1 (a 1-pixel trace scaled down can vanish): room for the label
+        # axis on the left, the status line above, the time axis and the raster below
+        raster = s.raster_px + 30 if s.raster else 0
+        self.window.resize(s.width_px + 100, s.height_px + 120 + raster)
         self.panels = [Panel(self, stream, pg) for stream in s.streams]
         for panel in self.panels:
             self.window.addTab(panel.widget, panel.stream)
