@@ -438,7 +438,7 @@ def main() -> None:
             if name == "wake-only" and not cfg.rate_hz:
                 continue  # a floor for latency only: it carries no data
             if not available(name):
-                print(f"| {name:9} | not installed (pip install 'rigpipe[bench]') |")
+                print(f"| {name:9} | not installed (pip install -e '.[bench]') |")
                 continue
             try:
                 print(_row(name, cfg, measure(name, cfg)), flush=True)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.extras import install_hint
+
 #: numpy dtype -> pylsl channel format name (``cf_*``); anything else is sent as double.
 FORMATS = {
     np.dtype(np.float32): "cf_float32",
@@ -36,7 +38,7 @@ def pylsl() -> Any:
         import pylsl as module
     except ImportError:
         raise RuntimeError(
-            "the LSL bridge needs pylsl: pip install 'rigpipe[lsl]' (its wheels include liblsl)"
+            f"the LSL bridge needs pylsl (its wheels include liblsl): {install_hint('lsl')}"
         ) from None
     return module
 

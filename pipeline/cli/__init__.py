@@ -11,7 +11,7 @@ rigpipe set WORKER PARAMETER VALUE    change a worker parameter while it runs
 rigpipe record start|stop             start or stop recording while the rig runs
 rigpipe stim pulse|waveform|stop|arm|disarm   safety-checked stimulation commands
 rigpipe inspect PATH                  summarize a recording; non-zero exit if frames are missing
-rigpipe export PATH --nwb OUT.nwb     write a recording as an NWB file (pip install 'rigpipe[nwb]')
+rigpipe export PATH --nwb OUT.nwb     write a recording as an NWB file (pip install -e ".[nwb]")
 rigpipe stop                          stop the running rig in order
 rigpipe sweep                         remove the shared memory of writers that died
 """

@@ -13,6 +13,7 @@ from pipeline import attach
 from pipeline.cli.control import request
 from pipeline.control import messages, session
 from pipeline.errors import EndOfStream, RigpipeError
+from pipeline.extras import install_hint
 from pipeline.ring import RingReader, segments
 from pipeline.ring.layout import KIND_STREAM
 
@@ -51,7 +52,7 @@ def _lsl(args: argparse.Namespace) -> int:
     try:
         import pylsl
     except ImportError:
-        raise RigpipeError("rigpipe lsl needs pylsl: pip install 'rigpipe[lsl]'") from None
+        raise RigpipeError(f"rigpipe lsl needs pylsl: {install_hint('lsl')}") from None
     found = sorted(pylsl.resolve_streams(wait_time=args.wait), key=lambda i: i.name())
     if not found:
         print(f"no LSL streams seen in {args.wait:g} s")

@@ -38,6 +38,7 @@ import msgspec
 import numpy as np
 
 from pipeline.errors import RecordingError
+from pipeline.extras import install_hint
 from pipeline.recording.readback import Recording, open_recording
 from pipeline.recording.views import EventView, StreamView
 
@@ -74,7 +75,7 @@ def _pynwb() -> Any:
         from hdmf.data_utils import AbstractDataChunkIterator
     except ImportError:
         raise RecordingError(
-            "NWB export needs pynwb, which is not installed: pip install 'rigpipe[nwb]'"
+            f"NWB export needs pynwb, which is not installed: {install_hint('nwb')}"
         ) from None
     # Our block iterators speak hdmf's chunk-iterator protocol without importing hdmf
     # at module level; registering makes hdmf's isinstance checks accept them.

@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
+from pipeline.extras import install_hint
 from workers.acquisition.source import SPIKE_CAPACITY, Source, SourceError
 from workers.acquisition.synthetic import SPIKE_DTYPE
 
@@ -195,7 +196,7 @@ def session_class() -> Any:
         from pycbsdk import Session
     except ImportError as exc:
         raise SourceError(
-            "the blackrock source needs pycbsdk: pip install 'rigpipe[blackrock]'"
+            f"the blackrock source needs pycbsdk: {install_hint('blackrock')}"
         ) from exc
     return Session
 

@@ -46,6 +46,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from pipeline.extras import install_hint
 from workers.stimulation.safety import StimulatorError
 
 #: (class, member, .NET parameter types, .NET return type; "" for a constructor) for every
@@ -134,9 +135,7 @@ def load_assembly(dll_path: str) -> Any:
     try:
         import pythonnet
     except ImportError:
-        raise StimulatorError(
-            "the stg backend needs pythonnet: pip install 'rigpipe[stg]'"
-        ) from None
+        raise StimulatorError(f"the stg backend needs pythonnet: {install_hint('stg')}") from None
     try:
         if pythonnet.get_runtime_info() is None:
             # .NET Framework on Windows; Mono elsewhere (PYTHONNET_RUNTIME overrides both)

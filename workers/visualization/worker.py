@@ -35,6 +35,7 @@ import numpy as np
 
 from pipeline.control import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
+from pipeline.extras import install_hint
 from pipeline.ring import RingReader, attach
 from pipeline.worker import Worker
 from workers.visualization.sweep import Picture, Sweep, raster_image
@@ -308,7 +309,7 @@ class ScopeWorker(Worker):
             from PySide6 import QtCore, QtWidgets
         except ImportError as exc:
             raise RigpipeError(
-                f"the scope needs pyqtgraph and PySide6: pip install 'rigpipe[viz]' ({exc})"
+                f"the scope needs pyqtgraph and PySide6: {install_hint('viz')} ({exc})"
             ) from None
         self.pg, self.QtCore = pg, QtCore
         self.app = pg.mkQApp("rigpipe scope")
