@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from pipeline import clock
+
 #: How long a replace or a read keeps retrying a sharing violation.
 RETRY_S = 1.0
 _PAUSE_S = 0.01
@@ -20,24 +22,24 @@ _PAUSE_S = 0.01
 
 def atomic_replace(source: Path, target: Path) -> None:
     """Rename ``source`` over ``target``, retrying while another process holds ``target``."""
-    deadline = time.monotonic() + RETRY_S
+    deadline = clock.now_s() + RETRY_S
     while True:
         try:
             os.replace(source, target)
             return
         except PermissionError:
-            if time.monotonic() >= deadline:
+            if clock.now_s() >= deadline:
                 raise
             time.sleep(_PAUSE_S)
 
 
 def read_bytes(path: Path) -> bytes:
     """The contents of ``path``, retrying while a replace holds it (FileNotFoundError as is)."""
-    deadline = time.monotonic() + RETRY_S
+    deadline = clock.now_s() + RETRY_S
     while True:
         try:
             return Path(path).read_bytes()
         except PermissionError:
-            if time.monotonic() >= deadline:
+            if clock.now_s() >= deadline:
                 raise
             time.sleep(_PAUSE_S)

@@ -11,11 +11,11 @@ reading both clocks back to back and keeping the tightest bracket.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
+from pipeline import clock
 from pipeline.extras import install_hint
 
 #: numpy dtype -> pylsl channel format name (``cf_*``); anything else is sent as double.
@@ -54,9 +54,9 @@ class ClockMap:
         """``local_clock() - monotonic`` in seconds, from the tightest of ``rounds`` brackets."""
         best, offset = float("inf"), 0.0
         for _ in range(rounds):
-            before = time.monotonic_ns()
+            before = clock.now_ns()
             lsl = self._local_clock()
-            after = time.monotonic_ns()
+            after = clock.now_ns()
             if after - before < best:
                 best, offset = after - before, lsl - (before + after) / 2e9
         return offset

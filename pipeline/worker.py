@@ -22,7 +22,7 @@ SESSION/WORKER`` with the JSON of a :class:`WorkerSpec` on its stdin (``python
 
         def step(self):
             self.out.write(np.arange(1))
-            self.wait_until(time.monotonic() + 0.1)   # sleeps, serving the bus
+            self.wait_until(clock.now_s() + 0.1)   # sleeps, serving the bus
 
     WORKER = Counter
 """
@@ -47,6 +47,7 @@ import msgspec
 import numpy as np
 import zmq
 
+from pipeline import clock
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, load_keys
 from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD
@@ -165,7 +166,7 @@ class Worker:
         self._command_rings: dict[str, tuple[RingReader, bytes]] = {}
         self._next_heartbeat = 0.0
         self._next_service = 0.0
-        self._last_ack = time.monotonic()
+        self._last_ack = clock.now_s()
         # The bus is used by one thread at a time: the keeper thread of _set_up while
         # setup() runs, the main thread always.
         self._bus_lock = threading.RLock()
@@ -295,7 +296,7 @@ class Worker:
             if rings and wait_any(rings, 0):
                 self._take_commands()
                 continue
-            now = time.monotonic()
+            now = clock.now_s()
             remaining = math.inf if deadline is None else deadline - now
             if remaining <= 0:
                 self.service()
@@ -347,7 +348,7 @@ class Worker:
     # -- bus ------------------------------------------------------------------------------------
     def service(self) -> None:
         """Heartbeat when due, handle waiting commands, notice a vanished supervisor."""
-        now = time.monotonic()
+        now = clock.now_s()
         if self._bus is None or now < self._next_service:
             return  # a step loop at 1 kHz need not poll the socket 1000 times a second
         self._serve_bus(now)
@@ -502,7 +503,7 @@ class Worker:
             case None:
                 return
             case messages.HeartbeatAck():
-                self._last_ack = time.monotonic()
+                self._last_ack = clock.now_s()
             case messages.Stop(request_id=request_id):
                 self.log.info("asked to stop")
                 self._stopping = True
@@ -512,7 +513,7 @@ class Worker:
             case messages.WorkerRequest():
                 self._reply(self._answer(message))
             case messages.Ok() | messages.Error():
-                self._last_ack = time.monotonic()  # the answer to Hello
+                self._last_ack = clock.now_s()  # the answer to Hello
             case _:
                 self._reply(messages.Error(text=f"a worker does not handle {type(message)}"))
 
@@ -549,7 +550,7 @@ class Worker:
         self._bus = Client(endpoints, self.spec.heartbeat_timeout_s, identity)
         if self.direct:
             self._direct = Router(direct_endpoint(endpoints, self.name), load_keys(endpoints))
-        self._last_ack = time.monotonic()
+        self._last_ack = clock.now_s()
         direct = "" if self._direct is None else self._direct.endpoint
         self._bus.send(messages.Hello(worker=self.name, pid=os.getpid(), direct=direct))
         answer = self._bus.receive(self.spec.heartbeat_timeout_s)
@@ -627,7 +628,7 @@ class Worker:
                         self._reply(messages.Error(request_id=message.request_id, text=text))
                     else:  # acks, Stop
                         self._handle(message)
-                self._check_supervisor(time.monotonic())
+                self._check_supervisor(clock.now_s())
 
 
 def parent_watch() -> str:

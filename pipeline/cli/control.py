@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from pipeline import clock
 from pipeline.cli.run import render
 from pipeline.control import messages, session
 from pipeline.control.bus import Client
@@ -120,8 +121,8 @@ def _record(args: argparse.Namespace) -> int:
         on = args.action == "start"
         client.request(messages.SetParameter(worker=name, name="recording", value=on))
         # The recorder says where in its note, which reaches status with its next heartbeat.
-        where, deadline = "", time.monotonic() + 3.0
-        while on and not where and time.monotonic() < deadline:
+        where, deadline = "", clock.now_s() + 3.0
+        while on and not where and clock.now_s() < deadline:
             time.sleep(0.1)
             status = client.request(messages.Status())
             assert isinstance(status, messages.StatusReply)
@@ -136,8 +137,8 @@ def _stop(args: argparse.Namespace) -> int:
     with Client(discovery.endpoints, args.timeout) as client:
         reply = client.request(messages.Shutdown())
     print(getattr(reply, "detail", reply))
-    deadline = time.monotonic() + 60
-    while discovery.alive and time.monotonic() < deadline:
+    deadline = clock.now_s() + 60
+    while discovery.alive and clock.now_s() < deadline:
         time.sleep(0.1)
     if discovery.alive:
         print(f"rigpipe: the supervisor (pid {discovery.pid}) is still stopping", file=sys.stderr)

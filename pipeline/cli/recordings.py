@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 import msgspec
 import numpy as np
+
+from pipeline import clock
 
 PATH_HELP = (
     "a recording directory, its manifest.json, or a segment; 'latest': the newest "
@@ -120,13 +121,13 @@ class ProgressBar:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.live = out.isatty()
-        self.started = time.monotonic()
+        self.started = clock.now_s()
         self.shown = -1  # the last tenth printed, off a terminal
         self.last = 0.0
 
     def __call__(self, done: int, total: int, what: str) -> None:
         fraction = done / total if total else 1.0
-        now = time.monotonic()
+        now = clock.now_s()
         if self.live:
             if now - self.last < 0.1 and done < total:
                 return

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import config
+from pipeline import clock, config
 from pipeline.control import messages
 from pipeline.control.messages import StatusReply
 
@@ -81,15 +81,15 @@ class _EventLog:
     """Non-interactive output: one line per event, a status summary every 10 s."""
 
     def __init__(self) -> None:
-        self._next = time.monotonic() + 10
+        self._next = clock.now_s() + 10
 
     def event(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
     def tick(self, status: messages.StatusReply) -> None:
-        if time.monotonic() < self._next:
+        if clock.now_s() < self._next:
             return
-        self._next = time.monotonic() + 10
+        self._next = clock.now_s() + 10
         running = sum(w.state == "running" for w in status.workers)
         rates = ", ".join(f"{s.stream} {s.rate_hz:.0f} Hz" for s in status.streams)
         self.event(f"status: {running}/{len(status.workers)} workers running; {rates}")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-from pipeline import attach
+from pipeline import attach, clock
 from pipeline.cli.control import request
 from pipeline.control import messages, session
 from pipeline.errors import EndOfStream, RigpipeError
@@ -98,11 +97,11 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _follow(reader: RingReader, seconds: float | None, channels: int) -> None:
     """Print one status line per half second until the stream ends or time is up."""
-    end = None if seconds is None else time.monotonic() + seconds
+    end = None if seconds is None else clock.now_s() + seconds
     interactive = sys.stdout.isatty()
     frames = dropped = 0
-    window_t, window_frames = time.monotonic(), 0
-    while end is None or time.monotonic() < end:
+    window_t, window_frames = clock.now_s(), 0
+    while end is None or clock.now_s() < end:
         try:
             chunk = reader.read(timeout_s=0.5)
         except EndOfStream:
@@ -111,7 +110,7 @@ def _follow(reader: RingReader, seconds: float | None, channels: int) -> None:
         frames += chunk.frames
         window_frames += chunk.frames
         dropped += chunk.dropped
-        now = time.monotonic()
+        now = clock.now_s()
         if now - window_t >= 0.5:
             rate = window_frames / (now - window_t)
             newest = _newest(chunk.data, channels)

@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import msgspec
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from pipeline import clock
 from pipeline.control import messages
 from pipeline.control.messages import Message
 from pipeline.errors import BusTimeout, ProtocolError, RequestFailed, StimulationRefused
@@ -340,8 +340,8 @@ class Client:
     def reply_to(self, request_id: int, timeout_s: float | None = None) -> Message:
         """The reply to request ``request_id``; raises like :meth:`request`."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
-        while (remaining := deadline - time.monotonic()) > 0:
+        deadline = clock.now_s() + timeout_s
+        while (remaining := deadline - clock.now_s()) > 0:
             reply = self.receive(remaining)
             if reply is None or getattr(reply, "request_id", None) != request_id:
                 continue  # a late reply to an earlier request that timed out

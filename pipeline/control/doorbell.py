@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 
 import zmq
 
+from pipeline import clock
+
 #: How often the thread repeats its nudge until the sleeper is awake.
 NUDGE_REPEAT_S = 0.0002
 #: ...and for how long at most (a sleeper that never wakes is not the doorbell's to fix).
@@ -92,7 +94,7 @@ class Doorbell:
             if nudge is None:
                 continue  # it is awake and will drain the socket itself
             self.rung.set()
-            until = time.monotonic() + NUDGE_FOR_S
-            while self._nudge is nudge and time.monotonic() < until:
+            until = clock.now_s() + NUDGE_FOR_S
+            while self._nudge is nudge and clock.now_s() < until:
                 nudge()
                 time.sleep(NUDGE_REPEAT_S)

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.errors import ManifestCorrupt, RecordingError
 from pipeline.files import atomic_replace, read_bytes
 
@@ -260,14 +261,14 @@ def open_for_update(path: Path, **kwargs: Any) -> Any:
     """
     import h5py
 
-    deadline = time.monotonic() + LOCK_WAIT_S
+    deadline = clock.now_s() + LOCK_WAIT_S
     while True:
         try:
             return h5py.File(path, "a", **kwargs)
         except OSError as exc:  # BlockingIOError: errno 11, "unable to lock file"
             if "lock" not in str(exc):
                 raise
-            if time.monotonic() >= deadline:
+            if clock.now_s() >= deadline:
                 return h5py.File(path, "a", locking=False, **kwargs)
             time.sleep(0.05)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import time
 import tomllib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.errors import RecordingError
 from pipeline.extras import install_hint
 from pipeline.recording.readback import Recording, open_recording
@@ -139,7 +139,7 @@ def export_nwb(
         raise RecordingError(f"{out} exists; choose another name, or replace it with --force")
     partial = out.with_name(out.stem + ".partial.nwb")  # pynwb warns about other suffixes
     rec = source if isinstance(source, Recording) else open_recording(source)
-    started = time.monotonic()
+    started = clock.now_s()
     writer = _Writer(pynwb, rec, block_s, compression, progress, metadata or Metadata())
     try:
         nwbfile = writer.build()
@@ -154,7 +154,7 @@ def export_nwb(
         if not isinstance(source, Recording):
             rec.close()
     writer.summary.path = out
-    writer.summary.seconds = time.monotonic() - started
+    writer.summary.seconds = clock.now_s() - started
     return writer.summary
 
 

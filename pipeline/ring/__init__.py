@@ -8,7 +8,7 @@ incarnation of the stream's buffer (a new format, or a restarted writer).
 Sequences continue across generations, so a reader's cursor always means the
 same frame. The byte layout is drawn in :mod:`pipeline.ring.layout`.
 
-The data plane imports nothing from ``pipeline`` but ``errors`` and ``identity``
+The data plane imports nothing from ``pipeline`` but ``errors``, ``identity`` and ``clock``
 (a test checks it): attaching to a ring never loads ZeroMQ. Modules: ``naming``
 (stream and shared-memory names), ``shm`` (segments no resource tracker
 touches), ``wait`` (futex or polling wake-ups), ``layout`` (the bytes),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import clock
 from pipeline.errors import (
     EndOfStream,
     ReaderClosed,
@@ -303,7 +304,7 @@ class RingReader:
                 continue
             if state == State.CLOSED:
                 raise EndOfStream(f"stream {self.stream!r} was closed by its writer")
-            remaining = None if deadline is None else deadline - time.monotonic()
+            remaining = None if deadline is None else deadline - clock.now_s()
             if remaining is not None and remaining <= 0:
                 return None
             generation.wake.wait(seen, remaining)
@@ -395,7 +396,7 @@ class RingReader:
         Frames skipped on the way (unread frames of the old generation, or a
         whole generation missed) count as dropped.
         """
-        deadline = time.monotonic() + _ATTACH_RETRY_S
+        deadline = clock.now_s() + _ATTACH_RETRY_S
         while True:
             number = self._meta.header.generation
             try:
@@ -416,7 +417,7 @@ class RingReader:
                         f"stream {self.stream!r} was closed by its writer; its last "
                         "generation closed before this reader reached it"
                     ) from None
-                if time.monotonic() > deadline:
+                if clock.now_s() > deadline:
                     old = self._generation.header.generation
                     raise SegmentCorrupt(
                         f"stream {self.stream!r}: generation {old} was "
@@ -469,7 +470,7 @@ def wait_any(
     True then. False after ``timeout_s`` or once ``interrupt`` is set (its setter
     calls ``nudge()`` on any of the readers). One ``futex_waitv`` on Linux 5.16+.
     """
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    deadline = None if timeout_s is None else clock.now_s() + timeout_s
     while True:
         words = []
         for reader in readers:
@@ -479,7 +480,7 @@ def wait_any(
             if fields[WRITE_CURSOR] > reader._cursor or fields[STATE] != State.VALID:
                 return True
             words.append((generation.wake, seen))
-        remaining = None if deadline is None else deadline - time.monotonic()
+        remaining = None if deadline is None else deadline - clock.now_s()
         if remaining is not None and remaining <= 0:
             return False
         if interrupt is not None and interrupt.is_set():
@@ -491,7 +492,7 @@ def _deadline(max_frames: int | None, timeout_s: float | None) -> float | None:
     """Check a read's arguments; return its monotonic deadline (None: wait for data)."""
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1 or None, given {max_frames}")
-    return None if timeout_s is None else time.monotonic() + timeout_s
+    return None if timeout_s is None else clock.now_s() + timeout_s
 
 
 def _copy_slots(generation: Generation, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
@@ -531,14 +532,14 @@ def attach(
     :class:`SegmentCorrupt`.
     """
     naming.validate_stream(stream)
-    deadline = time.monotonic() + _ATTACH_RETRY_S
+    deadline = clock.now_s() + _ATTACH_RETRY_S
     while True:
         try:
             meta = StreamSegment.open(stream)
         except FileNotFoundError:
             raise StreamNotFound(stream, list_streams()) from None
         except SegmentNotReady:
-            if time.monotonic() > deadline:
+            if clock.now_s() > deadline:
                 raise
             time.sleep(1e-3)  # its writer is creating it right now
             continue
@@ -551,7 +552,7 @@ def attach(
             generation = Generation.open(stream, header.generation)
         except FileNotFoundError:
             meta.close()
-            if time.monotonic() > deadline:
+            if clock.now_s() > deadline:
                 raise StreamNotFound(stream, list_streams()) from None
             time.sleep(1e-3)  # replaced while we looked: read the stream segment again
             continue

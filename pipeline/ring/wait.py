@@ -51,6 +51,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline import clock
+
 SPIN_S = 20e-6
 FUTEX_SLICE_S = 0.02
 POLL_MIN_S = 50e-6
@@ -61,7 +63,7 @@ _FUTEX_WAKE = 1
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine())
 _SYS_FUTEX_WAITV = {"x86_64": 449, "aarch64": 449, "arm64": 449}.get(platform.machine())
 _FUTEX2_SIZE_U32 = 0x02  # and not FUTEX2_PRIVATE: shared between processes
-_CLOCK_MONOTONIC = 1  # what time.monotonic() reads on Linux
+_CLOCK_MONOTONIC = 1  # what clock.now_s() reads on Linux
 _WAKE_ALL = 0x7FFFFFFF
 STRATEGIES = ("auto", "futex", "poll")
 
@@ -193,7 +195,7 @@ class WakeWord:
         A set ``interrupt`` ends the wait too (False); its setter calls :meth:`nudge`.
         ``spin_s``: how long to spin first (0: a reader that expects a pause).
         """
-        deadline = None if timeout_s is None else time.monotonic() + max(timeout_s, 0.0)
+        deadline = None if timeout_s is None else clock.now_s() + max(timeout_s, 0.0)
         # A short spin first: a writer publishing at a high rate is caught here,
         # and neither side pays for a syscall.
         spin_until = time.perf_counter() + spin_s
@@ -217,7 +219,7 @@ class WakeWord:
                 return False
             slice_s = FUTEX_SLICE_S
             if deadline is not None:
-                slice_s = min(slice_s, deadline - time.monotonic())
+                slice_s = min(slice_s, deadline - clock.now_s())
                 if slice_s <= 0:
                     return False
             timespec.tv_sec = int(slice_s)
@@ -237,7 +239,7 @@ class WakeWord:
                 return True
             sleep_s = interval
             if deadline is not None:
-                sleep_s = min(sleep_s, deadline - time.monotonic())
+                sleep_s = min(sleep_s, deadline - clock.now_s())
                 if sleep_s <= 0:
                     return False
             if interrupt is None:
@@ -262,7 +264,7 @@ def wait_any(
     if len(words) == 1:
         word, seen = words[0]
         return word.wait(seen, timeout_s, interrupt, spin_s=0.0)
-    deadline = None if timeout_s is None else time.monotonic() + max(timeout_s, 0.0)
+    deadline = None if timeout_s is None else clock.now_s() + max(timeout_s, 0.0)
     if _has_waitv and all(word.strategy == "futex" for word, _ in words):
         return _waitv(words, deadline, interrupt)
     interval = POLL_MIN_S
@@ -271,7 +273,7 @@ def wait_any(
             return True
         sleep_s = interval
         if deadline is not None:
-            sleep_s = min(sleep_s, deadline - time.monotonic())
+            sleep_s = min(sleep_s, deadline - clock.now_s())
             if sleep_s <= 0:
                 return False
         if interrupt is None:
@@ -293,9 +295,9 @@ def _waitv(
             return True
         if interrupt is not None and interrupt.is_set():
             return False
-        until = time.monotonic() + FUTEX_SLICE_S  # absolute, on CLOCK_MONOTONIC
+        until = clock.now_s() + FUTEX_SLICE_S  # absolute, on CLOCK_MONOTONIC
         if deadline is not None:
-            if deadline <= time.monotonic():
+            if deadline <= clock.now_s():
                 return False
             until = min(until, deadline)
         timespec.tv_sec = int(until)

@@ -8,12 +8,12 @@ is drawn in :mod:`pipeline.ring.layout`; the protocol in :mod:`pipeline.ring`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from pipeline import clock
 from pipeline.errors import SegmentCorrupt, SegmentForeign, StreamExists, WriterClosed
 from pipeline.identity import process_alive, process_identity
 from pipeline.ring import naming, shm
@@ -90,7 +90,7 @@ class RingWriter:
         self._orphans: list[StreamSegment] = []  # unlinked stream segments readers may still map
         self.relinks = 0
         self.relink_reason = ""
-        self._next_link_check = time.monotonic_ns() + _LINK_CHECK_NS
+        self._next_link_check = clock.now_ns() + _LINK_CHECK_NS
         self._bind(self._generation)
 
     def _bind(self, generation: Generation) -> None:
@@ -105,6 +105,8 @@ class RingWriter:
         self._dtype = generation.dtype
         self._period_ns = 1e9 / generation.sample_rate if generation.sample_rate > 0 else 0.0
         self._offsets: dict[int, np.ndarray] = {}
+        if not hasattr(self, "_last_stamp_ns"):
+            self._last_stamp_ns = 0  # the newest timestamp written
 
     # Properties of the current generation.
     @property
@@ -144,8 +146,9 @@ class RingWriter:
         """Publish ``frames`` (time on the first axis); return the new write cursor.
 
         ``timestamps_ns`` gives each frame's device time; without it, frames
-        are stamped from the host monotonic clock, the last frame now and the
-        earlier ones one sample period apart.
+        are stamped from the host monotonic clock (:func:`pipeline.clock.now_ns`),
+        the last frame now and the earlier ones one sample period apart (1 ns for
+        an event stream), never at or before a stamp this writer wrote already.
         """
         if self._closed:
             raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
@@ -177,7 +180,7 @@ class RingWriter:
                 raise ValueError(
                     f"timestamps_ns has shape {timestamps_ns.shape}; expected ({n},), one per frame"
                 )
-        now = time.monotonic_ns()
+        now = clock.now_ns()
         if now >= self._next_link_check:
             self._next_link_check = now + _LINK_CHECK_NS
             self.check_linked()
@@ -185,15 +188,23 @@ class RingWriter:
         fields = self._fields
         fields[CLAIM_CURSOR] = cursor + n
         slot = cursor % capacity
+        if timestamps_ns is None:
+            # The last frame now, the others a period apart before it; and never at or
+            # before a stamp already written (a writer faster than its rate, a coarse clock).
+            offsets = self._timestamp_offsets(n)
+            end = max(now, self._last_stamp_ns + int(offsets[0]) + max(1, round(self._period_ns)))
+            self._last_stamp_ns = end
+        else:
+            self._last_stamp_ns = int(timestamps_ns[-1])
         if slot + n <= capacity:  # the common case: one contiguous run of slots
             self._frames[slot : slot + n] = frames
             if timestamps_ns is None:
-                np.subtract(now, self._timestamp_offsets(n), out=self._timestamps[slot : slot + n])
+                np.subtract(end, offsets, out=self._timestamps[slot : slot + n])
             else:
                 self._timestamps[slot : slot + n] = timestamps_ns
         else:
             if timestamps_ns is None:
-                timestamps_ns = now - self._timestamp_offsets(n)
+                timestamps_ns = end - offsets
             first = capacity - slot
             self._frames[slot:] = frames[:first]
             self._frames[: n - first] = frames[first:]
@@ -209,7 +220,8 @@ class RingWriter:
     def _timestamp_offsets(self, n: int) -> np.ndarray:
         offsets = self._offsets.get(n)
         if offsets is None:
-            offsets = np.round(np.arange(n - 1, -1, -1) * self._period_ns).astype(np.int64)
+            step = max(self._period_ns, 1.0)  # an event stream's batch: 1 ns apart, in order
+            offsets = np.round(np.arange(n - 1, -1, -1) * step).astype(np.int64)
             self._offsets[n] = offsets
         return offsets
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from pipeline import clock
 from pipeline.control import messages
 from pipeline.control.messages import Message
 from pipeline.errors import ProtocolError
@@ -137,7 +138,7 @@ class Controller:
         if worker.pid != beat.pid or not worker.alive:
             return None
         worker.identity = peer
-        worker.last_heartbeat = time.monotonic()
+        worker.last_heartbeat = clock.now_s()
         worker.counters = beat.counters
         worker.readers = beat.readers
         worker.note = beat.note
@@ -208,7 +209,7 @@ class Controller:
         if not self.server.send(worker.identity, forwarded):
             return messages.Error(request_id=rid, text=f"{worker.name} is not reachable")
         self._forwarded[forward_id] = _Forwarded(
-            client, rid, request, time.monotonic() + FORWARD_TIMEOUT_S
+            client, rid, request, clock.now_s() + FORWARD_TIMEOUT_S
         )
         return None
 
@@ -216,7 +217,7 @@ class Controller:
         """Publish the text as an ``Annotated`` event, stamped with wall and monotonic time."""
         self.supervisor.publish(
             messages.Annotated(
-                text=request.text, time_ns=time.time_ns(), monotonic_ns=time.monotonic_ns()
+                text=request.text, time_ns=time.time_ns(), monotonic_ns=clock.now_ns()
             )
         )
         return messages.Ok(request_id=request.request_id, detail="annotation recorded")

@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
+from pipeline import clock
 from pipeline.config import WorkerPlan
 from pipeline.control import messages
 from pipeline.identity import process_identity
@@ -139,7 +140,7 @@ class WorkerProcess:
             self.ps = None
         self.adopted_pid = 0
         self.state = WorkerState.STARTING
-        self.started_at = time.monotonic()
+        self.started_at = clock.now_s()
         self.last_heartbeat = None
         self.ready_at = None
         self.identity = None

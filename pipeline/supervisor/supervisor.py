@@ -29,12 +29,12 @@ import itertools
 import logging
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline import clock
 from pipeline.config import RigConfig
 from pipeline.control import bus, messages, session
 from pipeline.control.messages import Message
@@ -93,7 +93,7 @@ class Supervisor:
         self._ids = itertools.count(1)
         self._rates: dict[str, tuple[float, int, float]] = {}
         self._next_sample = 0.0
-        self._t0 = time.monotonic()
+        self._t0 = clock.now_s()
         self.session_id = str(uuid.uuid4())
         self.server: bus.Server | None = None
         self.controller: Controller | None = None
@@ -121,9 +121,9 @@ class Supervisor:
                 f"session {self.name!r} up: control {self.server.endpoints.control}, "
                 f"logs in {self.runtime_dir / 'logs'}"
             )
-            deadline = None if duration_s is None else time.monotonic() + duration_s
+            deadline = None if duration_s is None else clock.now_s() + duration_s
             while self.state is not SessionState.STOPPED:
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and clock.now_s() >= deadline:
                     self.request_stop(f"--duration {duration_s:g} s elapsed")
                     deadline = None
                 self.tick()
@@ -253,7 +253,7 @@ class Supervisor:
         assert self.server is not None
         for peer, message in self.server.receive(TICK_S):
             self.controller.dispatch(peer, message)
-        now = time.monotonic()
+        now = clock.now_s()
         for worker in self.workers.values():
             self._watch(worker, now)
         self.controller.expire_forwarded(now)
@@ -411,7 +411,7 @@ class Supervisor:
         worker.expected_exit = True
         worker.state = WorkerState.STOPPING
         worker.kill_stage = 0
-        worker.stop_deadline = time.monotonic() + self.rig.session.stop_timeout_s
+        worker.stop_deadline = clock.now_s() + self.rig.session.stop_timeout_s
         sent = worker.identity is not None and self.server.send(
             worker.identity, messages.Stop(request_id=next(self._ids))
         )
@@ -436,7 +436,7 @@ class Supervisor:
             self.on_tick(self.status())
 
     def status(self, request_id: int = 0) -> messages.StatusReply:
-        now = time.monotonic()
+        now = clock.now_s()
         return messages.StatusReply(
             request_id=request_id,
             session=self.name,

@@ -37,13 +37,13 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.extras import install_hint
 from workers.acquisition.source import SPIKE_CAPACITY, Source, SourceError
 from workers.acquisition.synthetic import SPIKE_DTYPE
@@ -240,7 +240,7 @@ class BlackrockSource(Source):
         cb = _enums()
         self.lock = threading.Lock()  # callbacks run on the SDK's thread; counters are shared
         self.rings: dict[int, Any] = {}
-        self.last_batch = time.monotonic()
+        self.last_batch = clock.now_s()
         self.device_clock = DeviceClock()
         self.counters = self.worker.counters
         self.counters.update(batches=0, frames=0, spikes=0, packets_dropped=0, clock_synced=0)
@@ -273,7 +273,7 @@ class BlackrockSource(Source):
         )
         self.clock = self.worker.writer("clock", CLOCK_DTYPE, (), 1 << 16, 0.0, {})
         with self.lock:  # the lost-device watch starts now, not before a slow Session()
-            self.last_batch = time.monotonic()
+            self.last_batch = clock.now_s()
         for rate, on_batch in batches:
             self.session.on_group_batch(rate)(on_batch)
         self.session.on_event(ctype)(self._on_event)
@@ -340,7 +340,7 @@ class BlackrockSource(Source):
                 return
             ring.write(data, host)
             with self.lock:
-                self.last_batch = time.monotonic()
+                self.last_batch = clock.now_s()
                 self.counters["batches"] += 1
                 self.counters["frames"] += len(data)
 
@@ -387,7 +387,7 @@ class BlackrockSource(Source):
     # -- the worker's loop ----------------------------------------------------------------------
     def step(self) -> None:
         with self.lock:
-            silent_s = time.monotonic() - self.last_batch
+            silent_s = clock.now_s() - self.last_batch
         if silent_s > self.settings.lost_after_s:
             raise SourceError(
                 f"{self.settings.device}: no data for {silent_s:.1f} s; the device was lost"
@@ -403,7 +403,7 @@ class BlackrockSource(Source):
             f"step(s) of the {self.settings.device}'s clock by more than "
             f"{self.device_clock.step_ns / 1e6:g} ms; timestamps follow them at once",
         )
-        self.worker.wait_until(time.monotonic() + 0.1)
+        self.worker.wait_until(clock.now_s() + 0.1)
 
     def _count(self, counter: str, value: int, what: str) -> None:
         """Report a counter that grew (``N <what> (M in all)``) and show it in status."""

@@ -13,7 +13,6 @@ through ``pipeline.open_recording``, like any other reader of a recording.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +20,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.errors import RecordingError
 from pipeline.recording.format import locate
 from pipeline.recording.readback import Recording, open_recording
@@ -136,14 +136,14 @@ class ReplaySource(Source):
         self.first_ns = min(first_stamps)
         self.loop_offset_ns = 0
         self.last_ns = self.first_ns
-        self.start = time.monotonic()
+        self.start = clock.now_s()
         self.counters = self.worker.counters
         self.counters.update(frames=0, loops=0, replay_s=0.0)
         for track in self.tracks:
             track.load()
 
     def step(self) -> None:
-        now = time.monotonic()
+        now = clock.now_s()
         replay_ns = self.first_ns + round((now - self.start) * self.settings.speed * 1e9)
         for track in self.tracks:
             self._publish(track, replay_ns)
@@ -177,7 +177,7 @@ class ReplaySource(Source):
         # Start over, timestamps shifted past the end so they keep increasing.
         span = self.last_ns - self.first_ns
         self.loop_offset_ns += span + 1_000_000
-        self.start = time.monotonic()
+        self.start = clock.now_s()
         self.counters["loops"] += 1
         for track in self.tracks:
             track.frame = 0

@@ -11,12 +11,12 @@ publishes back to back until it has caught up and counts ``late_chunks``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from workers.acquisition.source import SPIKE_CAPACITY, Source
 from workers.acquisition.synthetic import SPIKE_DTYPE, SignalParameters, SyntheticSignal
 
@@ -102,7 +102,7 @@ class SyntheticSource(Source):
             "spikes", SPIKE_DTYPE, (), SPIKE_CAPACITY, 0.0, spikes_descriptor
         )
         self.period_ns = 1e9 / s.sample_rate_hz
-        self.start_ns = time.monotonic_ns()
+        self.start_ns = clock.now_ns()
         self.published = 0  # frames written to the ring
         self._block_start = 0
         self._block, self._block_spikes = self.signal.next_block()
@@ -142,7 +142,7 @@ class SyntheticSource(Source):
             self.spikes.write(records, records["timestamp_ns"])
             self.worker.counters["spikes"] += len(mine)
         self.published = last
-        behind_ms = (time.monotonic_ns() - due_ns) / 1e6
+        behind_ms = (clock.now_ns() - due_ns) / 1e6
         c = self.worker.counters
         c["frames"] = self.published
         c["chunks"] += 1

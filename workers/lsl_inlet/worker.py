@@ -23,12 +23,12 @@ writes as a gap.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.lsl import DTYPES, STRING_FORMAT, ClockMap, pylsl
 from pipeline.worker import Worker
 
@@ -89,15 +89,15 @@ class LslInlet(Worker):
         if self.inlet is None:
             found = self.resolver.results()
             if not found:
-                self.wait_until(time.monotonic() + 0.25)
+                self.wait_until(clock.now_s() + 0.25)
                 return
             self._connect(found[0])
-        now = time.monotonic()
+        now = clock.now_s()
         if now >= self._next_correction:
             self._next_correction = now + 5.0
             self._correct()
         if not self._pull(wait_s=0.0):
-            self.wait_until(time.monotonic() + 0.001)
+            self.wait_until(clock.now_s() + 0.001)
 
     def teardown(self) -> None:
         if getattr(self, "inlet", None) is not None:

@@ -23,13 +23,13 @@ absent is waited for (status says so).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.control import messages
 from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound
@@ -105,12 +105,12 @@ class LslOutlet(Worker):
         moved = self._forward_events()
         for out in self.outs:
             moved |= self._pump(out, 0.0)
-        now = time.monotonic()
+        now = clock.now_s()
         if now >= self._next_note:
             self._next_note = now + 1.0
             self._update_status()
         if not moved:
-            self.wait_until(time.monotonic() + (0.05 if self.outs[0].reader is None else 0.001))
+            self.wait_until(clock.now_s() + (0.05 if self.outs[0].reader is None else 0.001))
 
     def teardown(self) -> None:
         for out in getattr(self, "outs", []):
@@ -130,7 +130,7 @@ class LslOutlet(Worker):
             elif isinstance(event, messages.StimulationQueued):
                 at_ns = event.queued_ns
             elif isinstance(event, MARKED):
-                at_ns = time.monotonic_ns()
+                at_ns = clock.now_ns()
             else:
                 continue
             text = msgspec.json.encode(event).decode()

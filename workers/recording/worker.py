@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from pipeline import clock
 from pipeline.control import messages
 from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
@@ -131,7 +132,7 @@ class RecordingWorker(Worker):
         self.root = Path(self.spec.recordings_dir)
         self.recording: RecordingWriter | None = None
         self.tracks: dict[str, _Track] = {}
-        self.next_flush = time.monotonic() + self.settings.flush_s
+        self.next_flush = clock.now_s() + self.settings.flush_s
         self.events = Subscriber(self.spec.endpoints)
         self.counters.update(frames=0, gaps=0, events=0, segments=0, flushes=0)
         self.pointer = _pointer(self.root, self.spec.session, self.name)
@@ -162,10 +163,10 @@ class RecordingWorker(Worker):
     def step(self) -> None:
         self._guard(self._record_events)
         written = self._guard(self._record_frames) or 0
-        if self.recording is not None and time.monotonic() >= self.next_flush:
+        if self.recording is not None and clock.now_s() >= self.next_flush:
             self._guard(self._flush)
         if not written:
-            self.wait_until(time.monotonic() + min(0.05, self.settings.block_s / 4))
+            self.wait_until(clock.now_s() + min(0.05, self.settings.block_s / 4))
 
     def _guard(self, action):
         """Run ``action``, turning file errors into a stopped recording or a restart.
@@ -201,7 +202,7 @@ class RecordingWorker(Worker):
         if rec is None:
             return 0
         written = 0
-        now = time.monotonic()
+        now = clock.now_s()
         for track in list(self.tracks.values()):
             stream = track.stream
             reader = self._readers.get(stream)
@@ -219,8 +220,8 @@ class RecordingWorker(Worker):
                 chunk = reader.read(max_frames=block, timeout_s=0)
             except EndOfStream:
                 self.close_reader(stream)
-                track.look_at = time.monotonic() + REATTACH_S
-                track.absent_since_ns = time.monotonic_ns()
+                track.look_at = clock.now_s() + REATTACH_S
+                track.absent_since_ns = clock.now_ns()
                 rec.event("recorder", {"stream": stream, "text": "stream closed by its writer"})
                 continue
             if not chunk.frames:
@@ -250,7 +251,7 @@ class RecordingWorker(Worker):
         created afresh) from the new stream's first frame, with the jump
         explained. A stream new to the recording joins it in a new segment.
         """
-        if time.monotonic() < track.look_at:
+        if clock.now_s() < track.look_at:
             return
         assert self.recording is not None
         stream = track.stream
@@ -261,14 +262,14 @@ class RecordingWorker(Worker):
             else:
                 reader = self._resume_reader(track, *resume)
         except StreamNotFound:
-            track.look_at = time.monotonic() + REATTACH_S
+            track.look_at = clock.now_s() + REATTACH_S
             if track.absent_since_ns is None:
-                track.absent_since_ns = time.monotonic_ns()
+                track.absent_since_ns = clock.now_ns()
             return
         fmt = track.format = _format(stream, reader)
         if stream not in self.recording.streams:
-            since_ns = track.absent_since_ns or time.monotonic_ns()
-            absent_s = (time.monotonic_ns() - since_ns) / 1e9
+            since_ns = track.absent_since_ns or clock.now_ns()
+            absent_s = (clock.now_ns() - since_ns) / 1e9
             cause = f"stream absent when recording started; it appeared {absent_s:.1f} s later"
             self.recording.add_stream(fmt, since_ns, cause)
             self.counters["segments"] += 1
@@ -313,12 +314,12 @@ class RecordingWorker(Worker):
             finally:
                 os.close(fd)
         self.counters["flushes"] += 1
-        self.next_flush = time.monotonic() + self.settings.flush_s
+        self.next_flush = clock.now_s() + self.settings.flush_s
 
     def _drain(self) -> None:
         """Before stopping: write what the rings still hold for us."""
-        deadline = time.monotonic() + 5.0
-        while self._record_frames(drain=True) and time.monotonic() < deadline:
+        deadline = clock.now_s() + 5.0
+        while self._record_frames(drain=True) and clock.now_s() < deadline:
             continue
 
     # -- starting, resuming, stopping -----------------------------------------------------------
@@ -332,8 +333,8 @@ class RecordingWorker(Worker):
             try:
                 reader = self.reader(track.stream, from_now=True)
             except StreamNotFound:
-                track.absent_since_ns = time.monotonic_ns()
-                track.look_at = time.monotonic() + REATTACH_S
+                track.absent_since_ns = clock.now_ns()
+                track.look_at = clock.now_s() + REATTACH_S
                 absent.append(track.stream)
                 continue
             track.format = _format(track.stream, reader)

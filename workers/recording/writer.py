@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import clock
 from pipeline.control.session import now_iso
 from pipeline.recording.format import (
     GAP_DTYPE,
@@ -85,7 +86,7 @@ class RecordingWriter:
         self.rotate_bytes = rotate_bytes
         self.streams: dict[str, _StreamState] = {}
         self.segment: SegmentFile | None = None
-        self._segment_started = time.monotonic()
+        self._segment_started = clock.now_s()
         self._wall_start = time.time()
         self.gaps = 0
 
@@ -122,7 +123,7 @@ class RecordingWriter:
             session=session,
             session_id=session_id,
             started_at=started,
-            started_monotonic_ns=time.monotonic_ns(),
+            started_monotonic_ns=clock.now_ns(),
             streams=streams or [f.stream for f in formats],
         )
         recording = cls(directory, manifest, provenance, rotate_s, rotate_bytes)
@@ -166,7 +167,7 @@ class RecordingWriter:
                 stream_id=stream_id,
                 next_sequence=sequence,
             )
-        recording._segment_started = time.monotonic()
+        recording._segment_started = clock.now_s()
         return recording
 
     def resume_point(self, stream: str) -> tuple[int, int] | None:
@@ -185,7 +186,7 @@ class RecordingWriter:
         """Start recording a stream that was absent: a new segment with its datasets, and a
         gap row of no frames that says how long it was absent and why."""
         self.rotate([fmt])
-        now_ns = time.monotonic_ns()
+        now_ns = clock.now_ns()
         self._gap(fmt.stream, 0, 0, 0, 0, absent_since_ns, now_ns, cause)
 
     def _open_segment(self, first_frames: dict[str, int], first_cursors: dict[str, int]) -> None:
@@ -213,7 +214,7 @@ class RecordingWriter:
             )
         )
         write_manifest(self.directory, self.manifest)
-        self._segment_started = time.monotonic()
+        self._segment_started = clock.now_s()
 
     def _close_segment(self) -> None:
         segment, self.segment = self.segment, None
@@ -248,7 +249,7 @@ class RecordingWriter:
     def rotation_due(self) -> bool:
         if self.segment is None:
             return False
-        if self.rotate_s and time.monotonic() - self._segment_started >= self.rotate_s:
+        if self.rotate_s and clock.now_s() - self._segment_started >= self.rotate_s:
             return True
         return bool(self.rotate_bytes) and self.segment.path.stat().st_size >= self.rotate_bytes
 
@@ -357,7 +358,7 @@ class RecordingWriter:
         """Record a control-plane event (and a worker restart in the provenance)."""
         assert self.segment is not None
         now_ns = time.time_ns()
-        self.segment.add_row("events", event_row(now_ns, time.monotonic_ns(), topic, payload))
+        self.segment.add_row("events", event_row(now_ns, clock.now_ns(), topic, payload))
         if restart is not None:
             row = np.zeros((), RESTART_DTYPE)
             row["time_ns"], row["worker"] = now_ns, text(restart[0], 64)

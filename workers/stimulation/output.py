@@ -15,12 +15,12 @@ channel within one output buffer period.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from typing import Protocol
 
 import numpy as np
 
+from pipeline import clock
 from workers.stimulation.safety import Rendered
 
 
@@ -137,7 +137,7 @@ class Output:
             queue = self.queues[channel]
             queue.trains.append(train)
             self._fill(channel, self.buffer_samples)
-            return time.monotonic_ns()
+            return clock.now_ns()
 
     def stop(self, channel: int | None) -> int:
         """Drop the pending stimuli of ``channel`` (all channels if None); return how many."""

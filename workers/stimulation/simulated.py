@@ -13,12 +13,12 @@ it outputs zeros and counts it.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.ring import RingWriter
 
 
@@ -96,10 +96,10 @@ class SimulatedStimulator:
 
     def _clock(self) -> None:
         try:
-            start_ns = time.monotonic_ns()
+            start_ns = clock.now_ns()
             period_ns = 1e9 / self.output_rate_hz
             while not self._stop.wait(self.block_s):
-                due = int((time.monotonic_ns() - start_ns) / period_ns) - self.samples_output
+                due = int((clock.now_ns() - start_ns) / period_ns) - self.samples_output
                 if due > 0:
                     frames = self._drain(due)
                     stamps = start_ns + ((self.samples_output + np.arange(due)) * period_ns).astype(

@@ -14,7 +14,6 @@ behaves the same whatever the chunk size.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -22,6 +21,7 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.control.messages import Phase, PulseTrain
 from pipeline.errors import EndOfStream, StreamNotFound
 from pipeline.ring import Chunk, RingReader
@@ -135,7 +135,7 @@ class Triggers:
         try:
             reader = self._attach_reader(rule.stream)
         except StreamNotFound:
-            watch.retry_at = time.monotonic() + RETRY_S
+            watch.retry_at = clock.now_s() + RETRY_S
             return
         if rule.channel >= reader.frame_shape[-1]:
             raise StimulatorError(
@@ -150,7 +150,7 @@ class Triggers:
         crossing on; attach again to streams that came back."""
         for watch in self.watches:
             if watch.reader is None:
-                if time.monotonic() >= watch.retry_at:
+                if clock.now_s() >= watch.retry_at:
                     self._attach(watch)
                 continue
             try:
@@ -161,7 +161,7 @@ class Triggers:
                     "for it to come back"
                 )
                 self._detach(watch.rule.stream)
-                watch.reader, watch.retry_at = None, time.monotonic() + RETRY_S
+                watch.reader, watch.retry_at = None, clock.now_s() + RETRY_S
                 continue
             self._detect(watch, chunk, on_crossing)
 

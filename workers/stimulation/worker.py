@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from pipeline import clock
 from pipeline.control import messages
 from pipeline.timer import wake_period_s
 from pipeline.worker import Worker
@@ -229,7 +230,7 @@ class StimulationWorker(Worker):
             self._check_device_errors()
             self._release_quiet()
             # Failures of the refill are looked at least every 0.1 s.
-            deadline = min(time.monotonic() + 0.1, self.triggers.next_retry())
+            deadline = min(clock.now_s() + 0.1, self.triggers.next_retry())
             self.wait(self.triggers.readers(), deadline)
 
     def _check_device_errors(self) -> None:
@@ -297,13 +298,13 @@ class StimulationWorker(Worker):
             self._release(event.rule)
             self.publish(event)
             if not event.fired:
-                self._held[event.rule] = _Held(event.reason, time.monotonic())
+                self._held[event.rule] = _Held(event.reason, clock.now_s())
             return
         held.count += 1
         held.latest = event
-        if time.monotonic() - held.published_at >= QUIET_S:
+        if clock.now_s() - held.published_at >= QUIET_S:
             self._release(event.rule)
-            self._held[event.rule] = _Held(event.reason, time.monotonic())
+            self._held[event.rule] = _Held(event.reason, clock.now_s())
 
     def _release(self, rule: str) -> None:
         """Publish what was held back for ``rule`` (the last crossing, with the count)."""
@@ -313,7 +314,7 @@ class StimulationWorker(Worker):
 
     def _release_quiet(self) -> None:
         """Publish held-back crossings once QUIET_S has passed, even if none follows."""
-        now = time.monotonic()
+        now = clock.now_s()
         for rule, held in list(self._held.items()):
             if held.latest is not None and now - held.published_at >= QUIET_S:
                 self._release(rule)

@@ -26,13 +26,13 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import msgspec
 import numpy as np
 
+from pipeline import clock
 from pipeline.control import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.extras import install_hint
@@ -147,7 +147,7 @@ class Panel:
         self.dropped = self.overruns = 0
         self.retry_at = 0.0
         self.rate = 0.0
-        self._window = (time.monotonic(), 0)
+        self._window = (clock.now_s(), 0)
         self._labelled: tuple[int, int, int] | None = None  # (first, count, generation)
 
     def full_name(self) -> str:
@@ -168,12 +168,12 @@ class Panel:
             return
 
     def _attach(self) -> bool:
-        if time.monotonic() < self.retry_at:
+        if clock.now_s() < self.retry_at:
             return False
         try:
             self.reader = attach(self.full_name(), from_now=True)
         except StreamNotFound:
-            self.retry_at = time.monotonic() + 0.5
+            self.retry_at = clock.now_s() + 0.5
             return False
         self._new_sweep()
         return True
@@ -205,7 +205,7 @@ class Panel:
 
     def _count(self, frames: int) -> None:
         started, counted = self._window
-        now = time.monotonic()
+        now = clock.now_s()
         counted += frames
         if now - started >= 1.0:
             self.rate = counted / (now - started)
@@ -324,9 +324,9 @@ class ScopeWorker(Worker):
             self.window.addTab(panel.widget, panel.stream)
         self.spikes = self._events(s.spikes)
         self.markers = self._events(s.markers)
-        self.next_snapshot = time.monotonic() + s.snapshot_s
+        self.next_snapshot = clock.now_s() + s.snapshot_s
         self.counters.update(frames_drawn=0, fps=0.0)
-        self._fps_window = (time.monotonic(), 0)
+        self._fps_window = (clock.now_s(), 0)
         self.paused = False
         self._bind_keys()
         self._update_note()
@@ -466,11 +466,11 @@ class ScopeWorker(Worker):
     def _reader(self, events: dict[str, Any]) -> RingReader | None:
         if not events["stream"]:
             return None
-        if events["reader"] is None and time.monotonic() >= events["retry"]:
+        if events["reader"] is None and clock.now_s() >= events["retry"]:
             try:
                 events["reader"] = attach(f"{self.spec.session}/{events['stream']}")
             except StreamNotFound:
-                events["retry"] = time.monotonic() + 0.5
+                events["retry"] = clock.now_s() + 0.5
         return events["reader"]
 
     def _read_events(self, events: dict[str, Any]) -> np.ndarray:
@@ -504,7 +504,7 @@ class ScopeWorker(Worker):
         started, frames = self._fps_window
         frames += 1
         self.counters["frames_drawn"] += 1
-        now = time.monotonic()
+        now = clock.now_s()
         if now - started >= 1.0:
             self.counters["fps"] = round(frames / (now - started), 1)
             started, frames = now, 0
@@ -512,9 +512,9 @@ class ScopeWorker(Worker):
 
     def _snapshot(self) -> None:
         s = self.settings
-        if not s.snapshot or time.monotonic() < self.next_snapshot:
+        if not s.snapshot or clock.now_s() < self.next_snapshot:
             return
-        self.next_snapshot = time.monotonic() + s.snapshot_s
+        self.next_snapshot = clock.now_s() + s.snapshot_s
         path = Path(s.snapshot)
         temporary = path.with_name(f".{path.stem}.tmp.png")
         if self.window.grab().save(str(temporary)):
