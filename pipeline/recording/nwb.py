@@ -254,6 +254,9 @@ class _Writer:
             )
             if nwbfile.electrodes is None:  # only a recording with electrodes gets the table
                 nwbfile.add_electrode_column("label", "the channel's label in the recording")
+                nwbfile.add_electrode_column(  # NeuroConv's name: SpikeInterface's channel ids
+                    "channel_name", "the channel's name (its label), as NeuroConv writes it"
+                )
                 nwbfile.add_electrode_column("stream", "the rigpipe stream the channel belongs to")
                 nwbfile.add_electrode_column(
                     "scale", "the recorded value's scale to the stream's units"
@@ -268,6 +271,7 @@ class _Writer:
                     group=group,
                     location=self.metadata.electrode_location,
                     label=label,
+                    channel_name=label,
                     stream=view.stream,
                     scale=float(view.scale[i]),
                     **place,

@@ -4,6 +4,7 @@ a clock record stream), written by the recorder's segment writer and read back w
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,7 @@ def test_per_channel_scales_positions_and_channel_ids_survive_export(
         np.testing.assert_allclose(series.channel_conversion[:], [0.25, 0.25, 0.5, 0.25])
         electrodes = nwb.electrodes.to_dataframe()
         assert list(electrodes["label"]) == ["elec3", "elec4", "elec9", "elec10"]
+        assert list(electrodes["channel_name"]) == list(electrodes["label"])  # NeuroConv's
         assert list(electrodes["rel_x"]) == [1200.0, 1600.0, 3600.0, 4000.0]
         assert nwb.devices["acq"].description == json.dumps(rec.default.descriptor["source"])
 
@@ -168,6 +170,12 @@ def test_the_export_passes_nwbinspector_given_the_metadata_dandi_needs(
     serious = [m for m in found if m.importance.value >= Importance.BEST_PRACTICE_VIOLATION.value]
     assert serious == [], [f"{m.check_function_name}: {m.message}" for m in serious]
     assert {m.check_function_name for m in found} <= {"check_column_binary_capability"}
+    # and the schema validator pynwb ships (the pynwb 4 entry point) finds nothing either
+    validate = shutil.which("pynwb-validate")
+    assert validate is not None, "pynwb-validate comes with pynwb (the test extra)"
+    checked = subprocess.run([validate, str(out)], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "no errors found" in checked.stdout, checked.stdout
 
 
 def test_export_without_a_subject_says_what_dandi_needs(blackrock_like: Path, tmp_path) -> None:

@@ -83,3 +83,15 @@ def test_settable_parameters_take_effect_on_the_next_block() -> None:
     signal.params.noise_uv = 10.0
     after, _ = signal.next_block()
     assert 8 < after.std() / low < 12
+
+
+def test_no_unit_fires_twice_within_its_refractory_period() -> None:
+    from workers.acquisition.synthetic import REFRACTORY_S
+
+    rate = 30_000.0
+    signal = _make(seed=5, rate=rate, spike_rate_hz=200.0)  # dense: collisions are likely
+    _, spikes = _run(signal, 600)  # 4 s
+    assert len(spikes) > 1000
+    for channel, unit in {(int(c), int(u)) for c, u in spikes[["channel", "unit"]]}:
+        frames = np.sort(spikes["frame"][(spikes["channel"] == channel) & (spikes["unit"] == unit)])
+        assert np.diff(frames).min() >= REFRACTORY_S * rate, (channel, unit)

@@ -28,6 +28,8 @@ _KELLET_GAINS = np.array([0.0990460, 0.2965164, 1.0526913])
 _KELLET_DIRECT = 0.1848
 _CONTROL_RATE_HZ = 1000.0
 _WAVEFORM_S = 1.6e-3
+#: No unit fires twice within this (an absolute refractory period, as real neurons have).
+REFRACTORY_S = 2e-3
 
 
 def _kellet_rms() -> float:
@@ -93,6 +95,9 @@ class SyntheticSignal:
         self._pink_rms = _kellet_rms()
         self._mixing = self._make_mixing(rng)
         self._units = self._make_units(rng, unit_fraction)
+        # a unit never fires again within its refractory period (real ones cannot)
+        self._refractory_frames = max(1, round(REFRACTORY_S * sample_rate))
+        self._last_spike = np.full(len(self._units), -self._refractory_frames, np.int64)
         self._pink_frames = [0]  # control points: frames (multiples of decimation) and values
         self._pink_values = [self._pink_point()]
         self._basis = np.empty((block_frames, len(self._mixing)), np.float32)
@@ -205,11 +210,17 @@ class SyntheticSignal:
         which = self._rng.integers(0, len(self._units), count)
         frames = np.sort(self._rng.integers(0, n, count))
         amplitude = self.params.spike_uv / self.scale_uv
-        for i, (unit_index, frame) in enumerate(zip(which, frames, strict=True)):
+        kept = 0
+        for unit_index, frame in zip(which, frames, strict=True):
+            at = self.frames_generated + int(frame)
+            if at - self._last_spike[unit_index] < self._refractory_frames:
+                continue  # within the unit's refractory period: it cannot fire
+            self._last_spike[unit_index] = at
             channel, unit, waveform = self._units[unit_index]
             self._place(work, int(frame), channel, amplitude * waveform)
-            spikes[i] = (self.frames_generated + frame, channel, unit)
-        return spikes
+            spikes[kept] = (at, channel, unit)
+            kept += 1
+        return spikes[:kept]
 
     def _place(self, work: np.ndarray, start: int, channel: int, waveform: np.ndarray) -> None:
         """Add ``waveform`` at ``start``; what runs past the block is added to the next one."""
