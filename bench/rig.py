@@ -47,20 +47,15 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.control import Rig  # noqa: E402
+from bench.control import Rig, acquisition  # noqa: E402
 
 WORKERS = ("acq", "rec", "stim", "scope")
 
-ACQ = """
-[[workers]]
-name = "acq"
-kind = "acquisition"
-[workers.parameters]
-channels = {channels}
-sample_rate_hz = 30000.0
-chunk_s = 0.001
-buffer_s = 10.0
-"""
+
+def acq(channels: int) -> str:
+    """Synthetic acquisition at 30 kHz in 1 ms chunks, a 10 s ring."""
+    return acquisition(channels, 0.001) + "buffer_s = 10.0\n"
+
 
 REC = """
 [[workers]]
@@ -119,7 +114,7 @@ channels_per_page = {per_page}
 
 def rig_config(channels: int, without: str = "") -> str:
     parts = {
-        "acq": ACQ.format(channels=channels),
+        "acq": acq(channels),
         "rec": REC.replace(', "stim/output"', "") if without == "stim" else REC,
         "stim": STIM.format(armed="false", trigger_stream="acq/continuous", threshold=-300.0),
         "scope": SCOPE.format(per_page=min(256, channels)),
@@ -241,12 +236,11 @@ def rig_table(
 IDLE_RIGS = {
     "stimulator, disarmed, no trigger": (STIM_NO_TRIGGER, "stim"),
     "stimulator, armed, trigger on a quiet stream": (
-        ACQ.format(channels=64)
-        + STIM.format(armed="true", trigger_stream="acq/continuous", threshold=-30000.0),
+        acq(64) + STIM.format(armed="true", trigger_stream="acq/continuous", threshold=-30000.0),
         "stim",
     ),
     "recorder, not recording": (
-        ACQ.format(channels=64) + REC.replace(', "stim/output"', "").replace("true", "false"),
+        acq(64) + REC.replace(', "stim/output"', "").replace("true", "false"),
         "rec",
     ),
 }

@@ -47,7 +47,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -233,20 +233,28 @@ class WakeWord:
         self, seen: int, deadline: float | None, interrupt: threading.Event | None
     ) -> bool:
         words = self._words
-        interval = POLL_MIN_S
-        while True:
-            if words[0] != seen:
-                return True
-            sleep_s = interval
-            if deadline is not None:
-                sleep_s = min(sleep_s, deadline - clock.now_s())
-                if sleep_s <= 0:
-                    return False
-            if interrupt is None:
-                time.sleep(sleep_s)
-            elif interrupt.wait(sleep_s):
+        return _poll(lambda: words[0] != seen, deadline, interrupt)
+
+
+def _poll(
+    changed: Callable[[], bool], deadline: float | None, interrupt: threading.Event | None
+) -> bool:
+    """The portable wait: look, then sleep ``POLL_MIN_S`` growing to ``POLL_MAX_S``, until
+    ``changed()`` (True), the deadline or a set ``interrupt`` (False)."""
+    interval = POLL_MIN_S
+    while True:
+        if changed():
+            return True
+        sleep_s = interval
+        if deadline is not None:
+            sleep_s = min(sleep_s, deadline - clock.now_s())
+            if sleep_s <= 0:
                 return False
-            interval = min(interval * 2, POLL_MAX_S)
+        if interrupt is None:
+            time.sleep(sleep_s)
+        elif interrupt.wait(sleep_s):
+            return False
+        interval = min(interval * 2, POLL_MAX_S)
 
 
 def wait_any(
@@ -267,20 +275,7 @@ def wait_any(
     deadline = None if timeout_s is None else clock.now_s() + max(timeout_s, 0.0)
     if _has_waitv and all(word.strategy == "futex" for word, _ in words):
         return _waitv(words, deadline, interrupt)
-    interval = POLL_MIN_S
-    while True:
-        if any(word.load() != seen for word, seen in words):
-            return True
-        sleep_s = interval
-        if deadline is not None:
-            sleep_s = min(sleep_s, deadline - clock.now_s())
-            if sleep_s <= 0:
-                return False
-        if interrupt is None:
-            time.sleep(sleep_s)
-        elif interrupt.wait(sleep_s):
-            return False
-        interval = min(interval * 2, POLL_MAX_S)
+    return _poll(lambda: any(word.load() != seen for word, seen in words), deadline, interrupt)
 
 
 def _waitv(
