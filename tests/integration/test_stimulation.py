@@ -414,17 +414,25 @@ def test_a_rule_that_keeps_not_firing_is_published_once_a_second_with_its_count(
     rig = rigs.new()
     rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="") + TRIGGER)
     rig.start()
+    client = rig.client()
     triggered = rig.subscriber("worker.stim.triggered")
     try:
+        # The source crossed before this subscription existed: stop it, let what was
+        # held back come out, and count from a quiet start.
+        client.request(messages.StopWorker(worker="src"))
+        wait_for(lambda: rig.worker("src").state == "stopped", 10, "the source to stop")
+        events(triggered, 2.0)
+        before = rig.worker("stim").counters["triggers"]
+        client.request(messages.StartWorker(worker="src"))
         seen = events(triggered, 3.5)
-        rig.client().request(messages.StopWorker(worker="src"))
+        client.request(messages.StopWorker(worker="src"))
         seen += events(triggered, 2.5)  # what was held back comes out after QUIET_S
     finally:
         triggered.close()
     assert seen and all(isinstance(e, messages.Triggered) and not e.fired for e in seen)
     assert {e.reason for e in seen} == {"disarmed"}
     crossings = sum(e.repeats for e in seen)
-    assert crossings >= 25, "the source crosses 10 times a second"
-    assert len(seen) <= 8, f"{len(seen)} events for {crossings} crossings"
-    counted = lambda: rig.worker("stim").counters.get("triggers") == crossings  # noqa: E731
+    assert crossings >= 15, "the source crosses 10 times a second"
+    assert len(seen) <= 8 and len(seen) <= crossings / 2, f"{len(seen)} for {crossings}"
+    counted = lambda: rig.worker("stim").counters["triggers"] - before == crossings  # noqa: E731
     wait_for(counted, 5, "every crossing in an event's count")
