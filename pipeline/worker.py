@@ -327,22 +327,21 @@ class Worker:
             return False
         return self._bus.pending() or (self._direct is not None and self._direct.pending())
 
+    def _sockets(self) -> list[zmq.Socket]:
+        """The sockets messages for this worker arrive on: the bus, and its own (direct)."""
+        assert self._bus is not None
+        return [self._bus.socket, *([self._direct.socket] if self._direct is not None else [])]
+
     def _bell(self) -> Doorbell:
         if self._doorbell is None:
-            assert self._bus is not None
-            sockets = [self._bus.socket]
-            if self._direct is not None:
-                sockets.append(self._direct.socket)
-            self._doorbell = Doorbell(sockets)
+            self._doorbell = Doorbell(self._sockets())
         return self._doorbell
 
     def _poller(self) -> zmq.Poller:
         if self._zmq_poller is None:
-            assert self._bus is not None
             self._zmq_poller = zmq.Poller()
-            self._zmq_poller.register(self._bus.socket, zmq.POLLIN)
-            if self._direct is not None:
-                self._zmq_poller.register(self._direct.socket, zmq.POLLIN)
+            for sock in self._sockets():
+                self._zmq_poller.register(sock, zmq.POLLIN)
         return self._zmq_poller
 
     # -- bus ------------------------------------------------------------------------------------
@@ -379,8 +378,8 @@ class Worker:
             return messages.Error(request_id=request.request_id, text=text)
 
         stream = request.stream
-        if request.worker != self.name:
-            return refuse(f"this is worker {self.name!r}'s socket, not {request.worker!r}'s")
+        if (wrong := self._not_mine(request)) is not None:
+            return wrong
         if not stream.startswith(f"{self.spec.session}/"):
             return refuse(f"a command ring must be a stream of session {self.spec.session!r}")
         if stream not in self._command_rings and len(self._command_rings) >= MAX_COMMAND_RINGS:
@@ -448,13 +447,19 @@ class Worker:
                 text=f"{self.name}'s own socket takes worker requests only, not {tag!r}; "
                 "send the others to the supervisor",
             )
-        if request.worker != self.name:
-            return messages.Error(
-                request_id=request.request_id,
-                text=f"this is worker {self.name!r}'s socket, but the request is for "
-                f"{request.worker!r}; nothing was done",
-            )
+        if (wrong := self._not_mine(request)) is not None:
+            return wrong
         return self._answer(request)
+
+    def _not_mine(self, request: messages.WorkerRequest) -> messages.Error | None:
+        """The refusal of a request on this worker's own socket meant for another worker."""
+        if request.worker == self.name:
+            return None
+        return messages.Error(
+            request_id=request.request_id,
+            text=f"this is worker {self.name!r}'s socket, but the request is for "
+            f"{request.worker!r}; nothing was done",
+        )
 
     def _answer(self, request: messages.WorkerRequest) -> messages.Message:
         try:
