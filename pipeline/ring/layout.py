@@ -309,6 +309,11 @@ class StreamSegment:
         """Names this stream's sequence space (see the layout drawing)."""
         return self.header.fields[_STREAM_ID]
 
+    def renew(self) -> None:
+        """Give the stream a new sequence space, keeping this segment: a writer starting a
+        stream whose segment outlived its end (held open elsewhere, as Windows keeps it)."""
+        self.header.fields[_STREAM_ID] = new_stream_id()
+
     @property
     def final_cursor(self) -> int:
         """The write cursor at which the writer closed the stream (valid once CLOSED)."""

@@ -8,6 +8,7 @@ it by hand.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -189,3 +190,85 @@ def _sweep_segment(name: str) -> bool:
             generation.end(State.CLOSED)
         generation.close()
     return shm.unlink(name)
+
+
+HOLD_MODES = ("auto", "on", "off")
+
+
+def holds_wanted() -> bool:
+    """Whether a supervisor should hold its streams' segments (``RIGPIPE_HOLD_SEGMENTS``).
+
+    ``auto`` (the default) holds where a segment dies with its last handle
+    (Windows); ``on`` forces it elsewhere (tests do, on Linux); ``off`` never.
+    """
+    asked = os.environ.get("RIGPIPE_HOLD_SEGMENTS", "auto").strip().lower() or "auto"
+    if asked not in HOLD_MODES:
+        raise ValueError(f"RIGPIPE_HOLD_SEGMENTS={asked!r} is not one of {', '.join(HOLD_MODES)}")
+    return asked == "on" or (asked == "auto" and not shm._POSIX)
+
+
+class Holds:
+    """Handles on streams' segments, kept so that the segments outlive their writer.
+
+    On Windows a shared-memory segment exists only while some process has it
+    open: a writer killed while no reader is attached takes its frames, its
+    sequence and its stream id with it, and the writer that restarts begins a
+    new stream, so a resuming reader's cursor means nothing any more. The
+    supervisor holds each stream's segment and its current generation (and
+    follows it to each new generation) until the session ends. A stream its
+    writer closed is let go: the next writer makes a new stream of it.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[StreamSegment, Generation | None]] = {}
+
+    def refresh(self, streams: Sequence[str]) -> None:
+        """Hold each of ``streams`` that exists, at its current generation (cheap: call often)."""
+        for stream in streams:
+            meta, generation = self._held.get(stream, (None, None))
+            if meta is None:
+                try:
+                    meta = StreamSegment.open(stream)
+                except (FileNotFoundError, SegmentCorrupt, SegmentForeign):
+                    continue
+            elif not meta.segment.linked():  # unlinked and made again under us (POSIX)
+                self.release([stream])
+                self.refresh([stream])
+                continue
+            header = meta.header
+            if header.state is State.CLOSED:
+                self._held[stream] = (meta, generation)
+                self.release([stream])
+                continue
+            number = header.generation
+            stale = generation is None or number != _number(generation)
+            if header.state is State.VALID and stale:
+                try:
+                    newer = Generation.open(stream, number)
+                except (FileNotFoundError, SegmentCorrupt, SegmentForeign):
+                    newer = None  # replaced again while we looked: the next refresh gets it
+                if newer is not None:
+                    if generation is not None:
+                        generation.close()
+                    generation = newer
+            self._held[stream] = (meta, generation)
+
+    def held(self) -> dict[str, int | None]:
+        """Each held stream and the generation held (None: only the stream segment)."""
+        return {
+            stream: None if generation is None else _number(generation)
+            for stream, (_, generation) in self._held.items()
+        }
+
+    def release(self, streams: Sequence[str] | None = None) -> None:
+        """Let go of ``streams`` (every held stream if None)."""
+        for stream in list(self._held) if streams is None else streams:
+            meta, generation = self._held.pop(stream, (None, None))
+            if generation is not None:
+                generation.close()
+            if meta is not None:
+                meta.close()
+
+
+def _number(generation: Generation) -> int:
+    return generation.header.generation

@@ -8,7 +8,10 @@ delete the writer's stream, and a writer that crashes must leave its segments
 for the restarted writer and for ``sweep`` to decide about. So on POSIX we
 open segments with ``shm_open`` + ``mmap`` directly; cleanup is ours
 (``RingWriter.close`` and ``ring.sweep``). On Windows there is no tracker and
-a segment lives while any process holds it, so ``SharedMemory`` is used as is.
+a segment lives only while some process holds a handle on it, so
+``SharedMemory`` is used as is, and the supervisor holds its streams'
+segments (``segments.Holds``) so that a writer killed there leaves its frames
+and sequence to the writer that restarts.
 """
 
 from __future__ import annotations
@@ -17,16 +20,15 @@ import mmap
 import os
 import sys
 import time
+from multiprocessing.shared_memory import SharedMemory  # Windows (tests: a refcounting fake)
 from pathlib import Path
 
 from pipeline.errors import SegmentForeign
 from pipeline.ring.naming import shm_prefix
 
-_POSIX = os.name == "posix"
+_POSIX = os.name == "posix"  # a seam: tests switch it off to run the Windows branches
 if _POSIX:
     import _posixshmem
-else:  # pragma: no cover - exercised on Windows only
-    from multiprocessing.shared_memory import SharedMemory
 
 #: Where Linux exposes POSIX shared memory as files; other systems cannot list segments.
 SHM_DIR = Path("/dev/shm")
@@ -56,7 +58,7 @@ class Segment:
         """Create segment ``name`` of ``size`` bytes; FileExistsError if the name is taken."""
         if size <= 0:
             raise ValueError(f"segment size must be positive, got {size}")
-        if not _POSIX:  # pragma: no cover
+        if not _POSIX:
             return cls(name, SharedMemory(name, create=True, size=size))
         fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
@@ -71,7 +73,7 @@ class Segment:
     @classmethod
     def attach(cls, name: str) -> Segment:
         """Map existing segment ``name``; FileNotFoundError if there is none."""
-        if not _POSIX:  # pragma: no cover
+        if not _POSIX:
             return cls(name, SharedMemory(name, create=False))
         try:
             fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
@@ -152,7 +154,7 @@ def _identity(fd: int) -> tuple[int, int]:
 
 def unlink(name: str) -> bool:
     """Remove segment ``name``; return False if it did not exist."""
-    if not _POSIX:  # pragma: no cover - Windows frees a segment when its last handle closes
+    if not _POSIX:  # Windows frees a segment when its last handle closes
         return False
     try:
         _posixshmem.shm_unlink("/" + name)

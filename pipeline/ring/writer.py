@@ -371,7 +371,12 @@ def _claim_stream(
         shm.unlink(naming.shm_name(stream))
         return StreamSegment.create(stream, identity), None, True
     pid, start_ms = meta.header.writer
-    if meta.header.state is not State.CLOSED and process_alive(pid, start_ms):
+    if meta.header.state is State.CLOSED:
+        # Its writer ended it, yet the segment is still there (another process holds it
+        # open, as Windows keeps a segment while any handle is open): a new stream.
+        meta.renew()
+        return meta, None, False
+    if process_alive(pid, start_ms):
         meta.close()
         raise StreamExists(
             f"stream {stream!r} is already written by live process {pid}; "
@@ -380,6 +385,9 @@ def _claim_stream(
     try:
         previous = Generation.open(stream, meta.header.generation)
     except (FileNotFoundError, SegmentCorrupt):
+        # The dead writer's frames are gone (on Windows, with its last handle), and with
+        # them the sequence: continuing the stream id would misplace a resuming reader.
+        meta.renew()
         previous = None
     return meta, previous, False
 

@@ -97,6 +97,9 @@ class Supervisor:
         self.session_id = str(uuid.uuid4())
         self.server: bus.Server | None = None
         self.controller: Controller | None = None
+        # Where a segment dies with its last handle (Windows), hold the streams' segments
+        # so that a writer killed with no reader attached leaves them to its restart.
+        self.holds = segments.Holds() if segments.holds_wanted() else None
 
     # -- session lifecycle ----------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> int:
@@ -237,6 +240,8 @@ class Supervisor:
             except Exception as exc:  # a broken hook must not stop the cleanup
                 log.exception("after_session of %s", worker.name)
                 self.on_event(f"worker {worker.name}: cleanup after the session failed: {exc}")
+        if self.holds is not None:
+            self.holds.release()
         removed = segments.sweep(streams=list(self.streams))
         if removed:
             self.on_event(f"unlinked {len(removed)} segment(s) the workers left behind")
@@ -254,6 +259,8 @@ class Supervisor:
         for peer, message in self.server.receive(TICK_S):
             self.controller.dispatch(peer, message)
         now = clock.now_s()
+        if self.holds is not None:
+            self.holds.refresh(list(self.streams))
         for worker in self.workers.values():
             self._watch(worker, now)
         self.controller.expire_forwarded(now)

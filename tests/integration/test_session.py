@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from pipeline import attach
@@ -75,6 +76,41 @@ def test_killed_acquisition_worker_restarts_and_readers_follow(rigs) -> None:
     assert sum(c.frames for c in after) > 5000
     _assert_contiguous(after)
     assert "restarted (restart 1" in rig.log()
+
+
+def _shm_mapped_by(pid: int) -> set[str]:
+    """Names of the /dev/shm segments process ``pid`` maps, unlinked ones left out."""
+    return {
+        Path(m.path).name
+        for m in psutil.Process(pid).memory_maps(grouped=True)
+        if m.path.startswith("/dev/shm/") and not m.path.endswith("(deleted)")
+    }
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_a_supervisor_holding_segments_follows_a_restarted_writer_and_lets_go(rigs) -> None:
+    """What Windows does by default (RIGPIPE_HOLD_SEGMENTS=on here): the supervisor maps each
+    stream's segment and current generation, so a killed writer's frames outlive it."""
+    rig = rigs.new().start(env={"RIGPIPE_HOLD_SEGMENTS": "on"})
+    stream = f"{rig.name}/acq/continuous"
+    meta, first = naming.shm_name(stream), naming.shm_name(naming.data_key(stream, 1))
+    wait_for(lambda: {meta, first} <= _shm_mapped_by(rig.proc.pid), 5, "the hold on generation 1")
+    with attach(stream) as reader:
+        pid = rig.worker("acq").pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: rig.worker("acq").pid not in (pid, None), 5, "acq to restart")
+        second = naming.shm_name(naming.data_key(stream, 2))
+        held = wait_for(
+            lambda: (m := _shm_mapped_by(rig.proc.pid)) >= {meta, second} and first not in m,
+            5,
+            "the hold to follow generation 2 and let generation 1 go",
+        )
+        assert held
+        chunks = _read_frames(reader, 0.5)
+    assert not any(c.dropped for c in chunks)
+    assert chunks[-1].generation == 2
+    assert rig.interrupt() == 0
+    assert meta not in (shm.list_names() or [])
 
 
 @pytest.mark.parametrize("watch", ["pdeathsig", "heartbeat"])
