@@ -48,6 +48,7 @@ import numpy as np
 import zmq
 
 from pipeline import clock
+from pipeline.console import ConsoleClose
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, load_keys
 from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD
@@ -718,7 +719,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parent_watch() == "pdeathsig":
         signal.signal(PARENT_DEATH_SIGNAL, orphaned)
         _die_with_parent(spec.supervisor_pid)
-    return worker.main()
+
+    def console_closed(reason: str) -> None:  # on a thread of Windows' making: only flag it
+        worker.log.info("%s: stopping", reason)
+        worker._stopping = True
+
+    closing = ConsoleClose(console_closed)  # Windows: every process on the console gets it
+    try:
+        return worker.main()
+    finally:
+        closing.remove()
 
 
 if __name__ == "__main__":

@@ -83,18 +83,23 @@ class Rig:
         return self.config
 
     def start(
-        self, env: dict[str, str] | None = None, wait: bool = True, python: str = sys.executable
+        self,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        python: str = sys.executable,
+        runner: str = "pipeline.cli",
     ) -> Rig:
         """Start the supervisor; with ``wait``, return once every worker is running.
 
-        ``python`` runs the supervisor, and so every worker (the real pycbsdk needs its own venv).
+        ``python`` runs the supervisor, and so every worker (the real pycbsdk needs its own venv);
+        ``runner`` is the module run as ``python -m RUNNER run CONFIG``.
         """
         if not self.config.exists():
             self.write()
         self._close_client()
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(
-                [python, "-m", "pipeline.cli", "run", str(self.config)],
+                [python, "-m", runner, "run", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, **(env or {})),

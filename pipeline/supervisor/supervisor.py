@@ -36,6 +36,7 @@ from typing import Any
 
 from pipeline import clock
 from pipeline.config import RigConfig
+from pipeline.console import ConsoleClose
 from pipeline.control import bus, messages, session
 from pipeline.control.messages import Message
 from pipeline.errors import SessionRunning
@@ -118,6 +119,7 @@ class Supervisor:
         self.controller = Controller(self, self.server)
         self._make_workers()
         previous = self._install_signals()
+        closing = ConsoleClose(self.request_stop)  # Windows: closing the console stops in order
         try:
             self.write_discovery()
             self.on_event(
@@ -133,7 +135,10 @@ class Supervisor:
         finally:
             self._kill_all()
             self._restore_signals(previous)
-            self._cleanup()
+            try:
+                self._cleanup()
+            finally:
+                closing.remove()  # lets a pending console close end the process
         failed = [w for w in self.workers.values() if w.state is WorkerState.FAILED]
         for worker in failed:
             self.on_event(f"worker {worker.name} ended the session failed: {worker.reason}")
@@ -342,7 +347,9 @@ class Supervisor:
 
     def _exited(self, worker: WorkerProcess, code: int, now: float) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        if worker.expected_exit or self.stopping:
+        # A worker may stop itself (a closed Windows console reaches every process on it)
+        # before this loop has begun the stop that was asked for: an ordered exit too.
+        if worker.expected_exit or self.stopping or self._stop_requested is not None:
             restart = worker.state is WorkerState.STOPPING and not worker.held
             worker.state = WorkerState.STOPPED
             self.publish(

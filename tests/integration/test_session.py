@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,6 +112,22 @@ def test_a_supervisor_holding_segments_follows_a_restarted_writer_and_lets_go(ri
     assert chunks[-1].generation == 2
     assert rig.interrupt() == 0
     assert meta not in (shm.list_names() or [])
+
+
+def test_closing_the_windows_console_stops_the_rig_in_order(rigs, tmp_path) -> None:
+    """The supervisor's console-close handler (registered with a fake kernel32) asks for the
+    ordered stop and holds the process up until it is done, within Windows' 5 s."""
+    result = tmp_path / "console-close.json"
+    rig = rigs.new().start(runner="tests.console_close", env={"CONSOLE_CLOSE_RESULT": str(result)})
+    stream = f"{rig.name}/acq/continuous"
+    assert naming.shm_name(stream) in (shm.list_names() or [])
+    result.with_suffix(".go").touch()  # the user closes the console window
+    assert rig.proc.wait(15) == 0  # 0: every worker stopped when asked, none was killed
+    closed = json.loads(result.read_text())
+    assert closed["returned"] == 1 and closed["held_s"] < 4.5
+    assert "stopping (console closed)" in rig.log()
+    assert "asked to stop" in (rig.log_dir() / "acq.log").read_text()  # Stop, not a kill
+    assert naming.shm_name(stream) not in (shm.list_names() or [])
 
 
 @pytest.mark.parametrize("watch", ["pdeathsig", "heartbeat"])

@@ -267,3 +267,64 @@ def test_the_live_table_asks_a_windows_console_for_vt_mode_and_falls_back() -> N
     assert modern.set_to == 0x0003 | ENABLE_VIRTUAL_TERMINAL_PROCESSING
     assert not enable_vt(windows=True, kernel32=Console(accepts=False)), "line by line then"
     assert enable_vt(windows=False)
+
+
+class _ConsoleKernel32:
+    """SetConsoleCtrlHandler as Windows keeps it: a list of registered handler routines."""
+
+    def __init__(self) -> None:
+        self.routines: list = []
+
+    def SetConsoleCtrlHandler(self, routine, add: bool) -> int:
+        if add:
+            self.routines.append(routine)
+        else:
+            self.routines.remove(routine)
+        return 1
+
+
+def test_a_console_close_asks_for_the_ordered_stop_and_waits_for_it() -> None:
+    import threading
+    import time
+
+    from pipeline import console
+
+    kernel32 = _ConsoleKernel32()
+    asked: list[str] = []
+    closing = console.ConsoleClose(asked.append, windows=True, kernel32=kernel32)
+    assert closing.installed and len(kernel32.routines) == 1
+    routine = kernel32.routines[0]
+    assert routine(console.CTRL_C_EVENT) == 0 and routine(console.CTRL_BREAK_EVENT) == 0
+    assert asked == []  # Ctrl-C and Ctrl-Break stay with Python's SIGINT and SIGBREAK
+
+    answered: list[tuple[int, float]] = []
+    start = time.monotonic()
+    windows_thread = threading.Thread(
+        target=lambda: answered.append((routine(console.CTRL_CLOSE_EVENT), time.monotonic())),
+    )
+    windows_thread.start()
+    time.sleep(0.3)
+    assert asked == ["console closed"] and not answered  # held up: the stop is not done yet
+    stopped_at = time.monotonic()
+    closing.remove()  # the supervisor's stop is done
+    windows_thread.join(5)
+    assert answered and answered[0][0] == 1 and answered[0][1] >= stopped_at > start
+    assert kernel32.routines == []
+
+
+def test_a_console_close_lets_go_after_the_grace_and_is_inert_elsewhere() -> None:
+    import time
+
+    from pipeline import console
+
+    kernel32 = _ConsoleKernel32()
+    asked: list[str] = []
+    closing = console.ConsoleClose(asked.append, grace_s=0.2, windows=True, kernel32=kernel32)
+    start = time.monotonic()
+    assert kernel32.routines[0](console.CTRL_SHUTDOWN_EVENT) == 1
+    assert 0.15 < time.monotonic() - start < 2.0  # never past Windows' own 5 s
+    assert asked == ["system shutting down"]
+    closing.remove()
+    elsewhere = console.ConsoleClose(asked.append, windows=False, kernel32=kernel32)
+    assert not elsewhere.installed and kernel32.routines == []
+    elsewhere.remove()
