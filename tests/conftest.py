@@ -28,6 +28,16 @@ os.environ["RIGPIPE_SHM_PREFIX"] = (
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``posix`` where there is no POSIX (Windows)."""
+    if os.name == "posix":
+        return
+    skip = pytest.mark.skip(reason="needs POSIX (signals, /proc, /dev/shm or AF_UNIX)")
+    for item in items:
+        if "posix" in item.keywords:
+            item.add_marker(skip)
+
+
 def _our_segments() -> set[str]:
     """This suite's segments (its namespace only)."""
     names = shm.list_names()

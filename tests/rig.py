@@ -30,6 +30,13 @@ chunk_s = 0.002
 """
 
 
+#: Ctrl-C for a supervisor: SIGINT; on Windows Ctrl-Break to its own process group.
+INTERRUPT = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
+_OWN_GROUP: dict[str, Any] = (
+    {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else {}
+)
+
+
 def slow_reader(frames_per_s: float) -> str:
     """A lossless reader of ``acq/continuous`` (tests/workers/lag_reader.py) at this pace."""
     return (
@@ -103,6 +110,7 @@ class Rig:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, **(env or {})),
+                **_OWN_GROUP,
             )
         if wait:
             wait_for(self.running, 30, f"session {self.name} to run")
@@ -147,7 +155,7 @@ class Rig:
     def interrupt(self, timeout_s: float = 20) -> int:
         """Ctrl-C the supervisor and wait for it; its exit code."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(INTERRUPT)
         return self.proc.wait(timeout_s)
 
     def worker_processes(self) -> list[psutil.Process]:
@@ -172,7 +180,7 @@ class Rig:
         forced = []
         self._close_client()
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(INTERRUPT)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:

@@ -206,7 +206,9 @@ class Supervisor:
                 self._forced = True
 
         previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # Windows: Ctrl-Break (a test's, or a script's CTRL_BREAK_EVENT) too
+        extra = (signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ()
+        for sig in (signal.SIGINT, signal.SIGTERM, *extra):
             previous[sig] = signal.signal(sig, on_signal)
         return previous
 

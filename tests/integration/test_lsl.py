@@ -8,14 +8,13 @@ own streams on the same network never mix.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 
 import numpy as np
+import psutil
 import pylsl
 import pytest
 
@@ -167,7 +166,7 @@ def test_a_killed_inlet_or_outlet_worker_recovers(rigs) -> None:
     rig_b.start()
     wait_for(lambda: rig_b.worker("remote").counters.get("frames", 0) > 500, 20, "frames in B")
     for rig, worker in ((rig_a, "lsl"), (rig_b, "remote")):
-        os.kill(rig.worker(worker).pid, signal.SIGKILL)
+        psutil.Process(rig.worker(worker).pid).kill()
         wait_for(lambda r=rig, w=worker: r.worker(w).restarts == 1, 20, f"{worker} restarted")
         before = rig_b.worker("remote").counters.get("frames", 0)
         wait_for(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -80,7 +79,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             client.request(messages.PulseTrain(channel=1, phases=phases, frequency_hz=50, count=5))
             time.sleep(1.2)
             pid = rig.worker("acq").pid
-            os.kill(pid, signal.SIGKILL)
+            psutil.Process(pid).kill()
             wait_for(
                 lambda: (w := rig.worker("acq")).state == "running" and w.pid not in (0, pid),
                 10,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -90,7 +88,7 @@ def _assert_contiguous(stamps: np.ndarray) -> None:
 
 def _kill(rig, worker: str) -> int:
     pid = rig.worker(worker).pid
-    os.kill(pid, signal.SIGKILL)
+    psutil.Process(pid).kill()
     wait_for(
         lambda: (w := rig.worker(worker)).state == "running" and w.pid not in (0, pid),
         10,
@@ -320,7 +318,7 @@ def test_a_recorder_down_longer_than_the_ring_holds_records_the_gap(rigs) -> Non
     rig.start()
     time.sleep(1.0)
     pid = rig.worker("rec").pid
-    os.kill(pid, signal.SIGSTOP)  # hung: the supervisor kills it after 1 s without heartbeats
+    psutil.Process(pid).suspend()  # hung: the supervisor kills it after 1 s without heartbeats
     wait_for(
         lambda: (w := rig.worker("rec")).state == "running" and w.pid not in (0, pid), 10, "restart"
     )
@@ -340,7 +338,7 @@ def test_the_session_end_repairs_a_recording_whose_recorder_died_for_good(rigs) 
     rig, recordings = _rig(rigs, restart="never")
     rig.start()
     time.sleep(1.0)
-    os.kill(rig.worker("rec").pid, signal.SIGKILL)
+    psutil.Process(rig.worker("rec").pid).kill()
     wait_for(lambda: rig.worker("rec").state == "failed", 10, "the recorder to stay down")
     directory = _recording(recordings)
     assert consistency_flags(directory / "segment-0000.h5") != 0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 import pipeline
@@ -85,7 +84,7 @@ def test_writer_killed_then_restarted_is_followed_as_a_new_generation(processes,
     reader = pipeline.attach(stream, from_now=False)
     try:
         assert reader.writer_alive
-        os.kill(first.pid, signal.SIGKILL)
+        psutil.Process(first.pid).kill()
         first.join(10)
         assert not reader.writer_alive
         # Everything the dead writer published is still readable.
@@ -116,7 +115,7 @@ def test_sweep_removes_exactly_the_segments_of_dead_writers(processes, stream):
     dead = processes.start(procs.paced_writer, stream, 10, 200.0, -1, dead_ready)
     assert live_ready.wait(READ_TIMEOUT_S) and dead_ready.wait(READ_TIMEOUT_S)
     reader = pipeline.attach(stream)
-    os.kill(dead.pid, signal.SIGKILL)
+    psutil.Process(dead.pid).kill()
     dead.join(10)
     removed = pipeline.sweep()
     assert sorted(removed) == sorted(
@@ -177,6 +176,7 @@ def test_reader_process_exit_leaves_the_stream_alone_and_prints_no_tracker_warni
             assert reader.read(timeout_s=0).frames == 3
 
 
+@pytest.mark.posix
 def test_writer_process_that_exits_without_close_leaves_its_stream_for_sweep(stream):
     code = (
         "import numpy as np, pipeline, sys; "

@@ -17,7 +17,7 @@ import pytest
 from pipeline import attach
 from pipeline.control import messages, session
 from pipeline.errors import RequestFailed
-from pipeline.ring import naming, shm
+from pipeline.ring import naming, segments, shm
 from tests.rig import DEMO_WORKER, exited, slow_reader, wait_for
 
 
@@ -61,7 +61,7 @@ def test_killed_acquisition_worker_restarts_and_readers_follow(rigs) -> None:
     with attach("acq/continuous") as reader:
         _read_frames(reader, 0.3)
         pid = rig.worker("acq").pid
-        os.kill(pid, signal.SIGKILL)
+        psutil.Process(pid).kill()
         killed_at = time.monotonic()
 
         def restarted():
@@ -89,6 +89,7 @@ def _shm_mapped_by(pid: int) -> set[str]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+@pytest.mark.posix
 def test_a_supervisor_holding_segments_follows_a_restarted_writer_and_lets_go(rigs) -> None:
     """What Windows does by default (RIGPIPE_HOLD_SEGMENTS=on here): the supervisor maps each
     stream's segment and current generation, so a killed writer's frames outlive it."""
@@ -98,7 +99,7 @@ def test_a_supervisor_holding_segments_follows_a_restarted_writer_and_lets_go(ri
     wait_for(lambda: {meta, first} <= _shm_mapped_by(rig.proc.pid), 5, "the hold on generation 1")
     with attach(stream) as reader:
         pid = rig.worker("acq").pid
-        os.kill(pid, signal.SIGKILL)
+        psutil.Process(pid).kill()
         wait_for(lambda: rig.worker("acq").pid not in (pid, None), 5, "acq to restart")
         second = naming.shm_name(naming.data_key(stream, 2))
         held = wait_for(
@@ -120,17 +121,18 @@ def test_closing_the_windows_console_stops_the_rig_in_order(rigs, tmp_path) -> N
     result = tmp_path / "console-close.json"
     rig = rigs.new().start(runner="tests.console_close", env={"CONSOLE_CLOSE_RESULT": str(result)})
     stream = f"{rig.name}/acq/continuous"
-    assert naming.shm_name(stream) in (shm.list_names() or [])
+    assert segments.stream_state(stream) is not None
     result.with_suffix(".go").touch()  # the user closes the console window
     assert rig.proc.wait(15) == 0  # 0: every worker stopped when asked, none was killed
     closed = json.loads(result.read_text())
     assert closed["returned"] == 1 and closed["held_s"] < 4.5
     assert "stopping (console closed)" in rig.log()
     assert "asked to stop" in (rig.log_dir() / "acq.log").read_text()  # Stop, not a kill
-    assert naming.shm_name(stream) not in (shm.list_names() or [])
+    assert segments.stream_state(stream) is None  # closed and gone
 
 
 @pytest.mark.parametrize("watch", ["pdeathsig", "heartbeat"])
+@pytest.mark.posix
 def test_killed_supervisor_takes_its_workers_down_cleanly(rigs, watch) -> None:
     rig = rigs.new().start(env={"RIGPIPE_PARENT_WATCH": watch})
     workers = rig.worker_processes()
@@ -146,11 +148,12 @@ def test_killed_supervisor_takes_its_workers_down_cleanly(rigs, watch) -> None:
     assert "stopping" in (rig.log_dir() / "acq.log").read_text()
 
 
+@pytest.mark.posix
 def test_next_run_cleans_up_after_a_supervisor_killed_with_its_workers(rigs) -> None:
     rig = rigs.new().start()
     workers = rig.worker_processes()
     stream = f"{rig.name}/acq/continuous"
-    os.killpg(workers[0].pid, signal.SIGSTOP)  # the worker cannot react to its parent dying
+    workers[0].suspend()  # the worker cannot react to its parent dying
     rig.proc.kill()
     rig.proc.wait(5)
     for worker in workers:
@@ -169,6 +172,7 @@ def test_next_run_cleans_up_after_a_supervisor_killed_with_its_workers(rigs) -> 
     assert naming.shm_name(stream) not in (shm.list_names() or [])
 
 
+@pytest.mark.posix
 def test_ctrl_c_stops_in_order_and_leaves_nothing(rigs) -> None:
     rig = rigs.new()
     rig.write(DEMO_WORKER + slow_reader(50000.0))
@@ -201,6 +205,7 @@ def test_second_ctrl_c_kills_a_worker_that_ignores_stop(rigs) -> None:
     assert not exited(workers, 2)
 
 
+@pytest.mark.posix
 def test_malformed_and_random_messages_never_stop_the_supervisor(rigs) -> None:
     import zmq
 
@@ -528,6 +533,7 @@ def test_a_workers_spec_is_not_on_its_command_line_and_a_large_config_runs(rigs)
 
 
 @pytest.mark.skipif(not hasattr(os, "fchown") or os.geteuid() != 0, reason="needs root to chown")
+@pytest.mark.posix
 def test_a_segment_squatted_by_another_user_is_refused_in_one_line_and_left_alone(rigs) -> None:
     import _posixshmem
 

@@ -375,6 +375,7 @@ def test_a_restarted_stimulator_never_runs_a_command_sent_while_it_was_down(rigs
         queued.close()
 
 
+@pytest.mark.posix
 def test_the_command_ring_of_a_decoder_that_was_killed_is_removed(rigs) -> None:
     rig = rigs.new()
     rig.write(STIM.format(buffer_ms=BUFFER_MS, extra="armed = true"))

@@ -85,6 +85,7 @@ def test_topics_name_the_worker_or_the_session() -> None:
     )
 
 
+@pytest.mark.posix
 def test_a_request_with_nobody_listening_times_out_with_a_clear_message(tmp_path) -> None:
     endpoints = Endpoints(f"ipc://{tmp_path}/none.sock", f"ipc://{tmp_path}/none-ev.sock")
     with Client(endpoints, timeout_s=0.2) as client:

@@ -43,6 +43,7 @@ def test_a_bad_prefix_is_refused_with_the_rule(monkeypatch):
         shm_name("x/y/z")
 
 
+@pytest.mark.posix
 def test_listing_and_sweeping_see_only_their_own_namespace(monkeypatch, stream):
     """A dead writer's segments in another namespace are neither listed nor swept."""
     ours = shm_prefix()

@@ -104,12 +104,12 @@ def test_a_worker_behind_a_launcher_process_is_adopted_by_its_parent(tmp_path) -
         worker.popen.communicate("", timeout=10)
 
 
+@pytest.mark.posix
 def test_sweep_without_a_list_of_shared_memory_uses_the_sessions_streams(
     monkeypatch, tmp_path, capsys
 ) -> None:
     """Where shared memory cannot be listed (macOS, Windows), a dead session's streams are
     found through its discovery file."""
-    import signal
     import subprocess
     import sys
 
@@ -128,7 +128,7 @@ def test_sweep_without_a_list_of_shared_memory_uses_the_sessions_streams(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert writer.stdout.readline().strip() == "ready"
-    writer.send_signal(signal.SIGKILL)
+    writer.kill()
     writer.communicate(timeout=10)
     session.write(
         session.Discovery(

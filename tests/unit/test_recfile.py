@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +54,7 @@ def test_a_sigkilled_swmr_writers_file_opens_plainly_after_repair(tmp_path: Path
         while flushed < 5000:
             flushed = int(writer.stdout.readline())
     finally:
-        writer.send_signal(signal.SIGKILL)
+        writer.kill()
         writer.wait(10)
         writer.stdout.close()
     with pytest.raises(OSError, match="already open for write"):

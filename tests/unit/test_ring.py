@@ -156,6 +156,7 @@ def test_reader_that_missed_a_whole_generation_counts_it_as_dropped(writer, stre
     assert (chunk.generation, chunk.start_sequence, chunk.dropped) == (3, 5, 5)
 
 
+@pytest.mark.posix
 def test_after_close_readers_drain_then_get_end_of_stream(stream):
     writer = pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0)
     reader = pipeline.attach(stream)

@@ -33,7 +33,7 @@ def scope(tmp_path) -> Iterator[ScopeWorker]:
         session=session,
         name="scope",
         kind="workers.visualization",
-        endpoints=Endpoints("ipc:///nonexistent", "ipc:///nonexistent"),
+        endpoints=Endpoints("tcp://127.0.0.1:9", "tcp://127.0.0.1:9"),
         supervisor_pid=os.getpid(),
     )
     parameters = {"streams": ["src/out"], "offscreen": True, "channels_per_page": 16}
