@@ -60,14 +60,26 @@ def shm_prefix() -> str:
     return prefix
 
 
+def owner() -> str:
+    """Who this process runs as, as segment names include it: the uid (POSIX) or the
+    user name (Windows)."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None:
+        return str(getuid())
+    import getpass
+
+    return getpass.getuser()
+
+
 def shm_name(stream: str) -> str:
     """Deterministic shared-memory name for ``stream`` (a stream or a derived key).
 
-    >>> shm_name("default/acq/continuous")
-    'rp_1e1ef5d1bd5327cc8e9f3cb9'
+    The hash covers the user too, so two users' rigs with the same session and
+    stream names never meet in shared memory (each user's processes find their
+    own); ``rp_`` + 24 hex digits, e.g. ``rp_1e1ef5d1bd5327cc8e9f3cb9``.
     """
-    digest = hashlib.blake2b(stream.encode(), digest_size=_HASH_BYTES).hexdigest()
-    return shm_prefix() + digest
+    key = f"{owner()}:{stream}".encode()
+    return shm_prefix() + hashlib.blake2b(key, digest_size=_HASH_BYTES).hexdigest()
 
 
 def data_key(stream: str, generation: int) -> str:

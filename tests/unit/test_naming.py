@@ -16,6 +16,20 @@ def test_shm_name_is_deterministic_short_and_distinct():
         assert name.isascii() and "/" not in name
 
 
+def test_two_users_streams_of_the_same_name_have_different_segments(monkeypatch):
+    from pipeline.ring import naming
+
+    mine = shm_name("demo/acq/continuous")
+    monkeypatch.setattr(naming, "owner", lambda: "65534")
+    theirs = shm_name("demo/acq/continuous")
+    assert theirs != mine and theirs == shm_name("demo/acq/continuous")
+    monkeypatch.undo()
+    assert naming.owner() == str(__import__("os").getuid())
+    monkeypatch.delattr(naming.os, "getuid")  # as on Windows: the user name
+    monkeypatch.setenv("LOGNAME", "lab-user")
+    assert naming.owner() == "lab-user"
+
+
 def test_data_segments_differ_per_generation():
     stream = "default/acq/continuous"
     assert shm_name(data_key(stream, 1)) != shm_name(data_key(stream, 2)) != shm_name(stream)
