@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -143,6 +144,7 @@ def export_nwb(
     writer = _Writer(pynwb, rec, block_s, compression, progress, metadata or Metadata())
     try:
         nwbfile = writer.build()
+        _create_private(partial, _access_of(rec))
         with pynwb.NWBHDF5IO(partial, "w") as io:
             io.write(nwbfile)
         os.replace(partial, out)
@@ -156,6 +158,21 @@ def export_nwb(
     writer.summary.path = out
     writer.summary.seconds = clock.now_s() - started
     return writer.summary
+
+
+def _access_of(rec: Recording) -> int:
+    """The permissions the recording's files allow every one of them (0640, 0600...)."""
+    mode = 0o666
+    for path in rec.segment_paths:
+        mode &= stat.S_IMODE(Path(path).stat().st_mode)
+    return mode
+
+
+def _create_private(path: Path, mode: int) -> None:
+    """Create ``path`` empty with ``mode`` less the umask: an export is no more readable
+    than its recording. HDF5 then truncates it in place, keeping the mode."""
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
 
 
 class _Writer:

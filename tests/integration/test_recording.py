@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -19,6 +20,7 @@ from pipeline.control import messages
 from pipeline.errors import StreamNotFound
 from pipeline.recording.format import consistency_flags, read_manifest
 from pipeline.recording.inspect import inspect
+from pipeline.recording.nwb import export_nwb
 from pipeline.ring import naming, shm
 from tests.rig import exited, wait_for
 
@@ -293,6 +295,13 @@ def test_recordings_are_never_readable_by_every_user(rigs, access, files, direct
     for path in made:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (directories if path.is_dir() else files), f"{path}: {oct(mode)}"
+    previous = os.umask(0o022)  # a umask that lets every user read what it creates
+    try:
+        out = rig.directory / "export.nwb"
+        export_nwb(directory, out)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == files  # no more readable than the recording
 
 
 def test_a_nearly_full_disk_stops_recording_cleanly(rigs) -> None:
