@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
+from pipeline.control.bus import check_key_file
 from pipeline.errors import ConfigError
 from pipeline.ring.naming import _PART
 from pipeline.worker import Worker
@@ -67,6 +68,8 @@ class ControlConfig(_Table, kw_only=True):
     events_port: Port = 0
     heartbeat_interval_s: PositiveS = 0.25
     heartbeat_timeout_s: PositiveS = 2.0
+    # TCP's CURVE keys kept in this file across starts ("" = new keys at each start)
+    keys_file: str = ""
 
 
 class WorkerConfig(_Table, kw_only=True):
@@ -157,6 +160,7 @@ def loads(text: str, where: str = "<config>") -> RigConfig:
     rig = RigConfig(Path(where), text, config)
     _check_name(config.session.name, where, "session.name")
     _check_control(config.control, where)
+    _check_keys_file(config.control, where)
     seen: dict[str, int] = {}
     for index, worker in enumerate(config.workers):
         at = f"workers[{index}]"
@@ -212,6 +216,26 @@ def _check_control(control: ControlConfig, where: str) -> None:
             f"cannot listen on {control.host!r} ({exc}); use 127.0.0.1 or an address of "
             "this machine",
         ) from None
+
+
+def _check_keys_file(control: ControlConfig, where: str) -> None:
+    if not control.keys_file:
+        return
+    if control.transport == "ipc":
+        raise ConfigError(
+            where,
+            "control.keys_file",
+            'secures TCP control; with transport = "ipc" the runtime directory does: remove '
+            'keys_file or set transport = "tcp"',
+        )
+    path = Path(control.keys_file).expanduser()
+    if not path.exists():
+        _check_writable(str(path.parent), where, "control.keys_file")
+        return
+    try:
+        check_key_file(path)
+    except OSError as exc:
+        raise ConfigError(where, "control.keys_file", str(exc)) from None
 
 
 def _check_writable(directory: str, where: str, at: str) -> None:

@@ -77,8 +77,8 @@ def require_curve() -> None:
         )
 
 
-def make_keys(directory: Path) -> Path:
-    """New key pairs for a session, written 0600 to ``directory``; the file's path."""
+def make_keys(directory: Path, name: str = KEYS_FILE) -> Path:
+    """New key pairs for a session, written 0600 to ``directory/name``; the file's path."""
     require_curve()
     server_public, server_secret = zmq.curve_keypair()
     client_public, client_secret = zmq.curve_keypair()
@@ -88,13 +88,50 @@ def make_keys(directory: Path) -> Path:
         client_public.decode(),
         client_secret.decode(),
     )
-    path = directory / KEYS_FILE
+    path = directory / name
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(msgspec.json.encode(keys))
     atomic_replace(temporary, path)
     return path
+
+
+def session_keys(runtime_dir: Path, keys_file: str = "") -> Path:
+    """The CURVE key file of a TCP session: new keys in its runtime directory at each
+    start, or, when the config names a ``keys_file``, that file: made on first use and
+    kept across starts, so a copy on another machine stays valid."""
+    if not keys_file:
+        return make_keys(runtime_dir)
+    path = Path(keys_file).expanduser().resolve()
+    if path.exists():
+        check_key_file(path)
+        return path
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return make_keys(path.parent, path.name)
+
+
+def check_key_file(path: Path) -> CurveKeys:
+    """The keys in ``path``; OSError (one line) unless it is a rigpipe CURVE key file that
+    only its owner, this user, can read."""
+    info = path.stat()
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None and info.st_uid != getuid():
+        raise OSError(f"{path} belongs to uid {info.st_uid}, not to this user (uid {getuid()})")
+    if os.name == "posix" and info.st_mode & 0o077:
+        raise OSError(
+            f"{path} can be read by other users (mode {info.st_mode & 0o777:o}): anyone who "
+            f"reads it can control the rig; chmod 600 {path}"
+        )
+    try:
+        keys = msgspec.json.decode(path.read_bytes(), type=CurveKeys)
+        pairs = ((keys.server_public, keys.server_secret), (keys.client_public, keys.client_secret))
+        matched = all(zmq.curve_public(sec.encode()).decode() == pub for pub, sec in pairs)
+    except (msgspec.DecodeError, ValueError, zmq.ZMQError) as exc:
+        raise OSError(f"{path} is not a rigpipe CURVE key file: {exc}") from None
+    if not matched:
+        raise OSError(f"{path} is not a rigpipe CURVE key file: a public key does not match")
+    return keys
 
 
 def load_keys(endpoints: Endpoints) -> CurveKeys | None:

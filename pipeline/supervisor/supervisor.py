@@ -152,7 +152,7 @@ class Supervisor:
         return bus.Endpoints(
             f"tcp://{host}:{control.control_port}",
             f"tcp://{host}:{control.events_port}",
-            str(bus.make_keys(self.runtime_dir)),
+            str(bus.session_keys(self.runtime_dir, control.keys_file)),
         )
 
     def _make_workers(self) -> None:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from pipeline import attach
-from pipeline.control import messages, session
+from pipeline.control import bus, messages, session
 from pipeline.errors import RequestFailed
 from pipeline.ring import naming, segments, shm
 from tests.rig import DEMO_WORKER, exited, slow_reader, wait_for
@@ -435,6 +435,35 @@ def test_tcp_control_answers_only_peers_with_the_sessions_keys(rigs, tmp_path) -
     )
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "CURVE key file" in missing.stderr and "is missing" in missing.stderr
+
+
+def test_a_keys_file_keeps_a_remote_clients_copy_valid_across_restarts(rigs, tmp_path) -> None:
+    keys_file = tmp_path / "keys" / "rig-curve.json"
+    rig = rigs.new()
+    rig.write(control=f'transport = "tcp"\nkeys_file = "{keys_file}"')
+    rig.start()
+    assert rig.discovery().endpoints.keys == str(keys_file)
+    assert keys_file.stat().st_mode & 0o777 == 0o600
+    copied = tmp_path / "on-another-machine.json"
+    copied.write_bytes(keys_file.read_bytes())
+    assert rig.interrupt() == 0
+    rig.start()  # the same session again: the same keys
+
+    def status_with(keys: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "status", "--session", rig.name],
+            env={**os.environ, "RIGPIPE_CURVE_KEYS": str(keys)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    kept = status_with(copied)
+    assert kept.returncode == 0 and "acq" in kept.stdout, kept.stderr
+    stale = tmp_path / "a-session-without-keys-file.json"  # keys of another start
+    bus.make_keys(tmp_path, stale.name)
+    refused = status_with(stale)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
 
 
 def test_a_second_supervisor_for_a_running_session_is_refused(rigs) -> None:

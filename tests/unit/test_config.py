@@ -126,3 +126,36 @@ def test_a_binary_file_is_one_config_error(tmp_path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
     with pytest.raises(ConfigError, match=r"not a text file \(not UTF-8 at byte 0\)"):
         config.load(path)
+
+
+def _with_keys_file(path: Path, transport: str = "tcp") -> str:
+    return (
+        f'[control]\ntransport = "{transport}"\nkeys_file = "{path}"\n'
+        '[[workers]]\nname = "acq"\nkind = "acquisition"\n'
+    )
+
+
+def test_a_keys_file_is_checked_before_the_rig_starts(tmp_path: Path) -> None:
+    from pipeline.control import bus
+
+    absent = tmp_path / "keys" / "rig.json"
+    assert config.loads(_with_keys_file(absent)).control.keys_file == str(absent)
+    made = bus.session_keys(tmp_path / "runtime", str(absent))  # first use: made, 0600
+    assert made == absent and absent.stat().st_mode & 0o777 == 0o600
+    assert bus.session_keys(tmp_path / "runtime", str(absent)).read_bytes() == made.read_bytes()
+    config.loads(_with_keys_file(absent))  # valid now that it exists
+
+    with pytest.raises(ConfigError, match=r'control\.keys_file: secures TCP control.*"ipc"'):
+        config.loads(_with_keys_file(absent, transport="ipc"))
+    absent.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"can be read by other users \(mode 644\).*chmod 600"):
+        config.loads(_with_keys_file(absent))
+    absent.chmod(0o600)
+    keys = msgspec.json.decode(absent.read_bytes())
+    keys["client_public"] = keys["server_public"]  # a pair that does not belong together
+    absent.write_bytes(msgspec.json.encode(keys))
+    with pytest.raises(ConfigError, match="a public key does not match"):
+        config.loads(_with_keys_file(absent))
+    absent.write_text("{not json")
+    with pytest.raises(ConfigError, match="is not a rigpipe CURVE key file"):
+        config.loads(_with_keys_file(absent))
