@@ -114,6 +114,8 @@ class StreamGroup:
 
     @classmethod
     def read(cls, group: Any) -> StreamGroup:
+        if group is None:  # what h5py yields for a link that leads nowhere: a damaged file
+            raise KeyError("a stream's group cannot be found where its link points")
         attrs = group.attrs
         return cls(
             stream=str(attrs["stream"]),

@@ -26,6 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.errors import RecordingError
 from pipeline.recording.format import (
     GAP_PERIODS,
     StreamGroup,
@@ -99,38 +100,58 @@ def inspect(path: Path) -> Report:
     files, manifest = locate(Path(path))
     entries = {entry.file: entry for entry in manifest.segments} if manifest else {}
     for file_path in files:
-        with _open(file_path, report) as file:
-            if not report.provenance:
-                report.provenance = dict(file["provenance"].attrs)
-            else:
-                report.provenance.update(
-                    {k: v for k, v in file["provenance"].attrs.items() if k.startswith("finish")}
-                )
-            gaps = file["gaps"][:]
-            report.gaps += [_row(g) for g in gaps]
-            report.restarts += [_row(r) for r in file["provenance/restarts"][:]]
-            report.events += len(file["events"])
-            sizes = {}
-            for group in file["streams"].values():
-                stream = StreamGroup.read(group).stream
-                _check_stream(report, group, gaps, expected_first, last_ns, file_path.name)
-                _check_ring_gaps(report, group, gaps, file_path.name)
-                sizes[stream] = len(group["data"])
-            entry = entries.get(file_path.name)
-            if entry is not None and entry.state != "open":
-                for stream in sorted(set(sizes) | set(entry.frames)):
-                    listed, rows = entry.frames.get(stream), sizes.get(stream)
-                    if listed != rows:
-                        report.problems.append(
-                            f"{file_path.name}: {stream} has {rows} rows but the manifest "
-                            f"says {listed}: frames were lost after the segment was closed"
-                        )
-            if entry is not None and entry.repairs:
-                report.warnings.append(f"{file_path.name} was repaired: {'; '.join(entry.repairs)}")
-            report.segments.append(
-                {"file": file_path.name, "bytes": file_path.stat().st_size, "frames": sizes}
+        try:
+            _inspect_segment(report, file_path, entries, expected_first, last_ns)
+        except _UNREADABLE as exc:  # a damaged file: say so, and go on with the others
+            report.problems.append(
+                f"{file_path.name} cannot be read, the file is damaged "
+                f"({type(exc).__name__}: {exc}); the other segments are reported as they are"
             )
     return report
+
+
+#: What h5py raises on a damaged file (and ours for a segment that is not one).
+_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError, RecordingError)
+
+
+def _inspect_segment(
+    report: Report,
+    file_path: Path,
+    entries: dict[str, Any],
+    expected_first: dict[str, int],
+    last_ns: dict[str, int],
+) -> None:
+    with _open(file_path, report) as file:
+        if not report.provenance:
+            report.provenance = dict(file["provenance"].attrs)
+        else:
+            report.provenance.update(
+                {k: v for k, v in file["provenance"].attrs.items() if k.startswith("finish")}
+            )
+        gaps = file["gaps"][:]
+        report.gaps += [_row(g) for g in gaps]
+        report.restarts += [_row(r) for r in file["provenance/restarts"][:]]
+        report.events += len(file["events"])
+        sizes = {}
+        for group in file["streams"].values():
+            stream = StreamGroup.read(group).stream
+            _check_stream(report, group, gaps, expected_first, last_ns, file_path.name)
+            _check_ring_gaps(report, group, gaps, file_path.name)
+            sizes[stream] = len(group["data"])
+        entry = entries.get(file_path.name)
+        if entry is not None and entry.state != "open":
+            for stream in sorted(set(sizes) | set(entry.frames)):
+                listed, rows = entry.frames.get(stream), sizes.get(stream)
+                if listed != rows:
+                    report.problems.append(
+                        f"{file_path.name}: {stream} has {rows} rows but the manifest "
+                        f"says {listed}: frames were lost after the segment was closed"
+                    )
+        if entry is not None and entry.repairs:
+            report.warnings.append(f"{file_path.name} was repaired: {'; '.join(entry.repairs)}")
+        report.segments.append(
+            {"file": file_path.name, "bytes": file_path.stat().st_size, "frames": sizes}
+        )
 
 
 def _row(row: np.void) -> dict[str, Any]:

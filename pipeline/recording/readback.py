@@ -111,6 +111,15 @@ class Recording:
                 )
             self.default_stream = stream or (continuous[0] if continuous else None)
             self.start_ns = self._start_ns()
+        except RecordingError:
+            self.files.close()
+            raise
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
+            self.files.close()
+            raise RecordingError(
+                f"{self.path} is damaged ({type(exc).__name__}: {exc}); "
+                f"rigpipe inspect {self.path} says what can still be read"
+            ) from None
         except BaseException:
             self.files.close()
             raise
@@ -124,7 +133,13 @@ class Recording:
             )
         view = self._views.get(name)
         if view is None:
-            pieces, attrs = _pieces(name, self._groups[name])
+            try:
+                pieces, attrs = _pieces(name, self._groups[name])
+            except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
+                raise RecordingError(
+                    f"{name}: a segment's metadata cannot be read, the file is damaged "
+                    f"({type(exc).__name__}: {exc}); rigpipe inspect {self.path} says which"
+                ) from None
             cls = StreamView if self._rate(name) > 0 else EventView
             view = cls(name, pieces, attrs, self.files, self.guard, self.start_ns)
             self._views[name] = view

@@ -16,6 +16,7 @@ order), which is how rows come off the disk.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -84,6 +85,26 @@ def _size(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.2f} {unit}"
         nbytes /= 1000
     raise AssertionError("unreachable")
+
+
+#: What h5py raises reading a damaged file (a flipped byte in its metadata, a cut-off chunk).
+_DAMAGED = (OSError, KeyError, RuntimeError)
+
+
+def _reading(method: Callable[..., Any]) -> Callable[..., Any]:
+    """What h5py raises on a damaged file, as one RecordingError naming the stream."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except _DAMAGED as exc:
+            raise RecordingError(
+                f"{self.stream}: a segment cannot be read, the file is damaged "
+                f"({type(exc).__name__}: {exc}); `rigpipe inspect` says which"
+            ) from None
+
+    return wrapper
 
 
 class Files:
@@ -159,6 +180,7 @@ class _Rows:
         self._fill_1d("timestamps_ns", selection, out)
         return keys.shape(out, reverse, squeeze)
 
+    @_reading
     def _fill_1d(self, name: str, selection: Rows | np.ndarray, out: np.ndarray) -> np.ndarray:
         if isinstance(selection, Rows):
             for piece, row, lo, hi in self._runs(selection):
@@ -213,6 +235,7 @@ class _Rows:
         return (int(last) - int(first)) / 1e9
 
     @property
+    @_reading
     def gaps(self) -> list[Gap]:
         """The stretches of this stream that are not in the recording, in order."""
         gaps, seen = [], set()
@@ -376,6 +399,7 @@ class StreamView(_Rows):
             data *= self.scale.astype(np.float32)[:, None]
         self._fill_1d("timestamps_ns", rows, stamps)
 
+    @_reading
     def _fill(self, channels: np.ndarray, selection: Rows | np.ndarray, out: np.ndarray) -> None:
         """Read ``channels`` x ``selection`` into ``out`` (channels, frames) in bounded slabs."""
         if not len(channels):

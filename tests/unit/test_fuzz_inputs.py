@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -111,3 +112,53 @@ def test_any_json_shaped_manifest_is_read_or_one_recording_error(fields: dict) -
         (Path(directory) / "manifest.json").write_text(text)
         with contextlib.suppress(RecordingError):  # the one error a manifest may raise
             read_manifest(Path(directory))
+
+
+def _small_recording() -> Path:
+    """One valid one-segment recording, made once per process (examples copy it)."""
+    global _SMALL
+    if _SMALL is None:
+        import numpy as np
+
+        from tests import recordings
+        from workers.recording.segment_file import StreamFormat
+
+        directory = Path(tempfile.mkdtemp(prefix="rp-fuzz-")) / "rec"
+        directory.mkdir()
+        fmt = StreamFormat("acq/continuous", np.dtype(np.int16), (2,), 1000.0, {})
+        data = np.arange(400, dtype=np.int16).reshape(200, 2)
+        stamps = 10**12 + np.arange(200, dtype=np.int64) * 1_000_000
+        recordings.write(directory, [recordings.Stream(fmt, data, stamps)], [[200]])
+        _SMALL = directory
+    return _SMALL
+
+
+_SMALL: Path | None = None
+
+
+@settings(FUZZ, max_examples=150)
+@given(st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=24))
+def test_any_bytes_in_a_segment_read_back_or_one_recording_error(flips) -> None:
+    from pipeline import open_recording
+    from pipeline.recording.inspect import inspect
+
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch) / "rec"
+        shutil.copytree(_small_recording(), directory)
+        segment = next(directory.glob("segment-*.h5"))
+        raw = bytearray(segment.read_bytes())
+        for where, value in flips:
+            raw[int(where * len(raw))] = value
+        segment.write_bytes(bytes(raw))
+        failed = None
+        try:
+            with open_recording(directory) as rec:
+                stream = rec.stream("acq/continuous")
+                stream[:, :]
+                stream.timestamps_ns[:]
+        except RecordingError as exc:
+            assert "\n" not in str(exc)
+            failed = exc
+        report = inspect(directory)  # says what is wrong; never raises
+        if failed is not None:
+            assert not report.ok, f"open_recording refused it ({failed}), inspect did not"
