@@ -7,12 +7,14 @@ segment that holds their frame.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.recording.format import GAP_DTYPE, Manifest, SegmentEntry, write_manifest
+from pipeline.recording.format import EVENT_DTYPE, GAP_DTYPE, Manifest, SegmentEntry, write_manifest
 from workers.recording.segment_file import SegmentFile, StreamFormat
 
 STARTED = "2026-01-01T00:00:00+00:00"
@@ -26,8 +28,14 @@ class Stream:
     gaps: list[tuple[int, int, str]] = field(default_factory=list)  # (at_frame, lost, cause)
 
 
-def write(directory: Path, streams: list[Stream], segment_rows: list[list[int]]) -> None:
-    """``segment_rows[k][i]``: rows of stream ``i`` in segment ``k``."""
+def write(
+    directory: Path,
+    streams: list[Stream],
+    segment_rows: list[list[int]],
+    events: Sequence[tuple[int, str, dict]] = (),
+) -> None:
+    """``segment_rows[k][i]``: rows of stream ``i`` in segment ``k``; ``events`` (host
+    monotonic ns, topic, payload) go into the first segment's events table."""
     manifest = Manifest(
         recording_id="test-recording",
         session="test",
@@ -58,6 +66,11 @@ def write(directory: Path, streams: list[Stream], segment_rows: list[list[int]])
                     row["end_ns"] = stream.timestamps_ns[at]
                     row["cause"] = cause.encode()
                     segment.add_row("gaps", row)
+        for monotonic_ns, topic, payload in events if index == 0 else ():
+            row = np.zeros((), EVENT_DTYPE)
+            row["time_ns"], row["monotonic_ns"] = 1_767_225_600 * 10**9, monotonic_ns
+            row["topic"], row["payload"] = topic.encode(), json.dumps(payload).encode()
+            segment.add_row("events", row)
         segment.close({"finished_at": STARTED})
         manifest.segments.append(
             SegmentEntry(

@@ -435,9 +435,9 @@ class _Writer:
         ):
             if not events:
                 continue
-            columns = {"topic": [e.topic for e in events], "payload": [_json(e) for e in events]}
+            columns = {"topic": [e.topic for e in events], **_typed_columns(events)}
             if name == "annotations":
-                columns["annotation"] = [str(e.payload.get("text", "")) for e in events]
+                columns["annotation"] = columns.pop("text")
             times = np.array([e.t_s for e in events])
             self._events_table(nwbfile, name, description, times, columns)
 
@@ -621,8 +621,80 @@ def _electrode_rows(nwbfile: Any, worker: str) -> dict[str, int]:
     }
 
 
-def _json(event: Any) -> str:
-    return event.payload if isinstance(event.payload, str) else json.dumps(event.payload)
+#: Names an events table has already as columns or attributes (hdmf's DynamicTable): a
+#: payload field so named becomes ``event_<name>`` (ParameterChanged's ``name``).
+_RESERVED = frozenset(
+    {"timestamp", "duration", "topic", "annotation", "event", "id", "name", "description",
+     "colnames", "columns", "fields", "parent", "children", "object_id", "data_type",
+     "neurodata_type", "container_source", "namespace"}
+)  # fmt: skip
+_INT64 = 2**63 - 1
+
+
+def _typed_columns(events: list[Any]) -> dict[str, Any]:
+    """The events' payload fields as typed columns, one per field any of them has.
+
+    ``type`` becomes ``event``; nested tables are flattened (``phases.amplitude_ua``),
+    a list of records becomes one list per field, so no cell holds a dictionary
+    (nwbinspector's check). A field every event has is numbers (int64 or float64),
+    flags (bool) or text; a field some events lack is float64 with NaN where
+    missing if it is numeric, text with "" otherwise. A payload that is not a
+    JSON object becomes ``text``.
+    """
+    rows = [
+        _flatten(e.payload if isinstance(e.payload, dict) else {"text": str(e.payload)})
+        for e in events
+    ]
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    columns: dict[str, Any] = {}
+    for key in names:
+        values = [row.get(key) for row in rows]
+        if all(v is None for v in values):
+            continue
+        name = "event" if key == "type" else (f"event_{key}" if key in _RESERVED else key)
+        columns[name] = _typed(values)
+    return columns
+
+
+def _flatten(payload: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            fields: dict[str, None] = {}
+            for item in value:
+                fields.update(dict.fromkeys(item))
+            for field_name in fields:  # a list of records: one list per field
+                flat[f"{name}.{field_name}"] = [item.get(field_name) for item in value]
+        else:
+            flat[name] = value
+    return flat
+
+
+def _typed(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    complete = len(present) == len(values)
+    if all(isinstance(v, bool) for v in present):
+        if complete:
+            return np.array(values, dtype=bool)
+    elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        if complete and all(isinstance(v, int) and abs(v) <= _INT64 for v in present):
+            return np.array(values, dtype=np.int64)
+        try:
+            return np.array([np.nan if v is None else float(v) for v in values])
+        except OverflowError:  # an int beyond any float: keep it as text
+            pass
+    return [_text(v) for v in values]
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _column(parts: list[np.ndarray], dtype: np.dtype) -> Any:

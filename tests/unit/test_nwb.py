@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import psutil
 import pytest
 from pynwb import NWBHDF5IO
 
 import pipeline
+from pipeline.control import messages
 from pipeline.errors import RecordingError
 from pipeline.recording.nwb import export_nwb
 from tests import recordings
@@ -70,8 +72,75 @@ def blackrock_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
             recordings.Stream(clock_format, clock, clock["host_ns"]),
         ],
         [[4000, 15, 4], [0, 0, 0], [5000, 25, 5]],
+        _events(int(stamps[0])),
     )
     return directory
+
+
+def _events(t0: int) -> list[tuple[int, str, dict]]:
+    """Control-plane events as the recorder stores them: the messages' own JSON."""
+    ms = 1_000_000
+    made = [
+        (
+            "session.annotated",
+            messages.Annotated(text="drug applied", time_ns=1, monotonic_ns=t0 + ms),
+        ),
+        (
+            "worker.stim.stimulation_queued",
+            messages.StimulationQueued(
+                worker="stim",
+                command_id=7,
+                channel=2,
+                phases=[messages.Phase(-50.0, 200.0), messages.Phase(50.0, 200.0)],
+                queued_ns=t0 + 2 * ms,
+            ),
+        ),
+        (
+            "worker.stim.triggered",
+            messages.Triggered(
+                worker="stim",
+                rule="r1",
+                stream="acq/raw",
+                channel=3,
+                sequence=40,
+                value=-80.5,
+                frame_timestamp_ns=t0 + 3 * ms,
+                fired=False,
+                reason="disarmed",
+                repeats=3,
+            ),
+        ),
+        (
+            "worker.stim.stimulation_refused",
+            messages.StimulationRefused(
+                worker="stim",
+                text="500 uA is over the limit",
+                channel=2,
+                limit="max_amplitude_ua",
+                value=500.0,
+                allowed=100.0,
+            ),
+        ),
+        (
+            "session.worker_state_changed",
+            messages.WorkerStateChanged(worker="acq", state="running"),
+        ),
+        (
+            "session.worker_state_changed",
+            messages.WorkerStateChanged(
+                worker="rec", state="backoff", exit_code=1, detail="exit code 1"
+            ),
+        ),
+        ("session.reported", messages.Reported(worker="rec", level="warning", text="disk slow")),
+        (
+            "session.parameter_changed",
+            messages.ParameterChanged(worker="acq", name="gain", value=2.0),
+        ),
+    ]
+    return [
+        (t0 + (k + 1) * ms, topic, json.loads(msgspec.json.encode(message)))
+        for k, (topic, message) in enumerate(made)
+    ]
 
 
 def test_per_channel_scales_positions_and_channel_ids_survive_export(
@@ -105,6 +174,33 @@ def test_per_channel_scales_positions_and_channel_ids_survive_export(
             # channel ids map to labels (elec9 is id 9, the third channel)
             assert unit["channel_label"] == f"elec{unit['channel']}"
             assert list(unit["electrodes"]["label"]) == [unit["channel_label"]]
+
+        # control-plane events: typed columns, one per payload field, no JSON payload
+        stimulation = nwb.events["stimulation"].to_dataframe()
+        assert "payload" not in stimulation.columns
+        assert list(stimulation["event"]) == [
+            "stimulation_queued", "triggered", "stimulation_refused"
+        ]  # fmt: skip
+        assert stimulation["channel"].dtype == np.int64 and list(stimulation["channel"]) == [
+            2,
+            3,
+            2,
+        ]
+        assert stimulation["command_id"].iloc[0] == 7 and np.isnan(stimulation["allowed"].iloc[0])
+        assert (
+            stimulation["allowed"].iloc[2] == 100.0 and stimulation["reason"].iloc[1] == "disarmed"
+        )
+        assert json.loads(stimulation["phases"].iloc[0]) == [[-50.0, 200.0], [50.0, 200.0]]
+        control = nwb.events["control_events"].to_dataframe()
+        assert list(control["worker"]) == ["acq", "rec", "rec", "acq"]
+        assert list(control["event"]) == [
+            "worker_state_changed", "worker_state_changed", "reported", "parameter_changed"
+        ]  # fmt: skip
+        assert control["event_name"].iloc[3] == "gain"  # "name" is the table's own attribute
+        assert np.isnan(control["exit_code"].iloc[0]) and control["exit_code"].iloc[1] == 1.0
+        annotations = nwb.events["annotations"].to_dataframe()
+        assert list(annotations["annotation"]) == ["drug applied"]
+        assert annotations["timestamp"].iloc[0] == pytest.approx(0.001)
 
         clock = nwb.events["acq_clock"].to_dataframe()
         np.testing.assert_array_equal(clock["device_ns"], rec["acq/clock"][:]["device_ns"])
@@ -169,7 +265,11 @@ def test_the_export_passes_nwbinspector_given_the_metadata_dandi_needs(
     found = list(inspect_nwbfile(nwbfile_path=str(out)))
     serious = [m for m in found if m.importance.value >= Importance.BEST_PRACTICE_VIOLATION.value]
     assert serious == [], [f"{m.check_function_name}: {m.message}" for m in serious]
-    assert {m.check_function_name for m in found} <= {"check_column_binary_capability"}
+    # suggestions only: a yes/no column stored as text; a table of one row (one annotation)
+    assert {m.check_function_name for m in found} <= {
+        "check_column_binary_capability",
+        "check_single_row",
+    }
     # and the schema validator pynwb ships (the pynwb 4 entry point) finds nothing either
     validate = shutil.which("pynwb-validate")
     assert validate is not None, "pynwb-validate comes with pynwb (the test extra)"
