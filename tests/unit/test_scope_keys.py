@@ -14,7 +14,7 @@ pytest.importorskip("pyqtgraph")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QToolButton
 
 from pipeline.control.bus import Endpoints
 from pipeline.ring import RingWriter
@@ -88,6 +88,43 @@ def test_keys_change_gain_page_channels_window_and_pause(scope) -> None:
     assert "PAUSED" in scope.panels[0].status.text
     press(scope, Qt.Key.Key_Space)
     assert not scope.paused and "PAUSED" not in scope.panels[0].status.text
+
+
+def click(worker: ScopeWorker, name: str) -> None:
+    button = worker.window.findChild(QToolButton, name)  # as a user finds it: on screen
+    assert button is not None and button.isVisible(), name
+    QTest.mouseClick(button, Qt.MouseButton.LeftButton)
+    QApplication.processEvents()
+    worker._refresh()
+
+
+def test_the_buttons_beside_the_tabs_do_what_the_keys_do(scope) -> None:
+    assert [n for n, _, _ in ScopeWorker.BUTTONS] == list(scope.buttons)
+    assert all(key in ScopeWorker.KEYS for _, _, key in ScopeWorker.BUTTONS)
+    assert "(key: +)" in scope.buttons["gain_up"].toolTip()
+    click(scope, "gain_up")
+    click(scope, "gain_up")
+    click(scope, "gain_down")
+    assert scope.settings.gain == 2.0
+    click(scope, "page_down")
+    click(scope, "page_down")
+    click(scope, "page_up")
+    assert scope.settings.page == 1
+    click(scope, "more_channels")
+    click(scope, "fewer_channels")
+    click(scope, "fewer_channels")
+    assert scope.settings.channels_per_page == 8
+    click(scope, "longer_window")
+    click(scope, "shorter_window")
+    click(scope, "shorter_window")
+    assert scope.settings.window_s == 2.5
+    assert scope.note == "gain 2, page 2, 8 per page, 2.5 s"
+    click(scope, "pause")
+    assert scope.paused and scope.buttons["pause"].isChecked()
+    press(scope, Qt.Key.Key_Space)  # the key resumes; the button shows it
+    assert not scope.paused and not scope.buttons["pause"].isChecked()
+    press(scope, Qt.Key.Key_Plus)  # keys still reach the window after a click
+    assert scope.settings.gain == 4.0
 
 
 def test_a_key_past_a_limit_changes_nothing(scope) -> None:

@@ -346,8 +346,22 @@ class ScopeWorker(Worker):
         "Space": "pause / resume drawing",
     }
 
+    #: The on-screen controls, left to right: (object name, label, its key in KEYS).
+    BUTTONS: ClassVar[list[tuple[str, str, str]]] = [
+        ("gain_down", "gain /2", "-"),
+        ("gain_up", "gain x2", "+"),
+        ("page_up", "< page", "PgUp"),
+        ("page_down", "page >", "PgDown"),
+        ("fewer_channels", "ch /2", "["),
+        ("more_channels", "ch x2", "]"),
+        ("shorter_window", "time /2", "Left"),
+        ("longer_window", "time x2", "Right"),
+        ("pause", "pause", "Space"),
+    ]
+
     def _bind_keys(self) -> None:
-        from PySide6 import QtGui
+        """Keys, and a row of buttons beside the tabs doing the same (each says its key)."""
+        from PySide6 import QtGui, QtWidgets
 
         actions = {
             "+": lambda: self._step("gain", 2.0),
@@ -366,6 +380,22 @@ class ScopeWorker(Worker):
             shortcut = QtGui.QShortcut(QtGui.QKeySequence(key), self.window)
             shortcut.activated.connect(action)
             self._shortcuts.append(shortcut)
+        bar = QtWidgets.QWidget()
+        row = QtWidgets.QHBoxLayout(bar)
+        row.setContentsMargins(0, 0, 4, 0)
+        row.setSpacing(2)
+        self.buttons: dict[str, Any] = {}
+        for name, label, key in self.BUTTONS:
+            button = QtWidgets.QToolButton()
+            button.setObjectName(name)
+            button.setText(label)
+            button.setToolTip(f"{self.KEYS[key]} (key: {key})")
+            button.setFocusPolicy(self.QtCore.Qt.FocusPolicy.NoFocus)  # keys stay with the window
+            button.clicked.connect(actions[key])
+            row.addWidget(button)
+            self.buttons[name] = button
+        self.buttons["pause"].setCheckable(True)
+        self.window.setCornerWidget(bar, self.QtCore.Qt.Corner.TopRightCorner)
 
     def _step(self, name: str, factor: float) -> None:
         """A key's change, through the same checks as `rigpipe set` (refused: unchanged)."""
@@ -387,6 +417,7 @@ class ScopeWorker(Worker):
 
     def _toggle_pause(self) -> None:
         self.paused = not self.paused
+        self.buttons["pause"].setChecked(self.paused)  # pressed while paused, by key or click
         self._update_note()
 
     def _update_note(self) -> None:
