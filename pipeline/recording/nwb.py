@@ -435,6 +435,8 @@ class _Writer:
         ):
             if not events:
                 continue
+            # in time order: a repeated message is recorded up to a second after it happened
+            events = sorted(events, key=lambda e: e.t_s)
             columns = {"topic": [e.topic for e in events], **_typed_columns(events)}
             if name == "annotations":
                 columns["annotation"] = columns.pop("text")

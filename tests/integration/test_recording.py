@@ -15,7 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline import attach
+import pipeline
+from pipeline import StimulationRefused, attach
 from pipeline.control import messages
 from pipeline.errors import StreamNotFound
 from pipeline.recording.format import consistency_flags, read_manifest
@@ -415,6 +416,34 @@ backend = "simulated"
 max_amplitude_ua = 100.0
 max_charge_per_phase_nc = 30.0
 """
+
+
+def test_a_flood_of_refusals_is_recorded_once_a_second_with_its_count(rigs) -> None:
+    """A decoder sending 20 commands a second to a disarmed stimulator for 3 s: every one
+    is refused, and the recording holds a few rows that account for all of them."""
+    rig = rigs.new()
+    recordings = rig.directory / "recordings"
+    rig.write(_workers() + _STIMULATOR, session_extra=f'recordings_dir = "{recordings}"')
+    rig.start()
+    wait_for(lambda: rig.worker("rec").note.startswith("recording to"), 5, "recording to start")
+    sent = 0
+    with pipeline.stimulator("stim", rig.name) as stim:
+        for _ in range(60):
+            with pytest.raises(StimulationRefused, match="disarmed"):
+                stim.pulse_train(channel=0, phases=[(-30.0, 100.0), (30.0, 100.0)])
+            sent += 1
+            time.sleep(0.05)
+        rig.client().request(messages.Annotate(text="after the flood"))
+        time.sleep(0.5)
+    assert rig.interrupt() == 0
+    with pipeline.open_recording(_recording(recordings)) as rec:
+        events = [e for e in rec.events if isinstance(e.payload, dict)]
+    refused = [e for e in events if e.payload.get("type") == "stimulation_refused"]
+    assert sum(e.payload.get("repeats", 1) for e in refused) == sent  # every one accounted
+    assert 2 <= len(refused) <= 6, [e.payload.get("repeats") for e in refused]
+    assert any(e.payload.get("text") == "after the flood" for e in events)
+    held = [e for e in refused if "repeats" in e.payload]
+    assert all(e.payload["first_repeat_ns"] <= e.monotonic_ns for e in held)
 
 
 def test_a_recorder_starting_while_a_stream_is_absent_records_the_rest_and_waits(rigs) -> None:

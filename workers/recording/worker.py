@@ -38,6 +38,7 @@ from pipeline.files import atomic_replace, read_bytes
 from pipeline.ring import RingReader
 from pipeline.worker import Worker
 from workers.recording import provenance
+from workers.recording.repeats import Event, Repeats
 from workers.recording.segment_file import StreamFormat
 from workers.recording.writer import (
     CAUSE_BEHIND,
@@ -134,6 +135,7 @@ class RecordingWorker(Worker):
         self.tracks: dict[str, _Track] = {}
         self.next_flush = clock.now_s() + self.settings.flush_s
         self.events = Subscriber(self.spec.endpoints)
+        self.repeats = Repeats()  # a message repeated several times a second: once a second
         self.counters.update(frames=0, gaps=0, events=0, segments=0, flushes=0)
         self.pointer = _pointer(self.root, self.spec.session, self.name)
         try:
@@ -295,8 +297,23 @@ class RecordingWorker(Worker):
             restart = None
             if isinstance(message, messages.WorkerRestarted):
                 restart = (message.worker, message.restarts, message.reason)
-            payload = msgspec.to_builtins(message)
-            self.recording.event(topic, payload, restart)
+            received = Event(topic, msgspec.to_builtins(message), time.time_ns(), clock.now_ns())
+            self._write_events(self.repeats.offer(received), received, restart)
+        if self.recording is not None:
+            self._write_events(self.repeats.due(clock.now_ns()))
+
+    def _write_events(
+        self,
+        rows: list[Event],
+        received: Event | None = None,
+        restart: tuple[str, int, str] | None = None,
+    ) -> None:
+        """Record ``rows``; ``restart`` belongs to ``received`` (not to held rows before it)."""
+        assert self.recording is not None
+        for row in rows:
+            at = (row.time_ns, row.monotonic_ns)
+            mine = restart if row is received else None
+            self.recording.event(row.topic, row.payload, mine, at=at)
             self.counters["events"] += 1
 
     def _flush(self) -> None:
@@ -426,6 +443,8 @@ class RecordingWorker(Worker):
                 )
 
     def _stop(self, why: str) -> None:
+        if self.recording is not None:
+            self._write_events(self.repeats.drain())
         rec, self.recording = self.recording, None
         if rec is None:
             return

@@ -354,11 +354,18 @@ class RecordingWriter:
         self.segment.add_row("gaps", row)
         self.gaps += 1
 
-    def event(self, topic: str, payload: Any, restart: tuple[str, int, str] | None = None) -> None:
-        """Record a control-plane event (and a worker restart in the provenance)."""
+    def event(
+        self,
+        topic: str,
+        payload: Any,
+        restart: tuple[str, int, str] | None = None,
+        at: tuple[int, int] | None = None,
+    ) -> None:
+        """Record a control-plane event (and a worker restart in the provenance); ``at``
+        is (wall clock ns, host monotonic ns) when it arrived, now if not given."""
         assert self.segment is not None
-        now_ns = time.time_ns()
-        self.segment.add_row("events", event_row(now_ns, clock.now_ns(), topic, payload))
+        now_ns, monotonic_ns = at if at is not None else (time.time_ns(), clock.now_ns())
+        self.segment.add_row("events", event_row(now_ns, monotonic_ns, topic, payload))
         if restart is not None:
             row = np.zeros((), RESTART_DTYPE)
             row["time_ns"], row["worker"] = now_ns, text(restart[0], 64)
