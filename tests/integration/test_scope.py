@@ -55,10 +55,17 @@ def _spacing(lines: list[float]) -> np.ndarray:
 
 
 def _lines_after(path: Path, count: int, timeout_s: float = 20) -> list[float]:
-    def seen():
-        return path.exists() and len(lines := _trace_lines(path)) == count and lines
+    found: list[float] = []
 
-    return wait_for(seen, timeout_s, f"{count} trace lines in {path}")
+    def seen():
+        nonlocal found
+        found = _trace_lines(path) if path.exists() else []
+        return len(found) == count and found
+
+    try:
+        return wait_for(seen, timeout_s, f"{count} trace lines in {path}")
+    except AssertionError as exc:  # say what the picture held instead
+        raise AssertionError(f"{exc}; the last snapshot had lines at rows {found}") from None
 
 
 def test_traces_are_drawn_where_the_data_says_and_follow_a_generation_change(rigs) -> None:
