@@ -102,22 +102,15 @@ def test_the_buttons_beside_the_tabs_do_what_the_keys_do(scope) -> None:
     assert [n for n, _, _ in ScopeWorker.BUTTONS] == list(scope.buttons)
     assert all(key in ScopeWorker.KEYS for _, _, key in ScopeWorker.BUTTONS)
     assert "(key: +)" in scope.buttons["gain_up"].toolTip()
-    click(scope, "gain_up")
-    click(scope, "gain_up")
-    click(scope, "gain_down")
-    assert scope.settings.gain == 2.0
-    click(scope, "page_down")
-    click(scope, "page_down")
-    click(scope, "page_up")
-    assert scope.settings.page == 1
-    click(scope, "more_channels")
-    click(scope, "fewer_channels")
-    click(scope, "fewer_channels")
-    assert scope.settings.channels_per_page == 8
-    click(scope, "longer_window")
-    click(scope, "shorter_window")
-    click(scope, "shorter_window")
-    assert scope.settings.window_s == 2.5
+    for clicks, setting, expected in [
+        (["gain_up", "gain_up", "gain_down"], "gain", 2.0),
+        (["page_down", "page_down", "page_up"], "page", 1),
+        (["more_channels", "fewer_channels", "fewer_channels"], "channels_per_page", 8),
+        (["longer_window", "shorter_window", "shorter_window"], "window_s", 2.5),
+    ]:
+        for name in clicks:
+            click(scope, name)
+        assert getattr(scope.settings, setting) == expected, clicks
     assert scope.note == "gain 2, page 2, 8 per page, 2.5 s"
     click(scope, "pause")
     assert scope.paused and scope.buttons["pause"].isChecked()
