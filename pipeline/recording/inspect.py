@@ -18,6 +18,7 @@ device clock estimate that moved), not missing frames.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +101,17 @@ def inspect(path: Path) -> Report:
     files, manifest = locate(Path(path))
     entries = {entry.file: entry for entry in manifest.segments} if manifest else {}
     for file_path in files:
+        before = copy.deepcopy((vars(report), expected_first, last_ns))
         try:
             _inspect_segment(report, file_path, entries, expected_first, last_ns)
         except _UNREADABLE as exc:  # a damaged file: say so, and go on with the others
+            # nothing of it counts: what it held before failing would be half a segment
+            saved, saved_first, saved_last = before
+            vars(report).update(saved)
+            expected_first.clear()
+            expected_first.update(saved_first)
+            last_ns.clear()
+            last_ns.update(saved_last)
             report.problems.append(
                 f"{file_path.name} cannot be read, the file is damaged "
                 f"({type(exc).__name__}: {exc}); the other segments are reported as they are"

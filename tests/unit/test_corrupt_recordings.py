@@ -114,3 +114,15 @@ def test_the_cli_says_it_in_one_line(damaged: Path, tmp_path: Path, command: str
 def test_the_valid_recording_opens(valid: Path) -> None:
     with open_recording(valid) as rec:
         assert rec.stream("acq/continuous").shape == (2, 3000)
+
+
+def test_inspect_counts_nothing_of_a_segment_it_cannot_read(valid: Path, tmp_path: Path) -> None:
+    from pipeline.recording.inspect import inspect
+
+    directory = tmp_path / "rec"
+    shutil.copytree(valid, directory)
+    _drop_timestamps(directory)  # the middle one of three segments of 1000 frames
+    report = inspect(directory)
+    assert not report.ok and "segment-0001.h5 cannot be read" in report.problems[0]
+    assert report.streams["acq/continuous"].frames == 2000  # not 3000: half-read counts nothing
+    assert [s["file"] for s in report.segments] == ["segment-0000.h5", "segment-0002.h5"]
