@@ -73,7 +73,7 @@ def test_traces_are_drawn_where_the_data_says_and_follow_a_generation_change(rig
     snapshot = rig.directory / "scope.png"
     pattern = (
         '[[workers]]\nname = "pat"\nkind = "tests.workers.pattern"\n'
-        "[workers.parameters]\nchannels = 4\nthen_channels = 8\nswitch_after_s = 3.0\n"
+        "[workers.parameters]\nchannels = 4\nthen_channels = 8\nswitch_after_s = 3600.0\n"
     )
     rig.write(pattern + _scope(snapshot))
     rig.start()
@@ -81,6 +81,7 @@ def test_traces_are_drawn_where_the_data_says_and_follow_a_generation_change(rig
     # lines are 1.5 and 0.5 bands apart: gaps in the ratio 3, 1, 3 ...
     four = _lines_after(snapshot, 4)
     assert np.allclose(_spacing(four), [3, 1, 3], atol=0.25), four
+    rig.client().request(messages.SetParameter(worker="pat", name="switch_after_s", value=0.0))
     eight = _lines_after(snapshot, 8)
     assert np.allclose(_spacing(eight), [3, 1, 3, 1, 3, 1, 3], atol=0.25), eight
     assert np.ptp(eight) > 0.9 * np.ptp(four), "8 bands fill the same height as 4 did"
@@ -166,7 +167,10 @@ def _spike_pixels(path: Path) -> int:
 def test_spike_ticks_are_drawn_only_on_the_tabs_of_their_source(rigs) -> None:
     rig = rigs.new()
     snapshot = rig.directory / "scope.png"
-    pattern = '[[workers]]\nname = "pat"\nkind = "tests.workers.pattern"\n'
+    pattern = (  # 4 channels throughout: a switch to 8 could beat the first snapshot
+        '[[workers]]\nname = "pat"\nkind = "tests.workers.pattern"\n'
+        "[workers.parameters]\nswitch_after_s = 3600.0\n"
+    )
     # the tab shown is pat/out; the spikes are acq's (about 5 per channel and second)
     rig.write(
         DEMO_WORKER
@@ -239,7 +243,7 @@ def test_a_real_window_on_an_x_server_shows_labels_and_traces_where_the_data_say
     snapshot = rig.directory / "window.png"
     pattern = (
         '[[workers]]\nname = "pat"\nkind = "tests.workers.pattern"\n'
-        "[workers.parameters]\nchannels = 4\n"
+        "[workers.parameters]\nchannels = 4\nswitch_after_s = 3600.0\n"
     )
     scope = _scope(snapshot).replace("offscreen = true", "offscreen = false")
     rig.write(pattern + scope)

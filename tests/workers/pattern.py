@@ -3,7 +3,7 @@
 Writes ``channels`` flat traces at 1 kHz: +100 on even channels, -100 on odd
 ones (a quarter of a band above or below its centre at the scope's default
 span of 400), and after ``switch_after_s`` reformats the stream to
-``then_channels`` channels.
+``then_channels`` channels (``rigpipe set pat switch_after_s 0`` switches at once).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class PatternSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
 
 class Pattern(Worker):
     Settings = PatternSettings
+    settable = frozenset({"switch_after_s"})
 
     @classmethod
     def outputs(cls, settings: Any) -> list[str]:
