@@ -11,7 +11,8 @@ int16 ``(n, channels padded to an even count)`` with uint64 device-ns
 timestamps, at most 32 samples per call, every data callback on one thread,
 and an exception in a callback is printed and swallowed; spike events carry a
 header with ``time``, ``chid``, ``type``, ``dlen``; the clock offset estimate
-steps by about +0.7 ms shortly after start, then by tens of µs at each 2 s
+steps by about +0.7 ms shortly after its first use (0.25 s of conversions: a worker
+slow to start still sees both sides of the step), then by tens of µs at each 2 s
 probe; a CMP file's first line that is not a comment is its description; a
 lost device just goes quiet.
 
@@ -96,6 +97,7 @@ class Session:
         self._rng = np.random.default_rng(self.knobs.get("seed", 0))
         self._reported: set[str] = set()
         self._start = time.monotonic()
+        self._first_conversion: float | None = None  # the clock estimate's steps count from it
         self._device_start_ns = _DEVICE_EPOCH_NS + time.monotonic_ns()
         self._running = True
         self._closed = threading.Event()
@@ -195,7 +197,9 @@ class Session:
 
     # -- clock and state ------------------------------------------------------------------------
     def device_to_monotonic_batch(self, device_ns, stream_id: int = -1) -> list[float]:
-        offset = self._offset_ns(time.monotonic() - self._start)
+        if self._first_conversion is None:
+            self._first_conversion = time.monotonic()
+        offset = self._offset_ns(time.monotonic() - self._first_conversion)
         return [(int(t) - _DEVICE_EPOCH_NS + offset) / 1e9 for t in device_ns]
 
     def _offset_ns(self, elapsed_s: float) -> int:
