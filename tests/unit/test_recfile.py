@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -214,3 +217,60 @@ def test_the_recorder_writes_true_causes_and_inspect_cross_checks_them(tmp_path:
         for p in problems
     ), problems
     assert any("do not start at ring sequence 160" in p for p in problems), problems
+
+
+def _resident_bytes(path: Path) -> int:
+    """How much of ``path`` is in the page cache, by util-linux's fincore."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "posix_fadvise") or shutil.which("fincore") is None,
+    reason="needs posix_fadvise and util-linux's fincore",
+)
+def test_a_segment_lets_go_of_the_page_cache_its_flushed_rows_filled(tmp_path: Path) -> None:
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True)
+    if fs.stdout.strip() == "tmpfs":
+        pytest.skip("a tmpfs keeps every page in memory by design")
+    path = tmp_path / "big.h5"
+    fmt = StreamFormat("acq/continuous", np.dtype("i2"), (1024,), 30000.0, {})
+    segment = SegmentFile.create(path, {}, {}, [fmt], {"acq/continuous": 0}, {"acq/continuous": 0})
+    rows = 3000  # 6 MB a block, 48 MB in all
+    blocks = [np.full((rows, 1024), b, "i2") + np.arange(1024, dtype="i2") for b in range(8)]
+    for number, block in enumerate(blocks):
+        stamps = np.arange(number * rows, (number + 1) * rows, dtype=np.int64)
+        segment.append("acq/continuous", block, stamps)
+        segment.flush()
+    size = path.stat().st_size
+    assert size > 48e6
+    deadline = time.monotonic() + 10.0
+    while _resident_bytes(path) > size / 4 and time.monotonic() < deadline:
+        time.sleep(0.1)  # writeback started at each flush; the next flush drops what is done
+        segment.flush()
+    resident = _resident_bytes(path)
+    segment.close({"finished_at": "now"})
+    assert resident <= size / 4, f"{resident} of {size} bytes still cached after the flushes"
+    with h5py.File(path, "r") as f:  # and nothing was lost on the way
+        assert np.array_equal(f["streams/acq.continuous/data"][:], np.concatenate(blocks))
+
+
+def test_without_posix_fadvise_a_segment_leaves_the_cache_to_the_os(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "posix_fadvise", raising=False)  # as on Windows and macOS
+    path = tmp_path / "plain.h5"
+    fmt = StreamFormat("acq/continuous", np.dtype("i2"), (4,), 1000.0, {})
+    segment = SegmentFile.create(path, {}, {}, [fmt], {"acq/continuous": 0}, {"acq/continuous": 0})
+    for number in range(3):
+        block = np.full((500, 4), number, "i2")
+        segment.append("acq/continuous", block, np.arange(number * 500, (number + 1) * 500))
+        segment.flush()
+    segment.close({"finished_at": "now"})
+    with h5py.File(path, "r") as f:
+        assert np.array_equal(f["streams/acq.continuous/data"][:, 0], np.repeat(np.arange(3), 500))

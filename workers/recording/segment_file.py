@@ -10,6 +10,8 @@ and leaves a file plain ``h5py.File(path)`` opens.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,36 @@ def _rows_per_chunk(fmt: StreamFormat) -> int:
     return int(np.clip(_CHUNK_BYTES // max(1, frame_bytes), 256, 65536))
 
 
+class _PageCache:
+    """Lets go of the page cache a segment's flushed bytes fill.
+
+    A recording is written once and not read back while it is written, yet
+    every byte of it stays in the page cache until memory runs short. On a
+    day-long recording that pushes out what the rest of the machine had
+    cached, and on a virtual machine every new page costs a host page fault: at
+    1024 channels (61 MB/s) the copy into ever new pages cost the recorder 13 %
+    of a core. At each flush the kernel is asked (``POSIX_FADV_DONTNEED``) to
+    write back what the previous flush left and to drop it from the cache once
+    it is on disk. Dirty pages are never dropped, only written: nothing is
+    lost. Where ``posix_fadvise`` does not exist (Windows, macOS) the cache is
+    left to the OS.
+    """
+
+    def __init__(self, file: h5py.File) -> None:
+        self._fd: int | None = None
+        self._flushed = 0  # the file's size at the previous flush
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(TypeError, ValueError):  # a driver with no descriptor
+                self._fd = int(file.id.get_vfd_handle())
+
+    def let_go(self) -> None:
+        if self._fd is None:
+            return
+        if self._flushed:
+            os.posix_fadvise(self._fd, 0, self._flushed, os.POSIX_FADV_DONTNEED)
+        self._flushed = os.fstat(self._fd).st_size
+
+
 class SegmentFile:
     """An open segment file; rows are appended per stream, then flushed."""
 
@@ -74,6 +106,7 @@ class SegmentFile:
         self._counted: list[h5py.Dataset] = []
         if "flushed" in file:
             self._counted = [file[row["dataset"].decode()] for row in file["flushed"][:]]
+        self._page_cache = _PageCache(file)
 
     @classmethod
     def create(
@@ -228,6 +261,7 @@ class SegmentFile:
         if self._counted:
             self.file["flushed"]["rows"] = np.array([len(d) for d in self._counted], np.int64)
         self.file.flush()
+        self._page_cache.let_go()
 
     def close(self, finished_attrs: dict[str, Any]) -> None:
         """End SWMR and write the finishing attributes; the file then opens anywhere."""
