@@ -240,6 +240,8 @@ def test_a_trigger_fires_from_the_ring_and_its_events_say_when(rigs) -> None:
     assert not data[:, 0].any()
     nonzero = np.flatnonzero(data[:, 1])
     runs = np.split(nonzero, np.flatnonzero(np.diff(nonzero) > 1) + 1)
+    # a pulse under way when the reader came or left is cut by the window read, not the output
+    runs = [run for run in runs if run[0] > 0 and run[-1] < len(data) - 1]
     assert len(runs) >= 10  # 1.3 s of output
     expected = pulses((-40.0, 5), (40.0, 5), period=10, count=1)
     for run in runs:

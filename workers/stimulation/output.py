@@ -6,8 +6,9 @@ by period without materializing a long train.
 
 :class:`Output` owns one queue of trains per channel and a refill thread. The
 backend's queue (a DLL ring buffer on an STG, a FIFO for the simulated one)
-is kept ``buffer_samples // 2`` deep with the current waveform or silence; a
-new stimulus is pushed at once, up to ``buffer_samples`` deep. Nothing is
+is kept ``buffer_samples // 2`` deep with the current waveform or silence
+(stimuli only, for a device that outputs silence by itself); a new stimulus
+is pushed at once, up to ``buffer_samples`` deep. Nothing is
 ever more than ``buffer_samples`` ahead of the output, so a stop silences a
 channel within one output buffer period.
 """
@@ -25,7 +26,14 @@ from workers.stimulation.safety import Rendered
 
 
 class Backend(Protocol):
-    """What :class:`Output` needs from a stimulator (simulated or STG)."""
+    """What :class:`Output` needs from a stimulator (simulated or STG).
+
+    A backend whose device outputs silence by itself on an empty queue says so
+    with ``idles = True`` and has ``end(channel)``: the host then queues
+    stimuli only, and calls ``end`` after a stimulus' last samples, so that
+    running empty afterwards is silence rather than an underrun. Otherwise
+    (an STG) the host keeps every queue fed with silence between stimuli.
+    """
 
     output_rate_hz: float
     channels: int
@@ -96,6 +104,7 @@ class Output:
         self.buffer_samples = buffer_samples
         self.refill_interval_s = refill_interval_s
         self.queues = [ChannelQueue() for _ in range(backend.channels)]
+        self._idles = bool(getattr(backend, "idles", False))
         self.lock = threading.Lock()
         self.refill_error: BaseException | None = None
         self._stop = threading.Event()
@@ -109,9 +118,10 @@ class Output:
         each block it consumed, like a device's data handler) refills from there,
         and no thread of ours wakes to check; otherwise the refill thread does it
         every ``refill_interval_s``."""
-        with self.lock:
-            for channel in range(len(self.queues)):
-                self._fill(channel, self.buffer_samples)
+        if not self._idles:
+            with self.lock:
+                for channel in range(len(self.queues)):
+                    self._fill(channel, self.buffer_samples)
         pull = getattr(self.backend, "pull", None)
         if pull is not None:
             pull(self._refill_pulled)
@@ -147,6 +157,8 @@ class Output:
             for index in channels:
                 dropped += len(self.queues[index].trains)
                 self.queues[index].trains.clear()
+                if self._idles:
+                    self.backend.end(index)  # type: ignore[attr-defined]
             return dropped
 
     def busy(self, channel: int) -> bool:
@@ -161,10 +173,17 @@ class Output:
 
     def _fill(self, channel: int, depth: int) -> None:
         backend = self.backend
+        queue = self.queues[channel]
+        if self._idles and not queue.trains:
+            return  # the device outputs silence by itself
         space = backend.space(channel)  # one call into the device per channel and refill
         want = min(depth - (backend.capacity - space), space)
+        if self._idles:
+            want = min(want, queue.pending)
         if want > 0:
-            backend.enqueue(channel, self.queues[channel].take(want))
+            backend.enqueue(channel, queue.take(want))
+            if self._idles and not queue.trains:
+                backend.end(channel)  # type: ignore[attr-defined]
 
     def _refill_loop(self) -> None:
         try:

@@ -6,8 +6,16 @@ after each block asks the host for more (``pull``), as a device's data
 handler would.
 What it "outputs" is published as float32 µA frames ``(channels,)`` on the
 ring ``<worker>/output``, so the stimulation can be seen in the scope and
-recorded next to the neural data. An empty FIFO while running is an underrun:
-it outputs zeros and counts it.
+recorded next to the neural data.
+
+A channel with an empty FIFO outputs silence, as an STG in continuous mode
+does, so the host queues stimuli only (``idles``), not silence. Running empty
+is an underrun only in the middle of a stimulus: between the first samples
+the host queued and its ``end(channel)``. Samples queued on an empty FIFO
+play from the next sample the device outputs after the call, so what the
+ring shows is when they really came out. With every FIFO empty the clock
+thread wakes every ``idle_block_s`` instead of every ``block_s``, and a
+queued stimulus wakes it at once.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ class SimulatedSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True,
 class SimulatedStimulator:
     """Per-channel FIFOs drained at ``output_rate_hz`` into the ring made by ``make_writer``."""
 
+    #: The device outputs silence by itself on an empty FIFO: the host queues stimuli only.
+    idles = True
+
     def __init__(
         self,
         settings: SimulatedSettings,
@@ -41,6 +52,7 @@ class SimulatedStimulator:
         output_rate_hz: float,
         make_writer: Callable[[int], RingWriter],
         block_s: float = 0.002,
+        idle_block_s: float = 0.025,
     ) -> None:
         self.channels = channels
         self.output_rate_hz = output_rate_hz
@@ -48,15 +60,20 @@ class SimulatedStimulator:
         self.range_ua = settings.range_ua
         self.capacity = settings.fifo_samples
         self.block_s = block_s
+        self.idle_block_s = max(block_s, idle_block_s)
         self.underruns = 0
         self.samples_output = 0
         self.clock_error: BaseException | None = None
         self._fifo = np.zeros((channels, self.capacity))
         self._head = np.zeros(channels, np.int64)  # samples ever output, per channel
         self._tail = np.zeros(channels, np.int64)  # samples ever enqueued, per channel
-        self._started = np.zeros(channels, bool)  # underruns count after the first data
+        self._plays_at = np.zeros(channels, np.int64)  # the device sample the FIFO's head plays as
+        self._open = np.zeros(channels, bool)  # a stimulus is under way: more samples follow
+        self._start_ns: int | None = None
+        self._period_ns = 1e9 / output_rate_hz
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._writer = make_writer(max(1, int(settings.ring_seconds * output_rate_hz)))
         self._thread = threading.Thread(target=self._clock, name="device-clock", daemon=True)
         self._pulled: Callable[[], None] | None = None
@@ -77,34 +94,54 @@ class SimulatedStimulator:
         with self._lock:
             if len(samples_ua) > self.space(channel):
                 raise OverflowError(f"channel {channel}: FIFO full")
+            if not self.queued(channel):  # plays from the first sample after now
+                self._plays_at[channel] = max(self.samples_output, self._sample_now() + 1)
             done = 0
             for slot, count in _spans(int(self._tail[channel]), len(samples_ua), self.capacity):
                 self._fifo[channel, slot : slot + count] = samples_ua[done : done + count]
                 done += count
             self._tail[channel] += len(samples_ua)
-            self._started[channel] = True
+            self._open[channel] = True
+        self._wake.set()
+
+    def end(self, channel: int) -> None:
+        """Nothing follows what is queued on ``channel``: running empty is silence, not an
+        underrun."""
+        with self._lock:
+            self._open[channel] = False
 
     # -- device ---------------------------------------------------------------------------------
     def start(self) -> None:
+        self._start_ns = clock.now_ns()
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2.0)
         self._writer.close()
 
+    def _sample_now(self) -> int:
+        """The device sample being output now, the last whose time has come (0 before the
+        start)."""
+        if self._start_ns is None:
+            return 0
+        return int((clock.now_ns() - self._start_ns) / self._period_ns)
+
     def _clock(self) -> None:
         try:
-            start_ns = clock.now_ns()
-            period_ns = 1e9 / self.output_rate_hz
-            while not self._stop.wait(self.block_s):
-                due = int((clock.now_ns() - start_ns) / period_ns) - self.samples_output
+            assert self._start_ns is not None
+            start_ns, period_ns = self._start_ns, self._period_ns
+            while not self._stop.is_set():
+                busy = bool(self._open.any() or (self._tail > self._head).any())
+                self._wake.wait(self.block_s if busy else self.idle_block_s)
+                self._wake.clear()
+                due = self._sample_now() - self.samples_output
                 if due > 0:
-                    frames = self._drain(due)
-                    stamps = start_ns + ((self.samples_output + np.arange(due)) * period_ns).astype(
-                        np.int64
-                    )
+                    first = self.samples_output
+                    frames = self._drain(first, due)
+                    stamps = start_ns + ((first + np.arange(due)) * period_ns).astype(np.int64)
                     self._writer.write(frames, stamps)
                     self.samples_output += due
                 if self._pulled is not None:
@@ -112,18 +149,26 @@ class SimulatedStimulator:
         except BaseException as exc:  # the worker's loop sees it and fails loudly
             self.clock_error = exc
 
-    def _drain(self, frames: int) -> np.ndarray:
+    def _drain(self, first: int, frames: int) -> np.ndarray:
+        """Device samples ``first`` to ``first + frames``: each FIFO's samples where they
+        play, silence elsewhere."""
         out = np.zeros((frames, self.channels), np.float32)
+        end = first + frames
         with self._lock:
             for channel in range(self.channels):
-                available = min(frames, self.queued(channel))
-                done = 0
-                for slot, count in _spans(int(self._head[channel]), available, self.capacity):
-                    out[done : done + count, channel] = self._fifo[channel, slot : slot + count]
-                    done += count
-                self._head[channel] += available
-                if available < frames and self._started[channel]:
-                    self.underruns += 1
+                queued = self.queued(channel)
+                plays_at = max(int(self._plays_at[channel]), first)
+                if queued and plays_at < end:
+                    count = min(queued, end - plays_at)
+                    done = plays_at - first
+                    for slot, n in _spans(int(self._head[channel]), count, self.capacity):
+                        out[done : done + n, channel] = self._fifo[channel, slot : slot + n]
+                        done += n
+                    self._head[channel] += count
+                    self._plays_at[channel] = plays_at + count
+                dry = not queued or plays_at + queued < end
+                if dry and self._open[channel]:
+                    self.underruns += 1  # ran dry in the middle of a stimulus
         return out
 
 
