@@ -235,6 +235,10 @@ def rig_table(
 
 IDLE_RIGS = {
     "stimulator, disarmed, no trigger": (STIM_NO_TRIGGER, "stim"),
+    "stimulator, disarmed, trigger on a quiet stream": (
+        acq(64) + STIM.format(armed="false", trigger_stream="acq/continuous", threshold=-30000.0),
+        "stim",
+    ),
     "stimulator, armed, trigger on a quiet stream": (
         acq(64) + STIM.format(armed="true", trigger_stream="acq/continuous", threshold=-30000.0),
         "stim",

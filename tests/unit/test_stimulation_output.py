@@ -121,3 +121,47 @@ def test_crossings_do_not_depend_on_how_the_stream_is_chunked(splits, seed) -> N
     found += detector.crossings(values[start:], start)
     assert found == whole
     assert all(b - a >= 10 for a, b in itertools.pairwise(whole))
+
+
+def test_triggers_read_their_channel_through_the_ring_across_its_wrap_and_drops(stream) -> None:
+    """Every crossing of a real ring's channel 2, with its frame's stamp, whatever the wrap
+    of the ring; after the reader was lapped, the crossings that are still there."""
+    from pipeline.ring import RingWriter, attach
+    from workers.stimulation.trigger import Triggers, Watch
+
+    seen: list[tuple[int, float, int]] = []
+    detached: list[str] = []
+    with RingWriter(stream, "int16", (4,), 100, 1000.0) as writer:
+        rendered = render(train((-10, 100), (10, 100)), LIMITS, RATE, 0.1)
+        watch = Watch(rule(stream=stream, channel=2, refractory_ms=0.0), rendered)
+        readers: list = []
+
+        def open_reader(name: str):
+            readers.append(attach(name))
+            return readers[-1]
+
+        triggers = Triggers([watch], open_reader, detached.append, lambda text: None)
+        try:
+
+            def publish(start: int, n: int, crossings: list[int]) -> None:
+                frames = np.zeros((n, 4), "int16")
+                frames[:, 3] = -100  # another channel beyond the threshold all along
+                for at in crossings:
+                    frames[at - start, 2] = -80
+                writer.write(frames, 10_000 + np.arange(start, start + n, dtype=np.int64))
+
+            publish(0, 70, [5, 60])
+            triggers.poll(lambda w, seq, value, ns: seen.append((seq, value, ns)))
+            publish(70, 60, [90, 125])  # wraps the 100-frame ring at 100
+            triggers.poll(lambda w, seq, value, ns: seen.append((seq, value, ns)))
+            assert seen == [(s, -80.0, 10_000 + s) for s in (5, 60, 90, 125)]
+            publish(130, 100, [140])  # laps the reader: 140 is overwritten...
+            publish(230, 100, [])
+            publish(330, 50, [360])  # ...360 is not
+            triggers.poll(lambda w, seq, value, ns: seen.append((seq, value, ns)))
+            assert seen[4:] == [(360, -80.0, 10_360)]
+            assert readers[0].dropped_total == 150
+        finally:
+            for reader in readers:
+                reader.close()
+    assert not detached
