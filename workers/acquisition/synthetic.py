@@ -28,6 +28,8 @@ _KELLET_GAINS = np.array([0.0990460, 0.2965164, 1.0526913])
 _KELLET_DIRECT = 0.1848
 _CONTROL_RATE_HZ = 1000.0
 _WAVEFORM_S = 1.6e-3
+#: Rows of a block computed together: about what a core's L2 cache holds of float32 frames.
+_CACHE_BYTES = 128 << 10
 #: No unit fires twice within this (an absolute refractory period, as real neurons have).
 REFRACTORY_S = 2e-3
 
@@ -95,14 +97,24 @@ class SyntheticSignal:
         self._pink_rms = _kellet_rms()
         self._mixing = self._make_mixing(rng)
         self._units = self._make_units(rng, unit_fraction)
+        self._unit_channels = np.array([c for c, _, _ in self._units], np.int64)
+        self._unit_numbers = np.array([u for _, u, _ in self._units], np.int16)
+        waveform_frames = max(2, round(_WAVEFORM_S * sample_rate))
+        self._unit_waveforms = np.array([w for _, _, w in self._units], np.float32).reshape(
+            len(self._units), waveform_frames
+        )
         # a unit never fires again within its refractory period (real ones cannot)
         self._refractory_frames = max(1, round(REFRACTORY_S * sample_rate))
-        self._last_spike = np.full(len(self._units), -self._refractory_frames, np.int64)
+        self._last_spike = [-self._refractory_frames] * len(self._units)
         self._pink_frames = [0]  # control points: frames (multiples of decimation) and values
         self._pink_values = [self._pink_point()]
         self._basis = np.empty((block_frames, len(self._mixing)), np.float32)
         self._work = np.empty((block_frames, channels), np.float32)
         self._out = np.empty((block_frames, channels), self.dtype)
+        step = max(1, _CACHE_BYTES // (4 * channels))
+        self._row_blocks = [
+            slice(r, min(r + step, block_frames)) for r in range(0, block_frames, step)
+        ]
         self._carry: list[tuple[int, np.ndarray]] = []
         info = np.iinfo(self.dtype) if self.dtype.kind == "i" else None
         self._limits = (info.min, info.max) if info else None
@@ -181,17 +193,22 @@ class SyntheticSignal:
         n = self.block_frames
         self._fill_basis()
         work = self._work
-        np.matmul(self._basis, self._mixing, out=work)
         scale = self.params.noise_uv / self.scale_uv
         if scale != self._white_scale:  # rescale the table once, not every block
             np.multiply(self._white_unit, np.float32(scale), out=self._white)
             self._white_scale = scale
         offset = int(self._rng.integers(0, len(self._white) - n + 1))
-        work += self._white[offset : offset + n]
+        white = self._white[offset : offset + n]
+        # Mix and add the noise a few rows at a time: each step's rows stay in the CPU's
+        # cache instead of passing through memory once per operation.
+        for rows in self._row_blocks:
+            np.matmul(self._basis[rows], self._mixing, out=work[rows])
+            work[rows] += white[rows]
         spikes = self._add_spikes(work)
         if self._limits is not None:
-            np.clip(work, *self._limits, out=work)
-            np.rint(work, out=self._out, casting="unsafe")
+            for rows in self._row_blocks:
+                np.clip(work[rows], *self._limits, out=work[rows])
+                np.rint(work[rows], out=self._out[rows], casting="unsafe")
         else:
             np.copyto(self._out, work)
         self.frames_generated += n
@@ -209,18 +226,30 @@ class SyntheticSignal:
             return spikes
         which = self._rng.integers(0, len(self._units), count)
         frames = np.sort(self._rng.integers(0, n, count))
-        amplitude = self.params.spike_uv / self.scale_uv
-        kept = 0
-        for unit_index, frame in zip(which, frames, strict=True):
-            at = self.frames_generated + int(frame)
-            if at - self._last_spike[unit_index] < self._refractory_frames:
-                continue  # within the unit's refractory period: it cannot fire
-            self._last_spike[unit_index] = at
-            channel, unit, waveform = self._units[unit_index]
-            self._place(work, int(frame), channel, amplitude * waveform)
-            spikes[kept] = (at, channel, unit)
-            kept += 1
-        return spikes[:kept]
+        # Which spikes fire is decided one by one (a unit's refractory period depends on
+        # its previous spike); adding their waveforms is done for all at once.
+        first, refractory, last = self.frames_generated, self._refractory_frames, self._last_spike
+        kept = []
+        pairs = zip(which.tolist(), frames.tolist(), strict=True)
+        for index, (unit_index, frame) in enumerate(pairs):
+            at = first + frame
+            if at - last[unit_index] >= refractory:
+                last[unit_index] = at
+                kept.append(index)
+        units, starts = which[kept], frames[kept]
+        channels = self._unit_channels[units]
+        waveforms = (self.params.spike_uv / self.scale_uv) * self._unit_waveforms[units]
+        rows = starts[:, None] + np.arange(waveforms.shape[1])
+        inside = rows < n
+        columns = np.broadcast_to(channels[:, None], rows.shape)
+        np.add.at(work, (rows[inside], columns[inside]), waveforms[inside])
+        for spike in np.flatnonzero(~inside[:, -1]):  # runs past the block: the rest is carried
+            self._carry.append((int(channels[spike]), waveforms[spike, n - starts[spike] :]))
+        spikes = spikes[: len(kept)]
+        spikes["frame"] = first + starts
+        spikes["channel"] = channels
+        spikes["unit"] = self._unit_numbers[units]
+        return spikes
 
     def _place(self, work: np.ndarray, start: int, channel: int, waveform: np.ndarray) -> None:
         """Add ``waveform`` at ``start``; what runs past the block is added to the next one."""
