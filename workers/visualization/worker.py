@@ -140,6 +140,12 @@ class Panel:
             self.raster_plot.addItem(self.raster)
             self.raster_plot.setRange(xRange=(0, s.width_px), yRange=(0, s.raster_px), padding=0)
             self.raster_plot.setXLink(self.plot)
+        # The axes and the status line change seldom, yet the image under them is drawn
+        # 30 times a second: Qt repaints them from a cached pixmap until they change.
+        cached = pg.QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache
+        plots = [self.plot, *([self.raster_plot] if self.raster is not None else [])]
+        for item in [self.status, *(p.getAxis(a) for p in plots for a in ("left", "bottom"))]:
+            item.setCacheMode(cached)
         self.reader: RingReader | None = None
         self.sweep: Sweep | None = None
         self.picture = Picture()
@@ -231,12 +237,14 @@ class Panel:
             self.raster.setImage(
                 raster_image(self.sweep, first, per_page, s.raster_px), autoLevels=False
             )
-        self.status.setText(
+        text = (
             f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
             f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
             f"{first + per_page} of {self.sweep.channels}  {s.window_s:g} s  gain {s.gain:g}  "
             f"band {s.span_uv / s.gain:g} uV"
         )
+        if text != self.status.text:  # a new text lays the label out again: only on change
+            self.status.setText(text)
 
     def _time_axis(self, window_s: float, width: int) -> None:
         """Ticks in seconds from the sweep's left edge (the cursor sweeps across)."""
