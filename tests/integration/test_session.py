@@ -54,6 +54,14 @@ def test_outside_reader_gets_contiguous_frames_at_the_configured_rate(rigs) -> N
     with attach(f"{rig.name}/acq/spikes", from_now=False) as spikes:
         records = spikes.read(timeout_s=2).data
     assert records.dtype.names == ("timestamp_ns", "channel", "unit")
+    # each spike once, in order, stamped as one of the frames it was drawn into
+    assert len(records) and np.all(np.diff(records["timestamp_ns"]) >= 0)
+    assert len(np.unique(records[["timestamp_ns", "channel", "unit"]])) == len(records)
+    stamps = np.concatenate([c.timestamps_ns for c in chunks])
+    inside = records["timestamp_ns"][
+        (records["timestamp_ns"] >= stamps[0]) & (records["timestamp_ns"] <= stamps[-1])
+    ]
+    assert len(inside) and np.isin(inside, stamps).all()
 
 
 def test_killed_acquisition_worker_restarts_and_readers_follow(rigs) -> None:

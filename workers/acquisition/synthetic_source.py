@@ -104,9 +104,8 @@ class SyntheticSource(Source):
         self.period_ns = 1e9 / s.sample_rate_hz
         self.start_ns = clock.now_ns()
         self.published = 0  # frames written to the ring
-        self._block_start = 0
-        self._block, self._block_spikes = self.signal.next_block()
-        self._timestamps = self._stamps(0, self.signal.block_frames)
+        self._chunk_ms = 1000 * self.chunk_frames / s.sample_rate_hz
+        self._next_block()
         self.worker.counters.update(frames=0, chunks=0, spikes=0, late_chunks=0, behind_ms=0.0)
         self.worker.log.info(
             "synthetic: %d channels at %g Hz, chunks of %d frames, into %s",
@@ -123,32 +122,40 @@ class SyntheticSource(Source):
     def step(self) -> None:
         """Publish the next chunk when its last frame is due; make a new block when needed."""
         if self.published == self._block_start + len(self._block):
-            self._block_start = self.published
-            self._block, self._block_spikes = self.signal.next_block()
-            self._timestamps = self._stamps(self._block_start, len(self._block))
+            self._next_block()
         begin = self.published - self._block_start
         end = min(begin + self.chunk_frames, len(self._block))
         due_ns = self.start_ns + round((self._block_start + end) * self.period_ns)
         self.worker.wait_until(due_ns / 1e9)
         self.continuous.write(self._block[begin:end], self._timestamps[begin:end])
-        first, last = self._block_start + begin, self._block_start + end
-        lo, hi = np.searchsorted(self._block_spikes["frame"], (first, last))
+        lo, hi = self._spike_edges[begin], self._spike_edges[end]
         if hi > lo:
-            mine = self._block_spikes[lo:hi]
-            records = np.empty(len(mine), SPIKE_DTYPE)
-            records["timestamp_ns"] = self.start_ns + np.round(mine["frame"] * self.period_ns)
-            records["channel"] = mine["channel"]
-            records["unit"] = mine["unit"]
+            records = self._spike_records[lo:hi]
             self.spikes.write(records, records["timestamp_ns"])
-            self.worker.counters["spikes"] += len(mine)
-        self.published = last
+            self.worker.counters["spikes"] += hi - lo
+        self.published = self._block_start + end
         behind_ms = (clock.now_ns() - due_ns) / 1e6
         c = self.worker.counters
         c["frames"] = self.published
         c["chunks"] += 1
         c["behind_ms"] = round(behind_ms, 3)
-        if behind_ms > 1000 * (end - begin) / self.settings.sample_rate_hz:
+        if behind_ms > self._chunk_ms:
             c["late_chunks"] += 1
+
+    def _next_block(self) -> None:
+        """Make the next block, its stamps and its spike records (once a block, not a chunk)."""
+        self._block_start = self.published
+        self._block, spikes = self.signal.next_block()
+        n = len(self._block)
+        self._timestamps = self._stamps(self._block_start, n)
+        records = np.empty(len(spikes), SPIKE_DTYPE)
+        records["timestamp_ns"] = self.start_ns + np.round(spikes["frame"] * self.period_ns)
+        records["channel"] = spikes["channel"]
+        records["unit"] = spikes["unit"]
+        self._spike_records = records
+        # the records of frames [a, b) of the block are records[edges[a]:edges[b]]
+        frames = spikes["frame"] - self._block_start
+        self._spike_edges = np.searchsorted(frames, np.arange(n + 1)).tolist()
 
     def on_parameter(self, name: str, value: Any) -> None:
         setattr(self.signal.params, name, float(value))
