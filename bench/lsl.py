@@ -18,7 +18,8 @@ For each channel count, int16 at 30 kHz in 1 ms chunks:
    the frame's ring timestamp (the pushed stamp, mapped to the host clock).
 
 Reported: frames/s delivered, latency p50/p99 in ms, and the CPU of the
-bridge worker (one core = 100 %).
+bridge worker (one core = 100 %); for raw pylsl, the CPU of the pushing and
+of the pulling process: the floor an outlet and an inlet cost at this rate.
 """
 
 from __future__ import annotations
@@ -101,14 +102,27 @@ def _pulled(proc: subprocess.Popen) -> dict:
 
 
 def raw(channels: int, seconds: float) -> str:
+    """Raw pylsl; its CPU column is the pushing process's and the pulling one's: what a
+    minimal outlet and inlet of the same stream cost, beside the bridge's workers."""
     name = f"bench-raw-{uuid.uuid4().hex[:6]}"
     pusher = _run(PUSH, name, channels, seconds + 5)
     try:
-        result = _pulled(_run(PULL, "name", name, seconds))
+        puller = _run(PULL, "name", name, seconds)
+        time.sleep(2)
+        procs = [psutil.Process(pusher.pid), psutil.Process(puller.pid)]
+        before = [p.cpu_times() for p in procs]
+        time.sleep(seconds - 3)
+        after = [p.cpu_times() for p in procs]
+        push, pull = (
+            100 * (a.user - b.user + a.system - b.system) / (seconds - 3)
+            for a, b in zip(after, before, strict=True)
+        )
+        result = _pulled(puller)
     finally:
         pusher.kill()
         pusher.wait()
-    return f"{result['frames_per_s']:9.0f} {_percentiles(result['latency_ms'])} {'-':>7}"
+    cpu = f"push {push:.1f} / pull {pull:.1f}"
+    return f"{result['frames_per_s']:9.0f} {_percentiles(result['latency_ms'])} {cpu:>7}"
 
 
 def outlet(channels: int, seconds: float) -> str:

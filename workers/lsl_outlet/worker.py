@@ -100,8 +100,10 @@ class LslOutlet(Worker):
             self.counters["markers"] = 0
 
     def step(self) -> None:
-        # Poll the rings; when none had frames, sleep 1 ms. Waking on every ring write
-        # (a blocking read) halved the latency but doubled the CPU (bench/lsl.py).
+        # Poll the rings; when none had frames, sleep 1 ms. Sleeping on the rings instead
+        # (Worker.wait: woken by each write) cut the latency by 0.3-0.5 ms but cost 38-40 %
+        # of a core against 27-29 % at 256 channels; polling every 2 ms, 22-25 % and
+        # 0.5 ms more (bench/lsl.py, the three alternated in one run).
         moved = self._forward_events()
         for out in self.outs:
             moved |= self._pump(out, 0.0)
@@ -155,6 +157,7 @@ class LslOutlet(Worker):
             return False
         if not chunk.frames:
             return False
+        reader = out.reader
         if out.outlet is None or chunk.format_changed:
             out.outlet = self._make_outlet(out)
         stamps = self.clock.to_lsl(chunk.timestamps_ns)
@@ -163,7 +166,7 @@ class LslOutlet(Worker):
             data = np.column_stack([data[name].astype(np.float64) for name in out.fields])
         else:
             data = data.reshape(chunk.frames, -1)
-        out.outlet.push_chunk(data, stamps.tolist())
+        out.outlet.push_chunk(data, _stamps(stamps, reader.sample_rate))
         out.frames += chunk.frames
         self.counters["frames"] += chunk.frames
         return True
@@ -233,3 +236,14 @@ class LslOutlet(Worker):
 
 
 WORKER = LslOutlet
+
+
+def _stamps(stamps: np.ndarray, sample_rate: float) -> float | list[float]:
+    """What ``push_chunk`` is given: the last stamp alone when the chunk's frames are one
+    sample period apart (within 1 µs; liblsl then stamps the others from the nominal
+    rate, the cheaper call), else every stamp."""
+    if sample_rate > 0 and len(stamps) > 1:
+        expected = stamps[-1] - np.arange(len(stamps) - 1, -1, -1) / sample_rate
+        if np.abs(stamps - expected).max() < 1e-6:
+            return float(stamps[-1])
+    return stamps.tolist()
