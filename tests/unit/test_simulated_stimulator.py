@@ -118,3 +118,32 @@ def test_a_silent_device_wakes_seldom_and_a_busy_one_often(device) -> None:
         output.close()
     assert busy_writes >= 0.5 / stim.block_s / 2  # it followed the train block by block
     assert np.count_nonzero(data[:, 0]) > 0 and stim.underruns == 0
+
+
+def test_a_stop_in_the_middle_of_a_train_is_silence_not_an_underrun(device) -> None:
+    stim, reader = device
+    rendered = render(
+        PulseTrain(
+            channel=0,
+            phases=[Phase(-10.0, 100.0), Phase(10.0, 100.0)],
+            frequency_hz=100.0,
+            count=200,
+        ),
+        LIMITS,
+        RATE,
+        stim.resolution_ua,
+    )
+    output = Output(stim, buffer_samples=1000, refill_interval_s=0.002)
+    output.start()
+    try:
+        output.submit(0, Train(1, rendered))
+        _read(reader, 0.1)
+        assert output.stop(0) == 1
+        data, _ = _read(reader, 0.2)
+    finally:
+        output.close()
+    assert stim.underruns == 0
+    # what was queued when the stop came plays out (at most one buffer: 2 pulses of the
+    # 100 Hz train, 20 samples), then silence
+    assert np.count_nonzero(data[:, 0]) <= 2 * 20
+    assert not data[-2500:, 0].any()
