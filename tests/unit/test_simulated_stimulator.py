@@ -65,6 +65,7 @@ def test_a_stimulus_queued_on_a_silent_device_plays_from_the_next_sample(device)
     queued_ns = clock.now_ns()
     stim.enqueue(1, pulse)
     stim.end(1)
+    stim.wake()
     data, stamps = _read(reader, 0.2)
     (played,) = np.nonzero(data[:, 1])
     np.testing.assert_array_equal(data[played, 1], pulse)  # whole, in order, once

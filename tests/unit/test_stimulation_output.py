@@ -123,11 +123,18 @@ def test_crossings_do_not_depend_on_how_the_stream_is_chunked(splits, seed) -> N
     assert all(b - a >= 10 for a, b in itertools.pairwise(whole))
 
 
-def test_triggers_read_their_channel_through_the_ring_across_its_wrap_and_drops(stream) -> None:
+@pytest.mark.parametrize("view_bytes", [0, 1 << 30], ids=["view", "copy"])
+def test_triggers_read_their_channel_through_the_ring_across_its_wrap_and_drops(
+    stream, view_bytes, monkeypatch
+) -> None:
     """Every crossing of a real ring's channel 2, with its frame's stamp, whatever the wrap
-    of the ring; after the reader was lapped, the crossings that are still there."""
+    of the ring; after the reader was lapped, the crossings that are still there. Read
+    through a view (a backlog) and as a copy (a chunk or two)."""
     from pipeline.ring import RingWriter, attach
+    from workers.stimulation import trigger
     from workers.stimulation.trigger import Triggers, Watch
+
+    monkeypatch.setattr(trigger, "VIEW_BYTES", view_bytes)
 
     seen: list[tuple[int, float, int]] = []
     detached: list[str] = []
@@ -150,6 +157,7 @@ def test_triggers_read_their_channel_through_the_ring_across_its_wrap_and_drops(
                     frames[at - start, 2] = -80
                 writer.write(frames, 10_000 + np.arange(start, start + n, dtype=np.int64))
 
+            triggers.poll(lambda w, seq, value, ns: seen.append((seq, value, ns)))  # nothing yet
             publish(0, 70, [5, 60])
             triggers.poll(lambda w, seq, value, ns: seen.append((seq, value, ns)))
             publish(70, 60, [90, 125])  # wraps the 100-frame ring at 100

@@ -29,10 +29,11 @@ class Backend(Protocol):
     """What :class:`Output` needs from a stimulator (simulated or STG).
 
     A backend whose device outputs silence by itself on an empty queue says so
-    with ``idles = True`` and has ``end(channel)``: the host then queues
-    stimuli only, and calls ``end`` after a stimulus' last samples, so that
-    running empty afterwards is silence rather than an underrun. Otherwise
-    (an STG) the host keeps every queue fed with silence between stimuli.
+    with ``idles = True`` and has ``end(channel)`` and ``wake()``: the host then
+    queues stimuli only, calls ``end`` after a stimulus' last samples, so that
+    running empty afterwards is silence rather than an underrun, and ``wake``
+    once it queued a new stimulus. Otherwise (an STG) the host keeps every
+    queue fed with silence between stimuli.
     """
 
     output_rate_hz: float
@@ -147,7 +148,10 @@ class Output:
             queue = self.queues[channel]
             queue.trains.append(train)
             self._fill(channel, self.buffer_samples)
-            return clock.now_ns()
+            queued_ns = clock.now_ns()
+        if self._idles:
+            self.backend.wake()  # type: ignore[attr-defined]
+        return queued_ns
 
     def stop(self, channel: int | None) -> int:
         """Drop the pending stimuli of ``channel`` (all channels if None); return how many."""

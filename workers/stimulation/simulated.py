@@ -14,8 +14,8 @@ is an underrun only in the middle of a stimulus: between the first samples
 the host queued and its ``end(channel)``. Samples queued on an empty FIFO
 play from the next sample the device outputs after the call, so what the
 ring shows is when they really came out. With every FIFO empty the clock
-thread wakes every ``idle_block_s`` instead of every ``block_s``, and a
-queued stimulus wakes it at once.
+thread wakes every ``idle_block_s`` instead of every ``block_s``, and the
+host wakes it (``wake``) when it queued a stimulus.
 """
 
 from __future__ import annotations
@@ -102,6 +102,11 @@ class SimulatedStimulator:
                 done += count
             self._tail[channel] += len(samples_ua)
             self._open[channel] = True
+
+    def wake(self) -> None:
+        """Have the clock thread follow what was just queued block by block (it sleeps
+        ``idle_block_s`` while every FIFO is empty). Called after a stimulus is queued,
+        once its time of queueing is taken: waking a thread is not free."""
         self._wake.set()
 
     def end(self, channel: int) -> None:
