@@ -58,6 +58,14 @@ def _read(reader: pipeline.RingReader, seconds: float) -> tuple[np.ndarray, np.n
     return np.concatenate(data), np.concatenate(stamps)
 
 
+def _train(stim: SimulatedStimulator, count: int):
+    """A 100 Hz train of ``count`` biphasic 10 uA pulses, 20 samples each, rendered."""
+    command = PulseTrain(
+        channel=0, phases=[Phase(-10.0, 100.0), Phase(10.0, 100.0)], frequency_hz=100.0, count=count
+    )
+    return render(command, LIMITS, RATE, stim.resolution_ua)
+
+
 def test_a_stimulus_queued_on_a_silent_device_plays_from_the_next_sample(device) -> None:
     stim, reader = device
     _read(reader, 0.2)
@@ -97,17 +105,7 @@ def test_a_silent_device_wakes_seldom_and_a_busy_one_often(device) -> None:
     idle_writes = stim._writer.writes - before
     assert idle_writes <= 0.5 / stim.idle_block_s + 3  # about 20, not 200
     assert np.all(np.diff(stamps) == pytest.approx(1e9 / RATE, abs=1))  # no sample left out
-    long_train = render(
-        PulseTrain(
-            channel=0,
-            phases=[Phase(-10.0, 100.0), Phase(10.0, 100.0)],
-            frequency_hz=100.0,
-            count=60,
-        ),
-        LIMITS,
-        RATE,
-        stim.resolution_ua,
-    )
+    long_train = _train(stim, count=60)
     output = Output(stim, buffer_samples=1000, refill_interval_s=0.002)
     output.start()
     try:
@@ -123,17 +121,7 @@ def test_a_silent_device_wakes_seldom_and_a_busy_one_often(device) -> None:
 
 def test_a_stop_in_the_middle_of_a_train_is_silence_not_an_underrun(device) -> None:
     stim, reader = device
-    rendered = render(
-        PulseTrain(
-            channel=0,
-            phases=[Phase(-10.0, 100.0), Phase(10.0, 100.0)],
-            frequency_hz=100.0,
-            count=200,
-        ),
-        LIMITS,
-        RATE,
-        stim.resolution_ua,
-    )
+    rendered = _train(stim, count=200)
     output = Output(stim, buffer_samples=1000, refill_interval_s=0.002)
     output.start()
     try:
