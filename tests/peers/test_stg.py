@@ -114,11 +114,14 @@ def test_the_backend_calls_nothing_the_api_list_leaves_out() -> None:
 
 def _stg_rig(rigs, dll: Path, extra: str = "armed = true"):
     rig = rigs.new()
-    # 40 ms of output buffer: CI runs this beside a whole rig on 2 cores, where the 20 ms
-    # default once stalled for over its 10 ms of slack (2 underruns in 1 s, both channels
-    # at the same sample: the process was not scheduled); bench/stg_refill.py measures it.
+    # 100 ms of output buffer (50 ms of slack): on the 2-core CI machine the worker has
+    # stalled for over 10 ms (20 ms default: 2 underruns in 1 s, both channels at the same
+    # sample) and, once, over 20 ms (40 ms: 1 underrun on channel 0 alone, 75 ms after a
+    # command had filled channel 1 to the whole buffer). What this test checks is that
+    # the backend keeps the device fed with exactly the checked samples; how much slack
+    # a loaded machine needs is measured by bench/stg_refill.py, not asserted here.
     rig.write(
-        STIM.format(buffer_ms=40.0, extra=f'backend = "stg"\n{extra}')
+        STIM.format(buffer_ms=100.0, extra=f'backend = "stg"\n{extra}')
         + f'[workers.parameters.stg]\ndll_path = "{dll}"\n'
     )
     return rig
