@@ -102,6 +102,7 @@ class Watch:
     reader: RingReader | None = None
     detector: Detector | None = None
     retry_at: float = 0.0
+    row_bytes: int = 0  # bytes of one frame of the stream, to choose between copy and view
 
 
 #: What a crossing is handed to: (watch, sequence, value, frame timestamp ns).
@@ -145,6 +146,7 @@ class Triggers:
             )
         watch.reader = reader
         watch.detector = Detector(rule, reader.sample_rate)
+        watch.row_bytes = _row_bytes(reader)
 
     def poll(self, on_crossing: OnCrossing) -> None:
         """Read what each rule's stream published (without waiting) and hand every
@@ -184,9 +186,10 @@ class Triggers:
         """
         detector = watch.detector
         assert detector is not None
-        row_bytes = reader.dtype.itemsize * math.prod(reader.frame_shape)
-        if reader.lag * row_bytes < VIEW_BYTES:
+        if reader.lag * watch.row_bytes < VIEW_BYTES:
             chunk = reader.read(timeout_s=0.0)
+            if chunk.format_changed:
+                watch.row_bytes = _row_bytes(reader)
             if chunk.dropped or chunk.format_changed:
                 detector.reset()
             if not chunk.frames:
@@ -195,6 +198,8 @@ class Triggers:
             stamps, start, more = chunk.timestamps_ns, chunk.start_sequence, False
         else:
             with reader.read_view(timeout_s=0.0) as view:
+                if view.format_changed:
+                    watch.row_bytes = _row_bytes(reader)
                 if view.dropped or view.format_changed:
                     detector.reset()
                 if not view.frames:
@@ -209,3 +214,7 @@ class Triggers:
             index = sequence - start
             on_crossing(watch, sequence, float(values[index]), int(stamps[index]))
         return more
+
+
+def _row_bytes(reader: RingReader) -> int:
+    return reader.dtype.itemsize * math.prod(reader.frame_shape)
