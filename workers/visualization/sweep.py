@@ -5,7 +5,8 @@ the minimum and maximum of every channel over the frames that fall in it
 (min/max decimation, so a one-sample spike still shows). New frames overwrite
 columns from left to right and wrap around (a sweep, as on an oscilloscope),
 so each refresh costs only the frames that arrived since the last one.
-:func:`rasterize` turns a page of channels into an RGBA image: stacked traces,
+:func:`rasterize` turns a page of channels into an image (``Format_RGB32`` pixels, one
+uint32 each): stacked traces,
 each channel in its own band, plus spike ticks, stimulation markers, and red
 band edges where a trace goes past its band (clipped by the gain).
 """
@@ -15,17 +16,27 @@ from __future__ import annotations
 import numpy as np
 
 
-def _rgba(r: int, g: int, b: int) -> np.uint32:
-    """One RGBA pixel as the uint32 it is in memory (so a whole image is one uint32 array)."""
-    return np.frombuffer(bytes([r, g, b, 255]), np.uint32)[0]
+def rgb32(r: int, g: int, b: int) -> np.uint32:
+    """One opaque pixel as Qt's ``Format_RGB32`` holds it: the uint32 ``0xffRRGGBB``.
+
+    Qt draws an image in that format onto a window without converting a pixel
+    (an RGBA image is converted whole, every frame), and a uint32 value is the
+    same pixel on either byte order."""
+    return np.uint32(0xFF000000 | r << 16 | g << 8 | b)
 
 
-TRACE = _rgba(40, 220, 90)
-SPIKE = _rgba(255, 200, 40)
-MARKER = _rgba(255, 60, 60)
-CURSOR = _rgba(90, 90, 90)
-CLIP = _rgba(255, 0, 0)  # a band's edge where its trace goes past it
-BACKGROUND = _rgba(0, 0, 0)
+def rgb(pixel: np.uint32) -> tuple[int, int, int]:
+    """The (red, green, blue) of a ``Format_RGB32`` pixel."""
+    value = int(pixel)
+    return (value >> 16) & 0xFF, (value >> 8) & 0xFF, value & 0xFF
+
+
+TRACE = rgb32(40, 220, 90)
+SPIKE = rgb32(255, 200, 40)
+MARKER = rgb32(255, 60, 60)
+CURSOR = rgb32(90, 90, 90)
+CLIP = rgb32(255, 0, 0)  # a band's edge where its trace goes past it
+BACKGROUND = rgb32(0, 0, 0)
 
 
 class Sweep:
@@ -115,16 +126,22 @@ def _min_max(data: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 class Picture:
-    """The scope's image of a sweep, redrawn column by column as the sweep changes."""
+    """The scope's image of a sweep, redrawn column by column as the sweep changes.
+
+    After :meth:`draw`, ``changed`` lists the runs of columns drawn again, as
+    ``(first, stop)`` pairs: only those need painting on screen.
+    """
 
     def __init__(self) -> None:
         self.pixels: np.ndarray | None = None
         self.layout: tuple | None = None
+        self.changed: list[tuple[int, int]] = []
 
     def draw(
         self, sweep: Sweep, first: int, count: int, height: int, span: float, gain: float
     ) -> np.ndarray:
-        """The RGBA image (height x width x 4, uint8) of channels ``first .. first + count``.
+        """The image (height x width, ``Format_RGB32`` uint32) of channels ``first .. first
+        + count``: the same array from call to call while the layout stays.
 
         Only the columns the sweep changed since the last call are drawn again,
         unless the layout (channels, size, span, gain, sweep) changed.
@@ -138,7 +155,18 @@ class Picture:
         sweep.dirty[:] = False
         if len(columns):
             self.pixels[:, columns] = rasterize(sweep, first, count, height, span, gain, columns)
-        return self.pixels.view(np.uint8).reshape(height, sweep.width, 4)
+        self.changed = runs(columns)
+        return self.pixels
+
+
+def runs(columns: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted column numbers as runs of neighbours: [2, 3, 4, 9] -> [(2, 5), (9, 10)]."""
+    if not len(columns):
+        return []
+    breaks = np.flatnonzero(np.diff(columns) != 1) + 1
+    starts = [int(columns[0]), *columns[breaks].tolist()]
+    stops = [*(columns[breaks - 1] + 1).tolist(), int(columns[-1]) + 1]
+    return list(zip(starts, stops, strict=True))
 
 
 def rasterize(
@@ -150,7 +178,7 @@ def rasterize(
     gain: float,
     columns: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Pixels (height x len(columns), uint32 RGBA) of channels ``first .. first + count``.
+    """Pixels (height x len(columns), ``Format_RGB32``) of channels ``first .. first + count``.
 
     Channel ``first + k`` is drawn in band ``k`` from the top, each band
     ``height // count`` rows; ``span`` is the value range that fills a band at
@@ -198,11 +226,11 @@ def rasterize(
 
 def raster_image(sweep: Sweep, first: int, count: int, height: int) -> np.ndarray:
     """A spike raster of channels ``first .. first + count`` over the window: one row
-    band per channel (top to bottom), a tick in each column that holds a spike; RGBA
-    (height x width x 4, uint8)."""
+    band per channel (top to bottom), a tick in each column that holds a spike
+    (height x width, ``Format_RGB32`` uint32)."""
     count = max(1, min(count, sweep.channels - first))
     rows = np.minimum(np.arange(height) * count // height, count - 1)  # pixel row -> channel
     spikes = sweep.spikes[:, first : first + count]  # (width, count)
     image = np.where(spikes[:, rows].T, SPIKE, BACKGROUND).astype(np.uint32)
     image[:, sweep.column] = CURSOR
-    return image.view(np.uint8).reshape(height, sweep.width, 4)
+    return image

@@ -110,6 +110,8 @@ class Panel:
     """One stream's tab: its reader, its sweep, its image and status line."""
 
     def __init__(self, worker: ScopeWorker, stream: str, pg: Any) -> None:
+        from workers.visualization.pixels import PixelImage  # pyqtgraph: loaded by setup
+
         self.worker = worker
         self.stream = stream
         s = worker.settings
@@ -122,7 +124,7 @@ class Panel:
         self.plot.setMouseEnabled(x=False, y=False)  # no silent zoom: keys set the view
         self.plot.hideButtons()
         self.plot.invertY(True)
-        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image = PixelImage()
         self.plot.addItem(self.image)
         self.plot.setRange(xRange=(0, s.width_px), yRange=(0, s.height_px), padding=0)
         self.plot.showAxis("bottom")  # where in the sweep: seconds from its left edge
@@ -136,7 +138,7 @@ class Panel:
             self.raster_plot.hideButtons()
             self.raster_plot.invertY(True)
             self.raster_plot.setMaximumHeight(s.raster_px + 20)
-            self.raster = pg.ImageItem(axisOrder="row-major")
+            self.raster = PixelImage()
             self.raster_plot.addItem(self.raster)
             self.raster_plot.setRange(xRange=(0, s.width_px), yRange=(0, s.raster_px), padding=0)
             self.raster_plot.setXLink(self.plot)
@@ -230,13 +232,11 @@ class Panel:
         first = min(s.page * per_page, max(0, self.sweep.channels - per_page))
         span = s.span_uv / self.unit_uv
         image = self.picture.draw(self.sweep, first, per_page, s.height_px, span, s.gain)
-        self.image.setImage(image, autoLevels=False)
+        self.image.show(image, self.picture.changed)
         self._label(first, per_page, s.height_px)
         self._time_axis(s.window_s, s.width_px)
         if self.raster is not None:
-            self.raster.setImage(
-                raster_image(self.sweep, first, per_page, s.raster_px), autoLevels=False
-            )
+            self.raster.show(raster_image(self.sweep, first, per_page, s.raster_px))
         text = (
             f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
             f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
