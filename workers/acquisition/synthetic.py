@@ -18,6 +18,8 @@ the same signal and the same spikes.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +30,11 @@ _KELLET_GAINS = np.array([0.0990460, 0.2965164, 1.0526913])
 _KELLET_DIRECT = 0.1848
 _CONTROL_RATE_HZ = 1000.0
 _WAVEFORM_S = 1.6e-3
-#: Rows of a block computed together: about what a core's L2 cache holds of float32 frames.
-_CACHE_BYTES = 128 << 10
+#: Rows of a block computed together, at most: what a large L2 cache holds of float32 frames.
+#: Blocks of 1024 channels or fewer are one piece (each piece is four numpy calls more).
+_CACHE_BYTES = 2 << 20
+#: A block's spikes, as :meth:`SyntheticSignal.next_block` returns them.
+_SIGNAL_SPIKE = np.dtype([("frame", "<i8"), ("channel", "<i4"), ("unit", "<i2")])
 #: No unit fires twice within this (an absolute refractory period, as real neurons have).
 REFRACTORY_S = 2e-3
 
@@ -92,9 +97,11 @@ class SyntheticSignal:
         table_frames = max(2048, 4 * block_frames)
         self._white_unit = rng.standard_normal((table_frames, channels), dtype=np.float32)
         self._white = np.empty_like(self._white_unit)
-        self._white_scale: float | None = None
         self._pink_state = np.zeros((3, self.PINK_SOURCES))
         self._pink_rms = _kellet_rms()
+        self._pink_steps: dict[int, tuple[np.ndarray, ...]] = {}  # count -> _kellet_steps
+        self._ramp: tuple[int, np.ndarray] | None = None  # (first % decimation, weights)
+        self._block_offsets = np.arange(block_frames)
         self._mixing = self._make_mixing(rng)
         self._units = self._make_units(rng, unit_fraction)
         self._unit_channels = np.array([c for c, _, _ in self._units], np.int64)
@@ -106,8 +113,9 @@ class SyntheticSignal:
         # a unit never fires again within its refractory period (real ones cannot)
         self._refractory_frames = max(1, round(REFRACTORY_S * sample_rate))
         self._last_spike = [-self._refractory_frames] * len(self._units)
-        self._pink_frames = [0]  # control points: frames (multiples of decimation) and values
-        self._pink_values = [self._pink_point()]
+        # control points: point k is at frame k * decimation; the newest two are kept
+        self._pink_first = 0  # the point self._pink_values[0] is
+        self._pink_values = self._pink_points(1)
         self._basis = np.empty((block_frames, len(self._mixing)), np.float32)
         self._work = np.empty((block_frames, channels), np.float32)
         self._out = np.empty((block_frames, channels), self.dtype)
@@ -118,6 +126,10 @@ class SyntheticSignal:
         self._carry: list[tuple[int, np.ndarray]] = []
         info = np.iinfo(self.dtype) if self.dtype.kind == "i" else None
         self._limits = (info.min, info.max) if info else None
+        self._waveform_rows = np.arange(waveform_frames)
+        self._no_spikes = np.zeros(0, _SIGNAL_SPIKE)
+        self._derived_from: SignalParameters | None = None
+        self._derive()
 
     def _make_mixing(self, rng: np.random.Generator) -> np.ndarray:
         """(basis signals x channels): pink sources, LFP sine, LFP cosine, line noise."""
@@ -151,38 +163,101 @@ class SyntheticSignal:
         """(channel, unit) of every simulated unit."""
         return [(c, u) for c, u, _ in self._units]
 
-    def _pink_point(self) -> np.ndarray:
-        """The next control-rate value of each unit-RMS pink source."""
-        white = self._rng.standard_normal(self.PINK_SOURCES)
-        state = self._pink_state
-        state *= _KELLET_POLES[:, None]
-        state += _KELLET_GAINS[:, None] * white
-        return (state.sum(axis=0) + _KELLET_DIRECT * white) / self._pink_rms
+    def _kellet_steps(self, count: int) -> tuple[np.ndarray, ...]:
+        """The Kellet filter run ``count`` control points at once, as matrices.
 
-    def _fill_basis(self) -> None:
-        """The block's basis signals, in output units, into ``self._basis``."""
-        p, n = self.params, self.block_frames
-        first = self.frames_generated
-        frames = first + np.arange(n)
-        while self._pink_frames[-1] < first + n:
-            self._pink_frames.append(self._pink_frames[-1] + self.decimation)
-            self._pink_values.append(self._pink_point())
-        keep = max(0, len(self._pink_frames) - 2)  # the next block starts after these
-        pink = np.stack(self._pink_values)
-        ramped = np.empty((n, self.PINK_SOURCES))
-        for source in range(self.PINK_SOURCES):
-            ramped[:, source] = np.interp(frames, self._pink_frames, pink[:, source])
-        del self._pink_frames[:keep], self._pink_values[:keep]
+        Point ``j`` (from 0) of pole ``p`` is ``a_p^(j+1) s_p + sum_(i<=j) a_p^(j-i) g_p w_i``
+        for the state ``s`` before and white inputs ``w``; the output sums the poles
+        plus the direct path. Returns (output from state, output from white, state
+        decay, state from white), the outputs already divided by the RMS.
+        """
+        steps = self._pink_steps.get(count)
+        if steps is None:
+            poles, gains = _KELLET_POLES[:, None], _KELLET_GAINS[:, None]
+            j = np.arange(count)
+            lag = j[:, None] - j[None, :]  # j - i
+            decay = poles[:, :, None] ** np.maximum(lag, 0)  # (pole, j, i)
+            from_white = np.where(lag >= 0, (gains[:, :, None] * decay).sum(axis=0), 0.0)
+            from_white += _KELLET_DIRECT * np.eye(count)
+            steps = (
+                (poles ** (j + 1)).T / self._pink_rms,  # (j, pole)
+                from_white / self._pink_rms,  # (j, i)
+                poles**count,  # (pole, 1)
+                gains * poles ** (count - 1 - j),  # (pole, i)
+            )
+            self._pink_steps[count] = steps
+        return steps
+
+    def _pink_points(self, count: int) -> np.ndarray:
+        """The next ``count`` control-rate values of each unit-RMS pink source
+        (count x sources): Paul Kellet's filter over white noise, all at once."""
+        white = self._rng.standard_normal((count, self.PINK_SOURCES))
+        from_state, from_white, decay, state_from_white = self._kellet_steps(count)
+        values = from_state @ self._pink_state + from_white @ white
+        self._pink_state = decay * self._pink_state + state_from_white @ white
+        return values
+
+    def _ramp_weights(self, first: int, points: int) -> np.ndarray:
+        """(frames x points): linear interpolation of the block's frames between the
+        control points from the one at or before ``first`` on; one matrix product."""
+        phase = first % self.decimation
+        if self._ramp is None or self._ramp[0] != phase or self._ramp[1].shape[1] != points:
+            position = (phase + self._block_offsets) / self.decimation
+            below = np.floor(position).astype(np.int64)
+            above = np.minimum(below + 1, points - 1)
+            fraction = position - below
+            weights = np.zeros((self.block_frames, points))
+            rows = self._block_offsets
+            weights[rows, below] = 1.0 - fraction
+            weights[rows, above] += fraction
+            self._ramp = (phase, weights)
+        return self._ramp[1]
+
+    def _derive(self) -> None:
+        """What follows from the parameters, made again only when they changed: the
+        mixing matrix scaled by the amplitudes, the noise table, the tones' angular
+        rates, the spike waveforms at their amplitude and the spikes per block."""
+        p = self.params
+        if p == self._derived_from:
+            return
+        self._derived_from = dataclasses.replace(p)
         unit = 1.0 / self.scale_uv
         sources = self.PINK_SOURCES
-        self._basis[:, :sources] = ramped * (p.background_uv * unit)
-        t = frames / self.sample_rate
-        lfp = p.lfp_uv * unit * (0.6 + 0.4 * np.sin(2 * np.pi * 0.2 * t))
-        phase = 2 * np.pi * p.lfp_hz * t
-        self._basis[:, sources] = lfp * np.sin(phase)
-        self._basis[:, sources + 1] = lfp * np.cos(phase)
-        line = p.line_noise_uv * unit * np.sin(2 * np.pi * p.line_noise_hz * t)
-        self._basis[:, sources + 2] = line if p.line_noise_hz > 0 else 0.0
+        amplitudes = np.empty(len(self._mixing), np.float32)
+        amplitudes[:sources] = p.background_uv * unit
+        amplitudes[sources : sources + 2] = p.lfp_uv * unit
+        amplitudes[sources + 2] = p.line_noise_uv * unit if p.line_noise_hz > 0 else 0.0
+        self._scaled_mixing = amplitudes[:, None] * self._mixing
+        np.multiply(self._white_unit, np.float32(p.noise_uv * unit), out=self._white)
+        # radians per frame of: the LFP's waxing and waning (0.2 Hz), the LFP, line noise
+        self._tone_rates = 2 * np.pi * np.array([0.2, p.lfp_hz, p.line_noise_hz]) / self.sample_rate
+        self._spike_waveforms = (p.spike_uv * unit) * self._unit_waveforms
+        rate = p.spike_rate_hz * len(self._units) / self.sample_rate
+        self._spikes_per_block = rate * self.block_frames
+
+    def _fill_basis(self) -> None:
+        """The block's basis signals, each at unit amplitude, into ``self._basis``."""
+        n, decimation, basis = self.block_frames, self.decimation, self._basis
+        first = self.frames_generated
+        start, end = first // decimation, -(-(first + n) // decimation)  # control points used
+        made = self._pink_first + len(self._pink_values)
+        if end >= made:
+            self._pink_values = np.concatenate(
+                (self._pink_values, self._pink_points(end + 1 - made))
+            )
+        points = self._pink_values[start - self._pink_first : end + 1 - self._pink_first]
+        sources = self.PINK_SOURCES
+        np.matmul(self._ramp_weights(first, len(points)), points, out=basis[:, :sources])
+        keep_from = end - 1  # the next block starts at this point or later
+        if keep_from > self._pink_first:
+            self._pink_values = self._pink_values[keep_from - self._pink_first :]
+            self._pink_first = keep_from
+        angles = np.multiply.outer(first + self._block_offsets, self._tone_rates)
+        sines = np.sin(angles)
+        envelope = 0.6 + 0.4 * sines[:, 0]
+        np.multiply(envelope, sines[:, 1], out=basis[:, sources])
+        np.multiply(envelope, np.cos(angles[:, 1]), out=basis[:, sources + 1])
+        basis[:, sources + 2] = sines[:, 2]
 
     def next_block(self) -> tuple[np.ndarray, np.ndarray]:
         """The next ``block_frames`` frames (frames x channels, output dtype) and their spikes.
@@ -191,18 +266,15 @@ class SyntheticSignal:
         first frame generated. The data array is reused by the next call.
         """
         n = self.block_frames
+        self._derive()
         self._fill_basis()
         work = self._work
-        scale = self.params.noise_uv / self.scale_uv
-        if scale != self._white_scale:  # rescale the table once, not every block
-            np.multiply(self._white_unit, np.float32(scale), out=self._white)
-            self._white_scale = scale
         offset = int(self._rng.integers(0, len(self._white) - n + 1))
         white = self._white[offset : offset + n]
-        # Mix and add the noise a few rows at a time: each step's rows stay in the CPU's
-        # cache instead of passing through memory once per operation.
+        # Mix and add the noise (in pieces of rows that stay in the CPU's cache, for wide
+        # blocks; narrower ones are one piece, as every numpy call costs its own overhead).
         for rows in self._row_blocks:
-            np.matmul(self._basis[rows], self._mixing, out=work[rows])
+            np.matmul(self._basis[rows], self._scaled_mixing, out=work[rows])
             work[rows] += white[rows]
         spikes = self._add_spikes(work)
         if self._limits is not None:
@@ -219,36 +291,38 @@ class SyntheticSignal:
         carry, self._carry = self._carry, []
         for channel, rest in carry:
             self._place(work, 0, channel, rest)
-        rate = self.params.spike_rate_hz * len(self._units) / self.sample_rate
-        count = self._rng.poisson(rate * n)
-        spikes = np.zeros(count, [("frame", "<i8"), ("channel", "<i4"), ("unit", "<i2")])
+        count = self._rng.poisson(self._spikes_per_block)
         if not count:
-            return spikes
+            return self._no_spikes
         which = self._rng.integers(0, len(self._units), count)
         frames = np.sort(self._rng.integers(0, n, count))
         # Which spikes fire is decided one by one (a unit's refractory period depends on
         # its previous spike); adding their waveforms is done for all at once.
         first, refractory, last = self.frames_generated, self._refractory_frames, self._last_spike
-        kept = []
+        kept, kept_frames = [], []
         pairs = zip(which.tolist(), frames.tolist(), strict=True)
         for index, (unit_index, frame) in enumerate(pairs):
             at = first + frame
             if at - last[unit_index] >= refractory:
                 last[unit_index] = at
                 kept.append(index)
-        units, starts = which[kept], frames[kept]
-        channels = self._unit_channels[units]
-        waveforms = (self.params.spike_uv / self.scale_uv) * self._unit_waveforms[units]
-        rows = starts[:, None] + np.arange(waveforms.shape[1])
-        inside = rows < n
-        columns = np.broadcast_to(channels[:, None], rows.shape)
-        np.add.at(work, (rows[inside], columns[inside]), waveforms[inside])
-        for spike in np.flatnonzero(~inside[:, -1]):  # runs past the block: the rest is carried
-            self._carry.append((int(channels[spike]), waveforms[spike, n - starts[spike] :]))
-        spikes = spikes[: len(kept)]
-        spikes["frame"] = first + starts
+                kept_frames.append(frame)
+        if len(kept) < count:
+            which, frames = which[kept], frames[kept]
+        channels = self._unit_channels[which]
+        waveforms = self._spike_waveforms[which]
+        # (frames are sorted) the first `whole` waveforms end inside the block; the rest
+        # run past it, and what does not fit is carried into the next block
+        whole = bisect.bisect_right(kept_frames, n - len(self._waveform_rows))
+        if whole:
+            rows = frames[:whole, None] + self._waveform_rows
+            np.add.at(work, (rows, channels[:whole, None]), waveforms[:whole])
+        for spike in range(whole, len(kept)):
+            self._place(work, kept_frames[spike], int(channels[spike]), waveforms[spike])
+        spikes = np.empty(len(frames), _SIGNAL_SPIKE)
+        spikes["frame"] = first + frames
         spikes["channel"] = channels
-        spikes["unit"] = self._unit_numbers[units]
+        spikes["unit"] = self._unit_numbers[which]
         return spikes
 
     def _place(self, work: np.ndarray, start: int, channel: int, waveform: np.ndarray) -> None:
