@@ -95,3 +95,12 @@ def test_no_unit_fires_twice_within_its_refractory_period() -> None:
     for channel, unit in {(int(c), int(u)) for c, u in spikes[["channel", "unit"]]}:
         frames = np.sort(spikes["frame"][(spikes["channel"] == channel) & (spikes["unit"] == unit)])
         assert np.diff(frames).min() >= REFRACTORY_S * rate, (channel, unit)
+
+
+def test_the_pink_sources_are_the_same_drawn_in_batches_of_any_size_and_unit_rms() -> None:
+    one_by_one, batched = _make(seed=7), _make(seed=7)
+    singles = np.concatenate([one_by_one._pink_points(1) for _ in range(3000)])
+    batches = np.concatenate([batched._pink_points(k) for k in (1, 2, 997, 10, 1990)])
+    assert np.allclose(singles, batches, rtol=0, atol=1e-9)
+    long = _make(seed=8)._pink_points(200_000)
+    assert 0.9 < long.std(axis=0).min() <= long.std(axis=0).max() < 1.1

@@ -30,6 +30,8 @@ _KELLET_GAINS = np.array([0.0990460, 0.2965164, 1.0526913])
 _KELLET_DIRECT = 0.1848
 _CONTROL_RATE_HZ = 1000.0
 _WAVEFORM_S = 1.6e-3
+#: Control points of the 1/f sources computed in one matrix step at most (a block has ~11).
+_PINK_BATCH = 64
 #: Rows of a block computed together, at most: what a large L2 cache holds of float32 frames.
 #: Blocks of 1024 channels or fewer are one piece (each piece is four numpy calls more).
 _CACHE_BYTES = 2 << 20
@@ -192,9 +194,12 @@ class SyntheticSignal:
         """The next ``count`` control-rate values of each unit-RMS pink source
         (count x sources): Paul Kellet's filter over white noise, all at once."""
         white = self._rng.standard_normal((count, self.PINK_SOURCES))
-        from_state, from_white, decay, state_from_white = self._kellet_steps(count)
-        values = from_state @ self._pink_state + from_white @ white
-        self._pink_state = decay * self._pink_state + state_from_white @ white
+        values = np.empty_like(white)
+        for first in range(0, count, _PINK_BATCH):  # matrices of at most _PINK_BATCH squared
+            batch = white[first : first + _PINK_BATCH]
+            from_state, from_white, decay, state_from_white = self._kellet_steps(len(batch))
+            values[first : first + len(batch)] = from_state @ self._pink_state + from_white @ batch
+            self._pink_state = decay * self._pink_state + state_from_white @ batch
         return values
 
     def _ramp_weights(self, first: int, points: int) -> np.ndarray:
