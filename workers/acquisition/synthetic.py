@@ -30,7 +30,7 @@ _KELLET_GAINS = np.array([0.0990460, 0.2965164, 1.0526913])
 _KELLET_DIRECT = 0.1848
 _CONTROL_RATE_HZ = 1000.0
 _WAVEFORM_S = 1.6e-3
-#: Control points of the 1/f sources computed in one matrix step at most (a block has ~11).
+#: Control points of the 1/f sources computed in one matrix step at most (1 kHz: 10 per 10 ms).
 _PINK_BATCH = 64
 #: Rows of a block computed together, at most: what a large L2 cache holds of float32 frames.
 #: Blocks of 1024 channels or fewer are one piece (each piece is four numpy calls more).
@@ -102,7 +102,8 @@ class SyntheticSignal:
         self._pink_state = np.zeros((3, self.PINK_SOURCES))
         self._pink_rms = _kellet_rms()
         self._pink_steps: dict[int, tuple[np.ndarray, ...]] = {}  # count -> _kellet_steps
-        self._ramp: tuple[int, np.ndarray] | None = None  # (first % decimation, weights)
+        # where a frame lies between two control points: 0, 1/decimation, ...
+        self._ramp_fractions = (np.arange(self.decimation) / self.decimation)[None, :, None]
         self._block_offsets = np.arange(block_frames)
         self._mixing = self._make_mixing(rng)
         self._units = self._make_units(rng, unit_fraction)
@@ -202,21 +203,12 @@ class SyntheticSignal:
             self._pink_state = decay * self._pink_state + state_from_white @ batch
         return values
 
-    def _ramp_weights(self, first: int, points: int) -> np.ndarray:
-        """(frames x points): linear interpolation of the block's frames between the
-        control points from the one at or before ``first`` on; one matrix product."""
-        phase = first % self.decimation
-        if self._ramp is None or self._ramp[0] != phase or self._ramp[1].shape[1] != points:
-            position = (phase + self._block_offsets) / self.decimation
-            below = np.floor(position).astype(np.int64)
-            above = np.minimum(below + 1, points - 1)
-            fraction = position - below
-            weights = np.zeros((self.block_frames, points))
-            rows = self._block_offsets
-            weights[rows, below] = 1.0 - fraction
-            weights[rows, above] += fraction
-            self._ramp = (phase, weights)
-        return self._ramp[1]
+    def _ramp(self, points: np.ndarray, phase: int, out: np.ndarray) -> None:
+        """Into ``out``: ``len(out)`` frames from ``phase`` frames after ``points[0]``,
+        each interpolated linearly between the control points around it."""
+        starts, steps = points[:-1, None, :], (points[1:] - points[:-1])[:, None, :]
+        ramp = (starts + steps * self._ramp_fractions).reshape(-1, points.shape[1])
+        out[:] = ramp[phase : phase + len(out)]
 
     def _derive(self) -> None:
         """What follows from the parameters, made again only when they changed: the
@@ -252,7 +244,7 @@ class SyntheticSignal:
             )
         points = self._pink_values[start - self._pink_first : end + 1 - self._pink_first]
         sources = self.PINK_SOURCES
-        np.matmul(self._ramp_weights(first, len(points)), points, out=basis[:, :sources])
+        self._ramp(points, first - start * decimation, basis[:, :sources])
         keep_from = end - 1  # the next block starts at this point or later
         if keep_from > self._pink_first:
             self._pink_values = self._pink_values[keep_from - self._pink_first :]

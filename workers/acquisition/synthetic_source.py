@@ -21,7 +21,14 @@ from workers.acquisition.source import SPIKE_CAPACITY, Source
 from workers.acquisition.synthetic import SPIKE_DTYPE, SignalParameters, SyntheticSignal
 
 Microvolts = Annotated[float, msgspec.Meta(ge=0)]
-BLOCK_S = 0.01  # data is generated 10 ms at a time and published chunk by chunk
+#: Data is generated a block at a time and published chunk by chunk. A block costs
+#: about 40 numpy calls whatever its size, which dominate a narrow rig's cost, so a
+#: block holds about BLOCK_SAMPLES samples (10 ms of 1024 channels at 30 kHz): 160 ms
+#: at 64 channels, 40 ms at 256; never shorter than BLOCK_MIN_S (the arithmetic of a
+#: wide rig is per sample anyway) nor longer than BLOCK_MAX_S (a parameter set with
+#: ``rigpipe set`` shows from the next block).
+BLOCK_SAMPLES = 300 * 1024
+BLOCK_MIN_S, BLOCK_MAX_S = 0.01, 0.2
 
 
 class SyntheticSettings(
@@ -74,7 +81,10 @@ class SyntheticSource(Source):
     def open(self) -> None:
         s = self.settings
         self.chunk_frames = max(1, round(s.chunk_s * s.sample_rate_hz))
-        chunks_per_block = max(1, round(BLOCK_S / (self.chunk_frames / s.sample_rate_hz)))
+        block_s = min(
+            max(BLOCK_SAMPLES / (s.channels * s.sample_rate_hz), BLOCK_MIN_S), BLOCK_MAX_S
+        )
+        chunks_per_block = max(1, round(block_s / (self.chunk_frames / s.sample_rate_hz)))
         self.signal = SyntheticSignal(
             s.channels,
             s.sample_rate_hz,
