@@ -52,7 +52,7 @@ def test_spike_ticks_and_stimulation_markers() -> None:
     sweep = Sweep(2, 1000.0, 1.0, 100)
     sweep.add(np.zeros((1000, 2), np.float32))
     sweep.mark_spike(frame_offset=500, channel=1)  # 0.5 s before the newest frame
-    sweep.mark(frame_offset=200)
+    sweep.mark(np.array([200]))
     image = rasterize(sweep, 0, 2, 100, span=40.0, gain=1.0)
     spike_column = (999 - 500) // 10
     assert 50 in _rows_with(image, SPIKE, spike_column), "the tick starts at channel 1's band"
@@ -111,3 +111,26 @@ def test_the_raster_has_a_row_band_per_channel_and_a_tick_where_each_spike_fell(
     assert list(_rows_with(image, SPIKE, 99)) == list(range(10, 20)), "channel 5: 2nd band"
     assert list(_rows_with(image, SPIKE, 49)) == list(range(20, 30)), "channel 6: 3rd band"
     assert (image == SPIKE).sum() == 20, "nothing else is marked"
+
+
+def test_spikes_and_markers_are_marked_many_at_once_in_their_columns() -> None:
+    sweep = Sweep(4, 1000.0, 1.0, 100)  # 10 frames per column
+    sweep.add(np.zeros((1000, 4), np.float32))
+    sweep.dirty[:] = False
+    sweep.mark_spikes(np.array([0, 505, 10, -3, 7]), np.array([1, 2, 4, 0, -1]))
+    assert list(zip(*np.nonzero(sweep.spikes), strict=True)) == [(49, 2), (99, 1)], (
+        "a channel the sweep lacks (4, -1) or a frame after the newest (-3) is left out"
+    )
+    sweep.mark(np.array([200, -1, 990]))
+    assert list(np.flatnonzero(sweep.markers)) == [0, 79]
+    assert list(np.flatnonzero(sweep.dirty)) == [0, 49, 79, 99]
+
+
+def test_device_channel_ids_map_to_the_streams_columns() -> None:
+    from workers.visualization.sweep import sweep_channels
+
+    ids = [5, 9, 7, 1]  # column 0 holds device channel 5, column 1 channel 9...
+    assert sweep_channels(np.array([9, 1, 5, 7, 1]), ids).tolist() == [1, 3, 0, 2, 3]
+    assert sweep_channels(np.array([3, 12]), ids).tolist() == [3, 12], "unknown ids as they are"
+    assert sweep_channels(np.array([2, 0]), []).tolist() == [2, 0]
+    assert sweep_channels(np.array([], np.int32), ids).tolist() == []

@@ -86,20 +86,40 @@ class Sweep:
 
     def mark_spike(self, frame_offset: int, channel: int) -> None:
         """A spike ``frame_offset`` frames before the newest frame, on ``channel`` (0-based)."""
-        if 0 <= channel < self.channels:
-            column = self._column_of(frame_offset)
-            self.spikes[column, channel] = True
-            self.dirty[column] = True
+        self.mark_spikes(np.array([frame_offset]), np.array([channel]))
 
-    def mark(self, frame_offset: int) -> None:
-        """A stimulation marker ``frame_offset`` frames before the newest frame."""
-        column = self._column_of(frame_offset)
-        self.markers[column] = True
-        self.dirty[column] = True
+    def mark_spikes(self, frame_offsets: np.ndarray, channels: np.ndarray) -> None:
+        """Spikes, each ``frame_offsets[i]`` frames before the newest frame on ``channels[i]``
+        (0-based); those of channels the sweep does not have, or after its newest frame
+        (a negative offset), are left out."""
+        shown = (channels >= 0) & (channels < self.channels) & (frame_offsets >= 0)
+        columns = self._columns_of(frame_offsets[shown])
+        self.spikes[columns, channels[shown]] = True
+        self.dirty[columns] = True
 
-    def _column_of(self, frame_offset: int) -> int:
-        frame = max(0, self.frame - 1 - frame_offset)
-        return int(frame // self.frames_per_column) % self.width
+    def mark(self, frame_offsets: np.ndarray) -> None:
+        """Stimulation markers ``frame_offsets`` frames before the newest frame (negative
+        offsets, after it, are left out)."""
+        columns = self._columns_of(frame_offsets[frame_offsets >= 0])
+        self.markers[columns] = True
+        self.dirty[columns] = True
+
+    def _columns_of(self, frame_offsets: np.ndarray) -> np.ndarray:
+        frames = np.maximum(0, self.frame - 1 - frame_offsets)
+        return (frames // self.frames_per_column).astype(np.int64) % self.width
+
+
+def sweep_channels(channel_ids: np.ndarray, stream_ids: list[int]) -> np.ndarray:
+    """The sweep's channels (0-based columns of the stream) of device channel ids, by
+    the stream's ``channel_ids`` (a Blackrock stream's); an id not in them, or any id
+    when the stream has none, is taken as the column itself."""
+    ids = np.asarray(stream_ids, np.int64)
+    channels = np.asarray(channel_ids, np.int64)
+    if not len(ids) or not len(channels):
+        return channels
+    order = np.argsort(ids, kind="stable")
+    place = np.minimum(np.searchsorted(ids, channels, sorter=order), len(ids) - 1)
+    return np.where(ids[order[place]] == channels, order[place], channels)
 
 
 #: Up to this many columns in one add, each is reduced on its own; beyond, reduceat.

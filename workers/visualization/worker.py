@@ -38,7 +38,7 @@ from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.extras import install_hint
 from pipeline.ring import RingReader, attach
 from pipeline.worker import Worker
-from workers.visualization.sweep import Picture, Sweep, raster_image
+from workers.visualization.sweep import Picture, Sweep, raster_image, sweep_channels
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -220,10 +220,13 @@ class Panel:
             started, counted = now, 0
         self._window = (started, counted)
 
-    def frames_before_newest(self, timestamp_ns: int) -> int | None:
+    def frames_before_newest(self, timestamps_ns: np.ndarray) -> np.ndarray | None:
+        """How many frames before the newest one each of ``timestamps_ns`` is (negative:
+        after it); None before the first frame."""
         if self.newest_ns is None or self.sweep is None:
             return None
-        return round((self.newest_ns - timestamp_ns) * self.sweep.sample_rate / 1e9)
+        ns_before = (self.newest_ns - timestamps_ns.astype(np.int64)).astype(np.float64)
+        return np.rint(ns_before * (self.sweep.sample_rate / 1e9)).astype(np.int64)
 
     def _draw(self) -> None:
         assert self.sweep is not None and self.reader is not None
@@ -487,20 +490,16 @@ class ScopeWorker(Worker):
         if panel.sweep is None:
             return
         assert panel.reader is not None
-        channel_ids = panel.reader.descriptor.get("channel_ids", [])
-        ids = {cid: index for index, cid in enumerate(channel_ids)}  # device ids -> columns
         spikes = self._read_events(self.spikes)  # read on every refresh: it keeps up
         if panel.stream.split("/")[0] != self.settings.spikes.split("/")[0]:
             spikes = spikes[:0]  # ticks only on the tabs of the worker that detected them
-        for record in spikes:
-            offset = panel.frames_before_newest(int(record["timestamp_ns"]))
-            if offset is not None and offset >= 0:
-                channel = int(record["channel"])
-                panel.sweep.mark_spike(offset, ids.get(channel, channel))
-        for timestamp in self._read_marker_times(self.markers):
-            offset = panel.frames_before_newest(timestamp)
-            if offset is not None and offset >= 0:
-                panel.sweep.mark(offset)
+        offsets = panel.frames_before_newest(spikes["timestamp_ns"])
+        if offsets is not None and len(spikes):
+            channel_ids = panel.reader.descriptor.get("channel_ids", [])
+            panel.sweep.mark_spikes(offsets, sweep_channels(spikes["channel"], channel_ids))
+        offsets = panel.frames_before_newest(self._read_marker_times(self.markers))
+        if offsets is not None and len(offsets):
+            panel.sweep.mark(offsets)
 
     def _reader(self, events: dict[str, Any]) -> RingReader | None:
         if not events["stream"]:
