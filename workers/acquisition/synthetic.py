@@ -18,7 +18,6 @@ the same signal and the same spikes.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from dataclasses import dataclass
 
@@ -120,13 +119,16 @@ class SyntheticSignal:
         self._pink_first = 0  # the point self._pink_values[0] is
         self._pink_values = self._pink_points(1)
         self._basis = np.empty((block_frames, len(self._mixing)), np.float32)
-        self._work = np.empty((block_frames, channels), np.float32)
+        # The block's frames, then as many again as a spike waveform is long: the part of
+        # a waveform that runs past the block waits there for the next block.
+        self._spill_frames = waveform_frames
+        self._frames = np.zeros((block_frames + waveform_frames, channels), np.float32)
+        self._work = self._frames[:block_frames]
         self._out = np.empty((block_frames, channels), self.dtype)
         step = max(1, _CACHE_BYTES // (4 * channels))
         self._row_blocks = [
             slice(r, min(r + step, block_frames)) for r in range(0, block_frames, step)
         ]
-        self._carry: list[tuple[int, np.ndarray]] = []
         info = np.iinfo(self.dtype) if self.dtype.kind == "i" else None
         self._limits = (info.min, info.max) if info else None
         self._waveform_rows = np.arange(waveform_frames)
@@ -273,7 +275,8 @@ class SyntheticSignal:
         for rows in self._row_blocks:
             np.matmul(self._basis[rows], self._scaled_mixing, out=work[rows])
             work[rows] += white[rows]
-        spikes = self._add_spikes(work)
+        self._spill_in()
+        spikes = self._add_spikes()
         if self._limits is not None:
             for rows in self._row_blocks:
                 np.clip(work[rows], *self._limits, out=work[rows])
@@ -283,48 +286,44 @@ class SyntheticSignal:
         self.frames_generated += n
         return self._out, spikes
 
-    def _add_spikes(self, work: np.ndarray) -> np.ndarray:
-        n = len(work)
-        carry, self._carry = self._carry, []
-        for channel, rest in carry:
-            self._place(work, 0, channel, rest)
+    def _spill_in(self) -> None:
+        """Add what the previous blocks' spikes left past their end to this block, and
+        clear the room past this block for what its own spikes leave."""
+        n, spill = self.block_frames, self._frames[self.block_frames :]
+        if not spill.any():
+            return
+        left = spill.copy()
+        overlap = min(n, self._spill_frames)
+        self._work[:overlap] += left[:overlap]
+        spill[:] = 0.0
+        if self._spill_frames > n:  # a waveform longer than a block: the rest waits on
+            spill[: self._spill_frames - n] = left[n:]
+
+    def _add_spikes(self) -> np.ndarray:
+        n = self.block_frames
         count = self._rng.poisson(self._spikes_per_block)
         if not count:
             return self._no_spikes
         which = self._rng.integers(0, len(self._units), count)
         frames = np.sort(self._rng.integers(0, n, count))
         # Which spikes fire is decided one by one (a unit's refractory period depends on
-        # its previous spike); adding their waveforms is done for all at once.
+        # its previous spike); adding their waveforms is done for all at once, into the
+        # block and the room past it.
         first, refractory, last = self.frames_generated, self._refractory_frames, self._last_spike
-        kept, kept_frames = [], []
+        kept = []
         pairs = zip(which.tolist(), frames.tolist(), strict=True)
         for index, (unit_index, frame) in enumerate(pairs):
             at = first + frame
             if at - last[unit_index] >= refractory:
                 last[unit_index] = at
                 kept.append(index)
-                kept_frames.append(frame)
         if len(kept) < count:
             which, frames = which[kept], frames[kept]
         channels = self._unit_channels[which]
-        waveforms = self._spike_waveforms[which]
-        # (frames are sorted) the first `whole` waveforms end inside the block; the rest
-        # run past it, and what does not fit is carried into the next block
-        whole = bisect.bisect_right(kept_frames, n - len(self._waveform_rows))
-        if whole:
-            rows = frames[:whole, None] + self._waveform_rows
-            np.add.at(work, (rows, channels[:whole, None]), waveforms[:whole])
-        for spike in range(whole, len(kept)):
-            self._place(work, kept_frames[spike], int(channels[spike]), waveforms[spike])
+        rows = frames[:, None] + self._waveform_rows
+        np.add.at(self._frames, (rows, channels[:, None]), self._spike_waveforms[which])
         spikes = np.empty(len(frames), _SIGNAL_SPIKE)
         spikes["frame"] = first + frames
         spikes["channel"] = channels
         spikes["unit"] = self._unit_numbers[which]
         return spikes
-
-    def _place(self, work: np.ndarray, start: int, channel: int, waveform: np.ndarray) -> None:
-        """Add ``waveform`` at ``start``; what runs past the block is added to the next one."""
-        fits = min(len(waveform), len(work) - start)
-        work[start : start + fits, channel] += waveform[:fits]
-        if fits < len(waveform):
-            self._carry.append((channel, waveform[fits:]))
