@@ -65,6 +65,8 @@ PARENT_DEATH_SIGNAL = getattr(signal, "SIGHUP", signal.SIGTERM)
 #: sleeping in wait() or wait_until() wakes the moment a message arrives.
 SERVICE_INTERVAL_S = 0.005
 _PARENT_WATCHES = ("auto", "pdeathsig", "heartbeat")
+#: wait_until() sleeps this long or less without watching the sockets (see there).
+PACING_S = 0.002
 #: A worker takes requests from at most this many clients' command rings (CommandRing).
 MAX_COMMAND_RINGS = 16
 
@@ -274,8 +276,20 @@ class Worker:
                 self._bus.send(messages.Report(worker=self.name, level=level, text=text))
 
     def wait_until(self, deadline: float) -> None:
-        """Serve the bus, then sleep until ``deadline`` (monotonic seconds) or a stop."""
-        self.wait((), deadline)
+        """Serve the bus, then sleep until ``deadline`` (monotonic seconds) or a stop.
+
+        A sleep of up to ``PACING_S`` (a source waiting for its next chunk's time,
+        a thousand times a second) is one plain sleep after :meth:`service`, which
+        serves the bus every ``service_interval_s`` as in a busy step loop. A
+        longer one is :meth:`wait`'s, which wakes for a message at once.
+        """
+        if deadline - clock.now_s() > PACING_S or self._command_rings:
+            self.wait((), deadline)
+            return
+        self.service()
+        remaining = deadline - clock.now_s()
+        if remaining > 0 and not self._stopping:
+            time.sleep(remaining)
 
     def wait(self, readers: Sequence[RingReader] = (), deadline: float | None = None) -> bool:
         """Serve the bus, then sleep until one of ``readers`` has frames (or its stream
@@ -303,7 +317,7 @@ class Worker:
                 self.service()
                 return False
             sleep_s = max(0.0, min(remaining, self._next_heartbeat - now))
-            watched = bool(readers or rings) or sleep_s > 0.002
+            watched = bool(readers or rings) or sleep_s > PACING_S
             if self._bus is not None:
                 if not watched:
                     self.service()  # a short pacing sleep: the sockets wait for the next
