@@ -103,7 +103,7 @@ class SyntheticSource(Source):
             "scale": self.signal.scale_uv,
             "source": source,
         }
-        capacity = max(4 * self.signal.block_frames, round(s.buffer_s * s.sample_rate_hz))
+        capacity = max(4 * self.chunk_frames, round(s.buffer_s * s.sample_rate_hz))
         self.continuous = self.worker.writer(
             "continuous", s.dtype, (s.channels,), capacity, s.sample_rate_hz, descriptor
         )
