@@ -102,6 +102,7 @@ class SegmentFile:
             if "sequence_runs" in group:
                 self.runs[stream] = group["sequence_runs"]
         self.rows = {s: len(d) for s, (d, _) in self.datasets.items()}
+        self._attributes: dict[str, StreamGroup] = {}
         # Every table whose flushed row count /flushed keeps, in its order.
         self._counted: list[h5py.Dataset] = []
         if "flushed" in file:
@@ -234,7 +235,16 @@ class SegmentFile:
         table[n] = row
 
     def attributes(self, stream: str) -> StreamGroup:
-        return StreamGroup.read(self.file[group_name(stream)])
+        """The stream group's attributes (written once, when the segment is created).
+
+        Read from the file once per segment: they hold the descriptor's JSON (every
+        channel's label), and the writer needs ``first_frame`` for every chunk.
+        """
+        attributes = self._attributes.get(stream)
+        if attributes is None:
+            attributes = StreamGroup.read(self.file[group_name(stream)])
+            self._attributes[stream] = attributes
+        return attributes
 
     def first_cursor(self, stream: str) -> int:
         return self.attributes(stream).first_cursor
