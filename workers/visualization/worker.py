@@ -195,21 +195,26 @@ class Panel:
         self.unit_uv = _scale(self.reader.descriptor)
 
     def _drain(self, reader: RingReader) -> None:
+        """Fold what arrived into the sweep, straight from the ring (a view, no copy: a
+        refresh of 1024 channels would otherwise copy 2 MB into new pages)."""
         budget = max(1, round(reader.sample_rate * self.worker.settings.window_s)) or 100_000
         while budget > 0:
-            chunk = reader.read(max_frames=budget, timeout_s=0)
-            if not chunk.frames:
-                break
-            if chunk.format_changed:
-                self._new_sweep()
-            if chunk.dropped:
-                self.dropped += chunk.dropped
+            with reader.read_view(max_frames=budget, timeout_s=0) as view:
+                if not view.frames:
+                    break
+                if view.format_changed:
+                    self._new_sweep()
+                assert self.sweep is not None
+                self.sweep.add(view.data.reshape(view.frames, -1))
+                self.newest_ns = int(view.timestamps_ns[-1])
+            dropped = view.dropped
+            if not view.intact:  # overwritten while it was folded in: a sweep may show it torn
+                dropped += view.frames
+            if dropped:
+                self.dropped += dropped
                 self.overruns += 1
-            assert self.sweep is not None
-            self.sweep.add(chunk.data.reshape(chunk.frames, -1))
-            self.newest_ns = int(chunk.timestamps_ns[-1])
-            budget -= chunk.frames
-            self._count(chunk.frames)
+            budget -= view.frames
+            self._count(view.frames)
 
     def _count(self, frames: int) -> None:
         started, counted = self._window
