@@ -116,3 +116,14 @@ def test_the_pink_sources_are_the_same_drawn_in_batches_of_any_size_and_unit_rms
     assert np.allclose(singles, batches, rtol=0, atol=1e-9)
     long = _make(seed=8)._pink_points(200_000)
     assert 0.9 < long.std(axis=0).min() <= long.std(axis=0).max() < 1.1
+
+
+@pytest.mark.parametrize("lfp_uv", [50.0, 20_000.0, 40_000.0])  # far from, near, past the limits
+def test_int16_output_is_the_float_signal_rounded_and_clipped(lfp_uv: float) -> None:
+    def make(dtype: str) -> SyntheticSignal:
+        parameters = SignalParameters(lfp_uv=lfp_uv, spike_rate_hz=50.0, spike_uv=3000.0)
+        return SyntheticSignal(16, 2000.0, 200, dtype, 1.0, 9, 0.5, parameters)
+
+    as_int16, as_float = _run(make("int16"), 100)[0], _run(make("float32"), 100)[0]
+    expected = np.clip(np.rint(as_float.astype(np.float64)), -32768, 32767)
+    assert np.array_equal(as_int16, expected.astype(np.int16))

@@ -132,6 +132,7 @@ class SyntheticSignal:
         info = np.iinfo(self.dtype) if self.dtype.kind == "i" else None
         self._limits = (info.min, info.max) if info else None
         self._waveform_rows = np.arange(waveform_frames)
+        self._units_per_channel = max(np.bincount(self._unit_channels, minlength=1).max(), 1)
         self._no_spikes = np.zeros(0, _SIGNAL_SPIKE)
         self._derived_from: SignalParameters | None = None
         self._derive()
@@ -233,6 +234,13 @@ class SyntheticSignal:
         self._spike_waveforms = (p.spike_uv * unit) * self._unit_waveforms
         rate = p.spike_rate_hz * len(self._units) / self.sample_rate
         self._spikes_per_block = rate * self.block_frames
+        # A bound on any sample, to skip clipping a block that cannot reach the output's
+        # limits: each basis signal times its largest weight on any channel, plus the
+        # largest noise, plus the largest spike of every unit a channel has (a unit's
+        # own waveforms never overlap: its refractory period is longer than they are).
+        self._mixing_peaks = np.abs(self._scaled_mixing).max(axis=1).astype(np.float64)
+        spike_peak = float(np.abs(self._spike_waveforms).max(initial=0.0))
+        self._unmixed_peak = float(np.abs(self._white).max()) + self._units_per_channel * spike_peak
 
     def _fill_basis(self) -> None:
         """The block's basis signals, each at unit amplitude, into ``self._basis``."""
@@ -278,8 +286,11 @@ class SyntheticSignal:
         self._spill_in()
         spikes = self._add_spikes()
         if self._limits is not None:
+            peak = float(np.abs(self._basis).max(axis=0) @ self._mixing_peaks)
+            clip = peak + self._unmixed_peak >= min(-self._limits[0], self._limits[1]) - 1
             for rows in self._row_blocks:
-                np.clip(work[rows], *self._limits, out=work[rows])
+                if clip:  # (a pass over the block saved when no sample can reach a limit)
+                    np.clip(work[rows], *self._limits, out=work[rows])
                 np.rint(work[rows], out=self._out[rows], casting="unsafe")
         else:
             np.copyto(self._out, work)
