@@ -236,11 +236,14 @@ class SyntheticSignal:
         self._spikes_per_block = rate * self.block_frames
         # A bound on any sample, to skip clipping a block that cannot reach the output's
         # limits: each basis signal times its largest weight on any channel, plus the
-        # largest noise, plus the largest spike of every unit a channel has (a unit's
-        # own waveforms never overlap: its refractory period is longer than they are).
+        # largest noise, plus the largest spike times the waveforms that can overlap on
+        # a channel: each of its units', as many as fit in a waveform's length one
+        # refractory period apart (one at 30 kHz; more at a low sample rate).
         self._mixing_peaks = np.abs(self._scaled_mixing).max(axis=1).astype(np.float64)
         spike_peak = float(np.abs(self._spike_waveforms).max(initial=0.0))
-        self._unmixed_peak = float(np.abs(self._white).max()) + self._units_per_channel * spike_peak
+        per_unit = -(-len(self._waveform_rows) // self._refractory_frames)
+        overlapping = self._units_per_channel * per_unit
+        self._unmixed_peak = float(np.abs(self._white).max()) + overlapping * spike_peak
 
     def _fill_basis(self) -> None:
         """The block's basis signals, each at unit amplitude, into ``self._basis``."""

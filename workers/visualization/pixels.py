@@ -1,4 +1,4 @@
-"""A pyqtgraph item that shows a numpy array of ``Format_RGB32`` pixels as it is.
+"""A Qt graphics item that shows a numpy array of ``Format_RGB32`` pixels as it is.
 
 pyqtgraph's ``ImageItem`` turns an array into a fresh ``QImage`` on every
 ``setImage`` (an RGBA array is copied and, on the window, converted pixel by
