@@ -73,6 +73,18 @@ class SegmentCorrupt(RigpipeError):
     """
 
 
+class SharedMemoryFull(RigpipeError):
+    """There is not enough shared memory for a new segment.
+
+    A segment's memory is reserved when it is created, so a full ``/dev/shm``
+    is this error at start-up (or when a stream is reformatted), never a
+    crash on a later write. The message names the segment, the bytes it
+    needs and the bytes free. Remove a dead rig's leftovers (``rigpipe
+    sweep``), make the ring smaller (``buffer_s``, fewer channels), or give
+    ``/dev/shm`` more room.
+    """
+
+
 class SegmentForeign(SegmentCorrupt):
     """A shared-memory segment under a rigpipe name belongs to another user.
 

@@ -61,7 +61,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline.errors import SegmentCorrupt, SegmentNotReady
+from pipeline.errors import SegmentCorrupt, SegmentNotReady, SharedMemoryFull
 from pipeline.ring import shm
 from pipeline.ring.naming import data_key, shm_name
 from pipeline.ring.wait import WakeWord
@@ -388,7 +388,12 @@ class Generation:
         timestamps_at = _align(data_at + capacity * frame_bytes, 64)
         name = shm_name(data_key(stream, generation))
         shm.unlink(name)  # a leftover from a writer that died while reformatting
-        segment = shm.Segment.create(name, timestamps_at + 8 * capacity)
+        try:
+            segment = shm.Segment.create(name, timestamps_at + 8 * capacity)
+        except SharedMemoryFull as exc:
+            raise SharedMemoryFull(
+                f"stream {stream!r} cannot hold {capacity} frames of {frame_bytes} bytes: {exc}"
+            ) from None
         header = Header(segment)
         f = header.fields
         f[WRITE_CURSOR] = f[CLAIM_CURSOR] = f[_START_SEQUENCE] = start_sequence

@@ -16,6 +16,7 @@ and sequence to the writer that restarts.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import sys
@@ -23,7 +24,7 @@ import time
 from multiprocessing.shared_memory import SharedMemory  # Windows (tests: a refcounting fake)
 from pathlib import Path
 
-from pipeline.errors import SegmentForeign
+from pipeline.errors import SegmentForeign, SharedMemoryFull
 from pipeline.ring.naming import shm_prefix
 
 _POSIX = os.name == "posix"  # a seam: tests switch it off to run the Windows branches
@@ -63,6 +64,7 @@ class Segment:
         fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
             os.ftruncate(fd, size)
+            _reserve(fd, name, size)
             return cls(name, mmap.mmap(fd, size), _identity(fd))
         except BaseException:
             _posixshmem.shm_unlink("/" + name)
@@ -144,6 +146,45 @@ def _foreign(name: str, uid: int | None) -> SegmentForeign:
         f"(uid {os.getuid()}): someone else created it under this rig's name. It is left "
         f"alone; remove it as its owner or root (/dev/shm/{name}), or run this rig under "
         "other names (RIGPIPE_SHM_PREFIX, another session name)"
+    )
+
+
+def _reserve(fd: int, name: str, size: int) -> None:
+    """Allocate the segment's memory now, where the OS can (Linux tmpfs).
+
+    ``ftruncate`` alone leaves the segment sparse: its pages are allocated as
+    they are first written, and a write that finds ``/dev/shm`` full kills the
+    writer with SIGBUS in the middle of a run. Reserved, a full ``/dev/shm``
+    is :class:`SharedMemoryFull` here. The first lap of a ring is also cheaper:
+    its writes find the pages already allocated. macOS has no
+    ``posix_fallocate`` and no size limit on shared memory; Windows commits a
+    segment's memory when it is created.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a file system that cannot reserve: pages come as they are written
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise SharedMemoryFull(_full_message(name, size)) from None
+
+
+def _full_message(name: str, size: int) -> str:
+    mib = 1 << 20
+    try:
+        fs = os.statvfs(SHM_DIR)
+        free, total = fs.f_bavail * fs.f_frsize / mib, fs.f_blocks * fs.f_frsize / mib
+        room = f"{free:.0f} MiB of {total:.0f} MiB"
+    except OSError:
+        room = "too little"
+    return (
+        f"shared memory is full: segment {name!r} needs {size / mib:.1f} MiB and {SHM_DIR} has "
+        f"{room} free. Remove a dead rig's leftovers (rigpipe sweep), make the ring smaller "
+        f"(a shorter buffer_s, fewer channels), or give {SHM_DIR} more room "
+        f"(sudo mount -o remount,size=<bytes> {SHM_DIR})"
     )
 
 
