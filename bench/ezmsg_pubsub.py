@@ -55,6 +55,7 @@ class Sub(ez.Unit):
 
     @ez.subscriber(INPUT, zero_copy=True)
     async def on_chunk(self, chunk: np.ndarray) -> None:
+        now = time.perf_counter_ns()  # in hand: before the stamp is read out
         stamp = int(chunk.reshape(-1)[:4].view(np.int64)[0])
         if stamp == END:
             report = {
@@ -67,7 +68,7 @@ class Sub(ez.Unit):
             raise ez.NormalTermination
         if self.t0 is None:
             self.t0, self.cpu0 = time.perf_counter(), time.process_time()
-        self.latencies.append((time.perf_counter_ns() - stamp) / 1e3)
+        self.latencies.append((now - stamp) / 1e3)
         self.nbytes += chunk.nbytes
 
 

@@ -101,8 +101,8 @@ class _Meter:
         self.t0: float | None = None
         self.cpu0 = 0.0
 
-    def chunk(self, stamp: int, nbytes: int) -> None:
-        now = time.perf_counter_ns()
+    def chunk(self, stamp: int, nbytes: int, now: int) -> None:
+        """Count a chunk sent at ``stamp`` and in the reader's hands at ``now`` (both ns)."""
         if self.t0 is None:
             self.t0, self.cpu0 = time.perf_counter(), time.process_time()
         self.latencies_us.append((now - stamp) / 1e3)
@@ -156,6 +156,7 @@ def ring_reader(cfg: Config, ready, out, stream: str, zero_copy: bool = False) -
         try:
             while True:
                 got = reader.read_view(timeout_s=5) if zero_copy else reader.read(timeout_s=5)
+                now = time.perf_counter_ns()
                 last = (got.end_sequence // samples - 1) * samples - got.start_sequence
                 stamp = _stamp_of(got.data[last]) if last >= 0 else None
                 nbytes = got.data.nbytes
@@ -166,7 +167,7 @@ def ring_reader(cfg: Config, ready, out, stream: str, zero_copy: bool = False) -
                 if stamp is None:
                     meter.nbytes += nbytes
                 else:
-                    meter.chunk(stamp, nbytes)
+                    meter.chunk(stamp, nbytes, now)
         except pipeline.EndOfStream:
             pass
         out.put(meter.result(reader.dropped_total))
@@ -219,11 +220,12 @@ def wake_reader(cfg: Config, ready, out, name: str) -> None:
     seen = wake.load()
     while True:
         wake.wait(seen, 5)
+        now = time.perf_counter_ns()
         seen = wake.load()
         value = stamp[0]
         if value == END:
             break
-        meter.chunk(value, 0)
+        meter.chunk(value, 0, now)
     stamp.release()
     wake.release()
     segment.close()
@@ -258,11 +260,12 @@ def zmq_reader(cfg: Config, ready, out, endpoint: str) -> None:
     meter = _Meter()
     while True:
         frame = sock.recv(copy=False)
+        now = time.perf_counter_ns()
         chunk = np.frombuffer(frame.buffer, dtype=np.int16)
         stamp = _stamp_of(chunk)
         if stamp == END:
             break
-        meter.chunk(stamp, chunk.nbytes)
+        meter.chunk(stamp, chunk.nbytes, now)
     sock.close(linger=0)
     ctx.term()
     out.put(meter.result())
@@ -281,7 +284,8 @@ def queue_reader(cfg: Config, ready, out, queue) -> None:
     ready.set()
     meter = _Meter()
     while (chunk := queue.get()) is not None:
-        meter.chunk(_stamp_of(chunk), chunk.nbytes)
+        now = time.perf_counter_ns()
+        meter.chunk(_stamp_of(chunk), chunk.nbytes, now)
     out.put(meter.result())
 
 
@@ -314,6 +318,7 @@ def lsl_reader(cfg: Config, ready, out, source_id: str) -> None:
     while True:
         try:
             _, timestamps = inlet.pull_chunk(timeout=5.0, dest_obj=buf, max_samples=len(buf))
+            now = time.perf_counter_ns()
         except pylsl.util.LostError:
             break
         k = len(timestamps)
@@ -322,10 +327,9 @@ def lsl_reader(cfg: Config, ready, out, source_id: str) -> None:
         values = np.ascontiguousarray(buf[:k, :4]).view(np.int64)[:, 0]
         if (values == END).any():
             break
-        now = time.perf_counter_ns()
         stamps = values[(values > now - 10_000_000_000) & (values <= now)]
         if len(stamps):
-            meter.chunk(int(stamps[-1]), k * cfg.channels * 2)
+            meter.chunk(int(stamps[-1]), k * cfg.channels * 2, now)
         else:
             meter.nbytes += k * cfg.channels * 2
     out.put(meter.result())
