@@ -59,20 +59,21 @@ class Train:
         self.command_id = command_id
         self.rendered = rendered
         self.position = 0
-        period = np.zeros(rendered.period_samples)
-        period[: len(rendered.pulse_ua)] = rendered.pulse_ua
-        self._period = period
+        self._period = rendered.period_ua
 
     @property
     def remaining(self) -> int:
         return self.rendered.total_samples - self.position
 
     def take(self, frames: int) -> np.ndarray:
-        """The next ``frames`` samples (fewer at the end of the train)."""
+        """The next ``frames`` samples (fewer at the end of the train); read-only."""
         frames = min(frames, self.remaining)
-        index = (self.position + np.arange(frames)) % self.rendered.period_samples
+        period_samples = self.rendered.period_samples
+        start = self.position % period_samples
         self.position += frames
-        return self._period[index]
+        if start + frames <= period_samples:  # within one period: a view of it
+            return self._period[start : start + frames]
+        return self._period[(start + np.arange(frames)) % period_samples]
 
 
 class ChannelQueue:
@@ -82,6 +83,13 @@ class ChannelQueue:
         self.trains: deque[Train] = deque()
 
     def take(self, frames: int) -> np.ndarray:
+        """The next ``frames`` samples: the trains' in turn, then silence; read-only."""
+        trains = self.trains
+        if trains and trains[0].remaining >= frames:  # the usual case: one train covers it
+            part = trains[0].take(frames)
+            if trains[0].remaining == 0:
+                trains.popleft()
+            return part
         out = np.zeros(frames)
         filled = 0
         while filled < frames and self.trains:

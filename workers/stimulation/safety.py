@@ -26,6 +26,7 @@ device is exactly what passed the check.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Annotated
@@ -232,6 +233,15 @@ class Rendered:
     @property
     def total_samples(self) -> int:
         return (self.count - 1) * self.period_samples + len(self.pulse_ua)
+
+    @functools.cached_property
+    def period_ua(self) -> np.ndarray:
+        """One whole period: the pulse, then silence until the next (read-only, made once
+        however often the command is queued)."""
+        period = np.zeros(self.period_samples)
+        period[: len(self.pulse_ua)] = self.pulse_ua
+        period.flags.writeable = False
+        return period
 
 
 def _samples(channel: int, duration_us: float, rate_hz: float, what: str) -> int:
