@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -439,13 +440,14 @@ class Worker:
                 continue
             if chunk.dropped:  # never answered: the client's requests time out
                 self.counters["commands_lost"] = self.counters.get("commands_lost", 0) + 1
-            for frame in chunk.data:
-                length = int(frame["length"])
+            frames = memoryview(chunk.data.view(np.uint8))  # COMMAND_FRAME: length, payload
+            for at in range(0, len(frames), COMMAND_FRAME.itemsize):
+                (length,) = struct.unpack_from("<I", frames, at)
                 request: messages.Message | ProtocolError
                 try:
                     if length > COMMAND_PAYLOAD:
                         raise ProtocolError(f"a command frame says {length} bytes")
-                    request = messages.decode(frame["payload"][:length].tobytes())
+                    request = messages.decode(frames[at + 4 : at + 4 + length])
                 except ProtocolError as exc:
                     request = exc
                 self._direct.send(peer, self._answer_direct(request))

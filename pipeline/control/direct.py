@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 from collections.abc import Sequence
 
 import msgspec
@@ -72,6 +73,7 @@ class WorkerClient:
         self._ring: RingWriter | None = None
         self._ring_retry = False  # the worker did not answer when told of the ring
         self._frame = np.zeros(1, COMMAND_FRAME)
+        self._frame_bytes = memoryview(self._frame.view(np.uint8))  # filled without numpy calls
         if shared_memory:
             self._ring = self._open_ring()
 
@@ -128,10 +130,9 @@ class WorkerClient:
                 request_id = self._client.next_request_id()
                 raw = messages.encode(msgspec.structs.replace(request, request_id=request_id))
                 if len(raw) <= COMMAND_PAYLOAD:
-                    frame = self._frame
-                    frame["length"] = len(raw)
-                    frame["payload"][0, : len(raw)] = np.frombuffer(raw, np.uint8)
-                    self._ring.write(frame)
+                    struct.pack_into("<I", self._frame_bytes, 0, len(raw))  # "length"
+                    self._frame_bytes[4 : 4 + len(raw)] = raw  # "payload"
+                    self._ring.write(self._frame)
                     return self._client.reply_to(request_id)
             return self._client.request(request)
         except BusTimeout:

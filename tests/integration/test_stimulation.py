@@ -17,7 +17,7 @@ import pipeline
 from pipeline import BusTimeout, RequestFailed, StimulationRefused, attach
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Subscriber
-from pipeline.control.direct import Stimulator
+from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD, Stimulator
 from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader, naming, shm
 from tests.rig import wait_for
@@ -337,8 +337,19 @@ def test_a_decoder_commands_the_stimulator_directly_and_the_rig_still_records_it
             direct.close()
         with pytest.raises(RequestFailed, match=r"taking direct requests .*stim"):
             pipeline.stimulator("src", rig.name)
-        counted = lambda: rig.worker("stim").counters.get("bad_requests") == 1  # noqa: E731
-        wait_for(counted, 10, "the malformed request counted in status")
+        # ...and in a command ring: a length past the frame, bytes that are not msgpack.
+        # Each is answered with an error (a reply no request waits for) and counted;
+        # the ring's next request is served as usual.
+        assert stim._ring is not None
+        frame = np.zeros(1, COMMAND_FRAME)
+        frame["length"] = COMMAND_PAYLOAD + 1
+        stim._ring.write(frame)
+        frame["length"] = 3
+        frame["payload"][0, :3] = [0xC1, 0x00, 0x01]
+        stim._ring.write(frame)
+        assert "armed" in stim.arm()
+        counted = lambda: rig.worker("stim").counters.get("bad_requests") == 3  # noqa: E731
+        wait_for(counted, 10, "the malformed requests counted in status")
     finally:
         by_socket.close()
         stim.close()
