@@ -7,7 +7,9 @@
    crossings, three ways at once in one rig:
    - in-worker: the stimulation worker's trigger rule reads the ring itself;
    - outside process, direct: this script attaches to the ring, detects the
-     same crossings and sends a ``PulseTrain`` to the stimulator's own socket
+     crossings of another channel (half a period after the rule's, so the
+     worker is never busy with its own rule's pulse when the command comes)
+     and sends a ``PulseTrain`` to the stimulator's own socket
      (``pipeline.stimulator``: one hop);
    - outside process, through the supervisor (``Client.request``: two hops).
    Alone, and beside the rig of bench/rig.py (``--rig-channels``).
@@ -46,6 +48,7 @@ kind = "tests.workers.spikes"
 sample_rate_hz = 30000.0
 chunk_frames = 30
 period_ms = {period_ms}
+second_channel = 0
 
 [[workers]]
 name = "stim"
@@ -135,7 +138,7 @@ def outside_decoder(rig: Rig, seconds: float) -> tuple[list[int], list[int], lis
         previous, crossings = 0.0, 0
         while time.monotonic() < deadline:
             chunk = reader.read(timeout_s=0.05)
-            values = chunk.data[:, 1] if chunk.frames else np.zeros(0)
+            values = chunk.data[:, 0] if chunk.frames else np.zeros(0)
             for index in np.flatnonzero(values <= -50.0):
                 if index == 0 and previous <= -50.0:
                     continue
@@ -183,8 +186,9 @@ def closed_loop(seconds: float, period_ms: float, rig_channels: list[int]) -> No
         f"({seconds:g} s per row)"
     )
     print(
-        f"\nsource: 2 channels at 30 kHz in 1 ms chunks, a crossing every {period_ms:g} ms; "
-        "the outside decoder alternates its two paths on successive crossings. "
+        f"\nsource: 2 channels at 30 kHz in 1 ms chunks, a crossing every {period_ms:g} ms "
+        "on each, half a period apart: the trigger rule watches channel 1, the outside "
+        "decoder channel 0 and alternates its two paths on successive crossings. "
         "'beside a rig of N channels': the same session also runs synthetic acquisition "
         "(N channels, 30 kHz, 1 ms chunks), a recorder recording it and an offscreen scope "
         "(256 channels on screen): the rig of bench/rig.py.\n"

@@ -2,9 +2,11 @@
 
 Writes ``channels`` float32 channels at ``sample_rate_hz`` in chunks of
 ``chunk_frames``: zeros, except that every ``period_ms`` the first frame of a
-chunk on ``channel`` is -100 (a "spike"). Each frame's timestamp is the host
-monotonic time at which its chunk was published, so a reader can measure its
-latency from ``timestamps_ns``.
+chunk on ``channel`` is -100 (a "spike"), and, with ``second_channel``, half a
+period later the first frame of a chunk on that channel (two consumers, each
+watching its own channel, never handle a spike at the same moment). Each
+frame's timestamp is the host monotonic time at which its chunk was published,
+so a reader can measure its latency from ``timestamps_ns``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class SpikesSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     sample_rate_hz: float = 10_000.0
     chunk_frames: int = 10
     period_ms: float = 50.0
+    second_channel: int = -1  # none
 
 
 class Spikes(Worker):
@@ -45,9 +48,12 @@ class Spikes(Worker):
     def step(self) -> None:
         s = self.settings
         frames = np.zeros((s.chunk_frames, s.channels), np.float32)
-        if self.chunks % self.every == self.every - 1:
+        phase = self.chunks % self.every
+        if phase == self.every - 1:
             frames[0, s.channel] = -100.0
             self.counters["spikes"] += 1
+        if s.second_channel >= 0 and phase == self.every // 2 - 1:
+            frames[0, s.second_channel] = -100.0
         now = time.monotonic_ns()
         self.ring.write(frames, np.full(s.chunk_frames, now, np.int64))
         self.chunks += 1
