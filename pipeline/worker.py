@@ -48,7 +48,7 @@ import msgspec
 import numpy as np
 import zmq
 
-from pipeline import clock
+from pipeline import clock, scheduling
 from pipeline.console import ConsoleClose
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, load_keys
@@ -89,6 +89,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     session_id: str = ""  # a uuid per supervisor run
     supervisor_start_ms: int = 0  # with supervisor_pid: tells a restarted supervisor from ours
     config_text: str = ""  # the config file as given, for provenance
+    realtime_priority: int = 0  # real-time scheduling once set up (0: none)
 
 
 class NoSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -590,6 +591,7 @@ class Worker:
         code = 0
         try:
             self._set_up()
+            self._go_realtime()
             self._ready = True
             self._next_heartbeat = self._next_service = 0.0
             self.service()
@@ -638,6 +640,19 @@ class Worker:
         finally:
             done.set()
             keeper.join()
+
+    def _go_realtime(self) -> None:
+        """Real-time scheduling from here on, if the config asks (``realtime_priority``):
+        after setup, so a slow device's setup never competes at that priority."""
+        priority = self.spec.realtime_priority
+        if not priority:
+            return
+        why = scheduling.make_realtime(priority)
+        if why:
+            self.report(why, "warning")
+        else:
+            self.log.info("running under real-time scheduling, priority %d", priority)
+        self.counters["realtime_priority"] = 0 if why else priority
 
     def _keep_alive(self, done: threading.Event) -> None:
         assert self._bus is not None

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +95,20 @@ class Rig:
         wait: bool = True,
         python: str = sys.executable,
         runner: str = "pipeline.cli",
+        prefix: Sequence[str] = (),
     ) -> Rig:
         """Start the supervisor; with ``wait``, return once every worker is running.
 
         ``python`` runs the supervisor, and so every worker (the real pycbsdk needs its own venv);
-        ``runner`` is the module run as ``python -m RUNNER run CONFIG``.
+        ``runner`` is the module run as ``python -m RUNNER run CONFIG``; ``prefix`` is a
+        command that execs it (``setpriv ...``, ``prlimit ... --``), keeping its pid.
         """
         if not self.config.exists():
             self.write()
         self._close_client()
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(
-                [python, "-m", runner, "run", str(self.config)],
+                [*prefix, python, "-m", runner, "run", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, **(env or {})),

@@ -173,6 +173,7 @@ class Supervisor:
                 session_id=self.session_id,
                 supervisor_start_ms=process_identity()[1],
                 config_text=self.rig.text,
+                realtime_priority=plan.config.realtime_priority,
             )
             log_path = self.runtime_dir / "logs" / f"{plan.name}.log"
             self.workers[plan.name] = WorkerProcess(plan, spec, log_path)

@@ -1,0 +1,97 @@
+"""Real-time scheduling for a process that must answer within a millisecond on a busy PC.
+
+On a machine whose cores are shared with acquisition, recording, a scope and the
+lab's own programs, a process woken by a ring or a socket waits for a core as
+long as the scheduler's time slice (milliseconds), however fast its own code
+is. A process under a real-time policy is run the moment it wakes. It is what
+the stimulation worker (``realtime_priority`` in its ``[[workers]]`` table) and
+an outside decoder (:func:`make_realtime`, or ``chrt -f 10 python decoder.py``)
+use to keep a closed loop under a millisecond.
+
+- Linux: ``SCHED_FIFO`` at the given priority, for every thread of the process
+  and those it starts later. Allowed to root, to a process with
+  ``CAP_SYS_NICE``, or up to ``ulimit -r`` (``RLIMIT_RTPRIO``: a line such as
+  ``@lab - rtprio 20`` in ``/etc/security/limits.conf``). The kernel keeps 5 %
+  of every core for other processes (``sched_rt_runtime_us``), so a real-time
+  process that spins cannot freeze the machine.
+- Windows: the process' priority class becomes ``HIGH_PRIORITY_CLASS``
+  (``REALTIME_PRIORITY_CLASS`` would starve the system's own input handling).
+- macOS has no ``SCHED_FIFO`` for processes: the process keeps its priority.
+
+Where it cannot be done, :func:`make_realtime` says why and how to allow it,
+and the process runs on at normal priority: a rig never fails to start for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+#: The highest priority accepted (``SCHED_FIFO`` priorities are 1-99; above 49 a
+#: process competes with the kernel's own interrupt threads).
+MAX_PRIORITY = 49
+
+
+def make_realtime(priority: int) -> str:
+    """Run this process (all its threads, and those it starts) under real-time scheduling.
+
+    ``priority`` 1..``MAX_PRIORITY`` (Linux ``SCHED_FIFO``; any value on Windows
+    gives the high priority class). Returns "" when done, or why it could not be
+    done and how to allow it (the process then runs on as before).
+    """
+    if not 1 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"realtime priority must be 1..{MAX_PRIORITY}, given {priority}")
+    if sys.platform == "win32":
+        try:
+            psutil.Process().nice(psutil.HIGH_PRIORITY_CLASS)  # type: ignore[attr-defined]
+        except psutil.Error as exc:
+            return f"could not raise the priority class to high: {exc}"
+        return ""
+    if not hasattr(os, "sched_setscheduler"):
+        return (
+            f"real-time scheduling is not available on {sys.platform}; running at normal priority"
+        )
+    return _fifo(priority)
+
+
+def _fifo(priority: int) -> str:
+    param = os.sched_param(priority)
+    threads = _thread_ids()
+    try:
+        for tid in threads:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, param)
+    except PermissionError:
+        for tid in threads:  # all or none: a half real-time process is harder to reason about
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        return (
+            f"not allowed to use real-time scheduling (SCHED_FIFO priority {priority}); "
+            "running at normal priority. Allow it with `ulimit -r` "
+            f"(a line '@<group> - rtprio {priority}' in /etc/security/limits.conf, then log in "
+            "again), or give Python CAP_SYS_NICE"
+        )
+    return ""
+
+
+def _thread_ids() -> list[int]:
+    """Every thread of this process (Linux lists them in /proc); this thread first."""
+    own = Path("/proc/self/task")
+    current = threading.get_native_id()
+    if not own.is_dir():
+        return [current]
+    return [current, *(int(p.name) for p in own.iterdir() if int(p.name) != current)]
+
+
+def policy_of(tid: int) -> str:
+    """The scheduling policy of thread (or process) ``tid``: "fifo", "rr", "other", ..."""
+    names = {
+        getattr(os, name): name.removeprefix("SCHED_").lower()
+        for name in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR", "SCHED_BATCH", "SCHED_IDLE")
+        if hasattr(os, name)
+    }
+    return names.get(os.sched_getscheduler(tid), "unknown")
