@@ -8,7 +8,8 @@ An outside process needs only :func:`attach`::
             process(chunk.data, chunk.timestamps_ns)
 
 A stream writer needs :class:`RingWriter`; a worker kind subclasses :class:`Worker`.
-A decoder closes the loop through :func:`stimulator` (``pipeline.control.direct``).
+A decoder closes the loop through :func:`stimulator` (``pipeline.control.direct``), and
+asks for real-time scheduling with :func:`make_realtime` (``pipeline.scheduling``).
 A recording is read back with :func:`open_recording`::
 
     with pipeline.open_recording("recordings/demo-20261122-101500") as rec:
@@ -28,6 +29,7 @@ from pipeline.errors import (
     SegmentNotReady,
     SessionNotFound,
     SessionRunning,
+    SharedMemoryFull,
     SliceTooLarge,
     StimulationRefused,
     StreamExists,
@@ -38,6 +40,7 @@ from pipeline.errors import (
 from pipeline.ring import Chunk, RingReader, RingWriter
 from pipeline.ring import attach as _attach_full_name
 from pipeline.ring.segments import list_streams, sweep
+from pipeline.scheduling import make_realtime
 
 
 def attach(
@@ -92,6 +95,7 @@ __all__ = [
     "SegmentNotReady",
     "SessionNotFound",
     "SessionRunning",
+    "SharedMemoryFull",
     "SliceTooLarge",
     "StimulationRefused",
     "StreamExists",
@@ -101,6 +105,7 @@ __all__ = [
     "WriterClosed",
     "attach",
     "list_streams",
+    "make_realtime",
     "open_recording",
     "stimulator",
     "sweep",

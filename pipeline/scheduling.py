@@ -30,8 +30,6 @@ import sys
 import threading
 from pathlib import Path
 
-import psutil
-
 #: The highest priority accepted (``SCHED_FIFO`` priorities are 1-99; above 49 a
 #: process competes with the kernel's own interrupt threads).
 MAX_PRIORITY = 49
@@ -41,16 +39,21 @@ def make_realtime(priority: int) -> str:
     """Run this process (all its threads, and those it starts) under real-time scheduling.
 
     ``priority`` 1..``MAX_PRIORITY`` (Linux ``SCHED_FIFO``; any value on Windows
-    gives the high priority class). Returns "" when done, or why it could not be
-    done and how to allow it (the process then runs on as before).
+    gives the high priority class); 0 returns to normal scheduling. Returns ""
+    when done, or why it could not be done and how to allow it (the process
+    then runs on as before).
     """
-    if not 1 <= priority <= MAX_PRIORITY:
-        raise ValueError(f"realtime priority must be 1..{MAX_PRIORITY}, given {priority}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"realtime priority must be 0..{MAX_PRIORITY}, given {priority}")
     if sys.platform == "win32":
+        import psutil
+
+        high, normal = psutil.HIGH_PRIORITY_CLASS, psutil.NORMAL_PRIORITY_CLASS  # type: ignore[attr-defined]
+        wanted = high if priority else normal
         try:
-            psutil.Process().nice(psutil.HIGH_PRIORITY_CLASS)  # type: ignore[attr-defined]
+            psutil.Process().nice(wanted)
         except psutil.Error as exc:
-            return f"could not raise the priority class to high: {exc}"
+            return f"could not set the priority class: {exc}"
         return ""
     if not hasattr(os, "sched_setscheduler"):
         return (
@@ -60,11 +63,12 @@ def make_realtime(priority: int) -> str:
 
 
 def _fifo(priority: int) -> str:
+    policy = os.SCHED_FIFO if priority else os.SCHED_OTHER
     param = os.sched_param(priority)
     threads = _thread_ids()
     try:
         for tid in threads:
-            os.sched_setscheduler(tid, os.SCHED_FIFO, param)
+            os.sched_setscheduler(tid, policy, param)
     except PermissionError:
         for tid in threads:  # all or none: a half real-time process is harder to reason about
             with contextlib.suppress(OSError):

@@ -104,8 +104,8 @@ def test_without_the_right_the_worker_warns_how_to_allow_it_and_runs_on(rigs) ->
 
 
 def test_a_priority_out_of_range_is_refused() -> None:
-    for wrong in (0, scheduling.MAX_PRIORITY + 1):
-        with pytest.raises(ValueError, match=r"realtime priority must be 1\.\.49"):
+    for wrong in (-1, scheduling.MAX_PRIORITY + 1):
+        with pytest.raises(ValueError, match=r"realtime priority must be 0\.\.49"):
             scheduling.make_realtime(wrong)
 
 
