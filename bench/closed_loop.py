@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.control import Rig, cpu_percent  # noqa: E402
-from pipeline import attach, stimulator  # noqa: E402
+from pipeline import attach, make_realtime, stimulator  # noqa: E402
 from pipeline.control import messages  # noqa: E402
 from pipeline.control.bus import Subscriber  # noqa: E402
 
@@ -53,6 +53,7 @@ second_channel = 0
 [[workers]]
 name = "stim"
 kind = "stimulation"
+realtime_priority = {realtime}
 [workers.parameters]
 channels = 2
 armed = true
@@ -180,7 +181,9 @@ def outside_decoder(rig: Rig, seconds: float) -> tuple[list[int], list[int], lis
     return inside, paths["direct"], paths["supervisor"], stim_cpu
 
 
-def closed_loop(seconds: float, period_ms: float, rig_channels: list[int]) -> None:
+def closed_loop(
+    seconds: float, period_ms: float, rig_channels: list[int], priorities: list[int]
+) -> None:
     print(
         f"\n## closed-loop latency, frame in the ring -> pulse in the output queue "
         f"({seconds:g} s per row)"
@@ -193,19 +196,32 @@ def closed_loop(seconds: float, period_ms: float, rig_channels: list[int]) -> No
         "(N channels, 30 kHz, 1 ms chunks), a recorder recording it and an offscreen scope "
         "(256 channels on screen): the rig of bench/rig.py.\n"
     )
-    print("| path | load | triggers | p50 us | p99 us | max us | target |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "scheduling: 'normal', or 'SCHED_FIFO n': the stimulation worker's realtime_priority "
+        "and this decoder's pipeline.make_realtime(n).\n"
+    )
+    print("| path | load | scheduling | triggers | p50 us | p99 us | max us | target |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for channels in rig_channels:
         load = "nothing else" if not channels else f"beside a rig of {channels} channels"
-        rig = Rig(CONFIG.format(period_ms=period_ms) + (RIG.format(channels) if channels else ""))
-        try:
-            inside, direct, supervisor, stim_cpu = outside_decoder(rig, seconds)
-        finally:
-            rig.stop()
-        print(row("in-worker trigger rule", load, inside, 1.0, 0.3))
-        print(row("outside process, direct (pipeline.stimulator)", load, direct, 1.0, 0.3))
-        print(row("outside process, through the supervisor", load, supervisor, 2.0))
-        print(f"| stimulation worker CPU: {stim_cpu:.1f} % of a core | {load} | | | | | |")
+        for priority in priorities:
+            why = make_realtime(priority)
+            if why:
+                print(f"| (skipped) | {load} | SCHED_FIFO {priority} | {why} |")
+                continue
+            scheduling = f"SCHED_FIFO {priority}" if priority else "normal"
+            config = CONFIG.format(period_ms=period_ms, realtime=priority)
+            rig = Rig(config + (RIG.format(channels) if channels else ""))
+            try:
+                inside, direct, supervisor, stim_cpu = outside_decoder(rig, seconds)
+            finally:
+                rig.stop()
+                make_realtime(0)
+            where = f"{load} | {scheduling}"
+            print(row("in-worker trigger rule", where, inside, 1.0, 0.3))
+            print(row("outside process, direct (pipeline.stimulator)", where, direct, 1.0, 0.3))
+            print(row("outside process, through the supervisor", where, supervisor, 2.0))
+            print(f"| stimulation worker CPU: {stim_cpu:.1f} % of a core | {where} | | | | | |")
     idle = Rig(IDLE)
     try:
         idle_cpu = cpu_percent(idle.worker_pid("stim"), min(seconds, 10.0))
@@ -267,10 +283,16 @@ def main() -> None:
     parser.add_argument(
         "--rig-channels", default="0,1024", help="rows: alone (0) and beside a rig of N channels"
     )
+    parser.add_argument(
+        "--realtime",
+        default="0,10",
+        help="rows: normal scheduling (0) and SCHED_FIFO at this priority for the stimulator "
+        "and the decoder",
+    )
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     rigs = [int(n) for n in args.rig_channels.split(",")]
-    closed_loop(args.seconds, args.period_ms, rigs)
+    closed_loop(args.seconds, args.period_ms, rigs, [int(n) for n in args.realtime.split(",")])
     enqueue_cost()
 
 

@@ -102,7 +102,7 @@ class RingWriter:
         self._capacity = generation.capacity
         self._cursor = generation.write_cursor
         self._frame_shape = generation.frame_shape
-        self._dtype = generation.dtype
+        self._dtype = self._dtype_seen = generation.dtype
         self._period_ns = 1e9 / generation.sample_rate if generation.sample_rate > 0 else 0.0
         self._offsets: dict[int, np.ndarray] = {}
         if not hasattr(self, "_last_stamp_ns"):
@@ -155,9 +155,11 @@ class RingWriter:
         if not isinstance(frames, np.ndarray):
             frames = np.asarray(frames)
         dtype = frames.dtype
+        if dtype is not self._dtype_seen and dtype == self._dtype:
+            self._dtype_seen = dtype  # the caller's dtype object: compared once, not per write
         if (
             frames.ndim == 0
-            or (dtype is not self._dtype and dtype != self._dtype)
+            or dtype is not self._dtype_seen
             or frames.shape[1:] != self._frame_shape
         ):
             raise ValueError(
@@ -198,7 +200,9 @@ class RingWriter:
             self._last_stamp_ns = int(timestamps_ns[-1])
         if slot + n <= capacity:  # the common case: one contiguous run of slots
             self._frames[slot : slot + n] = frames
-            if timestamps_ns is None:
+            if timestamps_ns is None and n == 1:  # one frame (an event, a command): no ufunc
+                self._timestamps[slot] = end
+            elif timestamps_ns is None:
                 np.subtract(end, offsets, out=self._timestamps[slot : slot + n])
             else:
                 self._timestamps[slot : slot + n] = timestamps_ns
