@@ -121,7 +121,8 @@ class WorkerClient:
         not answer (after looking the worker up again: a restarted worker on TCP
         listens on a new port, and reads no command ring until told again).
         """
-        request = msgspec.structs.replace(request, worker=self.worker)
+        if request.worker != self.worker:
+            request = msgspec.structs.replace(request, worker=self.worker)
         try:
             if self._ring is None and self._ring_retry:  # the worker was away: ask again
                 self._ring_retry = False
