@@ -35,9 +35,10 @@ from pipeline.errors import (
     StreamExists,
     StreamNotFound,
     StreamReplaced,
+    WatchesFull,
     WriterClosed,
 )
-from pipeline.ring import Chunk, RingReader, RingWriter
+from pipeline.ring import Chunk, RingReader, RingWriter, ThresholdWatch
 from pipeline.ring import attach as _attach_full_name
 from pipeline.ring.segments import list_streams, sweep
 from pipeline.scheduling import make_realtime
@@ -101,6 +102,8 @@ __all__ = [
     "StreamExists",
     "StreamNotFound",
     "StreamReplaced",
+    "ThresholdWatch",
+    "WatchesFull",
     "Worker",
     "WriterClosed",
     "attach",

@@ -85,6 +85,16 @@ class SharedMemoryFull(RigpipeError):
     """
 
 
+class WatchesFull(RigpipeError):
+    """Every threshold-watch slot of a stream is held by a live reader.
+
+    A stream has eight (``pipeline.ring.watch.WATCH_SLOTS``). Close watches
+    that are no longer needed (``ThresholdWatch.close``), watch from fewer
+    readers, or wait on the ring itself (``RingReader.wait``), which wakes for
+    every chunk.
+    """
+
+
 class SegmentForeign(SegmentCorrupt):
     """A shared-memory segment under a rigpipe name belongs to another user.
 

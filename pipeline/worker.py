@@ -55,7 +55,7 @@ from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, loa
 from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD
 from pipeline.control.doorbell import Doorbell
 from pipeline.errors import EndOfStream, ProtocolError, RigpipeError
-from pipeline.ring import RingReader, RingWriter, attach, segments, wait_any
+from pipeline.ring import RingReader, RingWriter, ThresholdWatch, attach, segments, wait_any
 from pipeline.timer import fine_timer
 
 _PR_SET_PDEATHSIG = 1
@@ -293,11 +293,15 @@ class Worker:
         if remaining > 0 and not self._stopping:
             time.sleep(remaining)
 
-    def wait(self, readers: Sequence[RingReader] = (), deadline: float | None = None) -> bool:
+    def wait(
+        self, readers: Sequence[RingReader | ThresholdWatch] = (), deadline: float | None = None
+    ) -> bool:
         """Serve the bus, then sleep until one of ``readers`` has frames (or its stream
         changed: a new generation, an end; the next read says which), a message for
         this worker arrives, or ``deadline`` (monotonic seconds) passes, whichever is
-        first. True if a reader has something to read.
+        first. True if a reader has something to read. A
+        :class:`~pipeline.ring.watch.ThresholdWatch` among them wakes the wait only
+        for chunks that may cross its threshold.
 
         It never polls: on a ring it sleeps in the ring's own wait while a
         :class:`~pipeline.control.doorbell.Doorbell` watches the sockets; with no

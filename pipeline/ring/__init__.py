@@ -12,10 +12,12 @@ The data plane imports nothing from ``pipeline`` but ``errors``, ``identity`` an
 (a test checks it): attaching to a ring never loads ZeroMQ. Modules: ``naming``
 (stream and shared-memory names), ``shm`` (segments no resource tracker
 touches), ``wait`` (futex or polling wake-ups), ``layout`` (the bytes),
-``segments`` (listing and sweeping), ``writer`` and ``reader``.
+``segments`` (listing and sweeping), ``writer``, ``reader`` and ``watch`` (a reader
+asking the writer to wake it only for chunks that may cross a threshold).
 """
 
 from pipeline.ring.reader import Chunk, ChunkView, RingReader, attach, wait_any
+from pipeline.ring.watch import ThresholdWatch
 from pipeline.ring.writer import RingWriter
 
-__all__ = ["Chunk", "ChunkView", "RingReader", "RingWriter", "attach", "wait_any"]
+__all__ = ["Chunk", "ChunkView", "RingReader", "RingWriter", "ThresholdWatch", "attach", "wait_any"]

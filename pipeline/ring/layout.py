@@ -26,6 +26,9 @@ The stream segment continues::
                                           when a writer takes over a dead writer's stream (the
                                           sequence continues) and is new when a stream is
                                           created afresh (its sequence starts again at 0)
+    1024    512   threshold-watch table       8 slots of 64 bytes, drawn in pipeline.ring.watch:
+                                          readers ask the writer to wake them only for chunks
+                                          that may cross a threshold
 
 A generation segment continues::
 
@@ -67,7 +70,7 @@ from pipeline.ring.naming import data_key, shm_name
 from pipeline.ring.wait import WakeWord
 
 MAGIC = b"RIGPIPE\x00"
-LAYOUT_VERSION = 2  # 2: stream_id in the stream segment
+LAYOUT_VERSION = 3  # 2: stream_id in the stream segment; 3: threshold watches
 KIND_STREAM = 1
 KIND_GENERATION = 2
 

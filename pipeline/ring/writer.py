@@ -8,6 +8,7 @@ is drawn in :mod:`pipeline.ring.layout`; the protocol in :mod:`pipeline.ring`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from pipeline.ring.layout import (
     dtype_to_record,
     encode_format,
 )
+from pipeline.ring.watch import Watches
 
 _LINK_CHECK_NS = 1_000_000_000  # how often a writer checks that its segments are still reachable
 
@@ -91,6 +93,7 @@ class RingWriter:
         self.relinks = 0
         self.relink_reason = ""
         self._next_link_check = clock.now_ns() + _LINK_CHECK_NS
+        self._watches = Watches()  # readers' threshold watches (pipeline.ring.watch)
         self._bind(self._generation)
 
     def _bind(self, generation: Generation) -> None:
@@ -105,6 +108,9 @@ class RingWriter:
         self._dtype = self._dtype_seen = generation.dtype
         self._period_ns = 1e9 / generation.sample_rate if generation.sample_rate > 0 else 0.0
         self._offsets: dict[int, np.ndarray] = {}
+        # Only numbers can be compared with a threshold: other streams have no channel to watch.
+        watchable = math.prod(generation.frame_shape) if generation.dtype.kind in "iufb" else 0
+        self._watches.bind([self._meta, *self._orphans], watchable)
         if not hasattr(self, "_last_stamp_ns"):
             self._last_stamp_ns = 0  # the newest timestamp written
 
@@ -219,6 +225,11 @@ class RingWriter:
         fields[LAST_PUBLISH] = now
         self._cursor = cursor
         self._wake.notify()
+        watches = self._watches
+        if now >= watches.next_scan_ns:
+            watches.scan(now)
+        if watches.active:
+            watches.check(frames)
         return cursor
 
     def _timestamp_offsets(self, n: int) -> np.ndarray:
@@ -266,6 +277,7 @@ class RingWriter:
         for meta in (self._meta, *self._orphans):
             meta.publish(generation.header.generation, self._identity)
         self._generation = generation
+        self._watches.notify_all()  # watchers read on and meet the new generation
         self._bind(generation)
         _retire(old, State.SUPERSEDED)
         return generation.header.generation
@@ -310,6 +322,8 @@ class RingWriter:
         del self._fields, self._frames, self._timestamps, self._wake
         for meta in (self._meta, *self._orphans):
             meta.end(self._cursor)
+        self._watches.notify_all()  # watchers read the rest, then meet the end
+        self._watches.release()
         if self._meta.segment.linked():
             self._meta.segment.unlink()
         for meta in (self._meta, *self._orphans):

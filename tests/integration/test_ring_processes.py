@@ -107,6 +107,48 @@ def test_writer_killed_then_restarted_is_followed_as_a_new_generation(processes,
         pipeline.sweep()
 
 
+def test_a_threshold_watch_outlives_its_writer_and_wakes_once_for_the_crossing(
+    processes, stream, wait_strategy
+):
+    """Channel 0 of ``sequence_frames`` is the sequence itself, so a rising threshold H is
+    crossed exactly once, at frame H. The watch is made while one writer process runs;
+    that writer is killed and another takes the stream over: the watch lives in the
+    stream segment, so the new writer wakes it, once, when frame H is published."""
+    ctx = processes.ctx
+    ready = ctx.Event()
+    first = processes.start(procs.paced_writer, stream, 10, 500.0, -1, ready)
+    assert ready.wait(READ_TIMEOUT_S)
+    reader = pipeline.attach(stream, from_now=False)
+    try:
+        threshold = reader.write_cursor + 3000  # 0.6 s of the writers' 5000 frames/s
+        with reader.watch(0, float(threshold)) as watch:
+            watch.clear()
+            psutil.Process(first.pid).kill()
+            first.join(10)
+            values = []
+            while (chunk := reader.read(timeout_s=0.2)).frames:
+                values.append(chunk.data[:, 0])
+            killed_at = reader.cursor
+            assert killed_at < threshold
+            ready.clear()
+            processes.start(procs.paced_writer, stream, 10, 500.0, killed_at, ready)
+            woke = watch.wait(READ_TIMEOUT_S)
+            assert woke and reader.write_cursor > threshold  # not before frame H was out
+            # the ring (4096 frames) still holds everything since the kill
+            while (chunk := reader.read(timeout_s=0)).frames:
+                assert chunk.dropped == 0 and procs.frame_problems(chunk) == []
+                values.append(chunk.data[:, 0])
+            time.sleep(0.3)  # frames past the crossing, all beyond it: no further wake
+            assert watch.flagged == 1 and watch.claims == 1
+            column = np.concatenate(values)
+            crossings = np.flatnonzero((column[1:] >= threshold) & (column[:-1] < threshold))
+            assert len(crossings) == 1 and column[crossings[0] + 1] == threshold
+    finally:
+        reader.close()
+        processes.stop_all()
+        pipeline.sweep()
+
+
 def test_sweep_removes_exactly_the_segments_of_dead_writers(processes, stream):
     ctx = processes.ctx
     live_ready, dead_ready = ctx.Event(), ctx.Event()

@@ -265,7 +265,7 @@ def _poke(stream: str, offset: int, value: bytes, generation: int | None = None)
     ("offset", "value", "generation", "message"),
     [
         (0, b"NOTOURS!", None, "has magic b'NOTOURS!'"),
-        (8, (99).to_bytes(8, "little"), None, "layout version 99, this rigpipe reads version 2"),
+        (8, (99).to_bytes(8, "little"), None, "layout version 99, this rigpipe reads version 3"),
         (8, (99).to_bytes(8, "little"), 1, "layout version 99"),
         (1024, b"\xc1\xc1\xc1", 1, "unreadable format"),
         (200, (1 << 40).to_bytes(8, "little"), 1, "bytes in all"),
