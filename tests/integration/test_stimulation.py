@@ -252,6 +252,71 @@ def test_a_trigger_fires_from_the_ring_and_its_events_say_when(rigs) -> None:
     assert late and all(not e.fired and e.reason == "disarmed" for e in late)
 
 
+def _main_thread_sleeps(pid: int) -> int:
+    """The kernel's count of the times the process's main thread went to sleep."""
+    with open(f"/proc/{pid}/task/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches in /proc/{pid}/task/{pid}/status")
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_armed_rule_sleeps_through_quiet_chunks_and_still_fires_on_every_spike(rigs) -> None:
+    """The source publishes 1000 chunks a second and a spike every 250 ms. The rule's
+    threshold watch has the source's writer wake the stimulator only for chunks that may
+    cross: the kernel counts far fewer sleeps of its main thread than chunks (one wake
+    per chunk would be at least 1000 a second), and every spike still fires at once."""
+    rig = rigs.new()
+    source = SOURCE.replace("period_ms = 100.0", "period_ms = 250.0")
+    rig.write(source + STIM.format(buffer_ms=BUFFER_MS, extra="armed = true") + TRIGGER)
+    rig.start()
+    stim_events = rig.subscriber("worker.stim.")
+    try:
+        assert wait_for(lambda: stim_events.receive(0.5), 10, "the rule's first crossing")
+        pid = rig.worker("stim").pid
+        sleeps_before, started = _main_thread_sleeps(pid), time.monotonic()
+        seen = events(stim_events, 3.0)
+        sleeps_per_s = (_main_thread_sleeps(pid) - sleeps_before) / (time.monotonic() - started)
+    finally:
+        stim_events.close()
+    fired = [e for e in seen if isinstance(e, messages.Triggered) and e.fired]
+    queued = {e.command_id: e for e in seen if isinstance(e, messages.StimulationQueued)}
+    assert 11 <= len(fired) <= 13, [e.reason for e in seen if isinstance(e, messages.Triggered)]
+    latencies = [
+        queued[e.command_id].queued_ns - e.frame_timestamp_ns
+        for e in fired
+        if e.command_id in queued  # the window can cut a pair at either end
+    ]
+    assert len(latencies) >= len(fired) - 2
+    assert all(0 < ns < 20e6 for ns in latencies), latencies  # not at the next catch-up read
+    assert sleeps_per_s < 300, f"{sleeps_per_s:.0f} sleeps/s: the worker wakes for quiet chunks"
+
+
+def test_two_rules_on_one_stream_each_see_every_frame(rigs) -> None:
+    """Two rules watch two channels of the same stream (spikes on channel 1, and half a
+    period later on channel 0): each fires for each of its own spikes."""
+    rig = rigs.new()
+    source = SOURCE + "second_channel = 0\n"
+    second = TRIGGER.replace('name = "spk"', 'name = "spk0"').replace("channel = 1", "channel = 0")
+    rules = TRIGGER + second
+    rig.write(source + STIM.format(buffer_ms=BUFFER_MS, extra="armed = true") + rules)
+    rig.start()
+    stim_events = rig.subscriber("worker.stim.triggered")
+    try:
+        assert wait_for(lambda: stim_events.receive(0.5), 10, "a first crossing")
+        seen = events(stim_events, 2.0)
+    finally:
+        stim_events.close()
+    fired = [e for e in seen if isinstance(e, messages.Triggered) and e.fired]
+    by_rule = {rule: [e for e in fired if e.rule == rule] for rule in ("spk", "spk0")}
+    assert all(17 <= len(got) <= 23 for got in by_rule.values()), {
+        rule: len(got) for rule, got in by_rule.items()
+    }
+    assert rig.worker("stim").restarts == 0
+
+
 def test_a_trigger_on_a_stream_that_stops_waits_for_it_and_commands_still_work(rigs) -> None:
     rig = rigs.new()
     rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="armed = true") + TRIGGER)

@@ -5,6 +5,12 @@ The stimulation worker reads the stream's ring itself (no socket in between):
 its source stops and comes back, and runs each rule's :class:`Detector` over
 every chunk; the worker decides what a crossing does (fire, or log why not).
 
+Each rule also holds a threshold watch on its channel
+(:meth:`pipeline.ring.RingReader.watch`): the acquisition writer wakes the
+worker only for chunks that may cross, so a rule on a quiet stream costs a
+wake every ``CATCH_UP_S`` (to read the backlog), not one per chunk. The
+detector still sees every frame; the watch only decides when to look.
+
 A crossing is the first sample at or beyond ``threshold`` after one that was
 not (``rising``: from below, ``falling``: from above). After a crossing the
 rule is deaf for ``refractory_ms``, counted in frames of the stream, so it
@@ -23,11 +29,14 @@ import numpy as np
 
 from pipeline import clock
 from pipeline.control.messages import Phase, PulseTrain
-from pipeline.errors import EndOfStream, StreamNotFound
-from pipeline.ring import RingReader
+from pipeline.errors import EndOfStream, StreamNotFound, WatchesFull
+from pipeline.ring import RingReader, ThresholdWatch
 from workers.stimulation.safety import Rendered, StimulatorError
 
 RETRY_S = 0.5  # how often to look again for a rule's stream that is gone
+#: How often the streams are read when no watch woke the worker: the backlog of a quiet
+#: stream, read through a view of the rule's channel (at 1024 channels 1/1024 of it).
+CATCH_UP_S = 0.05
 VIEW_BYTES = 256 << 10  # a backlog at least this large is read through a view
 
 
@@ -95,12 +104,23 @@ class Detector:
 
 @dataclass
 class Watch:
-    """A trigger rule, its pulse rendered once, and, while its stream exists, its reader."""
+    """A trigger rule, its pulse rendered once, and, while its stream exists, its detector
+    and threshold watch."""
 
     rule: TriggerRule
     rendered: Rendered
-    reader: RingReader | None = None
+    threshold: ThresholdWatch | None = None  # None: the stream's watch slots are all taken
     detector: Detector | None = None
+
+
+@dataclass
+class _Stream:
+    """One stream that rules watch: one reader for all of them (a worker holds one reader
+    per stream), and when to look again for it while it is gone."""
+
+    name: str
+    rules: list[Watch]
+    reader: RingReader | None = None
     retry_at: float = 0.0
     row_bytes: int = 0  # bytes of one frame of the stream, to choose between copy and view
 
@@ -114,7 +134,8 @@ class Triggers:
 
     ``attach(stream)`` returns a reader (or raises StreamNotFound), ``detach``
     closes it, ``report`` says what happened; commands keep working while a
-    rule's stream is gone.
+    rule's stream is gone. Rules on the same stream share its reader: each
+    chunk is read once and every rule's detector runs over its own channel.
     """
 
     def __init__(
@@ -126,93 +147,142 @@ class Triggers:
     ) -> None:
         self.watches = watches
         self._attach_reader = attach
-        self._detach = detach
+        self._detach_reader = detach
         self._report = report
+        self._streams: list[_Stream] = []
         for watch in watches:
-            self._attach(watch)
+            stream = next((s for s in self._streams if s.name == watch.rule.stream), None)
+            if stream is None:
+                self._streams.append(_Stream(watch.rule.stream, [watch]))
+            else:
+                stream.rules.append(watch)
+        for stream in self._streams:
+            self._attach(stream)
 
-    def _attach(self, watch: Watch) -> None:
-        """Attach to the rule's stream; if it is not there, try again in RETRY_S."""
-        rule = watch.rule
+    def _attach(self, stream: _Stream) -> None:
+        """Attach to the stream; if it is not there, try again in RETRY_S."""
         try:
-            reader = self._attach_reader(rule.stream)
+            reader = self._attach_reader(stream.name)
         except StreamNotFound:
-            watch.retry_at = clock.now_s() + RETRY_S
+            stream.retry_at = clock.now_s() + RETRY_S
             return
-        if rule.channel >= reader.frame_shape[-1]:
-            raise StimulatorError(
-                f"trigger {rule.name!r}: channel {rule.channel} is not in {rule.stream} "
-                f"({reader.frame_shape[-1]} channels)"
-            )
-        watch.reader = reader
-        watch.detector = Detector(rule, reader.sample_rate)
-        watch.row_bytes = _row_bytes(reader)
+        for watch in stream.rules:
+            rule = watch.rule
+            if rule.channel >= reader.frame_shape[-1]:
+                raise StimulatorError(
+                    f"trigger {rule.name!r}: channel {rule.channel} is not in {rule.stream} "
+                    f"({reader.frame_shape[-1]} channels)"
+                )
+        stream.reader = reader
+        stream.row_bytes = _row_bytes(reader)
+        for watch in stream.rules:
+            rule = watch.rule
+            watch.detector = Detector(rule, reader.sample_rate)
+            try:
+                watch.threshold = reader.watch(rule.channel, rule.threshold, rule.direction)
+            except WatchesFull as exc:
+                self._report(f"trigger {rule.name!r}: {exc}; looking at every chunk instead")
+
+    def _detach(self, stream: _Stream) -> None:
+        for watch in stream.rules:
+            if watch.threshold is not None:
+                watch.threshold.close()
+                watch.threshold = None
+        self._detach_reader(stream.name)
+        stream.reader = None
 
     def poll(self, on_crossing: OnCrossing) -> None:
         """Read what each rule's stream published (without waiting) and hand every
         crossing on; attach again to streams that came back."""
-        for watch in self.watches:
-            if watch.reader is None:
-                if clock.now_s() >= watch.retry_at:
-                    self._attach(watch)
+        for stream in self._streams:
+            if stream.reader is None:
+                if clock.now_s() >= stream.retry_at:
+                    self._attach(stream)
                 continue
+            for watch in stream.rules:
+                if watch.threshold is not None:
+                    watch.threshold.keep()
+                    watch.threshold.clear()  # before reading: a chunk flagged now wakes again
             try:
-                while self._detect(watch, watch.reader, on_crossing):
+                while self._detect(stream, stream.reader, on_crossing):
                     continue
             except EndOfStream:
-                self._report(
-                    f"trigger {watch.rule.name!r}: {watch.rule.stream} ended; waiting "
-                    "for it to come back"
-                )
-                self._detach(watch.rule.stream)
-                watch.reader, watch.retry_at = None, clock.now_s() + RETRY_S
+                self._report(f"triggers on {stream.name}: it ended; waiting for it to come back")
+                self._detach(stream)
+                stream.retry_at = clock.now_s() + RETRY_S
 
-    def readers(self) -> list[RingReader]:
-        """The readers of the rules' streams that exist now (what to wait on)."""
-        return [watch.reader for watch in self.watches if watch.reader is not None]
+    def waitables(self, every_chunk: bool) -> list[RingReader | ThresholdWatch]:
+        """What to wait on for the rules' streams that exist now: each rule's threshold
+        watch; a stream with a rule that has none (every slot taken) is waited on as a
+        ring if ``every_chunk``, else read every ``CATCH_UP_S`` like a quiet stream."""
+        waitables: list[RingReader | ThresholdWatch] = []
+        for stream in self._streams:
+            if stream.reader is None:
+                continue
+            if every_chunk and any(w.threshold is None for w in stream.rules):
+                waitables.append(stream.reader)
+            else:
+                waitables.extend(w.threshold for w in stream.rules if w.threshold is not None)
+        return waitables
 
     def next_retry(self) -> float:
         """When to look again for a rule's stream that is gone (monotonic s; inf: none is)."""
-        return min((w.retry_at for w in self.watches if w.reader is None), default=math.inf)
+        return min((s.retry_at for s in self._streams if s.reader is None), default=math.inf)
+
+    def close(self) -> None:
+        """Give back every watch slot and reader."""
+        for stream in self._streams:
+            if stream.reader is not None:
+                self._detach(stream)
 
     @staticmethod
-    def _detect(watch: Watch, reader: RingReader, on_crossing: OnCrossing) -> bool:
-        """Run the rule over what ``reader`` has; True if there may be more to read.
+    def _detect(stream: _Stream, reader: RingReader, on_crossing: OnCrossing) -> bool:
+        """Run the stream's rules over what ``reader`` has; True if there may be more.
 
-        A chunk or two (armed: one per wake) is read as a copy, the quickest way for
-        so little. A large backlog (disarmed: 50 ms at a time) is read through a view
-        of the ring, copying only the rule's channel: at 1024 channels 1/1024 of the
-        bytes. Frames the writer overwrote while they were copied count as dropped.
+        A chunk or two (woken for a crossing) is read as a copy, the quickest way
+        for so little. A larger backlog (a quiet stream, read every CATCH_UP_S) is
+        read through a view of the ring, copying only the rules' channels: at 1024
+        channels 1/1024 of the bytes per rule. Frames the writer overwrote while
+        they were copied count as dropped.
         """
-        detector = watch.detector
-        assert detector is not None
-        if reader.lag * watch.row_bytes < VIEW_BYTES:
+        rules = stream.rules
+        if reader.lag * stream.row_bytes < VIEW_BYTES:
             chunk = reader.read(timeout_s=0.0)
             if chunk.format_changed:
-                watch.row_bytes = _row_bytes(reader)
+                stream.row_bytes = _row_bytes(reader)
             if chunk.dropped or chunk.format_changed:
-                detector.reset()
+                for watch in rules:
+                    assert watch.detector is not None
+                    watch.detector.reset()
             if not chunk.frames:
                 return False
-            values = chunk.data.reshape(chunk.frames, -1)[:, watch.rule.channel]
+            rows = chunk.data.reshape(chunk.frames, -1)
+            columns = [rows[:, watch.rule.channel] for watch in rules]
             stamps, start, more = chunk.timestamps_ns, chunk.start_sequence, False
         else:
             with reader.read_view(timeout_s=0.0) as view:
                 if view.format_changed:
-                    watch.row_bytes = _row_bytes(reader)
+                    stream.row_bytes = _row_bytes(reader)
                 if view.dropped or view.format_changed:
-                    detector.reset()
+                    for watch in rules:
+                        assert watch.detector is not None
+                        watch.detector.reset()
                 if not view.frames:
                     return False
-                values = view.data.reshape(view.frames, -1)[:, watch.rule.channel].copy()
+                rows = view.data.reshape(view.frames, -1)
+                columns = [rows[:, watch.rule.channel].copy() for watch in rules]
                 stamps, start = view.timestamps_ns.copy(), view.start_sequence
             if not view.intact:
-                detector.reset()  # overwritten under us: those frames are lost, like a drop
+                for watch in rules:  # overwritten under us: those frames are lost, like a drop
+                    assert watch.detector is not None
+                    watch.detector.reset()
                 return True
             more = reader.lag > 0  # a view stops at the ring's end
-        for sequence in detector.crossings(values, start):
-            index = sequence - start
-            on_crossing(watch, sequence, float(values[index]), int(stamps[index]))
+        for watch, values in zip(rules, columns, strict=True):
+            assert watch.detector is not None
+            for sequence in watch.detector.crossings(values, start):
+                index = sequence - start
+                on_crossing(watch, sequence, float(values[index]), int(stamps[index]))
         return more
 
 

@@ -42,7 +42,7 @@ from workers.stimulation.safety import (
 )
 from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
 from workers.stimulation.stg import StgSettings
-from workers.stimulation.trigger import TriggerRule, Triggers, Watch
+from workers.stimulation.trigger import CATCH_UP_S, TriggerRule, Triggers, Watch
 
 #: The Python thread switch interval in a stimulation worker, s.
 SWITCH_INTERVAL_S = 0.0005
@@ -52,10 +52,6 @@ RENDER_CACHE = 64
 
 #: A rule that keeps not firing for the same reason is published at most this often.
 QUIET_S = 1.0
-#: Disarmed, the trigger streams are read this often, not at every chunk: a crossing then
-#: only says that it would have fired, so it need not be seen at once, and waking for
-#: every 1 ms chunk would cost an idle stimulator 20 % of a core.
-DISARMED_WATCH_S = 0.05
 
 
 @dataclass
@@ -233,12 +229,12 @@ class StimulationWorker(Worker):
                 self.counters["underruns"] = self.backend.underruns
             self._check_device_errors()
             self._release_quiet()
-            # Failures of the refill are looked at least every 0.1 s.
-            if self.armed:
-                readers, interval = self.triggers.readers(), 0.1
-            else:
-                readers, interval = [], DISARMED_WATCH_S if self.triggers.watches else 0.1
-            self.wait(readers, min(clock.now_s() + interval, self.triggers.next_retry()))
+            # Failures of the refill are looked at least every 0.1 s; the rules' streams
+            # when a threshold watch wakes us (armed, a ring without one at every chunk),
+            # or every CATCH_UP_S.
+            waitables = self.triggers.waitables(every_chunk=self.armed)
+            interval = CATCH_UP_S if self.triggers.watches else 0.1
+            self.wait(waitables, min(clock.now_s() + interval, self.triggers.next_retry()))
 
     def _check_device_errors(self) -> None:
         """A streaming error the device reported: silence, disarm, and say so."""
@@ -256,6 +252,9 @@ class StimulationWorker(Worker):
         )
 
     def teardown(self) -> None:
+        triggers = getattr(self, "triggers", None)
+        if triggers is not None:
+            triggers.close()  # the watch slots go back to the streams at once
         for rule in list(getattr(self, "_held", {})):
             self._release(rule)
         output = getattr(self, "output", None)
