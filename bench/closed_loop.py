@@ -12,7 +12,11 @@
      and sends a ``PulseTrain`` to the stimulator's own socket
      (``pipeline.stimulator``: one hop);
    - outside process, through the supervisor (``Client.request``: two hops).
-   Alone, and beside the rig of bench/rig.py (``--rig-channels``).
+   Alone, and beside the rig of bench/rig.py (``--rig-channels``); with the
+   stimulator's default ``stay_awake_s`` (awake for 2 s after each pulse, so
+   in a closed-loop run it never sleeps) and with ``stay_awake_s = 0`` (it
+   sleeps until a rule's threshold watch or a command wakes it: the latency
+   of the first crossing after a quiet spell) (``--stay-awake``).
    The source (tests/workers/spikes.py) stamps each frame with the host
    monotonic time at which it was published; the stimulator reports when the
    pulse's first samples were enqueued (``StimulationQueued.queued_ns``).
@@ -24,6 +28,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -57,6 +62,7 @@ realtime_priority = {realtime}
 [workers.parameters]
 channels = 2
 armed = true
+stay_awake_s = {stay_awake}
 [workers.parameters.limits.default]
 max_amplitude_ua = 100.0
 max_charge_per_phase_nc = 30.0
@@ -182,7 +188,11 @@ def outside_decoder(rig: Rig, seconds: float) -> tuple[list[int], list[int], lis
 
 
 def closed_loop(
-    seconds: float, period_ms: float, rig_channels: list[int], priorities: list[int]
+    seconds: float,
+    period_ms: float,
+    rig_channels: list[int],
+    priorities: list[int],
+    stay_awake: list[float],
 ) -> None:
     print(
         f"\n## closed-loop latency, frame in the ring -> pulse in the output queue "
@@ -198,30 +208,31 @@ def closed_loop(
     )
     print(
         "scheduling: 'normal', or 'SCHED_FIFO n': the stimulation worker's realtime_priority "
-        "and this decoder's pipeline.make_realtime(n).\n"
+        "and this decoder's pipeline.make_realtime(n); then the stimulator's stay_awake_s "
+        "(0: asleep between pulses).\n"
     )
     print("| path | load | scheduling | triggers | p50 us | p99 us | max us | target |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for channels in rig_channels:
+    for channels, priority, awake_s in itertools.product(rig_channels, priorities, stay_awake):
         load = "nothing else" if not channels else f"beside a rig of {channels} channels"
-        for priority in priorities:
-            why = make_realtime(priority)
-            if why:
-                print(f"| (skipped) | {load} | SCHED_FIFO {priority} | {why} |")
-                continue
-            scheduling = f"SCHED_FIFO {priority}" if priority else "normal"
-            config = CONFIG.format(period_ms=period_ms, realtime=priority)
-            rig = Rig(config + (RIG.format(channels) if channels else ""))
-            try:
-                inside, direct, supervisor, stim_cpu = outside_decoder(rig, seconds)
-            finally:
-                rig.stop()
-                make_realtime(0)
-            where = f"{load} | {scheduling}"
-            print(row("in-worker trigger rule", where, inside, 1.0, 0.3))
-            print(row("outside process, direct (pipeline.stimulator)", where, direct, 1.0, 0.3))
-            print(row("outside process, through the supervisor", where, supervisor, 2.0))
-            print(f"| stimulation worker CPU: {stim_cpu:.1f} % of a core | {where} | | | | | |")
+        why = make_realtime(priority)
+        if why:
+            print(f"| (skipped) | {load} | SCHED_FIFO {priority} | {why} |")
+            continue
+        scheduling = f"SCHED_FIFO {priority}" if priority else "normal"
+        scheduling += f", stay_awake_s {awake_s:g}"
+        config = CONFIG.format(period_ms=period_ms, realtime=priority, stay_awake=awake_s)
+        rig = Rig(config + (RIG.format(channels) if channels else ""))
+        try:
+            inside, direct, supervisor, stim_cpu = outside_decoder(rig, seconds)
+        finally:
+            rig.stop()
+            make_realtime(0)
+        where = f"{load} | {scheduling}"
+        print(row("in-worker trigger rule", where, inside, 1.0, 0.3))
+        print(row("outside process, direct (pipeline.stimulator)", where, direct, 1.0, 0.3))
+        print(row("outside process, through the supervisor", where, supervisor, 2.0))
+        print(f"| stimulation worker CPU: {stim_cpu:.1f} % of a core | {where} | | | | | |")
     idle = Rig(IDLE)
     try:
         idle_cpu = cpu_percent(idle.worker_pid("stim"), min(seconds, 10.0))
@@ -289,10 +300,18 @@ def main() -> None:
         help="rows: normal scheduling (0) and SCHED_FIFO at this priority for the stimulator "
         "and the decoder",
     )
+    parser.add_argument(
+        "--stay-awake",
+        default="2,0",
+        help="rows: the stimulator's stay_awake_s (2: the default, awake through a closed-loop "
+        "run; 0: asleep between pulses)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     rigs = [int(n) for n in args.rig_channels.split(",")]
-    closed_loop(args.seconds, args.period_ms, rigs, [int(n) for n in args.realtime.split(",")])
+    priorities = [int(n) for n in args.realtime.split(",")]
+    stay_awake = [float(s) for s in args.stay_awake.split(",")]
+    closed_loop(args.seconds, args.period_ms, rigs, priorities, stay_awake)
     enqueue_cost()
 
 

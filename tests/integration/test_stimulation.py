@@ -267,10 +267,12 @@ def test_an_armed_rule_sleeps_through_quiet_chunks_and_still_fires_on_every_spik
     """The source publishes 1000 chunks a second and a spike every 250 ms. The rule's
     threshold watch has the source's writer wake the stimulator only for chunks that may
     cross: the kernel counts far fewer sleeps of its main thread than chunks (one wake
-    per chunk would be at least 1000 a second), and every spike still fires at once."""
+    per chunk would be at least 1000 a second), and every spike still fires at once.
+    (``stay_awake_s = 0``: by default the worker stays awake for 2 s after each pulse.)"""
     rig = rigs.new()
     source = SOURCE.replace("period_ms = 100.0", "period_ms = 250.0")
-    rig.write(source + STIM.format(buffer_ms=BUFFER_MS, extra="armed = true") + TRIGGER)
+    extra = "armed = true\nstay_awake_s = 0.0"  # asleep between spikes, not awake after each
+    rig.write(source + STIM.format(buffer_ms=BUFFER_MS, extra=extra) + TRIGGER)
     rig.start()
     stim_events = rig.subscriber("worker.stim.")
     try:
@@ -292,6 +294,33 @@ def test_an_armed_rule_sleeps_through_quiet_chunks_and_still_fires_on_every_spik
     assert len(latencies) >= len(fired) - 2
     assert all(0 < ns < 20e6 for ns in latencies), latencies  # not at the next catch-up read
     assert sleeps_per_s < 300, f"{sleeps_per_s:.0f} sleeps/s: the worker wakes for quiet chunks"
+
+
+@pytest.mark.posix
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_armed_stimulator_stays_awake_after_a_pulse_then_sleeps(rigs) -> None:
+    """``stay_awake_s`` after a pulse the worker wakes every ms (the next command finds it
+    running); then it sleeps until something arrives. The kernel counts the sleeps."""
+    rig = rigs.new()
+    rig.write(STIM.format(buffer_ms=BUFFER_MS, extra="armed = true\nstay_awake_s = 1.0"))
+    rig.start()
+    pid = rig.worker("stim").pid
+
+    def sleeps_per_s(seconds: float) -> float:
+        before, started = _main_thread_sleeps(pid), time.monotonic()
+        time.sleep(seconds)
+        return (_main_thread_sleeps(pid) - before) / (time.monotonic() - started)
+
+    asleep_before = sleeps_per_s(0.5)
+    phases = [messages.Phase(-30.0, 100.0), messages.Phase(30.0, 100.0)]
+    reply = rig.client().request(messages.PulseTrain(channel=0, phases=phases))
+    assert isinstance(reply, messages.Accepted)
+    awake = sleeps_per_s(0.6)
+    time.sleep(0.6)  # stay_awake_s runs out
+    asleep_after = sleeps_per_s(1.0)
+    # awake: a wake every ms; asleep: the bus, heartbeats and 0.1 s checks (~150-200/s)
+    asleep = max(asleep_before, asleep_after)
+    assert awake > 500 and awake > 2 * asleep, (asleep_before, awake, asleep_after)
 
 
 def test_two_rules_on_one_stream_each_see_every_frame(rigs) -> None:

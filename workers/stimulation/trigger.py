@@ -36,7 +36,9 @@ from workers.stimulation.safety import Rendered, StimulatorError
 RETRY_S = 0.5  # how often to look again for a rule's stream that is gone
 #: How often the streams are read when no watch woke the worker: the backlog of a quiet
 #: stream, read through a view of the rule's channel (at 1024 channels 1/1024 of it).
-CATCH_UP_S = 0.05
+#: Each such read costs the worker about as much as a wake for one chunk: at 0.1 s an
+#: armed rule on a quiet stream costs no more than no rule (bench/rig.py idle table).
+CATCH_UP_S = 0.1
 VIEW_BYTES = 256 << 10  # a backlog at least this large is read through a view
 
 
@@ -211,19 +213,31 @@ class Triggers:
                 self._detach(stream)
                 stream.retry_at = clock.now_s() + RETRY_S
 
-    def waitables(self, every_chunk: bool) -> list[RingReader | ThresholdWatch]:
-        """What to wait on for the rules' streams that exist now: each rule's threshold
-        watch; a stream with a rule that has none (every slot taken) is waited on as a
-        ring if ``every_chunk``, else read every ``CATCH_UP_S`` like a quiet stream."""
+    def waitables(self, each_chunk: bool, armed: bool) -> list[RingReader | ThresholdWatch]:
+        """What to wait on for the rules' streams that exist now: with ``each_chunk``
+        their rings, which wake for every chunk; otherwise each rule's threshold watch,
+        and, when ``armed``, the ring of a stream with a rule that has none (every slot
+        taken). What is not waited on is read every ``CATCH_UP_S``."""
         waitables: list[RingReader | ThresholdWatch] = []
         for stream in self._streams:
             if stream.reader is None:
                 continue
-            if every_chunk and any(w.threshold is None for w in stream.rules):
+            watchless = any(w.threshold is None for w in stream.rules)
+            if each_chunk or (armed and watchless):
                 waitables.append(stream.reader)
             else:
                 waitables.extend(w.threshold for w in stream.rules if w.threshold is not None)
         return waitables
+
+    def catch_up_s(self) -> float:
+        """How long the worker may sleep without a watch waking it: ``CATCH_UP_S``, or a
+        quarter of the shortest watched ring, so a quiet stream is read before it laps."""
+        spans = [
+            0.25 * s.reader.capacity / s.reader.sample_rate
+            for s in self._streams
+            if s.reader is not None and s.reader.sample_rate > 0
+        ]
+        return min([CATCH_UP_S, *spans])
 
     def next_retry(self) -> float:
         """When to look again for a rule's stream that is gone (monotonic s; inf: none is)."""

@@ -42,12 +42,14 @@ from workers.stimulation.safety import (
 )
 from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator
 from workers.stimulation.stg import StgSettings
-from workers.stimulation.trigger import CATCH_UP_S, TriggerRule, Triggers, Watch
+from workers.stimulation.trigger import TriggerRule, Triggers, Watch
 
 #: The Python thread switch interval in a stimulation worker, s.
 SWITCH_INTERVAL_S = 0.0005
 #: Rendered commands kept for reuse (only ones that passed the safety check are kept).
 RENDER_CACHE = 64
+#: How often an awake worker wakes when nothing else wakes it (see stay_awake_s).
+AWAKE_TICK_S = 0.001
 
 
 #: A rule that keeps not firing for the same reason is published at most this often.
@@ -74,6 +76,13 @@ class StimulationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     buffer_ms: Annotated[float, msgspec.Meta(gt=0)] = 20.0  # output buffer period
     limits: dict[str, ChannelLimits] = {}  # "default" and/or channel numbers ("0", "1"...)
     triggers: list[TriggerRule] = []
+    #: After a pulse is queued (by a rule or a command), the armed worker stays awake this
+    #: long: it looks at every chunk of its rules' streams and wakes every ms, so the next
+    #: crossing or command finds it running (a process that slept for 100 ms answers
+    #: 150-300 us later on a VM). Quiet longer than this, it sleeps until a rule's threshold
+    #: watch or a command wakes it, costing no more than a stimulator without rules.
+    #: 0: always sleep (least CPU); a large value: always awake (least latency).
+    stay_awake_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     simulated: SimulatedSettings = SimulatedSettings()
     stg: StgSettings | None = None
 
@@ -156,6 +165,7 @@ class StimulationWorker(Worker):
         self._rendered: dict[bytes, Rendered] = {}
         self._held: dict[str, _Held] = {}  # rule -> crossings held back (_publish_triggered)
         self.armed = s.armed
+        self._awake_until = 0.0  # monotonic s: see StimulationSettings.stay_awake_s
         self._ids = itertools.count(time.time_ns() // 1000)  # unique across restarts
         self.backend = self._open_backend()
         buffer_samples = math.ceil(s.buffer_ms * s.output_rate_hz / 1000)
@@ -229,12 +239,14 @@ class StimulationWorker(Worker):
                 self.counters["underruns"] = self.backend.underruns
             self._check_device_errors()
             self._release_quiet()
-            # Failures of the refill are looked at least every 0.1 s; the rules' streams
-            # when a threshold watch wakes us (armed, a ring without one at every chunk),
-            # or every CATCH_UP_S.
-            waitables = self.triggers.waitables(every_chunk=self.armed)
-            interval = CATCH_UP_S if self.triggers.watches else 0.1
-            self.wait(waitables, min(clock.now_s() + interval, self.triggers.next_retry()))
+            # Failures of the refill are looked at least every 0.1 s. The rules' streams:
+            # awake (stay_awake_s after a pulse), at every chunk; asleep, when a rule's
+            # threshold watch wakes us, or every CATCH_UP_S (0.1 s).
+            now = clock.now_s()
+            awake = self.armed and now < self._awake_until
+            waitables = self.triggers.waitables(each_chunk=awake, armed=self.armed)
+            interval = AWAKE_TICK_S if awake else self.triggers.catch_up_s()
+            self.wait(waitables, min(now + interval, self.triggers.next_retry()))
 
     def _check_device_errors(self) -> None:
         """A streaming error the device reported: silence, disarm, and say so."""
@@ -406,6 +418,7 @@ class StimulationWorker(Worker):
             )
         command_id = next(self._ids)
         queued_ns = self.output.submit(command.channel, Train(command_id, rendered))
+        self._awake_until = clock.now_s() + self.settings.stay_awake_s
         self.counters["accepted"] += 1
         is_train = isinstance(command, messages.PulseTrain)
         self.publish(
