@@ -20,6 +20,7 @@ from pipeline.control.bus import Client, Endpoints, Subscriber
 from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD, Stimulator
 from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader, naming, shm
+from pipeline.ring import watch as watch_module
 from tests.rig import wait_for
 
 RATE = 50_000.0
@@ -321,6 +322,31 @@ def test_an_armed_stimulator_stays_awake_after_a_pulse_then_sleeps(rigs) -> None
     # awake: a wake every ms; asleep: the bus, heartbeats and 0.1 s checks (~150-200/s)
     asleep = max(asleep_before, asleep_after)
     assert awake > 500 and awake > 2 * asleep, (asleep_before, awake, asleep_after)
+
+
+def test_only_an_armed_rule_holds_a_threshold_watch_on_its_stream(rigs) -> None:
+    """Disarmed, a rule's crossings only say they would have fired: it gives its watch
+    slot back, and the source's writer stops comparing chunks for it."""
+    rig = rigs.new()
+    rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="") + TRIGGER)
+    rig.start()
+    reader = attach(f"{rig.name}/src/out")
+    table = watch_module._Table(reader._meta)
+
+    def held() -> int:
+        slots = range(watch_module.WATCH_SLOTS)
+        return sum(1 for slot in slots if table.field(slot, watch_module._TOKEN))
+
+    try:
+        time.sleep(0.3)
+        assert held() == 0
+        assert isinstance(rig.client().request(messages.Arm()), messages.Ok)
+        wait_for(lambda: held() == 1, 5, "the armed rule's watch")
+        assert isinstance(rig.client().request(messages.Disarm()), messages.Ok)
+        wait_for(lambda: held() == 0, 5, "the disarmed rule to give its watch back")
+    finally:
+        table.release()
+        reader.close()
 
 
 def test_two_rules_on_one_stream_each_see_every_frame(rigs) -> None:

@@ -152,6 +152,7 @@ class Triggers:
         self._detach_reader = detach
         self._report = report
         self._streams: list[_Stream] = []
+        self._watching = False  # rules hold threshold watches (armed); see watching()
         for watch in watches:
             stream = next((s for s in self._streams if s.name == watch.rule.stream), None)
             if stream is None:
@@ -178,18 +179,44 @@ class Triggers:
         stream.reader = reader
         stream.row_bytes = _row_bytes(reader)
         for watch in stream.rules:
+            watch.detector = Detector(watch.rule, reader.sample_rate)
+        if self._watching:
+            self._watch(stream)
+
+    def _watch(self, stream: _Stream) -> None:
+        """Give each rule of ``stream`` a threshold watch (one it lacks)."""
+        assert stream.reader is not None
+        for watch in stream.rules:
             rule = watch.rule
-            watch.detector = Detector(rule, reader.sample_rate)
+            if watch.threshold is not None:
+                continue
             try:
-                watch.threshold = reader.watch(rule.channel, rule.threshold, rule.direction)
+                watch.threshold = stream.reader.watch(rule.channel, rule.threshold, rule.direction)
             except WatchesFull as exc:
                 self._report(f"trigger {rule.name!r}: {exc}; looking at every chunk instead")
 
-    def _detach(self, stream: _Stream) -> None:
+    @staticmethod
+    def _unwatch(stream: _Stream) -> None:
         for watch in stream.rules:
             if watch.threshold is not None:
                 watch.threshold.close()
                 watch.threshold = None
+
+    def watching(self, on: bool) -> None:
+        """Hold threshold watches (armed: a crossing is seen at once) or give them back
+        (disarmed: its crossings only say they would have fired, so the streams are read
+        every CATCH_UP_S, and the writer need not look for us)."""
+        self._watching = on
+        for stream in self._streams:
+            if stream.reader is None:
+                continue
+            if on:
+                self._watch(stream)
+            else:
+                self._unwatch(stream)
+
+    def _detach(self, stream: _Stream) -> None:
+        self._unwatch(stream)
         self._detach_reader(stream.name)
         stream.reader = None
 
@@ -213,17 +240,17 @@ class Triggers:
                 self._detach(stream)
                 stream.retry_at = clock.now_s() + RETRY_S
 
-    def waitables(self, each_chunk: bool, armed: bool) -> list[RingReader | ThresholdWatch]:
+    def waitables(self, each_chunk: bool) -> list[RingReader | ThresholdWatch]:
         """What to wait on for the rules' streams that exist now: with ``each_chunk``
-        their rings, which wake for every chunk; otherwise each rule's threshold watch,
-        and, when ``armed``, the ring of a stream with a rule that has none (every slot
-        taken). What is not waited on is read every ``CATCH_UP_S``."""
+        their rings, which wake for every chunk; otherwise each rule's threshold watch
+        while :meth:`watching`, and then the ring of a stream with a rule that could not
+        get one (every slot taken). What is not waited on is read every ``CATCH_UP_S``."""
         waitables: list[RingReader | ThresholdWatch] = []
         for stream in self._streams:
             if stream.reader is None:
                 continue
-            watchless = any(w.threshold is None for w in stream.rules)
-            if each_chunk or (armed and watchless):
+            watchless = self._watching and any(w.threshold is None for w in stream.rules)
+            if each_chunk or watchless:
                 waitables.append(stream.reader)
             else:
                 waitables.extend(w.threshold for w in stream.rules if w.threshold is not None)

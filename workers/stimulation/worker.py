@@ -240,11 +240,11 @@ class StimulationWorker(Worker):
             self._check_device_errors()
             self._release_quiet()
             # Failures of the refill are looked at least every 0.1 s. The rules' streams:
-            # awake (stay_awake_s after a pulse), at every chunk; asleep, when a rule's
-            # threshold watch wakes us, or every CATCH_UP_S (0.1 s).
+            # awake (armed, stay_awake_s after a pulse), at every chunk; asleep, when a
+            # rule's threshold watch (armed only) wakes us, or every CATCH_UP_S (0.1 s).
             now = clock.now_s()
             awake = self.armed and now < self._awake_until
-            waitables = self.triggers.waitables(each_chunk=awake, armed=self.armed)
+            waitables = self.triggers.waitables(each_chunk=awake)
             interval = AWAKE_TICK_S if awake else self.triggers.catch_up_s()
             self.wait(waitables, min(now + interval, self.triggers.next_retry()))
 
@@ -360,6 +360,7 @@ class StimulationWorker(Worker):
 
     def _set_armed(self, armed: bool, reason: str) -> None:
         self.armed = armed
+        self.triggers.watching(armed)  # disarmed, crossings need not be seen at once
         s = self.settings
         state = "ARMED" if armed else "disarmed"
         self.note = f"{s.backend}, {s.channels} channels, {state}"
