@@ -76,12 +76,17 @@ def test_lossless_reader_gets_every_frame_in_order(processes, stream, wait_strat
     assert all(a.end_sequence == b.start_sequence for a, b in itertools.pairwise(chunks))
 
 
-def test_writer_killed_then_restarted_is_followed_as_a_new_generation(processes, stream):
-    ctx = processes.ctx
-    ready = ctx.Event()
+def _paced_writer_and_reader(processes, stream: str):
+    """A ``paced_writer`` process (5000 frames/s) that has published, its ready event
+    (cleared before a takeover), and a reader from the oldest frame."""
+    ready = processes.ctx.Event()
     first = processes.start(procs.paced_writer, stream, 10, 500.0, -1, ready)
     assert ready.wait(READ_TIMEOUT_S)
-    reader = pipeline.attach(stream, from_now=False)
+    return first, ready, pipeline.attach(stream, from_now=False)
+
+
+def test_writer_killed_then_restarted_is_followed_as_a_new_generation(processes, stream):
+    first, ready, reader = _paced_writer_and_reader(processes, stream)
     try:
         assert reader.writer_alive
         psutil.Process(first.pid).kill()
@@ -114,11 +119,7 @@ def test_a_threshold_watch_outlives_its_writer_and_wakes_once_for_the_crossing(
     crossed exactly once, at frame H. The watch is made while one writer process runs;
     that writer is killed and another takes the stream over: the watch lives in the
     stream segment, so the new writer wakes it, once, when frame H is published."""
-    ctx = processes.ctx
-    ready = ctx.Event()
-    first = processes.start(procs.paced_writer, stream, 10, 500.0, -1, ready)
-    assert ready.wait(READ_TIMEOUT_S)
-    reader = pipeline.attach(stream, from_now=False)
+    first, ready, reader = _paced_writer_and_reader(processes, stream)
     try:
         threshold = reader.write_cursor + 3000  # 0.6 s of the writers' 5000 frames/s
         with reader.watch(0, float(threshold)) as watch:
