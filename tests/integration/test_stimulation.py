@@ -292,8 +292,10 @@ def test_an_armed_rule_sleeps_through_quiet_chunks_and_still_fires_on_every_spik
         for e in fired
         if e.command_id in queued  # the window can cut a pair at either end
     ]
-    assert len(latencies) >= len(fired) - 2
-    assert all(0 < ns < 20e6 for ns in latencies), latencies  # not at the next catch-up read
+    assert len(latencies) >= len(fired) - 2 and all(ns > 0 for ns in latencies)
+    # Found by the catch-up read every 0.1 s instead, the median would be ~50 ms. (A
+    # single late one is the scheduler's under load, or the wait's 20 ms slice.)
+    assert np.median(latencies) < 10e6, sorted(latencies)
     assert sleeps_per_s < 300, f"{sleeps_per_s:.0f} sleeps/s: the worker wakes for quiet chunks"
 
 

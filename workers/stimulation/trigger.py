@@ -5,10 +5,10 @@ The stimulation worker reads the stream's ring itself (no socket in between):
 its source stops and comes back, and runs each rule's :class:`Detector` over
 every chunk; the worker decides what a crossing does (fire, or log why not).
 
-Each rule also holds a threshold watch on its channel
-(:meth:`pipeline.ring.RingReader.watch`): the acquisition writer wakes the
-worker only for chunks that may cross, so a rule on a quiet stream costs a
-wake every ``CATCH_UP_S`` (to read the backlog), not one per chunk. The
+While the worker is armed, each rule also holds a threshold watch on its
+channel (:meth:`pipeline.ring.RingReader.watch`): the stream's writer wakes
+the worker only for chunks that may cross, so a rule on a quiet stream costs
+a wake every ``CATCH_UP_S`` (to read the backlog), not one per chunk. The
 detector still sees every frame; the watch only decides when to look.
 
 A crossing is the first sample at or beyond ``threshold`` after one that was
@@ -111,7 +111,7 @@ class Watch:
 
     rule: TriggerRule
     rendered: Rendered
-    threshold: ThresholdWatch | None = None  # None: the stream's watch slots are all taken
+    threshold: ThresholdWatch | None = None  # None: disarmed, or every slot of the stream taken
     detector: Detector | None = None
 
 
@@ -292,9 +292,7 @@ class Triggers:
             if chunk.format_changed:
                 stream.row_bytes = _row_bytes(reader)
             if chunk.dropped or chunk.format_changed:
-                for watch in rules:
-                    assert watch.detector is not None
-                    watch.detector.reset()
+                _forget(rules)
             if not chunk.frames:
                 return False
             rows = chunk.data.reshape(chunk.frames, -1)
@@ -305,18 +303,14 @@ class Triggers:
                 if view.format_changed:
                     stream.row_bytes = _row_bytes(reader)
                 if view.dropped or view.format_changed:
-                    for watch in rules:
-                        assert watch.detector is not None
-                        watch.detector.reset()
+                    _forget(rules)
                 if not view.frames:
                     return False
                 rows = view.data.reshape(view.frames, -1)
                 columns = [rows[:, watch.rule.channel].copy() for watch in rules]
                 stamps, start = view.timestamps_ns.copy(), view.start_sequence
             if not view.intact:
-                for watch in rules:  # overwritten under us: those frames are lost, like a drop
-                    assert watch.detector is not None
-                    watch.detector.reset()
+                _forget(rules)  # overwritten under us: those frames are lost, like a drop
                 return True
             more = reader.lag > 0  # a view stops at the ring's end
         for watch, values in zip(rules, columns, strict=True):
@@ -325,6 +319,13 @@ class Triggers:
                 index = sequence - start
                 on_crossing(watch, sequence, float(values[index]), int(stamps[index]))
         return more
+
+
+def _forget(rules: list[Watch]) -> None:
+    """Reset every rule's detector (after a gap or a format change)."""
+    for watch in rules:
+        if watch.detector is not None:
+            watch.detector.reset()
 
 
 def _row_bytes(reader: RingReader) -> int:
