@@ -323,7 +323,7 @@ def test_an_armed_stimulator_stays_awake_after_a_pulse_then_sleeps(rigs) -> None
     asleep_after = sleeps_per_s(1.0)
     # awake: a wake every ms; asleep: the bus, heartbeats and 0.1 s checks (~150-200/s)
     asleep = max(asleep_before, asleep_after)
-    assert awake > 500 and awake > 2 * asleep, (asleep_before, awake, asleep_after)
+    assert awake > 300 and awake > 2 * asleep, (asleep_before, awake, asleep_after)
 
 
 def test_only_an_armed_rule_holds_a_threshold_watch_on_its_stream(rigs) -> None:
