@@ -348,8 +348,10 @@ class RingReader:
         The watch is a wake-up, not a filter: wait on it (with a timeout well
         inside the ring's capacity), then read everything as usual. It saves
         the thousand wakes a second of a reader that looks at every 1 ms
-        chunk for a rare event. :class:`~pipeline.ring.watch.WatchesFull` if
-        every slot of the stream is held.
+        chunk for a rare event. Until the writer adopts the watch (at its next
+        table scan, within 50 ms) the watch's wait wakes for every chunk.
+        :class:`~pipeline.ring.watch.WatchesFull` if every slot of the stream is
+        held.
         """
         if self.dtype.kind not in "iufb":
             raise ValueError(
@@ -362,7 +364,9 @@ class RingReader:
                 f"channel {channel} is not in stream {self.stream!r}, whose frames hold "
                 f"{size} values (0 to {size - 1})"
             )
-        return ThresholdWatch(self.stream, self._meta, channel, threshold, direction)
+        return ThresholdWatch(
+            self.stream, self._meta, channel, threshold, direction, ring_word=self.wake_word
+        )
 
     def _account(self, start: int, end: int) -> int:
         """Move the cursor to ``end``; return the frames lost before ``start`` (exact)."""

@@ -8,8 +8,8 @@ looking at silence. With a watch, the writer looks instead: the data is
 already in its cache, and one comparison over one column costs it a few
 microseconds. The reader sleeps on the watch's own wake word and wakes when a
 published chunk holds a sample at or beyond the threshold that follows one
-that was not (a possible crossing), when the stream changes state, or when
-its own timeout passes.
+that was not (a possible crossing), when the writer starts checking for it,
+when the stream changes state, or when its own timeout passes.
 
 A watch is only a wake-up: the reader still reads every frame from its own
 cursor and decides for itself what crossed. A watch that is lost (its slot
@@ -29,11 +29,18 @@ so it outlives a reformat and a writer restarted by the supervisor. Each of
     32  lease_ns    CLOCK_MONOTONIC ns until which the reader promises to be alive
     40  wake word   int32 word + int32 waiters flag (pipeline.ring.wait.WakeWord)
     48  flagged     chunks the writer woke this watch for
-    56  (reserved)
+    56  adopted     the token the writer checks chunks for (0: not yet)
 
 A reader claims a slot whose token is 0 or whose lease has run out, writes
 its parameters, then the lease; the writer ignores a slot whose lease ran
-out, so a reader that died stops costing anything within ``LEASE_S``. Two
+out, so a reader that died stops costing anything within ``LEASE_S``. The
+writer reads the table every ``SCAN_NS``, so a new claim is seen up to that
+much later; when it starts checking chunks for a claim it writes the claim's
+token into ``adopted`` and wakes the watch once (a chunk published before went
+unchecked: the reader reads it now). Until then (:attr:`ThresholdWatch.live` is False) a
+watch made by :meth:`pipeline.ring.RingReader.watch` waits on its ring
+instead, waking for every chunk, so the first crossing after a claim is not
+left to the reader's timeout. Two
 readers claiming the same free slot at the same instant is possible (there is
 no compare-and-swap from Python): the loser finds another's token at its next
 :meth:`ThresholdWatch.keep` and claims again.
@@ -44,6 +51,7 @@ from __future__ import annotations
 import math
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -59,7 +67,7 @@ if TYPE_CHECKING:
 WATCH_AT = 1024  # offset of the table in the stream segment
 WATCH_SLOTS = 8
 SLOT_BYTES = 64
-_TOKEN, _CHANNEL, _THRESHOLD, _DIRECTION, _LEASE, _WAKE, _FLAGGED = range(7)
+_TOKEN, _CHANNEL, _THRESHOLD, _DIRECTION, _LEASE, _WAKE, _FLAGGED, _ADOPTED = range(8)
 _FIELDS_PER_SLOT = SLOT_BYTES // 8
 LEASE_S = 2.0  # a reader renews its lease when half of it is left
 SCAN_NS = 50_000_000  # how often a writer reads the table for new, changed or expired watches
@@ -109,7 +117,10 @@ class ThresholdWatch:
         channel: int,
         threshold: float,
         direction: Direction = "rising",
+        ring_word: Callable[[], tuple[WakeWord, int] | None] | None = None,
     ) -> None:
+        """``ring_word``: the ring's ``wake_word``, waited on while the watch is not
+        :attr:`live`."""
         if direction not in ("rising", "falling"):
             raise ValueError(f"direction must be 'rising' or 'falling', given {direction!r}")
         if not math.isfinite(threshold):
@@ -120,6 +131,7 @@ class ThresholdWatch:
         self.direction: Direction = direction
         self.claims = 0  # how often a slot was claimed (more than 1: one was lost and taken back)
         self._table = _Table(meta)
+        self._ring_word = ring_word
         self._token = 0
         self._slot = -1
         self._word: WakeWord | None = None
@@ -145,6 +157,7 @@ class ThresholdWatch:
         table.floats[slot * _FIELDS_PER_SLOT + _THRESHOLD] = self.threshold
         table.set(slot, _DIRECTION, 1 if self.direction == "rising" else -1)
         table.set(slot, _FLAGGED, 0)
+        table.set(slot, _ADOPTED, 0)
         table.set(slot, _LEASE, now_ns + int(LEASE_S * 1e9))
         if self._word is not None:
             self._word.release()
@@ -163,6 +176,14 @@ class ThresholdWatch:
     def held(self) -> bool:
         """True while the slot is this watch's (another reader can have taken it in a race)."""
         return not self._closed and self._table.field(self._slot, _TOKEN) == self._token
+
+    @property
+    def live(self) -> bool:
+        """True once the writer checks chunks for this watch. Until then (up to the
+        writer's ``SCAN_NS`` after a claim; for good with a writer that cannot check it,
+        such as a channel a reformat took away) a crossing wakes nobody, and
+        :meth:`wait` waits for every chunk of the ring instead."""
+        return self.held and self._table.field(self._slot, _ADOPTED) == self._token
 
     def keep(self) -> None:
         """Renew the lease when due; claim a slot again if this one was lost."""
@@ -197,11 +218,16 @@ class ThresholdWatch:
             self._word.nudge()
 
     def wake_word(self) -> tuple[WakeWord, int] | None:
-        """``(word, value to sleep on)``, or None if already pending (for ``wait_any``)."""
+        """``(word, value to sleep on)``, or None if already pending (for ``wait_any``).
+        While the watch is not :attr:`live`: its ring's word, which every chunk wakes."""
         word = self._word
         assert word is not None
         seen = self._seen
-        return None if word.load() != seen else (word, seen)
+        if word.load() != seen:
+            return None
+        if self._ring_word is not None and not self.live:
+            return self._ring_word()
+        return word, seen
 
     def close(self) -> None:
         """Give the slot back (if still this watch's). Idempotent."""
@@ -283,9 +309,11 @@ class Watches:
                     continue
                 if old is not None:
                     old.word.release()
-                active.append(
-                    _Active(table, slot, token, channel, threshold, rising, table.word(slot))
-                )
+                adopted = _Active(table, slot, token, channel, threshold, rising, table.word(slot))
+                table.set(slot, _ADOPTED, token)
+                # and wake it: a chunk published before now went unchecked and may be unread
+                adopted.word.notify()
+                active.append(adopted)
         for gone in previous.values():
             gone.word.release()
         self.active = active

@@ -118,12 +118,16 @@ def test_a_threshold_watch_outlives_its_writer_and_wakes_once_for_the_crossing(
     """Channel 0 of ``sequence_frames`` is the sequence itself, so a rising threshold H is
     crossed exactly once, at frame H. The watch is made while one writer process runs;
     that writer is killed and another takes the stream over: the watch lives in the
-    stream segment, so the new writer wakes it, once, when frame H is published."""
+    stream segment, so the new writer adopts it (one wake) and wakes it once more, when
+    frame H is published."""
     first, ready, reader = _paced_writer_and_reader(processes, stream)
     try:
         threshold = reader.write_cursor + 3000  # 0.6 s of the writers' 5000 frames/s
         with reader.watch(0, float(threshold)) as watch:
-            watch.clear()
+            deadline = time.monotonic() + READ_TIMEOUT_S
+            while not watch.live:  # the first writer adopts it at its next table scan
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             psutil.Process(first.pid).kill()
             first.join(10)
             values = []
@@ -131,10 +135,16 @@ def test_a_threshold_watch_outlives_its_writer_and_wakes_once_for_the_crossing(
                 values.append(chunk.data[:, 0])
             killed_at = reader.cursor
             assert killed_at < threshold
+            watch.clear()
             ready.clear()
             processes.start(procs.paced_writer, stream, 10, 500.0, killed_at, ready)
-            woke = watch.wait(READ_TIMEOUT_S)
-            assert woke and reader.write_cursor > threshold  # not before frame H was out
+            wakes = []  # the write cursor at each wake
+            while not wakes or wakes[-1] <= threshold:
+                assert watch.wait(READ_TIMEOUT_S)
+                watch.clear()
+                wakes.append(reader.write_cursor)
+            # the new writer's adoption, at its first chunk; then frame H, and not before
+            assert len(wakes) == 2 and wakes[0] < threshold < wakes[1], (wakes, threshold)
             # the ring (4096 frames) still holds everything since the kill
             while (chunk := reader.read(timeout_s=0)).frames:
                 assert chunk.dropped == 0 and procs.frame_problems(chunk) == []

@@ -231,12 +231,16 @@ def test_a_trigger_fires_from_the_ring_and_its_events_say_when(rigs) -> None:
     triggered = [e for e in seen if isinstance(e, messages.Triggered)]
     queued = {e.command_id: e for e in seen if isinstance(e, messages.StimulationQueued)}
     assert 7 <= len(triggered) <= 12  # a spike every 100 ms
+    latencies_ms = []
     for event in triggered:
         assert event.fired and event.rule == "spk" and event.value == -100.0
         q = queued[event.command_id]
         assert q.source == "trigger:spk" and q.channel == 1
         assert q.frame_timestamp_ns == event.frame_timestamp_ns
-        assert 0 < q.queued_ns - q.frame_timestamp_ns < 50e6
+        latencies_ms.append((q.queued_ns - q.frame_timestamp_ns) / 1e6)
+    # the first one too: it came while the writer had not yet adopted the rule's fresh
+    # threshold watch, and once waited for the 0.1 s catch-up read (67-90 ms)
+    assert all(0 < ms < 50 for ms in latencies_ms), latencies_ms
     # every 100 ms one biphasic pulse of 5 + 5 samples on stim channel 1, nothing on 0
     assert not data[:, 0].any()
     nonzero = np.flatnonzero(data[:, 1])

@@ -25,6 +25,14 @@ def with_run(n: int, channel: int, start: int, value: float) -> np.ndarray:
     return frames
 
 
+def adopt(writer: pipeline.RingWriter, watch: pipeline.ThresholdWatch) -> None:
+    """Publish one quiet chunk, at which the writer adopts ``watch`` (its first publish
+    reads the watch table) and wakes it once; then clear the watch."""
+    writer.write(quiet())
+    assert watch.live and watch.pending()
+    watch.clear()
+
+
 @pytest.fixture
 def ring(stream):
     writer = pipeline.RingWriter(stream, np.float32, (CHANNELS,), 3000, 30_000.0)
@@ -38,7 +46,8 @@ def test_a_rising_watch_wakes_only_for_chunks_that_may_cross(ring):
     writer, reader = ring
     with reader.watch(2, 100.0) as watch:
         assert watch.pending()  # a new watch: read what came before first
-        watch.clear()
+        assert not watch.live  # the writer has not looked at the table yet
+        adopt(writer, watch)
         for _ in range(20):
             writer.write(quiet())
         writer.write(with_run(30, 1, 0, 500.0))  # another channel crosses: not ours
@@ -61,7 +70,7 @@ def test_a_rising_watch_wakes_only_for_chunks_that_may_cross(ring):
 def test_a_falling_watch_and_nan_samples(ring):
     writer, reader = ring
     with reader.watch(0, -50.0, "falling") as watch:
-        watch.clear()
+        adopt(writer, watch)
         writer.write(with_run(30, 0, 5, 40.0))
         frames = quiet()
         frames[:, 0] = np.nan  # NaN is neither beyond nor a crossing
@@ -74,14 +83,38 @@ def test_a_falling_watch_and_nan_samples(ring):
 def test_waiting_on_a_watch_sleeps_through_quiet_chunks(ring):
     writer, reader = ring
     with reader.watch(1, 10.0) as watch:
-        watch.clear()
+        adopt(writer, watch)
         writer.write(quiet())
         assert watch.wait(0.02) is False  # quiet: the wait runs to its timeout
         writer.write(with_run(30, 1, 3, 11.0))
         assert watch.wait(0.0) is True
         # the watch is only a wake-up: the frames are read from the ring as usual
         chunk = reader.read(timeout_s=0)
-        assert chunk.frames == 60 and chunk.data[33, 1] == 11.0
+        assert chunk.frames == 90 and chunk.data[63, 1] == 11.0
+
+
+def test_until_the_writer_adopts_a_watch_its_wait_wakes_for_every_chunk(ring):
+    """The writer reads the watch table every SCAN_NS: a crossing in the chunks between a
+    claim and the next scan wakes nobody through the watch, so the watch waits on its ring
+    (the first trigger after arming once waited for the reader's 0.1 s timeout)."""
+    writer, reader = ring
+    writer.write(quiet())  # the writer's first publish reads the (empty) table
+    with reader.watch(2, 100.0) as watch:
+        assert watch.held and not watch.live
+        watch.clear()
+        reader.read(timeout_s=0)
+        assert watch.wait(0.02) is False  # nothing published: nothing wakes it
+        writer.write(with_run(30, 2, 10, 200.0))  # a crossing the writer does not check
+        assert not watch.pending() and watch.flagged == 0
+        assert watch.wait(0.0) is True  # but the ring's word woke it
+        assert reader.read(timeout_s=0).data[10, 2] == 200.0
+        writer._watches.next_scan_ns = 0  # the writer's next scan is due
+        writer.write(quiet())  # adopted at this publish, and woken once for it
+        assert watch.live and watch.pending()
+        watch.clear()
+        reader.read(timeout_s=0)
+        writer.write(quiet())
+        assert watch.wait(0.02) is False  # adopted: quiet chunks no longer wake it
 
 
 def test_a_reformat_and_the_end_of_the_stream_wake_a_watch(ring):
