@@ -107,7 +107,9 @@ class RingWriter:
         self._frame_shape = generation.frame_shape
         self._dtype = self._dtype_seen = generation.dtype
         self._period_ns = 1e9 / generation.sample_rate if generation.sample_rate > 0 else 0.0
-        self._offsets: dict[int, np.ndarray] = {}
+        # per write size n: the frames' offsets before the last one's stamp, and how far
+        # past the previous write's last stamp this write's last one must be at least
+        self._stamping: dict[int, tuple[np.ndarray, int]] = {}
         # Only numbers can be compared with a threshold: other streams have no channel to watch.
         watchable = math.prod(generation.frame_shape) if generation.dtype.kind in "iufb" else 0
         self._watches.bind([self._meta, *self._orphans], watchable)
@@ -199,8 +201,10 @@ class RingWriter:
         if timestamps_ns is None:
             # The last frame now, the others a period apart before it; and never at or
             # before a stamp already written (a writer faster than its rate, a coarse clock).
-            offsets = self._timestamp_offsets(n)
-            end = max(now, self._last_stamp_ns + int(offsets[0]) + max(1, round(self._period_ns)))
+            offsets, lead = self._stamping.get(n) or self._stamping_for(n)
+            end = self._last_stamp_ns + lead
+            if end < now:
+                end = now
             self._last_stamp_ns = end
         else:
             self._last_stamp_ns = int(timestamps_ns[-1])
@@ -232,13 +236,12 @@ class RingWriter:
             watches.check(frames)
         return cursor
 
-    def _timestamp_offsets(self, n: int) -> np.ndarray:
-        offsets = self._offsets.get(n)
-        if offsets is None:
-            step = max(self._period_ns, 1.0)  # an event stream's batch: 1 ns apart, in order
-            offsets = np.round(np.arange(n - 1, -1, -1) * step).astype(np.int64)
-            self._offsets[n] = offsets
-        return offsets
+    def _stamping_for(self, n: int) -> tuple[np.ndarray, int]:
+        step = max(self._period_ns, 1.0)  # an event stream's batch: 1 ns apart, in order
+        offsets = np.round(np.arange(n - 1, -1, -1) * step).astype(np.int64)
+        stamping = offsets, int(offsets[0]) + max(1, round(self._period_ns))
+        self._stamping[n] = stamping
+        return stamping
 
     def reformat(
         self,
