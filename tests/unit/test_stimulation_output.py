@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.control.messages import Phase, PulseTrain, Waveform
@@ -121,6 +121,45 @@ def test_crossings_do_not_depend_on_how_the_stream_is_chunked(splits, seed) -> N
     found += detector.crossings(values[start:], start)
     assert found == whole
     assert all(b - a >= 10 for a, b in itertools.pairwise(whole))
+
+
+def _crossings_by_definition(values: np.ndarray, threshold: float, refractory: int) -> list[int]:
+    """A sample at or below ``threshold`` after one that was not (NaN is neither), the
+    first sample never; then at least ``refractory`` frames after the last one fired."""
+    fired: list[int] = []
+    for i in range(1, len(values)):
+        crossed = values[i] <= threshold and not values[i - 1] <= threshold
+        if crossed and (not fired or i >= fired[-1] + refractory):
+            fired.append(i)
+    return fired
+
+
+@given(
+    runs=st.lists(st.tuples(st.integers(1, 150), st.booleans(), st.booleans()), max_size=40),
+    splits=st.lists(st.integers(1, 120), min_size=1, max_size=20),
+    refractory_ms=st.sampled_from([0.0, 5.0, 40.0]),
+)
+@settings(max_examples=150, deadline=None)
+# a chunk that starts with a crossing, with a long stretch beyond and with a few samples
+@example(runs=[(30, False, False), (100, True, False)], splits=[31, 100], refractory_ms=0.0)
+@example(runs=[(30, False, False), (3, True, False)], splits=[31], refractory_ms=0.0)
+def test_crossings_match_their_definition_for_short_and_long_runs_and_nan(
+    runs, splits, refractory_ms
+) -> None:
+    """Runs of 1 to 150 samples beyond the threshold or not (a chunk with a few samples
+    beyond takes one path, a long stretch beyond another), NaN runs, cut anywhere."""
+    values = np.concatenate(
+        [np.zeros(1)]
+        + [np.full(n, np.nan if nan else (-80.0 if beyond else 0.0)) for n, beyond, nan in runs]
+    ).astype(np.float32)
+    refractory = int(np.ceil(refractory_ms))  # frames at 1 kHz
+    detector, found, start = Detector(rule(refractory_ms=refractory_ms), 1000.0), [], 0
+    for size in itertools.cycle(splits):
+        if start >= len(values):
+            break
+        found += detector.crossings(values[start : start + size], start)
+        start += size
+    assert found == _crossings_by_definition(values, -50.0, refractory)
 
 
 @pytest.mark.parametrize("view_bytes", [0, 1 << 30], ids=["view", "copy"])

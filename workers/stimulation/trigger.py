@@ -40,6 +40,7 @@ RETRY_S = 0.5  # how often to look again for a rule's stream that is gone
 #: armed rule on a quiet stream costs no more than no rule (bench/rig.py idle table).
 CATCH_UP_S = 0.1
 VIEW_BYTES = 256 << 10  # a backlog at least this large is read through a view
+_FEW_BEYOND = 64  # up to this many samples beyond the threshold in a chunk: runs in Python
 
 
 class TriggerRule(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -84,20 +85,41 @@ class Detector:
 
     def crossings(self, values: np.ndarray, start_sequence: int) -> list[int]:
         """Sequences of the frames in ``values`` (one channel, starting at ``start_sequence``)
-        where the rule fires."""
-        if not len(values):
+        where the rule fires.
+
+        A crossing is a sample beyond the threshold after one that was not: the start of
+        a run of the indices beyond it. Few numpy calls, since each costs several µs in a
+        worker that has just woken: the runs come from the indices themselves, in Python
+        for the few of a chunk with a spike, in numpy for a long stretch beyond.
+        """
+        n = len(values)
+        if not n:
             return []
-        if self.rule.direction == "rising":
-            beyond = values >= self.rule.threshold
+        rule = self.rule
+        if rule.direction == "rising":
+            at = np.flatnonzero(values >= rule.threshold)
         else:
-            beyond = values <= self.rule.threshold
-        before = np.empty_like(beyond)
-        before[1:] = beyond[:-1]
-        before[0] = True if self._previous_beyond is None else self._previous_beyond
-        self._previous_beyond = bool(beyond[-1])
+            at = np.flatnonzero(values <= rule.threshold)
+        # the index before a run's first: -1 (index 0 continues a run: the last sample
+        # seen was beyond, or none was seen) or -2 (it was not: index 0 can start one)
+        last = -2 if self._previous_beyond is False else -1
+        if not len(at):
+            self._previous_beyond = False
+            return []
+        if len(at) <= _FEW_BEYOND:
+            indices = at.tolist()
+            self._previous_beyond = indices[-1] == n - 1
+            starts = []
+            for index in indices:
+                if index != last + 1:
+                    starts.append(index)
+                last = index
+        else:
+            self._previous_beyond = bool(at[-1] == n - 1)
+            starts = at[np.diff(at, prepend=last) != 1].tolist()
         fired = []
-        for index in np.flatnonzero(beyond & ~before):
-            sequence = start_sequence + int(index)
+        for index in starts:
+            sequence = start_sequence + index
             if sequence >= self._deaf_until:
                 fired.append(sequence)
                 self._deaf_until = sequence + self.refractory_frames
