@@ -309,9 +309,14 @@ class Worker:
         ``time.sleep``, for pacing). On several rings it sleeps on all of them
         at once (:func:`~pipeline.ring.wait_any`).
         """
+        woke = False
         while not self._stopping:
             if any(reader.wait(0) for reader in readers):
-                self.service()  # at most every service_interval_s while frames flow
+                # Frames that woke this wait go to the caller at once: the bus is served
+                # before the next sleep below (whenever a message waits or a heartbeat is
+                # due). A reader with a backlog, which never sleeps, serves it here.
+                if not woke:
+                    self.service()  # at most every service_interval_s while frames flow
                 return True
             rings = [reader for reader, _ in self._command_rings.values()]
             if rings and wait_any(rings, 0):
@@ -336,6 +341,7 @@ class Worker:
                 every = [*readers, *rings]
                 with self._bell().sleeping(every[0].nudge) as rung:
                     wait_any(every, sleep_s, rung)
+                woke = True
             elif watched and self._bus is not None:
                 # the sockets' poll counts whole ms: the last ms is slept precisely below
                 self._poller().poll(int(sleep_s * 1000) - 1)
