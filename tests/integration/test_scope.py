@@ -54,18 +54,31 @@ def _spacing(lines: list[float]) -> np.ndarray:
     return gaps / gaps.min()
 
 
-def _lines_after(path: Path, count: int, timeout_s: float = 20) -> list[float]:
+def _lines_after(path: Path, count: int, timeout_s: float = 20, rig=None) -> list[float]:
+    """The rows of ``count`` trace lines, once a snapshot shows that many. On a timeout,
+    what the picture held instead, and with ``rig`` the scope's state and logs."""
     found: list[float] = []
+    existed = False
 
     def seen():
-        nonlocal found
-        found = _trace_lines(path) if path.exists() else []
+        nonlocal found, existed
+        existed = path.exists()
+        found = _trace_lines(path) if existed else []
         return len(found) == count and found
 
     try:
         return wait_for(seen, timeout_s, f"{count} trace lines in {path}")
     except AssertionError as exc:  # say what the picture held instead
-        raise AssertionError(f"{exc}; the last snapshot had lines at rows {found}") from None
+        held = f"lines at rows {found}" if existed else "no snapshot at all"
+        context = ""
+        if rig is not None:
+            scope_log = rig.log_dir() / "scope.log"
+            tail = scope_log.read_text(errors="replace")[-3000:] if scope_log.exists() else ""
+            context = (
+                f"\nscope: {rig.worker('scope')}\nsupervisor log:\n{rig.log()[-3000:]}"
+                f"\nscope log:\n{tail}"
+            )
+        raise AssertionError(f"{exc}; the last snapshot had {held}{context}") from None
 
 
 def test_traces_are_drawn_where_the_data_says_and_follow_a_generation_change(rigs) -> None:
@@ -248,7 +261,7 @@ def test_a_real_window_on_an_x_server_shows_labels_and_traces_where_the_data_say
     scope = _scope(snapshot).replace("offscreen = true", "offscreen = false")
     rig.write(pattern + scope)
     rig.start(env={"DISPLAY": xvfb, "QT_QPA_PLATFORM": "xcb"})
-    four = _lines_after(snapshot, 4)
+    four = _lines_after(snapshot, 4, rig=rig)
     assert np.allclose(_spacing(four), [3, 1, 3], atol=0.25), four
     image = QImage(str(snapshot)).convertToFormat(QImage.Format.Format_RGBA8888)
     pixels = np.frombuffer(image.constBits(), np.uint8).reshape(
