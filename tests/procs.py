@@ -104,10 +104,15 @@ def paced_writer(stream: str, chunk_frames: int, rate_hz: float, start: int, rea
     assert cursor == start or start < 0, f"takeover continued at {cursor}, expected {start}"
     period = 1.0 / rate_hz
     next_t = time.monotonic()
+    announced = False
     while True:
         writer.write(sequence_frames(cursor, chunk_frames))
         cursor += chunk_frames
-        ready.set()
+        if not announced:
+            # once: the tests kill this process, and one killed inside Event.set() (every
+            # chunk, before) left the event's lock held: the test's clear() then hung
+            ready.set()
+            announced = True
         next_t += period
         time.sleep(max(0.0, next_t - time.monotonic()))
 
