@@ -9,9 +9,12 @@
    - outside process, direct: this script attaches to the ring, detects the
      crossings of another channel (half a period after the rule's, so the
      worker is never busy with its own rule's pulse when the command comes)
-     and sends a ``PulseTrain`` to the stimulator's own socket
-     (``pipeline.stimulator``: one hop);
+     and commands the stimulator through its command ring
+     (``pipeline.stimulator``: one hop), two ways: a train prepared in advance
+     and fired by its handle (``Stimulator.fire``), and a ``PulseTrain``
+     (``Stimulator.pulse_train``);
    - outside process, through the supervisor (``Client.request``: two hops).
+   The decoder takes the three outside paths in turn, crossing after crossing.
    Alone, and beside the rig of bench/rig.py (``--rig-channels``); with the
    stimulator's default ``stay_awake_s`` (awake for 2 s after each pulse, so
    in a closed-loop run it never sleeps) and with ``stay_awake_s = 0`` (it
@@ -127,14 +130,18 @@ def row(
     )
 
 
-def outside_decoder(rig: Rig, seconds: float) -> tuple[list[int], list[int], list[int], float]:
+def outside_decoder(
+    rig: Rig, seconds: float
+) -> tuple[list[int], list[int], list[int], list[int], float]:
     """Run this process as the decoder for ``seconds``: read ``src/out``, and on each
-    crossing command a pulse, alternately directly (``pipeline.stimulator``) and through
-    the supervisor. Returns the three latency lists (in-worker trigger, direct,
-    via supervisor; frame timestamp -> pulse queued, ns) and the stimulator's CPU %."""
+    crossing command a pulse, in turn: a prepared train fired directly, a pulse train sent
+    directly (``pipeline.stimulator``), one through the supervisor. Returns the four
+    latency lists (in-worker trigger, prepared, direct, via supervisor; frame timestamp
+    -> pulse queued, ns) and the stimulator's CPU %."""
     events = Subscriber(rig.discovery.endpoints, "worker.stim.stimulation_queued")
     reader = attach(f"{rig.name}/src/out", from_now=True)
     stim = stimulator("stim", rig.name)
+    burst = stim.prepare_pulse_train(channel=0, phases=PHASES)
     inside: list[int] = []
     sent: dict[int, tuple[str, int]] = {}  # command id -> (path, frame timestamp)
     queued: dict[int, int] = {}  # command id -> queued_ns
@@ -150,7 +157,10 @@ def outside_decoder(rig: Rig, seconds: float) -> tuple[list[int], list[int], lis
                 if index == 0 and previous <= -50.0:
                     continue
                 crossings += 1
-                if crossings % 2:
+                if crossings % 3 == 0:
+                    reply = stim.fire(burst)
+                    path = "prepared"
+                elif crossings % 3 == 1:
                     reply = stim.pulse_train(channel=0, phases=PHASES)
                     path = "direct"
                 else:
@@ -180,11 +190,11 @@ def outside_decoder(rig: Rig, seconds: float) -> tuple[list[int], list[int], lis
         stim.close()
         reader.close()
         events.close()
-    paths: dict[str, list[int]] = {"direct": [], "supervisor": []}
+    paths: dict[str, list[int]] = {"prepared": [], "direct": [], "supervisor": []}
     for command_id, (path, frame_ns) in sent.items():
         if command_id in queued:
             paths[path].append(queued[command_id] - frame_ns)
-    return inside, paths["direct"], paths["supervisor"], stim_cpu
+    return inside, paths["prepared"], paths["direct"], paths["supervisor"], stim_cpu
 
 
 def closed_loop(
@@ -201,7 +211,7 @@ def closed_loop(
     print(
         f"\nsource: 2 channels at 30 kHz in 1 ms chunks, a crossing every {period_ms:g} ms "
         "on each, half a period apart: the trigger rule watches channel 1, the outside "
-        "decoder channel 0 and alternates its two paths on successive crossings. "
+        "decoder channel 0 and takes its three paths in turn on successive crossings. "
         "'beside a rig of N channels': the same session also runs synthetic acquisition "
         "(N channels, 30 kHz, 1 ms chunks), a recorder recording it and an offscreen scope "
         "(256 channels on screen): the rig of bench/rig.py.\n"
@@ -224,13 +234,14 @@ def closed_loop(
         config = CONFIG.format(period_ms=period_ms, realtime=priority, stay_awake=awake_s)
         rig = Rig(config + (RIG.format(channels) if channels else ""))
         try:
-            inside, direct, supervisor, stim_cpu = outside_decoder(rig, seconds)
+            inside, prepared, direct, supervisor, stim_cpu = outside_decoder(rig, seconds)
         finally:
             rig.stop()
             make_realtime(0)
         where = f"{load} | {scheduling}"
         print(row("in-worker trigger rule", where, inside, 1.0, 0.3))
-        print(row("outside process, direct (pipeline.stimulator)", where, direct, 1.0, 0.3))
+        print(row("outside process, direct, prepared (Stimulator.fire)", where, prepared, 1.0, 0.3))
+        print(row("outside process, direct (Stimulator.pulse_train)", where, direct, 1.0, 0.3))
         print(row("outside process, through the supervisor", where, supervisor, 2.0))
         print(f"| stimulation worker CPU: {stim_cpu:.1f} % of a core | {where} | | | | | |")
     idle = Rig(IDLE)

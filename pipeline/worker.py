@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -52,7 +51,13 @@ from pipeline import clock, scheduling
 from pipeline.console import ConsoleClose
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Router, direct_endpoint, load_keys
-from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD
+from pipeline.control.direct import (
+    COMMAND_FRAME,
+    COMMAND_HEADER,
+    COMMAND_PAYLOAD,
+    FIRE,
+    REQUEST,
+)
 from pipeline.control.doorbell import Doorbell
 from pipeline.errors import EndOfStream, ProtocolError, RigpipeError
 from pipeline.ring import RingReader, RingWriter, ThresholdWatch, attach, segments, wait_any
@@ -451,14 +456,23 @@ class Worker:
                 continue
             if chunk.dropped:  # never answered: the client's requests time out
                 self.counters["commands_lost"] = self.counters.get("commands_lost", 0) + 1
-            frames = memoryview(chunk.data.view(np.uint8))  # COMMAND_FRAME: length, payload
+            frames = memoryview(chunk.data.view(np.uint8))  # of COMMAND_FRAMEs
             for at in range(0, len(frames), COMMAND_FRAME.itemsize):
-                (length,) = struct.unpack_from("<I", frames, at)
+                kind, length, request_id, handle = COMMAND_HEADER.unpack_from(frames, at)
+                if kind == FIRE:  # built here: nothing to decode, and it is for this worker
+                    fire = messages.FireStimulus(
+                        worker=self.name, handle=handle, request_id=request_id
+                    )
+                    self._direct.send(peer, self._answer(fire))
+                    continue
                 request: messages.Message | ProtocolError
                 try:
+                    if kind != REQUEST:
+                        raise ProtocolError(f"a command frame of unknown kind {kind}")
                     if length > COMMAND_PAYLOAD:
                         raise ProtocolError(f"a command frame says {length} bytes")
-                    request = messages.decode(frames[at + 4 : at + 4 + length])
+                    payload = at + COMMAND_HEADER.size
+                    request = messages.decode(frames[payload : payload + length])
                 except ProtocolError as exc:
                     request = exc
                 self._direct.send(peer, self._answer_direct(request))

@@ -23,11 +23,23 @@ session's 0700 runtime directory, or CURVE over TCP with the session's keys.
 
 On the rig's machine a request does not even cross a socket: the client makes
 a *command ring* (a shared-memory ring it writes, 0600 like every ring, one
-encoded request per ``COMMAND_FRAME``), and tells the worker about it once
+request per ``COMMAND_FRAME``), and tells the worker about it once
 (``CommandRing``); the worker sleeps on it beside its own rings, so a request
 wakes it as fast as a frame does. Replies still come over the socket. A
 request too large for a frame (a long waveform), or a client on another
 machine, uses the socket.
+
+The fastest command is one prepared in advance: the worker checks and renders
+it once, and firing it sends only its handle (a ``FIRE`` frame: nothing to
+encode, decode, check or render when it counts)::
+
+    burst = stim.prepare_pulse_train(channel=0, phases=[(-50, 200), (50, 200)])
+    for chunk in reader:
+        if crossed(chunk):
+            stim.fire(burst)    # Accepted, or StimulationRefused (e.g. disarmed)
+
+A worker that restarted has forgotten its prepared stimuli; ``fire`` then
+prepares the stimulus again and fires it, once.
 """
 
 from __future__ import annotations
@@ -42,13 +54,28 @@ import numpy as np
 
 from pipeline.control import messages, session
 from pipeline.control.bus import Client, Endpoints
-from pipeline.errors import BusTimeout, RequestFailed, RigpipeError
+from pipeline.errors import BusTimeout, RequestFailed, RigpipeError, StimulationRefused
 from pipeline.ring import RingWriter
 
 #: Bytes of one encoded request in a command ring frame (a pulse train takes ~100).
-COMMAND_PAYLOAD = 2044
-#: One frame of a command ring: the request's length, then its msgpack bytes.
-COMMAND_FRAME = np.dtype([("length", "<u4"), ("payload", "u1", (COMMAND_PAYLOAD,))])
+COMMAND_PAYLOAD = 2024
+#: One frame of a command ring: a header (``COMMAND_HEADER``), then for a ``REQUEST``
+#: frame the msgpack bytes of the request (``length`` of them).
+COMMAND_FRAME = np.dtype(
+    [
+        ("kind", "<u4"),  # REQUEST or FIRE
+        ("length", "<u4"),  # of the payload (REQUEST)
+        ("request_id", "<u8"),  # the reply's
+        ("handle", "<u8"),  # the prepared stimulus's (FIRE)
+        ("payload", "u1", (COMMAND_PAYLOAD,)),
+    ]
+)
+#: kind, length, request_id, handle: the first bytes of a COMMAND_FRAME.
+COMMAND_HEADER = struct.Struct("<IIQQ")
+#: A frame's kind: an encoded request in ``payload``.
+REQUEST = 1
+#: A frame's kind: ``FireStimulus(handle)``, the stimulus the worker prepared as ``handle``.
+FIRE = 2
 #: Frames a command ring holds: requests sent and not yet read by the worker.
 COMMAND_RING_FRAMES = 64
 
@@ -73,7 +100,7 @@ class WorkerClient:
         self._ring: RingWriter | None = None
         self._ring_retry = False  # the worker did not answer when told of the ring
         self._frame = np.zeros(1, COMMAND_FRAME)
-        self._frame_bytes = memoryview(self._frame.view(np.uint8))  # filled without numpy calls
+        self._frame_bytes = memoryview(self._frame.view(np.uint8))
         if shared_memory:
             self._ring = self._open_ring()
 
@@ -129,10 +156,7 @@ class WorkerClient:
                 self._ring = self._open_ring()
             if self._ring is not None:
                 request_id = self._client.next_request_id()
-                raw = messages.encode(msgspec.structs.replace(request, request_id=request_id))
-                if len(raw) <= COMMAND_PAYLOAD:
-                    struct.pack_into("<I", self._frame_bytes, 0, len(raw))  # "length"
-                    self._frame_bytes[4 : 4 + len(raw)] = raw  # "payload"
+                if self._fill_frame(request, request_id):
                     self._ring.write(self._frame)
                     return self._client.reply_to(request_id)
             return self._client.request(request)
@@ -142,6 +166,19 @@ class WorkerClient:
                 f"worker {self.worker!r} did not answer within {self.timeout_s:g} s at "
                 f"{self.endpoint}; is it running? (`rigpipe status`)"
             ) from None
+
+    def _fill_frame(self, request: messages.WorkerRequest, request_id: int) -> bool:
+        """Put ``request`` into the command frame; False if it does not fit one."""
+        frame = self._frame_bytes  # filled without numpy calls
+        if isinstance(request, messages.FireStimulus):
+            COMMAND_HEADER.pack_into(frame, 0, FIRE, 0, request_id, request.handle)
+            return True
+        raw = messages.encode(msgspec.structs.replace(request, request_id=request_id))
+        if len(raw) > COMMAND_PAYLOAD:
+            return False
+        COMMAND_HEADER.pack_into(frame, 0, REQUEST, len(raw), request_id, 0)
+        frame[COMMAND_HEADER.size : COMMAND_HEADER.size + len(raw)] = raw
+        return True
 
     def _reconnect(self) -> None:
         self._close()
@@ -166,6 +203,32 @@ class WorkerClient:
         self.close()
 
 
+class PreparedStimulus:
+    """A stimulus its worker has checked and rendered, to be queued by ``Stimulator.fire``
+    (made by ``Stimulator.prepare_pulse_train`` / ``prepare_waveform``)."""
+
+    __slots__ = ("request", "stimulus", "worker")
+
+    def __init__(
+        self, worker: str, stimulus: messages.PulseTrain | messages.Waveform, handle: int
+    ) -> None:
+        self.worker = worker
+        self.stimulus = stimulus
+        self.request = messages.FireStimulus(worker=worker, handle=handle)
+
+    @property
+    def handle(self) -> int:
+        """The worker's name for it (a new one once the worker prepared it again)."""
+        return self.request.handle
+
+    @handle.setter
+    def handle(self, handle: int) -> None:
+        self.request = messages.FireStimulus(worker=self.worker, handle=handle)
+
+    def __repr__(self) -> str:
+        return f"PreparedStimulus({self.worker!r}, {self.stimulus!r})"
+
+
 class Stimulator(WorkerClient):
     """A stimulation worker of a running rig, reached directly (see the module docstring)."""
 
@@ -182,15 +245,9 @@ class Stimulator(WorkerClient):
         ``phases``: ``(amplitude_ua, duration_us)`` pairs, cathodic first as a rule.
         Raises StimulationRefused (``.reply`` says which limit) if the worker refused it.
         """
-        command = messages.PulseTrain(
-            worker=self.worker,
-            channel=channel,
-            phases=[p if isinstance(p, messages.Phase) else messages.Phase(*p) for p in phases],
-            frequency_hz=frequency_hz,
-            count=count,
-            interphase_us=interphase_us,
+        return self._stimulate(
+            self._pulse_train(channel, phases, frequency_hz, count, interphase_us)
         )
-        return self._stimulate(command)
 
     def waveform(
         self,
@@ -201,7 +258,83 @@ class Stimulator(WorkerClient):
         count: int = 1,
     ) -> messages.Accepted:
         """Queue an arbitrary waveform at the stimulator's output rate (see ``pulse_train``)."""
-        command = messages.Waveform(
+        return self._stimulate(
+            self._waveform(channel, samples_ua, sample_rate_hz, frequency_hz, count)
+        )
+
+    def prepare_pulse_train(
+        self,
+        channel: int,
+        phases: Sequence[messages.Phase | tuple[float, float]],
+        frequency_hz: float = 1.0,
+        count: int = 1,
+        interphase_us: float = 0.0,
+    ) -> PreparedStimulus:
+        """A pulse train the worker checks and renders now, to be queued by :meth:`fire`.
+
+        Raises StimulationRefused (``.reply`` says which limit) if it breaks one; the
+        stimulator need not be armed yet. Arguments as for :meth:`pulse_train`."""
+        stimulus = self._pulse_train(channel, phases, frequency_hz, count, interphase_us)
+        return PreparedStimulus(self.worker, stimulus, self._prepare(stimulus))
+
+    def prepare_waveform(
+        self,
+        channel: int,
+        samples_ua: Sequence[float],
+        sample_rate_hz: float,
+        frequency_hz: float = 1.0,
+        count: int = 1,
+    ) -> PreparedStimulus:
+        """A waveform prepared for :meth:`fire` (see ``prepare_pulse_train``)."""
+        stimulus = self._waveform(channel, samples_ua, sample_rate_hz, frequency_hz, count)
+        return PreparedStimulus(self.worker, stimulus, self._prepare(stimulus))
+
+    def fire(self, prepared: PreparedStimulus) -> messages.Accepted:
+        """Queue ``prepared``: the fastest command (see the module docstring).
+
+        Returns the ``Accepted`` reply; raises StimulationRefused if the stimulator is
+        disarmed. A worker that restarted since ``prepared`` was made has forgotten it:
+        it is prepared again (and checked again) and fired, once.
+        """
+        if prepared.worker != self.worker:
+            raise ValueError(
+                f"{prepared!r} was prepared by worker {prepared.worker!r}; fire it with that "
+                f"worker's Stimulator, not {self.worker!r}'s"
+            )
+        try:
+            return self._stimulate(prepared.request)
+        except StimulationRefused as refused:
+            if getattr(refused.reply, "limit", "") != "prepared":
+                raise
+        prepared.handle = self._prepare(prepared.stimulus)
+        return self._stimulate(prepared.request)
+
+    def _pulse_train(
+        self,
+        channel: int,
+        phases: Sequence[messages.Phase | tuple[float, float]],
+        frequency_hz: float,
+        count: int,
+        interphase_us: float,
+    ) -> messages.PulseTrain:
+        return messages.PulseTrain(
+            worker=self.worker,
+            channel=channel,
+            phases=[p if isinstance(p, messages.Phase) else messages.Phase(*p) for p in phases],
+            frequency_hz=frequency_hz,
+            count=count,
+            interphase_us=interphase_us,
+        )
+
+    def _waveform(
+        self,
+        channel: int,
+        samples_ua: Sequence[float],
+        sample_rate_hz: float,
+        frequency_hz: float,
+        count: int,
+    ) -> messages.Waveform:
+        return messages.Waveform(
             worker=self.worker,
             channel=channel,
             samples_ua=[float(x) for x in samples_ua],
@@ -209,7 +342,13 @@ class Stimulator(WorkerClient):
             frequency_hz=frequency_hz,
             count=count,
         )
-        return self._stimulate(command)
+
+    def _prepare(self, stimulus: messages.PulseTrain | messages.Waveform) -> int:
+        """The handle of ``stimulus`` prepared by the worker."""
+        reply = self.request(messages.PrepareStimulus(worker=self.worker, stimulus=stimulus))
+        if isinstance(reply, messages.Prepared):
+            return reply.handle
+        raise RequestFailed(f"unexpected reply from {self.worker!r}: {reply!r}")
 
     def stop(self, channel: int | None = None) -> str:
         """Silence ``channel`` (every channel if None) within one output buffer period."""

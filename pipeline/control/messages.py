@@ -125,6 +125,26 @@ class Waveform(WorkerRequest, kw_only=True):
     count: int = 1
 
 
+class PrepareStimulus(WorkerRequest, kw_only=True):
+    """Check and render ``stimulus`` now, and keep it ready for ``FireStimulus``: a closed
+    loop's fastest command, with nothing left to decode, check or render when it counts.
+    Answered ``Prepared`` (its ``handle``), or ``Refused`` naming the limit it breaks.
+    The stimulator need not be armed; ``FireStimulus`` checks that."""
+
+    worker: str = "stim"
+    stimulus: PulseTrain | Waveform
+
+
+class FireStimulus(WorkerRequest, kw_only=True):
+    """Queue the stimulus prepared as ``handle`` (``PrepareStimulus``). Answered
+    ``Accepted``, or ``Refused``: disarmed (``limit`` "armed"), or a handle the worker
+    does not hold (``limit`` "prepared": it restarted since, or forgot the oldest of
+    more than it keeps); prepare the stimulus again then."""
+
+    worker: str = "stim"
+    handle: int
+
+
 class StopStimulation(WorkerRequest, kw_only=True):
     """Silence ``channel`` (every channel if None) within one output buffer period;
     pending pulses are dropped."""
@@ -219,6 +239,12 @@ class Accepted(Ok, kw_only=True):
     """A stimulation command passed its safety check and is queued as ``command_id``."""
 
     command_id: int
+
+
+class Prepared(Ok, kw_only=True):
+    """A ``PrepareStimulus`` passed its safety check; fire it with ``FireStimulus(handle)``."""
+
+    handle: int
 
 
 class Error(Message, kw_only=True):
@@ -403,7 +429,9 @@ class Triggered(WorkerEvent, kw_only=True):
 
 
 Request = Hello | Status | ListStreams | StartWorker | StopWorker | RestartWorker
-StimulationRequest = PulseTrain | Waveform | StopStimulation | Arm | Disarm
+StimulationRequest = (
+    PulseTrain | Waveform | PrepareStimulus | FireStimulus | StopStimulation | Arm | Disarm
+)
 StimulationEvent = (
     StimulationQueued | StimulationRefused | StimulationStopped | StimulatorArmed | Triggered
 )
@@ -414,6 +442,7 @@ AnyMessage = (
     | StimulationRequest
     | StimulationEvent
     | Accepted
+    | Prepared
     | Refused
     | Annotate
     | Shutdown

@@ -17,7 +17,13 @@ import pipeline
 from pipeline import BusTimeout, RequestFailed, StimulationRefused, attach
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Subscriber
-from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD, Stimulator
+from pipeline.control.direct import (
+    COMMAND_FRAME,
+    COMMAND_PAYLOAD,
+    REQUEST,
+    PreparedStimulus,
+    Stimulator,
+)
 from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader, naming, shm
 from pipeline.ring import watch as watch_module
@@ -463,18 +469,21 @@ def test_a_decoder_commands_the_stimulator_directly_and_the_rig_still_records_it
             direct.close()
         with pytest.raises(RequestFailed, match=r"taking direct requests .*stim"):
             pipeline.stimulator("src", rig.name)
-        # ...and in a command ring: a length past the frame, bytes that are not msgpack.
-        # Each is answered with an error (a reply no request waits for) and counted;
-        # the ring's next request is served as usual.
+        # ...and in a command ring: a length past the frame, bytes that are not msgpack,
+        # a frame of no known kind. Each is answered with an error (a reply no request
+        # waits for) and counted; the ring's next request is served as usual.
         assert stim._ring is not None
         frame = np.zeros(1, COMMAND_FRAME)
+        frame["kind"] = REQUEST
         frame["length"] = COMMAND_PAYLOAD + 1
         stim._ring.write(frame)
         frame["length"] = 3
         frame["payload"][0, :3] = [0xC1, 0x00, 0x01]
         stim._ring.write(frame)
+        frame["kind"] = 77
+        stim._ring.write(frame)
         assert "armed" in stim.arm()
-        counted = lambda: rig.worker("stim").counters.get("bad_requests") == 3  # noqa: E731
+        counted = lambda: rig.worker("stim").counters.get("bad_requests") == 4  # noqa: E731
         wait_for(counted, 10, "the malformed requests counted in status")
     finally:
         by_socket.close()
@@ -482,6 +491,82 @@ def test_a_decoder_commands_the_stimulator_directly_and_the_rig_still_records_it
         queued.close()
     stim_status = rig.worker("stim")
     assert stim_status.state == "running" and stim_status.restarts == 0
+
+
+def test_a_prepared_stimulus_is_checked_once_fired_by_handle_and_prepared_again(rigs) -> None:
+    """Stimulator.prepare_pulse_train / fire: the worker checks and renders the train once;
+    firing it sends only its handle, outputs exactly the train, and is published (so
+    recorded) like any command. A worker that restarted holds no handle of its previous
+    run: ``fire`` then prepares the train again, once."""
+    rig = rigs.new()
+    rig.write(STIM.format(buffer_ms=BUFFER_MS, extra="armed = true"))
+    rig.start()
+    client = rig.client()
+    stim_events = rig.subscriber("worker.stim.")
+    wait_for(  # a SUB socket gets events only once its subscription is live
+        lambda: ask(client, messages.Disarm()) and stim_events.receive(0.2) is not None,
+        10,
+        "the event subscription to be live",
+    )
+    stim = pipeline.stimulator("stim", rig.name)
+    by_socket = Stimulator("stim", rig.name, shared_memory=False)
+    reader = attach(f"{rig.name}/stim/output", from_now=True)
+    biphasic = [(-30.0, 100.0), (30.0, 100.0)]
+    try:
+        # checked when prepared, armed or not
+        with pytest.raises(StimulationRefused, match="amplitude") as unsafe:
+            stim.prepare_pulse_train(channel=0, phases=[(-500.0, 100.0), (500.0, 100.0)])
+        assert unsafe.value.reply.limit == "amplitude (uA)"
+        with pytest.raises(StimulationRefused, match="no channel 9"):
+            stim.prepare_pulse_train(channel=9, phases=biphasic)
+        burst = stim.prepare_pulse_train(channel=0, phases=biphasic, frequency_hz=100, count=5)
+        with pytest.raises(StimulationRefused, match="disarmed") as disarmed:
+            stim.fire(burst)
+        assert disarmed.value.reply.limit == "armed"
+        assert "armed" in stim.arm()
+        events(stim_events, 0.3)
+
+        accepted = stim.fire(burst)  # a FIRE frame in the command ring
+        data, _ = output(reader, 0.3)
+        np.testing.assert_array_equal(
+            active(data[:, 0]), pulses((-30.0, 5), (30.0, 5), period=500, count=5)
+        )
+        assert not data[:, 1].any()
+        by_handle = by_socket.fire(burst)  # the handle is the worker's: any client fires it
+        with pytest.raises(StimulationRefused, match="no prepared stimulus 12345") as forged:
+            client.request(messages.FireStimulus(handle=12345))  # through the supervisor
+        assert forged.value.reply.limit == "prepared"
+        elsewhere = PreparedStimulus("stim2", burst.stimulus, burst.handle)
+        with pytest.raises(ValueError, match="prepared by worker 'stim2'; fire it with"):
+            stim.fire(elsewhere)
+        seen = events(stim_events, 0.5)
+        queued = [e for e in seen if isinstance(e, messages.StimulationQueued)]
+        assert [q.command_id for q in queued] == [accepted.command_id, by_handle.command_id]
+        assert all(q.source == "command" and q.channel == 0 for q in queued)
+        assert queued[0].phases == [messages.Phase(*p) for p in biphasic]
+        assert queued[0].count == 5 and queued[0].frequency_hz == 100
+
+        # a restart: the new worker knows no handle of the old one's
+        old_handle, old_pid = burst.handle, rig.worker("stim").pid
+        client.request(messages.RestartWorker(worker="stim"))
+        wait_for(lambda: not psutil.pid_exists(old_pid), 20, "the old stim process to end")
+        wait_for(lambda: rig.worker("stim").state == "running", 20, "stim to come back")
+        with pytest.raises(BusTimeout):  # into the ring the old worker read: nobody answers
+            stim.fire(burst)
+        again = stim.fire(burst)  # refused as "prepared", prepared again, fired
+        assert burst.handle != old_handle
+        seen = events(stim_events, 1.0)
+        assert [e.limit for e in seen if isinstance(e, messages.StimulationRefused)] == ["prepared"]
+        assert [e.command_id for e in seen if isinstance(e, messages.StimulationQueued)] == [
+            again.command_id
+        ]
+        with pytest.raises(StimulationRefused, match="prepare it again"):
+            client.request(messages.FireStimulus(handle=old_handle))
+    finally:
+        reader.close()
+        by_socket.close()
+        stim.close()
+        stim_events.close()
 
 
 def test_a_restarted_stimulator_never_runs_a_command_sent_while_it_was_down(rigs) -> None:

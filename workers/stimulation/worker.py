@@ -4,7 +4,10 @@ Commands arrive over the control plane (``PulseTrain``, ``Waveform``,
 ``StopStimulation``, ``Arm``, ``Disarm`` in :mod:`pipeline.messages`) from the
 CLI (``rigpipe stim ...``), a script or another worker. Each is answered
 ``Accepted`` (with a command id) or ``Refused`` (with the reason), and
-published as an event so the recorder keeps it. Trigger rules from the config
+published as an event so the recorder keeps it. A closed loop can prepare a
+stimulus once (``PrepareStimulus``: checked and rendered then) and fire it by
+its handle (``FireStimulus``), which leaves nothing to decode, check or render
+when it counts. Trigger rules from the config
 are evaluated here, on the rings themselves. Every stimulus passes
 :mod:`.safety` with the limits from the config, before and after rendering
 (:func:`.safety.render`), and only then reaches the backend:
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +52,9 @@ from workers.stimulation.trigger import TriggerRule, Triggers, Watch
 SWITCH_INTERVAL_S = 0.0005
 #: Rendered commands kept for reuse (only ones that passed the safety check are kept).
 RENDER_CACHE = 64
+#: Stimuli kept prepared (PrepareStimulus); past this many, the oldest is forgotten, and
+#: firing it is refused (limit "prepared") until it is prepared again.
+MAX_PREPARED = 256
 #: How often an awake worker wakes when nothing else wakes it (see stay_awake_s).
 AWAKE_TICK_S = 0.001
 
@@ -163,6 +170,10 @@ class StimulationWorker(Worker):
         check_buffer(s.buffer_ms, wake_s)
         self.limits = channel_limits(s)
         self._rendered: dict[bytes, Rendered] = {}
+        # handle -> a prepared stimulus, checked and rendered (PrepareStimulus). Handles are
+        # random 63-bit numbers, so a handle of a previous run of this worker (or of another
+        # worker) is never taken for one of this run's.
+        self._prepared: dict[int, tuple[messages.PulseTrain | messages.Waveform, Rendered]] = {}
         self._held: dict[str, _Held] = {}  # rule -> crossings held back (_publish_triggered)
         self.armed = s.armed
         self._awake_until = 0.0  # monotonic s: see StimulationSettings.stay_awake_s
@@ -341,8 +352,12 @@ class StimulationWorker(Worker):
     # -- commands -------------------------------------------------------------------------------
     def on_request(self, request: messages.WorkerRequest) -> messages.Message:
         match request:
+            case messages.FireStimulus(handle=handle):  # first: a closed loop's fastest path
+                return self.fire(handle)
             case messages.PulseTrain() | messages.Waveform():
                 return self.stimulate(request, "command")
+            case messages.PrepareStimulus(stimulus=stimulus):
+                return self.prepare(stimulus)
             case messages.StopStimulation(channel=channel):
                 if channel is not None and not 0 <= channel < self.settings.channels:
                     return messages.Error(
@@ -389,8 +404,7 @@ class StimulationWorker(Worker):
         """Check, render and queue ``command``; the reply, also published as an event.
 
         ``rendered`` is the command already rendered and checked with these limits
-        (a trigger rule's pulse, done at setup)."""
-        s = self.settings
+        (a trigger rule's pulse, done at setup; a prepared stimulus)."""
         if not self.armed:
             return self._refuse(
                 f"{self.name} is disarmed; send Arm (`rigpipe stim arm`) first",
@@ -398,25 +412,11 @@ class StimulationWorker(Worker):
                 command.channel,
                 "armed",
             )
-        if not 0 <= command.channel < s.channels:
-            return self._refuse(
-                f"no channel {command.channel}; channels are 0..{s.channels - 1}",
-                source,
-                command.channel,
-                "channel",
-            )
-        try:
-            if rendered is None:
-                rendered = self._render(command)
-        except SafetyViolation as violation:
-            return self._refuse(
-                str(violation),
-                source,
-                violation.channel,
-                violation.limit,
-                violation.value,
-                violation.allowed,
-            )
+        if rendered is None:
+            checked = self._check(command, source)
+            if isinstance(checked, messages.Refused):
+                return checked
+            rendered = checked
         command_id = next(self._ids)
         queued_ns = self.output.submit(command.channel, Train(command_id, rendered))
         self._awake_until = clock.now_s() + self.settings.stay_awake_s
@@ -434,7 +434,7 @@ class StimulationWorker(Worker):
                 peak_ua=float(abs(rendered.pulse_ua).max()) if len(rendered.pulse_ua) else 0.0,
                 frequency_hz=command.frequency_hz,
                 count=command.count,
-                duration_s=rendered.total_samples / s.output_rate_hz,
+                duration_s=rendered.total_samples / self.settings.output_rate_hz,
                 queued_ns=queued_ns,
                 frame_timestamp_ns=frame_timestamp_ns,
             )
@@ -443,6 +443,62 @@ class StimulationWorker(Worker):
             command_id=command_id,
             detail=f"queued on channel {command.channel}: {rendered.total_samples} samples",
         )
+
+    def prepare(
+        self, stimulus: messages.PulseTrain | messages.Waveform
+    ) -> messages.Prepared | messages.Refused:
+        """Check and render ``stimulus`` now, and keep it to be fired by its handle."""
+        checked = self._check(stimulus, "prepare")
+        if isinstance(checked, messages.Refused):
+            return checked
+        if len(self._prepared) >= MAX_PREPARED:
+            self._prepared.pop(next(iter(self._prepared)))  # the oldest
+        handle = secrets.randbits(63)
+        self._prepared[handle] = (stimulus, checked)
+        return messages.Prepared(
+            handle=handle,
+            detail=f"prepared for channel {stimulus.channel}: {checked.total_samples} samples",
+        )
+
+    def fire(self, handle: int) -> messages.Accepted | messages.Refused:
+        """Queue the stimulus prepared as ``handle``. Only "armed" is checked again: its
+        channel and limits were checked when it was prepared, and do not change while the
+        worker runs."""
+        prepared = self._prepared.get(handle)
+        if prepared is None:
+            return self._refuse(
+                f"{self.name} holds no prepared stimulus {handle}: it restarted since, or "
+                f"forgot it (it keeps the last {MAX_PREPARED}); prepare it again",
+                "command",
+                None,
+                "prepared",
+            )
+        stimulus, rendered = prepared
+        return self.stimulate(stimulus, "command", rendered=rendered)
+
+    def _check(
+        self, command: messages.PulseTrain | messages.Waveform, source: str
+    ) -> Rendered | messages.Refused:
+        """``command`` rendered, if its channel exists and it passes every limit."""
+        channels = self.settings.channels
+        if not 0 <= command.channel < channels:
+            return self._refuse(
+                f"no channel {command.channel}; channels are 0..{channels - 1}",
+                source,
+                command.channel,
+                "channel",
+            )
+        try:
+            return self._render(command)
+        except SafetyViolation as violation:
+            return self._refuse(
+                str(violation),
+                source,
+                violation.channel,
+                violation.limit,
+                violation.value,
+                violation.allowed,
+            )
 
     def _render(self, command: messages.PulseTrain | messages.Waveform) -> Rendered:
         """``command`` checked and rendered; a command seen before comes from a cache (a
