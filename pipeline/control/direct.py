@@ -157,7 +157,7 @@ class WorkerClient:
             if self._ring is not None:
                 request_id = self._client.next_request_id()
                 if self._fill_frame(request, request_id):
-                    self._ring.write(self._frame)
+                    self._ring.write_bytes(self._frame_bytes)
                     return self._client.reply_to(request_id)
             return self._client.request(request)
         except BusTimeout:

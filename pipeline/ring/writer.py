@@ -100,6 +100,8 @@ class RingWriter:
         """Cache what the hot path touches for generation ``generation``."""
         self._fields = generation.fields
         self._frames = generation.frames
+        self._frame_nbytes = generation.frames[:1].nbytes  # bytes of one frame
+        self._raw = memoryview(generation.frames.reshape(-1).view(np.uint8))  # write_bytes'
         self._timestamps = generation.timestamps_ns
         self._wake = generation.wake
         self._capacity = generation.capacity
@@ -176,20 +178,58 @@ class RingWriter:
                 f"given shape {frames.shape} dtype {frames.dtype}"
             )
         n = len(frames)
-        capacity = self._capacity
         if n == 0:
             return self._cursor
-        if n > capacity:
-            raise ValueError(
-                f"a write of {n} frames does not fit stream {self.stream!r}, which holds "
-                f"{capacity}; write smaller blocks or create the ring with a larger capacity"
-            )
+        if n > self._capacity:
+            raise self._too_many(n)
         if timestamps_ns is not None:
             timestamps_ns = np.asarray(timestamps_ns, dtype=np.int64)
             if timestamps_ns.shape != (n,):
                 raise ValueError(
                     f"timestamps_ns has shape {timestamps_ns.shape}; expected ({n},), one per frame"
                 )
+        return self._publish(frames, n, timestamps_ns)
+
+    def write_bytes(self, data: bytes | bytearray | memoryview) -> int:
+        """Publish frames given as their raw bytes; return the new write cursor.
+
+        ``data``: C-contiguous bytes of a whole number of frames in the stream's
+        dtype and frame shape (``bytes``, ``bytearray``, a ``memoryview``), stamped
+        as :meth:`write` stamps frames without ``timestamps_ns``. For a writer that
+        builds its frames in place, as a command ring's client does: no numpy call
+        on the way, which a process that just woke pays for in cache misses.
+        """
+        if self._closed:
+            raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            if not view.c_contiguous:
+                raise ValueError("write_bytes takes C-contiguous bytes; copy them first")
+            view = view.cast("B")
+        n, extra = divmod(view.nbytes, self._frame_nbytes)
+        if extra:
+            raise ValueError(
+                f"{view.nbytes} bytes are not a whole number of frames of stream "
+                f"{self.stream!r} ({self._frame_nbytes} bytes each: shape "
+                f"{self._frame_shape}, dtype {self._dtype})"
+            )
+        if n == 0:
+            return self._cursor
+        if n > self._capacity:
+            raise self._too_many(n)
+        return self._publish(view, n, None)
+
+    def _too_many(self, n: int) -> ValueError:
+        return ValueError(
+            f"a write of {n} frames does not fit stream {self.stream!r}, which holds "
+            f"{self._capacity}; write smaller blocks or create the ring with a larger capacity"
+        )
+
+    def _publish(
+        self, frames: np.ndarray | memoryview, n: int, timestamps_ns: np.ndarray | None
+    ) -> int:
+        """Copy ``n`` checked frames (an array, or their bytes) into the ring and wake."""
+        capacity = self._capacity
         now = clock.now_ns()
         if now >= self._next_link_check:
             self._next_link_check = now + _LINK_CHECK_NS
@@ -208,8 +248,13 @@ class RingWriter:
             self._last_stamp_ns = end
         else:
             self._last_stamp_ns = int(timestamps_ns[-1])
+        raw = type(frames) is memoryview
         if slot + n <= capacity:  # the common case: one contiguous run of slots
-            self._frames[slot : slot + n] = frames
+            if raw:
+                size = self._frame_nbytes
+                self._raw[slot * size : (slot + n) * size] = frames
+            else:
+                self._frames[slot : slot + n] = frames
             if timestamps_ns is None and n == 1:  # one frame (an event, a command): no ufunc
                 self._timestamps[slot] = end
             elif timestamps_ns is None:
@@ -220,8 +265,13 @@ class RingWriter:
             if timestamps_ns is None:
                 timestamps_ns = end - offsets
             first = capacity - slot
-            self._frames[slot:] = frames[:first]
-            self._frames[: n - first] = frames[first:]
+            if raw:
+                split = first * self._frame_nbytes
+                self._raw[slot * self._frame_nbytes :] = frames[:split]
+                self._raw[: len(frames) - split] = frames[split:]
+            else:
+                self._frames[slot:] = frames[:first]
+                self._frames[: n - first] = frames[first:]
             self._timestamps[slot:] = timestamps_ns[:first]
             self._timestamps[: n - first] = timestamps_ns[first:]
         cursor += n
@@ -233,6 +283,8 @@ class RingWriter:
         if now >= watches.next_scan_ns:
             watches.scan(now)
         if watches.active:
+            if raw:
+                frames = np.frombuffer(frames, self._dtype).reshape(n, *self._frame_shape)
             watches.check(frames)
         return cursor
 

@@ -222,6 +222,43 @@ def test_write_refuses_timestamps_of_the_wrong_length(writer):
         writer.write(frames_from(0, 3), timestamps_ns=[1, 2])
 
 
+def test_write_bytes_publishes_the_same_frames_as_write_across_the_wrap(writer, stream):
+    with pipeline.attach(stream) as reader:
+        writer.write(frames_from(0, 10))
+        writer.write_bytes(frames_from(10, 3).tobytes())  # bytes
+        writer.write_bytes(bytearray(frames_from(13, 5).tobytes()))  # over the wrap (16)
+        raw = memoryview(frames_from(18, 2))  # a typed view of int32 (2, 4): cast to bytes
+        assert writer.write_bytes(raw) == 20
+        chunk = reader.read(timeout_s=1)
+    assert chunk.start_sequence == 4 and chunk.dropped == 4  # 16 held of 20 written
+    np.testing.assert_array_equal(chunk.data, frames_from(4, 16))
+    assert (np.diff(chunk.timestamps_ns) > 0).all()
+    event_bytes = np.array([(10, 3, 1), (20, 7, 0)], dtype=SPIKE).tobytes()
+    events = pipeline.RingWriter(f"{stream}-ev", SPIKE, (), 64, 0.0)
+    with events, pipeline.attach(f"{stream}-ev") as reader:
+        events.write_bytes(event_bytes)
+        assert reader.read(timeout_s=1).data.tolist() == [(10, 3, 1), (20, 7, 0)]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\0" * 20, r"20 bytes are not a whole number of frames .* \(16 bytes each: shape \(4,\)"),
+        (b"\0" * 16 * 17, "does not fit .* which holds 16"),
+        (memoryview(np.zeros((4, 8), np.int32)[:, ::2]), "C-contiguous"),
+    ],
+)
+def test_write_bytes_refuses_what_is_not_whole_frames(writer, stream, data, message):
+    with pipeline.attach(stream) as reader:
+        with pytest.raises(ValueError, match=message):
+            writer.write_bytes(data)
+        assert writer.write_bytes(b"") == 0
+        assert writer.write_cursor == 0 and reader.read(timeout_s=0).frames == 0
+    writer.close()
+    with pytest.raises(WriterClosed):
+        writer.write_bytes(frames_from(0, 1).tobytes())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -67,6 +67,16 @@ def test_a_rising_watch_wakes_only_for_chunks_that_may_cross(ring):
         assert watch.pending() and watch.flagged == 3
 
 
+def test_frames_written_as_bytes_wake_a_watch_too(ring):
+    writer, reader = ring
+    with reader.watch(2, 100.0) as watch:
+        adopt(writer, watch)
+        writer.write_bytes(quiet().tobytes())
+        assert not watch.pending()
+        writer.write_bytes(with_run(30, 2, 10, 200.0).tobytes())
+        assert watch.pending() and watch.flagged == 1
+
+
 def test_a_falling_watch_and_nan_samples(ring):
     writer, reader = ring
     with reader.watch(0, -50.0, "falling") as watch:
