@@ -65,10 +65,12 @@ class SimulatedStimulator:
         self.samples_output = 0
         self.clock_error: BaseException | None = None
         self._fifo = np.zeros((channels, self.capacity))
-        self._head = np.zeros(channels, np.int64)  # samples ever output, per channel
-        self._tail = np.zeros(channels, np.int64)  # samples ever enqueued, per channel
-        self._plays_at = np.zeros(channels, np.int64)  # the device sample the FIFO's head plays as
-        self._open = np.zeros(channels, bool)  # a stimulus is under way: more samples follow
+        # Per channel, as Python lists: a host's enqueue touches them a dozen times, and a
+        # numpy scalar costs several µs each in a worker that just woke.
+        self._head = [0] * channels  # samples ever output
+        self._tail = [0] * channels  # samples ever enqueued
+        self._plays_at = [0] * channels  # the device sample the FIFO's head plays as
+        self._open = [False] * channels  # a stimulus is under way: more samples follow
         self._start_ns: int | None = None
         self._period_ns = 1e9 / output_rate_hz
         self._lock = threading.Lock()
@@ -85,7 +87,7 @@ class SimulatedStimulator:
 
     # -- Backend --------------------------------------------------------------------------------
     def queued(self, channel: int) -> int:
-        return int(self._tail[channel] - self._head[channel])
+        return self._tail[channel] - self._head[channel]
 
     def space(self, channel: int) -> int:
         return self.capacity - self.queued(channel)
@@ -97,7 +99,7 @@ class SimulatedStimulator:
             if not self.queued(channel):  # plays from the first sample after now
                 self._plays_at[channel] = max(self.samples_output, self._sample_now() + 1)
             done = 0
-            for slot, count in _spans(int(self._tail[channel]), len(samples_ua), self.capacity):
+            for slot, count in _spans(self._tail[channel], len(samples_ua), self.capacity):
                 self._fifo[channel, slot : slot + count] = samples_ua[done : done + count]
                 done += count
             self._tail[channel] += len(samples_ua)
@@ -139,7 +141,7 @@ class SimulatedStimulator:
             assert self._start_ns is not None
             start_ns, period_ns = self._start_ns, self._period_ns
             while not self._stop.is_set():
-                busy = bool(self._open.any() or (self._tail > self._head).any())
+                busy = any(self._open) or self._tail != self._head
                 self._wake.wait(self.block_s if busy else self.idle_block_s)
                 self._wake.clear()
                 due = self._sample_now() - self.samples_output
@@ -162,11 +164,11 @@ class SimulatedStimulator:
         with self._lock:
             for channel in range(self.channels):
                 queued = self.queued(channel)
-                plays_at = max(int(self._plays_at[channel]), first)
+                plays_at = max(self._plays_at[channel], first)
                 if queued and plays_at < end:
                     count = min(queued, end - plays_at)
                     done = plays_at - first
-                    for slot, n in _spans(int(self._head[channel]), count, self.capacity):
+                    for slot, n in _spans(self._head[channel], count, self.capacity):
                         out[done : done + n, channel] = self._fifo[channel, slot : slot + n]
                         done += n
                     self._head[channel] += count
