@@ -9,7 +9,9 @@ an outside decoder (:func:`make_realtime`, or ``chrt -f 10 python decoder.py``)
 use to keep a closed loop under a millisecond.
 
 - Linux: ``SCHED_FIFO`` at the given priority, for every thread of the process
-  and those it starts later. Allowed to root, to a process with
+  and those it starts later. Child processes inherit it too: a rig's workers
+  drop what they inherit (:func:`drop_inherited`), so that only those whose
+  ``realtime_priority`` asks run real-time. Allowed to root, to a process with
   ``CAP_SYS_NICE``, or up to ``ulimit -r`` (``RLIMIT_RTPRIO``: a line such as
   ``@lab - rtprio 20`` in ``/etc/security/limits.conf``). The kernel keeps 5 %
   of every core for other processes (``sched_rt_runtime_us``), so a real-time
@@ -80,6 +82,28 @@ def _fifo(priority: int) -> str:
             "again), or give Python CAP_SYS_NICE"
         )
     return ""
+
+
+def drop_inherited() -> str:
+    """Return this process to normal scheduling if it inherited a real-time policy.
+
+    Linux hands ``SCHED_FIFO``/``SCHED_RR`` down to child processes: a supervisor
+    started from a real-time decoder, or under ``chrt``, would run every worker
+    real-time at one priority, where a busy scope or recorder delays the
+    stimulator and the decoder by milliseconds. A worker calls this first, and
+    is real-time only if its ``realtime_priority`` asks. Returns what was
+    dropped (e.g. "SCHED_FIFO priority 10"), or "" if nothing was (normal
+    scheduling already; no such policies on this OS).
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        return ""  # Windows, macOS: no inherited SCHED_FIFO to drop
+    policy = os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
+    if policy not in (os.SCHED_FIFO, os.SCHED_RR):
+        return ""
+    name = "SCHED_FIFO" if policy == os.SCHED_FIFO else "SCHED_RR"
+    dropped = f"{name} priority {os.sched_getparam(0).sched_priority}"
+    _fifo(0)  # lowering one's own scheduling needs no right
+    return dropped
 
 
 def _thread_ids() -> list[int]:

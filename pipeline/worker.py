@@ -590,8 +590,12 @@ class Worker:
                 self._bus.send(message)
 
     # -- process lifecycle ----------------------------------------------------------------------
-    def main(self) -> int:
-        """Connect, set up, run, tear down; the process exit code."""
+    def main(self, inherited_scheduling: str = "") -> int:
+        """Connect, set up, run, tear down; the process exit code.
+
+        ``inherited_scheduling``: the real-time policy this process inherited and
+        dropped (:func:`pipeline.scheduling.drop_inherited`), reported once connected.
+        """
         identity = f"worker:{self.name}:{os.getpid()}"
         endpoints = self.spec.endpoints
         self._bus = Client(endpoints, self.spec.heartbeat_timeout_s, identity)
@@ -605,6 +609,12 @@ class Worker:
             self.log.error("the supervisor refused this worker: %s", answer.text)
             self._close_sockets()
             return 1
+        if inherited_scheduling:
+            self.report(
+                f"dropped {inherited_scheduling}, inherited from the process that started "
+                "the supervisor: a worker runs real-time only as its [[workers]] table's "
+                "realtime_priority asks, once set up"
+            )
         timer = fine_timer() if self.needs_fine_timer else contextlib.nullcontext()
         with timer:
             return self._live()
@@ -743,6 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(started by the supervisor)"
         )
         return 2
+    # Real-time only if the config asks (after setup): not a policy handed down by
+    # whoever started the supervisor, and not for the heavy imports that follow.
+    inherited_scheduling = scheduling.drop_inherited()
     spec = msgspec.json.decode(text, type=WorkerSpec)
     faulthandler.enable()  # a crash in native code leaves its traceback in the worker's log
     logging.basicConfig(
@@ -781,7 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     closing = ConsoleClose(console_closed)  # Windows: every process on the console gets it
     try:
-        return worker.main()
+        return worker.main(inherited_scheduling)
     finally:
         closing.remove()
 

@@ -77,6 +77,34 @@ def test_a_realtime_worker_runs_every_thread_under_sched_fifo_and_the_others_do_
     assert rig.interrupt() == 0
 
 
+@pytest.mark.skipif(not _may_use_fifo(), reason="this user may not use SCHED_FIFO")
+@pytest.mark.skipif(shutil.which("chrt") is None, reason="needs util-linux chrt")
+def test_workers_do_not_inherit_a_realtime_supervisor_only_their_own_priority(rigs) -> None:
+    # A supervisor started under SCHED_FIFO (by chrt here; by a real-time decoder that
+    # starts a rig) hands its policy to every child. A scope or recorder at the
+    # stimulator's priority would delay it by milliseconds: each worker drops it.
+    rig = rigs.new()
+    rig.config.write_text(_config(rig.name))
+    rig.start(prefix=["chrt", "--fifo", str(PRIORITY + 5)])
+    assert os.sched_getscheduler(rig.proc.pid) == os.SCHED_FIFO  # what it was started under
+    stim, src = _pid(rig, "stim"), _pid(rig, "src")
+    assert all(os.sched_getscheduler(tid) == os.SCHED_OTHER for tid in _threads(src))
+    for tid in _threads(stim):  # its own priority, not the inherited one
+        assert os.sched_getscheduler(tid) == os.SCHED_FIFO, f"thread {tid}"
+        assert os.sched_getparam(tid).sched_priority == PRIORITY
+    wait_for(lambda: rig.log().count("dropped SCHED_FIFO priority 15") >= 2, 10, "two reports")
+    report = next(line for line in rig.log().splitlines() if "dropped SCHED_FIFO" in line)
+    assert "realtime_priority" in report
+    assert rig.interrupt() == 0
+
+
+def test_a_process_under_normal_scheduling_has_nothing_to_drop(monkeypatch) -> None:
+    assert scheduling.drop_inherited() == ""
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    monkeypatch.delattr(os, "sched_getscheduler")  # Windows, macOS: nothing is inherited
+    assert scheduling.drop_inherited() == ""
+
+
 @pytest.mark.skipif(
     shutil.which("setpriv") is None or shutil.which("prlimit") is None,
     reason="needs util-linux setpriv and prlimit",
