@@ -37,6 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 
@@ -339,7 +340,19 @@ def lsl_reader(cfg: Config, ready, out, source_id: str) -> None:
 
 
 # -- running a pair ------------------------------------------------------------------------------
-def run_pair(name: str, cfg: Config) -> Result:
+def _at_priority(priority: int, reader, *args) -> None:
+    """Run ``reader(*args)`` under real-time scheduling, as a real-time decoder would."""
+    from pipeline import make_realtime
+
+    why = make_realtime(priority)
+    if why:
+        raise RuntimeError(why)
+    reader(*args)
+
+
+def run_pair(name: str, cfg: Config, reader_priority: int = 0) -> Result:
+    """Run ``name``'s writer and reader processes for ``cfg``; the reader under
+    SCHED_FIFO ``reader_priority`` if given (``pipeline.make_realtime``)."""
     ctx = mp.get_context("spawn")
     ready, out = ctx.Event(), ctx.Queue()
     tag = uuid.uuid4().hex[:8]
@@ -360,12 +373,24 @@ def run_pair(name: str, cfg: Config) -> Result:
         extra = (f"rigpipe-bench-{tag}",)
     else:
         raise ValueError(name)
-    r = ctx.Process(target=reader, args=(cfg, ready, out, *extra))
+    args = (cfg, ready, out, *extra)
+    if reader_priority:
+        r = ctx.Process(target=_at_priority, args=(reader_priority, reader, *args))
+    else:
+        r = ctx.Process(target=reader, args=args)
     w = ctx.Process(target=writer, args=(cfg, ready, *extra))
     r.start()
     w.start()
     try:
-        return out.get(timeout=cfg.seconds + 90)
+        deadline = time.monotonic() + cfg.seconds + 90
+        while True:
+            try:
+                return out.get(timeout=1.0)
+            except Empty:
+                if not r.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the {name} reader ended without a result (exit code {r.exitcode})"
+                    ) from None
     finally:
         for proc in (w, r):
             proc.join(10)
