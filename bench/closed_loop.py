@@ -20,6 +20,9 @@
    in a closed-loop run it never sleeps) and with ``stay_awake_s = 0`` (it
    sleeps until a rule's threshold watch or a command wakes it: the latency
    of the first crossing after a quiet spell) (``--stay-awake``).
+   Beside each run, a floor: one futex wake-up between two bare processes
+   (bench/ring.py's wake-only pair, the reader scheduled as the decoder) in
+   the same rig, just after the decoder's run; the direct path takes two.
    The source (tests/workers/spikes.py) stamps each frame with the host
    monotonic time at which it was published; the stimulator reports when the
    pulse's first samples were enqueued (``StimulationQueued.queued_ns``).
