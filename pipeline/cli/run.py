@@ -15,7 +15,6 @@ numpy, pyzmq, msgspec, psutil and h5py, and fitting lines is all it takes.)
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import shutil
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 from pipeline import clock, config
 from pipeline.control import messages
 from pipeline.control.messages import StatusReply
+from pipeline.output import Output, log_without_blocking
 
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -44,13 +44,21 @@ def run_rig(args: argparse.Namespace) -> int:
         workers = ", ".join(f"{p.name} ({p.config.kind})" for p in rig.workers)
         print(f"{args.config}: valid; session {rig.session.name!r}; workers: {workers}")
         return 0
-    logging.basicConfig(
-        level=rig.session.log_level.upper(), format="%(asctime)s %(name)s %(message)s"
+    # Nothing the supervisor writes may hold up its loop: a terminal that stops reading
+    # (Ctrl-S, a stalled SSH session, a Windows console in selection mode) only delays
+    # the text (see pipeline.output).
+    logs = log_without_blocking(
+        sys.stderr, rig.session.log_level, "%(asctime)s %(name)s %(message)s"
     )
-    display = _LiveTable() if sys.stdout.isatty() and enable_vt() else _EventLog()
+    screen = Output(sys.stdout, name="screen")
+    display = _LiveTable(screen) if sys.stdout.isatty() and enable_vt() else _EventLog(screen)
     supervisor = Supervisor(rig, on_event=display.event, on_tick=display.tick)
-    code = supervisor.run(args.duration)
-    display.close()
+    try:
+        code = supervisor.run(args.duration)
+    finally:
+        display.close()
+        screen.close()
+        logs.close()
     return code
 
 
@@ -77,16 +85,35 @@ def enable_vt(windows: bool = sys.platform == "win32", kernel32: Any = None) -> 
     return bool(kernel32.SetConsoleMode(handle, mode.value | ENABLE_VIRTUAL_TERMINAL_PROCESSING))
 
 
+def stalled(output: Output, reported: int) -> tuple[str, int]:
+    """A line about the stalls of ``output`` since its ``stalls`` count was ``reported``,
+    and the count now; "" when there was none."""
+    if output.stalls == reported:
+        return "", reported
+    text = (
+        f"the terminal did not read for {output.stalled_s:.1f} s in all "
+        f"({output.frames_skipped} table redraw(s) skipped, {output.lines_dropped} line(s) "
+        "dropped); the rig ran on (every worker's log is in the runtime directory)"
+    )
+    return text, output.stalls
+
+
 class _EventLog:
     """Non-interactive output: one line per event, a status summary every 10 s."""
 
-    def __init__(self) -> None:
+    def __init__(self, output: Output) -> None:
+        self._output = output
         self._next = clock.now_s() + 10
+        self._reported = 0
 
     def event(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+        self._output.line(f"{time.strftime('%H:%M:%S')} {text}")
 
     def tick(self, status: messages.StatusReply) -> None:
+        if self._output.wait_idle(0):
+            text, self._reported = stalled(self._output, self._reported)
+            if text:
+                self.event(text)
         if clock.now_s() < self._next:
             return
         self._next = clock.now_s() + 10
@@ -95,16 +122,17 @@ class _EventLog:
         self.event(f"status: {running}/{len(status.workers)} workers running; {rates}")
 
     def close(self) -> None:
-        sys.stdout.flush()
+        """Nothing to add: every event is already a line."""
 
 
 class _LiveTable:
     """Interactive output: the status table redrawn in place, the last events below it."""
 
-    def __init__(self) -> None:
+    def __init__(self, output: Output) -> None:
+        self._output = output
         self._events: deque[str] = deque(maxlen=8)
-        self._drawn = 0
         self._last: messages.StatusReply | None = None
+        self._reported = 0
 
     def event(self, text: str) -> None:
         collapse(self._events, text.splitlines()[0], time.strftime("%H:%M:%S"))
@@ -113,16 +141,16 @@ class _LiveTable:
 
     def tick(self, status: messages.StatusReply) -> None:
         self._last = status
+        if self._output.wait_idle(0):  # the terminal took the last frame: say what it missed
+            text, self._reported = stalled(self._output, self._reported)
+            if text:
+                collapse(self._events, text, time.strftime("%H:%M:%S"))
         size = shutil.get_terminal_size()
-        lines = fit(status, list(self._events), size.columns, size.lines)
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""
-        sys.stdout.write(up + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J")
-        sys.stdout.flush()
-        self._drawn = len(lines)
+        self._output.frame(fit(status, list(self._events), size.columns, size.lines))
 
     def close(self) -> None:
         for text in list(self._events)[-3:]:
-            print(text)
+            self._output.line(text)
 
 
 _NUMBERS = re.compile(r"\d+")
