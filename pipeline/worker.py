@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
+import psutil
 import zmq
 
 from pipeline import clock, scheduling
@@ -60,6 +61,8 @@ from pipeline.control.direct import (
 )
 from pipeline.control.doorbell import Doorbell
 from pipeline.errors import EndOfStream, ProtocolError, RigpipeError
+from pipeline.identity import process_alive
+from pipeline.output import log_without_blocking
 from pipeline.ring import RingReader, RingWriter, ThresholdWatch, attach, segments, wait_any
 from pipeline.timer import fine_timer
 
@@ -75,6 +78,10 @@ _PARENT_WATCHES = ("auto", "pdeathsig", "heartbeat")
 PACING_S = 0.002
 #: A worker takes requests from at most this many clients' command rings (CommandRing).
 MAX_COMMAND_RINGS = 16
+#: The exit code of a worker that stopped because its supervisor is gone (sysexits'
+#: EX_UNAVAILABLE): not 0, which says "asked to stop, done", so that whoever reads it
+#: (a restart policy, a script) never takes the lost rig for a clean stop.
+EXIT_SUPERVISOR_GONE = 69
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,6 +184,9 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_service = 0.0
         self._last_ack = clock.now_s()
+        self._silent_since: float | None = None  # the supervisor alive but not answering
+        #: Why the worker stopped without being asked: its supervisor is gone ("" if not).
+        self.supervisor_lost = ""
         # The bus is used by one thread at a time: the keeper thread of _set_up while
         # setup() runs, the main thread always.
         self._bus_lock = threading.RLock()
@@ -512,12 +522,57 @@ class Worker:
         return msgspec.structs.replace(reply, request_id=request.request_id)
 
     def _check_supervisor(self, now: float) -> None:
-        if now - self._last_ack > self.spec.heartbeat_timeout_s and not self._stopping:
-            self.log.error(
-                "no heartbeat reply from the supervisor for %.1f s; it is gone, stopping",
-                now - self._last_ack,
+        """After ``heartbeat_timeout_s`` without a reply, ask the OS whether the supervisor
+        still exists: a slow supervisor is not a dead one.
+
+        While it exists (stopped, starved of CPU, blocked on a terminal that does not
+        read) the worker works on: the source acquires, the recorder records; the stall
+        is reported once the supervisor answers again. Only a supervisor that is gone
+        (its pid and start time no longer a live process) ends the worker, with
+        :data:`EXIT_SUPERVISOR_GONE`.
+        """
+        silent_s = now - self._last_ack
+        if silent_s <= self.spec.heartbeat_timeout_s or self._stopping:
+            return
+        if self._supervisor_alive():
+            if self._silent_since is None:
+                self._silent_since = self._last_ack
+                self.counters["supervisor_stalls"] = self.counters.get("supervisor_stalls", 0) + 1
+                self.log.warning(
+                    "no heartbeat reply from the supervisor for %.1f s, but it is alive "
+                    "(pid %d): working on",
+                    silent_s,
+                    self.spec.supervisor_pid,
+                )
+            return
+        self.lose_supervisor(
+            f"the supervisor (pid {self.spec.supervisor_pid}) is gone: no heartbeat reply "
+            f"for {silent_s:.1f} s and no such process"
+        )
+
+    def _supervisor_alive(self) -> bool:
+        pid, start_ms = self.spec.supervisor_pid, self.spec.supervisor_start_ms
+        if not start_ms:  # a spec written by hand: the pid is all there is
+            return psutil.pid_exists(pid)
+        return process_alive(pid, start_ms)
+
+    def lose_supervisor(self, why: str) -> None:
+        """Stop because the supervisor is gone (``why``); the worker exits non-zero."""
+        if not self.supervisor_lost:
+            self.log.error("%s; stopping", why)
+        self.supervisor_lost = self.supervisor_lost or why
+        self._stopping = True
+
+    def _acknowledged(self) -> None:
+        """The supervisor answered: end a stall it had, and say how long it was."""
+        now = clock.now_s()
+        self._last_ack = now
+        if self._silent_since is not None:
+            self.report(
+                f"the supervisor did not answer for {now - self._silent_since:.1f} s "
+                "(it was alive: stopped or blocked); this worker kept working meanwhile"
             )
-            self._stopping = True
+            self._silent_since = None
 
     def _report_relinks(self) -> None:
         for writer, reported in list(self._writers.items()):
@@ -550,7 +605,7 @@ class Worker:
             case None:
                 return
             case messages.HeartbeatAck():
-                self._last_ack = clock.now_s()
+                self._acknowledged()
             case messages.Stop(request_id=request_id):
                 self.log.info("asked to stop")
                 self._stopping = True
@@ -560,7 +615,7 @@ class Worker:
             case messages.WorkerRequest():
                 self._reply(self._answer(message))
             case messages.Ok() | messages.Error():
-                self._last_ack = clock.now_s()  # the answer to Hello
+                self._acknowledged()  # the answer to Hello
             case _:
                 self._reply(messages.Error(text=f"a worker does not handle {type(message)}"))
 
@@ -646,6 +701,9 @@ class Worker:
                 for reader, _ in self._command_rings.values():
                     reader.close()
                 self._close_sockets()
+        if self.supervisor_lost and code == 0:
+            self.log.error("exiting with code %d: %s", EXIT_SUPERVISOR_GONE, self.supervisor_lost)
+            code = EXIT_SUPERVISOR_GONE
         return code
 
     def _close_sockets(self) -> None:
@@ -727,7 +785,7 @@ def _die_with_parent(supervisor_pid: int) -> None:
     if libc.prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != supervisor_pid:  # it died between our fork and the prctl
-        raise SystemExit(0)
+        raise SystemExit(EXIT_SUPERVISOR_GONE)
 
 
 #: ``python -m pipeline.worker --spec-stdin SESSION/WORKER``: the spec comes on stdin.
@@ -758,10 +816,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     inherited_scheduling = scheduling.drop_inherited()
     spec = msgspec.json.decode(text, type=WorkerSpec)
     faulthandler.enable()  # a crash in native code leaves its traceback in the worker's log
-    logging.basicConfig(
-        level=spec.log_level.upper(),
-        format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s",
-        stream=sys.stderr,
+    # A log line to a pipe nobody reads must not stop acquisition or recording.
+    logs = log_without_blocking(
+        sys.stderr,
+        spec.log_level,
+        f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s",
     )
     cls = importlib.import_module(spec.kind).WORKER
     worker = cls(spec, cls.parse_settings(spec.parameters))
@@ -774,11 +833,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker._stopping = True
 
     def orphaned(signum: int, frame: object) -> None:
-        # The parent-death signal can arrive once per thread of the dying supervisor
-        # (the kernel re-parents us across its threads): never escalate on repeats.
-        if not worker.stopping:
-            worker.log.warning("the supervisor died: stopping")
-        worker._stopping = True
+        # The parent-death signal can arrive again: once per thread of the dying supervisor
+        # (the kernel re-parents us across its threads), and whenever a thread of the new
+        # parent (a subreaper) exits, even while the interpreter finalizes, when Python's
+        # handler is gone and the signal's default would kill: ignore it from now on.
+        signal.signal(PARENT_DEATH_SIGNAL, signal.SIG_IGN)
+        worker.lose_supervisor(f"the supervisor (pid {spec.supervisor_pid}) died")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -797,6 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker.main(inherited_scheduling)
     finally:
         closing.remove()
+        logs.close()
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ class Manifest(msgspec.Struct, kw_only=True):
     started_at: str
     started_monotonic_ns: int = 0  # host monotonic clock at the start (schema 2)
     finished_at: str = ""
+    #: Why the recording ended before it was asked to ("" for a stop asked for: the
+    #: session's, or ``rigpipe record stop``): its supervisor vanished, the disk filled,
+    #: its recorder died and never came back to close it.
+    stopped_early: str = ""
     streams: list[str] = []
     segments: list[SegmentEntry] = []
 

@@ -78,6 +78,8 @@ class Report:
     events: int = 0
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: Why the recording ended before anyone asked it to (its manifest says); "" if it did not.
+    stopped_early: str = ""
 
     @property
     def ok(self) -> bool:
@@ -100,6 +102,8 @@ def inspect(path: Path) -> Report:
     last_ns: dict[str, int] = {}
     files, manifest = locate(Path(path))
     entries = {entry.file: entry for entry in manifest.segments} if manifest else {}
+    if manifest is not None:
+        report.stopped_early = manifest.stopped_early
     for file_path in files:
         before = copy.deepcopy((vars(report), expected_first, last_ns))
         try:
@@ -275,6 +279,8 @@ def render(report: Report) -> list[str]:
         f"started {p.get('started_at', '?')}  finished {p.get('finished_at', 'not finished')}"
         f"  wall {p.get('wall_seconds', '?')} s",
     ]
+    if report.stopped_early:
+        lines.append(f"STOPPED EARLY: {report.stopped_early}")
     host = json.loads(p.get("host_json", "{}"))
     versions = json.loads(p.get("versions_json", "{}"))
     if host:
@@ -310,6 +316,8 @@ def render(report: Report) -> list[str]:
     lines += [f"warning: {w}" for w in report.warnings]
     if report.ok:
         lines += ["", "continuity: OK (every missing frame is explained by a gap)"]
+        if report.stopped_early:
+            lines.append("the recording ends before its session did: it stopped early (above)")
     else:
         lines += ["", f"continuity: {len(report.problems)} problem(s):"]
         lines += [f"  {problem}" for problem in report.problems[:50]]

@@ -95,6 +95,7 @@ class Supervisor:
         self._rates: dict[str, tuple[float, int, float]] = {}
         self._next_sample = 0.0
         self._t0 = clock.now_s()
+        self._last_tick = self._t0  # when the loop last ran (see _forgive_own_stall)
         self.session_id = str(uuid.uuid4())
         self.server: bus.Server | None = None
         self.controller: Controller | None = None
@@ -127,6 +128,7 @@ class Supervisor:
                 f"logs in {self.runtime_dir / 'logs'}"
             )
             deadline = None if duration_s is None else clock.now_s() + duration_s
+            self._last_tick = clock.now_s()
             while self.state is not SessionState.STOPPED:
                 if deadline is not None and clock.now_s() >= deadline:
                     self.request_stop(f"--duration {duration_s:g} s elapsed")
@@ -267,6 +269,7 @@ class Supervisor:
         for peer, message in self.server.receive(TICK_S):
             self.controller.dispatch(peer, message)
         now = clock.now_s()
+        self._forgive_own_stall(now)
         if self.holds is not None:
             self.holds.refresh(list(self.streams))
         for worker in self.workers.values():
@@ -289,6 +292,29 @@ class Supervisor:
         if now >= self._next_sample:
             self._next_sample = now + SAMPLE_S
             self._sample(now)
+
+    def _forgive_own_stall(self, now: float) -> None:
+        """Time in which this loop did not run does not count against the workers.
+
+        A supervisor that was stopped (SIGSTOP, a suspended VM) or starved of
+        the CPU saw no heartbeat meanwhile, but that says nothing of the
+        workers: their heartbeat, start and stop deadlines move on by the time
+        it was away, so a stalled supervisor never kills a working rig.
+        """
+        away = now - self._last_tick - TICK_S
+        self._last_tick = now
+        if away < self.rig.control.heartbeat_timeout_s / 2:
+            return
+        for worker in self.workers.values():
+            if worker.last_heartbeat is not None:
+                worker.last_heartbeat += away
+            worker.started_at += away
+            if worker.stop_deadline is not None:
+                worker.stop_deadline += away
+        self.on_event(
+            f"the supervisor itself did not run for {away:.1f} s (stopped, suspended or "
+            "starved of CPU); that time does not count against the workers' heartbeats"
+        )
 
     def _advance_start(self) -> None:
         if self._started_levels:

@@ -119,7 +119,7 @@ class RecordingWorker(Worker):
             directory = Path(json.loads(read_bytes(pointer))["directory"])
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return []
-        repaired = finish_abandoned(directory)
+        repaired = finish_abandoned(directory, "the supervisor at the end of the session")
         pointer.unlink(missing_ok=True)
         return [f"repaired and closed {directory} ({', '.join(repaired) or 'nothing open'})"]
 
@@ -149,7 +149,10 @@ class RecordingWorker(Worker):
         try:
             if self.recording is not None:
                 self._drain()
-                self._stop("the recorder stopped")
+                if self.supervisor_lost:  # not asked to stop: the rig is gone
+                    self._stop(f"the recorder stopped early: {self.supervisor_lost}", early=True)
+                else:
+                    self._stop("the recorder stopped")
         except (OSError, ValueError) as exc:
             self._fail(exc)
         self.events.close()
@@ -320,7 +323,7 @@ class RecordingWorker(Worker):
         assert self.recording is not None
         self.recording.flush()
         if full := self._disk_full():
-            self._stop(full)
+            self._stop(full, early=True)
             self._fail(OSError(full))
             return
         if self.settings.fsync and self.recording.segment is not None:
@@ -390,7 +393,7 @@ class RecordingWorker(Worker):
             return False
         directory = Path(pointer["directory"])
         if pointer.get("session_id") != self.spec.session_id or self._disk_full():
-            repaired = finish_abandoned(directory)
+            repaired = finish_abandoned(directory, "the recorder of a later session")
             self.pointer.unlink(missing_ok=True)
             self.report(f"finished recording {directory} left by an earlier session: {repaired}")
             return False
@@ -442,14 +445,15 @@ class RecordingWorker(Worker):
                     "raise the writer's buffer_s"
                 )
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str, early: bool = False) -> None:
+        """Close the recording; ``early``: nobody asked for it, and the manifest says why."""
         if self.recording is not None:
             self._write_events(self.repeats.drain())
         rec, self.recording = self.recording, None
         if rec is None:
             return
         rec.event("recorder", why)
-        rec.finish()
+        rec.finish(stopped_early=why if early else "")
         self.pointer.unlink(missing_ok=True)
         for stream in list(self._readers):
             self.close_reader(stream)
@@ -466,7 +470,7 @@ class RecordingWorker(Worker):
             self.close_reader(stream)
         if rec is not None:
             with contextlib.suppress(Exception):  # the disk may refuse even the close
-                rec.finish()
+                rec.finish(stopped_early=f"recording failed: {exc}")
             with contextlib.suppress(OSError):
                 self.pointer.unlink(missing_ok=True)
 

@@ -253,10 +253,15 @@ class RecordingWriter:
             return True
         return bool(self.rotate_bytes) and self.segment.path.stat().st_size >= self.rotate_bytes
 
-    def finish(self) -> None:
-        """Close the last segment and the manifest; every file then opens with plain h5py."""
+    def finish(self, stopped_early: str = "") -> None:
+        """Close the last segment and the manifest; every file then opens with plain h5py.
+
+        ``stopped_early``: why the recording ends before anyone asked it to (the
+        manifest keeps it, and ``rigpipe inspect`` shows it).
+        """
         self._close_segment()
         self.manifest.finished_at = now_iso()
+        self.manifest.stopped_early = self.manifest.stopped_early or stopped_early
         write_manifest(self.directory, self.manifest)
 
     # -- data -----------------------------------------------------------------------------------
@@ -377,8 +382,13 @@ class RecordingWriter:
             self.segment.flush()
 
 
-def finish_abandoned(directory: Path) -> list[str]:
-    """Finalize a recording left open by a crash (its writer is not coming back)."""
+#: ``stopped_early`` of a recording that its recorder left open and another process closed.
+ABANDONED = "its recorder died and did not come back to close it; repaired and closed by {by}"
+
+
+def finish_abandoned(directory: Path, by: str) -> list[str]:
+    """Finalize a recording left open by a crash (its writer is not coming back); ``by``
+    names who does it, for the manifest's ``stopped_early``."""
     manifest = read_manifest(directory)
     done = []
     for entry in manifest.segments:
@@ -397,6 +407,8 @@ def finish_abandoned(directory: Path) -> list[str]:
         entry.finished_at = now_iso()
         entry.bytes = path.stat().st_size
         done.append(entry.file)
-    manifest.finished_at = manifest.finished_at or now_iso()
+    if not manifest.finished_at:  # it was still recording when its recorder went
+        manifest.finished_at = now_iso()
+        manifest.stopped_early = manifest.stopped_early or ABANDONED.format(by=by)
     write_manifest(directory, manifest)
     return done
