@@ -10,10 +10,10 @@ Who may talk to a rig: over ``ipc://``, whoever can open the sockets in the
 0700 runtime directory (its user). Over TCP, ZeroMQ's CURVE: the supervisor
 makes a server and a client key pair per session and writes them, 0600, to
 ``curve-keys.json`` in that directory (``Endpoints.keys`` names the file).
-Both sockets are CURVE servers, and a ZAP handler admits only the session's
-client key; a client proves it can read the file. A peer without the keys
-gets nothing: its handshake is refused, and its requests time out. On another
-machine, copy the file and set ``RIGPIPE_CURVE_KEYS`` to it.
+Both sockets are CURVE servers, and a ZAP handler (:mod:`pipeline.control.zap`,
+no asyncio) admits only the session's client key; a client proves it can read
+the file. A peer without the keys gets nothing: its handshake is refused, and
+its requests time out. On another machine, copy the file and set ``RIGPIPE_CURVE_KEYS`` to it.
 
 Nothing that arrives on the ROUTER can raise out of :meth:`Server.receive`:
 a malformed frame comes back as a :class:`~pipeline.errors.ProtocolError`
@@ -26,16 +26,14 @@ import contextlib
 import hashlib
 import itertools
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline import clock
-from pipeline.control import messages
+from pipeline.control import messages, zap
 from pipeline.control.messages import Message
 from pipeline.errors import BusTimeout, ProtocolError, RequestFailed, StimulationRefused
 from pipeline.files import atomic_replace
@@ -155,30 +153,9 @@ def load_keys(endpoints: Endpoints) -> CurveKeys | None:
         raise OSError(f"{path} is not a rigpipe CURVE key file: {exc}") from None
 
 
-class _Admit:
-    """ZAP credentials provider: only the client keys of this process's servers."""
-
-    def __init__(self) -> None:
-        self.allowed: set[bytes] = set()
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.allowed
-
-
-_auth_lock = threading.Lock()
-_authenticator: ThreadAuthenticator | None = None
-_admit = _Admit()
-
-
 def _admit_client(public: str) -> None:
     """Start this process's ZAP handler (once) and admit ``public``."""
-    global _authenticator
-    with _auth_lock:
-        if _authenticator is None:
-            _authenticator = ThreadAuthenticator(zmq.Context.instance())
-            _authenticator.start()
-            _authenticator.configure_curve_callback("*", credentials_provider=_admit)
-        _admit.allowed.add(public.encode())
+    zap.handler().admit(public)
 
 
 def _secure_server(sock: zmq.Socket, keys: CurveKeys) -> None:

@@ -165,20 +165,23 @@ class WorkerProcess:
 
     def terminate(self) -> None:
         """Ask the worker to stop (it tears down): SIGTERM to its process group; on
-        Windows CTRL_BREAK, which the worker handles like SIGTERM. Where CTRL_BREAK
-        cannot be delivered (no console: pythonw, a service) the worker is killed."""
+        Windows CTRL_BREAK, which the worker handles like SIGTERM. Where the signal
+        cannot be delivered (no console on Windows: pythonw, a service; any error at
+        all) the worker is killed: the stop ladder never ends on an exception."""
         if self.popen is None or self.popen.poll() is not None:
             return
         try:
             if _POSIX:
                 os.killpg(self.popen.pid, signal.SIGTERM)
-                return
-            try:
+            else:
                 self.popen.send_signal(_CTRL_BREAK_EVENT)
-            except OSError:  # no console to deliver it through
-                self.popen.kill()
         except (ProcessLookupError, PermissionError):
             pass  # exited between the check and the signal
+        # OSError: no console to deliver CTRL_BREAK through. SystemError: CPython 3.11's
+        # os.kill on Windows can turn that OSError into "returned a result with an
+        # exception set" (cpython issue 58689). Either way, the next step of the ladder.
+        except (OSError, SystemError):
+            self.kill()
 
     def kill(self) -> None:
         """Kill the worker at once: SIGKILL to its process group; TerminateProcess on Windows."""
@@ -189,8 +192,8 @@ class WorkerProcess:
                 os.killpg(self.popen.pid, signal.SIGKILL)
             else:
                 self.popen.kill()
-        except (ProcessLookupError, PermissionError):
-            pass  # exited between the check and the signal
+        except (OSError, SystemError):  # SystemError: see terminate()
+            pass  # it exited between the check and the kill; reaping it tells
 
     def escalate(self, now: float, grace_s: float) -> None:
         """Stop a worker that ignores Stop: SIGTERM at the deadline, SIGKILL 2 s later."""

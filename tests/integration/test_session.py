@@ -213,6 +213,26 @@ def test_second_ctrl_c_kills_a_worker_that_ignores_stop(rigs) -> None:
     assert not exited(workers, 2)
 
 
+def test_an_ordered_stop_ends_a_worker_that_ignores_it_within_the_documented_timeouts(
+    rigs,
+) -> None:
+    """Stop, then SIGTERM (Windows: CTRL_BREAK, which fails without a console, under
+    pythonw, a service or Wine), then a kill: ``stop_timeout_s`` + 2 s whatever happens."""
+    rig = rigs.new()
+    rig.write(
+        '[[workers]]\nname = "deaf"\nkind = "tests.workers.misbehaving"\n'
+        '[workers.parameters]\nmode = "deaf"\n'
+    )
+    rig.start()
+    workers = rig.worker_processes()
+    asked = time.monotonic()
+    rig.client().request(messages.Shutdown())
+    assert rig.proc.wait(3.0 + 2.0 + 5.0) == 1, rig.log()  # 1: a worker had to be killed
+    assert time.monotonic() - asked < 3.0 + 2.0 + 5.0
+    assert not exited(workers, 2)
+    assert "Traceback" not in rig.log(), rig.log()
+
+
 @pytest.mark.posix
 def test_malformed_and_random_messages_never_stop_the_supervisor(rigs) -> None:
     import zmq

@@ -227,12 +227,14 @@ def test_a_worker_that_ran_stable_s_counts_failures_from_zero_again(rig) -> None
 class FakeWindowsPopen(FakePopen):
     """A Popen whose CTRL_BREAK cannot be delivered (no console), as under pythonw or a service."""
 
-    def __init__(self, pid: int, console: bool) -> None:
+    def __init__(self, pid: int, console: bool | str) -> None:
         super().__init__(pid)
         self.console = console
         self.sent: list[str] = []
 
     def send_signal(self, sig: int) -> None:
+        if self.console == "system error":  # CPython 3.11's os.kill on Windows (gh-58689)
+            raise SystemError("<built-in function kill> returned a result with an exception set")
         if not self.console:
             raise OSError(87, "The parameter is incorrect")
         self.sent.append(f"signal {sig}")
@@ -242,9 +244,9 @@ class FakeWindowsPopen(FakePopen):
         self.code = 1
 
 
-@pytest.mark.parametrize("console", [True, False])
+@pytest.mark.parametrize("console", [True, False, "system error"])
 def test_on_windows_a_stop_is_ctrl_break_then_terminate_and_never_crashes(
-    rig, monkeypatch, console: bool
+    rig, monkeypatch, console: bool | str
 ) -> None:
     from pipeline.supervisor import process
 
@@ -254,7 +256,7 @@ def test_on_windows_a_stop_is_ctrl_break_then_terminate_and_never_crashes(
     acq.popen = popen = FakeWindowsPopen(4242, console)  # type: ignore[assignment]
     acq.stop_deadline, acq.kill_stage = 0.0, 0
     acq.escalate(now=1.0, grace_s=5.0)  # the worker ignored Stop: ask the OS
-    if console:
+    if console is True:
         assert popen.sent == [f"signal {process._CTRL_BREAK_EVENT}"] and acq.kill_stage == 1
         acq.escalate(now=10.0, grace_s=5.0)  # still there 2 s later: TerminateProcess
         assert popen.sent[-1] == "kill" and acq.kill_stage == 2

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
 
-from pipeline.control import messages
-from pipeline.control.bus import Client, Endpoints, Server, Subscriber, make_keys
+from pipeline.control import messages, zap
+from pipeline.control.bus import Client, CurveKeys, Endpoints, Server, Subscriber, make_keys
 from pipeline.errors import BusTimeout, ProtocolError
 
 EXAMPLES = [
@@ -118,6 +120,39 @@ def test_server_answers_and_publishes_over_tcp_on_loopback(tmp_path) -> None:
                 messages.Reported(worker="acq", level="info", text="x"),
             )
         assert not server.send(b"nobody", messages.Ok())  # a gone peer is reported, not raised
+    finally:
+        server.close()
+
+
+def test_the_zap_handler_admits_the_sessions_client_and_refuses_a_stranger(tmp_path) -> None:
+    """No asyncio in the way: Windows' default Proactor loop broke pyzmq's authenticator."""
+    keys = str(make_keys(tmp_path))
+    # knows the server's public key, but its own client key was never admitted
+    ours = msgspec.json.decode(Path(keys).read_bytes(), type=CurveKeys)
+    other = msgspec.json.decode(make_keys(tmp_path, "other.json").read_bytes(), type=CurveKeys)
+    stranger = tmp_path / "stranger.json"
+    stranger.write_bytes(
+        msgspec.json.encode(
+            msgspec.structs.replace(
+                ours, client_public=other.client_public, client_secret=other.client_secret
+            )
+        )
+    )
+    server = Server(Endpoints("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", keys))
+    handler = zap.handler()
+    admitted, refused = handler.admitted, handler.refused
+    try:
+        impostor = Endpoints(server.endpoints.control, server.endpoints.events, str(stranger))
+        with Client(impostor, timeout_s=0.5) as client:
+            client.send(messages.Status(request_id=1))
+            assert client.receive(1.0) is None, "a client with another session's keys got in"
+        assert handler.refused > refused
+        with Client(server.endpoints, timeout_s=2) as client:
+            client.send(messages.Status(request_id=2))
+            ((_, request),) = wait_receive(server)
+            assert request == messages.Status(request_id=2)
+        assert handler.admitted > admitted
+        assert not [t for t in threading.enumerate() if "asyncio" in t.name.lower()]
     finally:
         server.close()
 
