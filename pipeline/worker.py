@@ -790,6 +790,9 @@ def _die_with_parent(supervisor_pid: int) -> None:
 
 #: ``python -m pipeline.worker --spec-stdin SESSION/WORKER``: the spec comes on stdin.
 SPEC_ON_STDIN = "--spec-stdin"
+#: Directories a worker kind's module may be in, set by the supervisor (its working
+#: directory first); read here because an isolated interpreter ignores PYTHONPATH.
+WORKER_PATH_ENV = "RIGPIPE_WORKER_PATH"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -822,6 +825,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec.log_level,
         f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s",
     )
+    for directory in reversed(os.environ.get(WORKER_PATH_ENV, "").split(os.pathsep)):
+        if directory and directory not in sys.path:
+            sys.path.insert(0, directory)
     cls = importlib.import_module(spec.kind).WORKER
     worker = cls(spec, cls.parse_settings(spec.parameters))
 

@@ -26,7 +26,7 @@ from pipeline import clock
 from pipeline.config import WorkerPlan
 from pipeline.control import messages
 from pipeline.identity import process_identity
-from pipeline.worker import SPEC_ON_STDIN, WorkerSpec
+from pipeline.worker import SPEC_ON_STDIN, WORKER_PATH_ENV, WorkerSpec
 
 _TAIL_BYTES = 2000
 _POSIX = os.name == "posix"  # a seam: tests switch it off to run the Windows branches
@@ -109,7 +109,11 @@ class WorkerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         threads = str(self.plan.config.blas_threads)  # BLAS threads spin: one unless asked
         env.update(OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        env["PYTHONPATH"] = os.pathsep.join(
+        # Worker kinds named by module (tests.workers.x, a lab's own) are found from the
+        # supervisor's directory. PYTHONPATH says so to a normal interpreter; an isolated
+        # one (python.org's embeddable Windows build) ignores it, so the worker entry
+        # reads WORKER_PATH_ENV itself.
+        env["PYTHONPATH"] = env[WORKER_PATH_ENV] = os.pathsep.join(
             p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
         )
         python = worker_python(env)
