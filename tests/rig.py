@@ -17,6 +17,7 @@ import psutil
 from pipeline.control import messages, session
 from pipeline.control.bus import Client, Subscriber
 from pipeline.ring import segments
+from tests import wine
 
 DEMO_WORKER = """
 [[workers]]
@@ -155,10 +156,27 @@ class Rig:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
 
     def interrupt(self, timeout_s: float = 20) -> int:
-        """Ctrl-C the supervisor and wait for it; its exit code."""
+        """Ctrl-C the supervisor and wait for it; its exit code.
+
+        Under Wine, which cannot send console events (``tests/wine.py``), the same
+        ordered stop is asked over the bus (``rigpipe stop``); a test of the signal
+        itself carries ``wine.gap("console events")``.
+        """
         assert self.proc is not None
-        self.proc.send_signal(INTERRUPT)
+        self._ask_to_stop()
         return self.proc.wait(timeout_s)
+
+    def _ask_to_stop(self) -> None:
+        assert self.proc is not None
+        if not wine.UNDER_WINE:
+            self.proc.send_signal(INTERRUPT)
+            return
+        discovery = self.discovery()
+        if discovery is None:
+            self.proc.kill()  # never came up: nothing to stop in order
+            return
+        with Client(discovery.endpoints, timeout_s=5.0) as client:
+            client.request(messages.Shutdown())
 
     def worker_processes(self) -> list[psutil.Process]:
         """Live worker processes of this session, wherever they were reparented."""
@@ -182,7 +200,8 @@ class Rig:
         forced = []
         self._close_client()
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(INTERRUPT)
+            with contextlib.suppress(Exception):  # a supervisor too broken to answer
+                self._ask_to_stop()
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:

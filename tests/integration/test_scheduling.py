@@ -47,6 +47,8 @@ def _pid(rig, worker: str) -> int:
 
 
 def _may_use_fifo() -> bool:
+    if not hasattr(os, "sched_setscheduler"):  # evaluated at collection, on every OS
+        return False
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
     except PermissionError:

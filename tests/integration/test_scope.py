@@ -10,6 +10,9 @@ import numpy as np
 import psutil
 import pytest
 
+from tests import wine
+
+wine.import_module("PySide6.QtWidgets", "icuuc.dll")
 pytest.importorskip("pyqtgraph")
 from PySide6.QtGui import QImage
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import os
-import pty
 import select
 import signal
 import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from pathlib import Path
+
+if os.name == "posix":  # a pty: POSIX terminals (the module is marked posix)
+    import fcntl
+    import pty
+    import termios
 
 import h5py
 import numpy as np

@@ -1,3 +1,6 @@
+import getpass
+import os
+
 import numpy as np
 import pytest
 
@@ -24,9 +27,13 @@ def test_two_users_streams_of_the_same_name_have_different_segments(monkeypatch)
     theirs = shm_name("demo/acq/continuous")
     assert theirs != mine and theirs == shm_name("demo/acq/continuous")
     monkeypatch.undo()
-    assert naming.owner() == str(__import__("os").getuid())
-    monkeypatch.delattr(naming.os, "getuid")  # as on Windows: the user name
-    monkeypatch.setenv("LOGNAME", "lab-user")
+    getuid = getattr(os, "getuid", None)  # POSIX: the uid; Windows: the user name
+    assert naming.owner() == (str(getuid()) if getuid else getpass.getuser())
+    if getuid is not None:
+        monkeypatch.delattr(naming.os, "getuid")  # as on Windows
+    monkeypatch.setenv("USERNAME", "lab-user")  # getpass asks LOGNAME, USER... USERNAME
+    for name in ("LOGNAME", "USER", "LNAME"):
+        monkeypatch.delenv(name, raising=False)
     assert naming.owner() == "lab-user"
 
 

@@ -19,7 +19,7 @@ import pipeline
 from pipeline.control import messages
 from pipeline.errors import RecordingError
 from pipeline.recording.nwb import export_nwb
-from tests import recordings
+from tests import recordings, wine
 from workers.recording.segment_file import StreamFormat
 
 RATE = 30000.0
@@ -249,7 +249,8 @@ description = "wild type"
 def test_the_export_passes_nwbinspector_given_the_metadata_dandi_needs(
     blackrock_like: Path, tmp_path: Path
 ) -> None:
-    from nwbinspector import Importance, inspect_nwbfile
+    nwbinspector = wine.import_module("nwbinspector", "bcryptprimitives.dll")
+    Importance, inspect_nwbfile = nwbinspector.Importance, nwbinspector.inspect_nwbfile
 
     meta = tmp_path / "meta.toml"
     meta.write_text(METADATA)

@@ -16,6 +16,7 @@ import pytest
 from pipeline.output import STALL_S, Output, OutputHandler
 
 PIPE_FILLER = "x" * (1 << 20)  # more than any pipe buffer: the writing thread blocks in it
+END = "-- end of the test's output --"
 
 
 @pytest.fixture
@@ -45,21 +46,26 @@ def returns_while_stalled(action: Callable[[], None]) -> bool:
     return done.wait(5.0)
 
 
-def read_all(read_fd: int, output: Output) -> str:
-    """Read the pipe until ``output`` has written everything it queued."""
-    os.set_blocking(read_fd, False)
-    data = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            data += os.read(read_fd, 1 << 20)
-        except BlockingIOError:
-            if output.wait_idle(0.05):
-                try:
-                    data += os.read(read_fd, 1 << 20)
-                except BlockingIOError:
-                    break
-    return data.decode()
+def read_all(read_fd: int, output: Output, until: str = "") -> str:
+    """Read the pipe up to ``until`` (by default a last line queued here to mark the end).
+
+    Plain blocking reads on a thread (``os.set_blocking`` on a pipe needs Python 3.12
+    on Windows); a test that never sees the mark fails after 10 s.
+    """
+    if not until:
+        output.line(END)
+        until = f"{END}\n"
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while until.encode() not in b"".join(chunks):
+            chunks.append(os.read(read_fd, 1 << 20))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), f"the output never reached the pipe: {b''.join(chunks)[-200:]}"
+    return b"".join(chunks).decode().replace(f"{END}\n", "")
 
 
 def test_lines_and_frames_to_a_pipe_nobody_reads_return_at_once(pipe) -> None:
@@ -78,7 +84,7 @@ def test_lines_and_frames_to_a_pipe_nobody_reads_return_at_once(pipe) -> None:
     assert output.lines_dropped == 40, "the oldest waiting lines go first, and are counted"
     assert output.frames_skipped == 19, "only the newest frame waits"
 
-    text = read_all(read_fd, output)
+    text = read_all(read_fd, output, until="table 19\x1b[K\nrow\x1b[K\n\x1b[J")
     assert output.stalls >= 1 and output.stalled_s >= STALL_S
     after = text[len(PIPE_FILLER) + 1 :]
     assert after.startswith("(40 line(s) of output dropped: the terminal was not reading)\n")
@@ -93,19 +99,24 @@ def test_a_frame_is_drawn_over_the_previous_one(pipe) -> None:
     output.frame(["a", "b", "c"])
     assert output.wait_idle(5)
     output.frame(["d", "e"])
+    assert output.wait_idle(5)
     text = read_all(read_fd, output)
     assert text == "a\x1b[K\nb\x1b[K\nc\x1b[K\n\x1b[J\x1b[3Fd\x1b[K\ne\x1b[K\n\x1b[J"
     output.close()
 
 
 def test_close_gives_up_on_a_reader_that_never_reads(pipe) -> None:
-    _, stream = pipe
+    read_fd, stream = pipe
     output = Output(stream)
     stall(output)
     began = time.monotonic()
     assert output.close(timeout_s=0.3) is False
     assert time.monotonic() - began < 3
     output.line("after close")  # taken and ignored: nothing may raise into the caller
+    # let the writing thread finish before the pipe closes (Windows serializes the two)
+    read = 0
+    while read < len(PIPE_FILLER) + 1:
+        read += len(os.read(read_fd, 1 << 20))
 
 
 def test_a_reader_that_left_ends_the_writing_quietly() -> None:
@@ -129,7 +140,7 @@ def test_log_records_go_through_without_blocking(pipe) -> None:
     try:
         stall(output)
         assert returns_while_stalled(lambda: [log.warning("record %d", i) for i in range(100)])
-        text = read_all(read_fd, output)
+        text = read_all(read_fd, output, until="WARNING record 99\n")
     finally:
         log.removeHandler(handler)
         log.propagate = True

@@ -7,6 +7,9 @@ import os
 import numpy as np
 import pytest
 
+from tests import wine
+
+wine.import_module("PySide6.QtWidgets", "icuuc.dll")
 pytest.importorskip("pyqtgraph")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 

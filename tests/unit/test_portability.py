@@ -74,8 +74,9 @@ def test_on_windows_a_venv_worker_starts_the_base_interpreter_with_the_launcher_
 
 
 def test_a_worker_behind_a_launcher_process_is_adopted_by_its_parent(tmp_path) -> None:
-    """A launcher (here sh, which does not exec) starts the real interpreter as its child:
-    the worker's Hello then carries the child's pid, which the supervisor adopts."""
+    """A launcher (a venv's python.exe on Windows; here a Python that runs the real one
+    with subprocess, which does not exec) starts the real interpreter as its child: the
+    worker's Hello then carries the child's pid, which the supervisor adopts."""
     import subprocess
     import sys
 
@@ -89,11 +90,10 @@ def test_a_worker_behind_a_launcher_process_is_adopted_by_its_parent(tmp_path) -
         session="s", name="acq", kind="acquisition", endpoints=Endpoints("a", "b"), supervisor_pid=1
     )
     worker = WorkerProcess(plan, spec, tmp_path / "acq.log")
-    child = (
-        f"{sys.executable} -c 'import os, sys; print(os.getpid(), flush=True); sys.stdin.read()'"
-    )
+    child = "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()"
+    launcher = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
     worker.popen = subprocess.Popen(
-        ["sh", "-c", f"{child}; true"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", launcher], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         real_pid = int(worker.popen.stdout.readline())

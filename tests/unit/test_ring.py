@@ -371,6 +371,7 @@ def test_resuming_at_a_cursor_the_ring_no_longer_holds_reports_it_dropped(writer
     assert (chunk.start_sequence, chunk.dropped) == (10, 6)
 
 
+@pytest.mark.posix  # Windows has no unlink: a named mapping lives while a handle is open
 def test_segments_unlinked_under_a_writer_are_recreated_and_readers_follow(stream, monkeypatch):
     monkeypatch.setattr("pipeline.ring.writer._LINK_CHECK_NS", 0)  # check on every write
     with pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0) as writer:
@@ -395,6 +396,7 @@ def test_segments_unlinked_under_a_writer_are_recreated_and_readers_follow(strea
             assert late.read(timeout_s=1).end_sequence == 14
 
 
+@pytest.mark.posix  # Windows has no unlink: a named mapping lives while a handle is open
 def test_a_foreign_segment_under_an_unlinked_name_stops_the_writer(stream, monkeypatch):
     monkeypatch.setattr("pipeline.ring.writer._LINK_CHECK_NS", 0)
     writer = pipeline.RingWriter(stream, np.int32, (4,), 16, 1000.0)

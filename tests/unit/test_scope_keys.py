@@ -10,6 +10,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from tests import wine
+
+wine.import_module("PySide6.QtWidgets", "icuuc.dll")
 pytest.importorskip("pyqtgraph")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import QPointF, Qt
