@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,12 @@ INTERRUPT = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
 _OWN_GROUP: dict[str, Any] = (
     {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else {}
 )
+
+
+def toml_string(path: object) -> str:
+    """``path`` as a TOML basic string: a Windows path's backslashes escaped (JSON's
+    escapes are TOML's)."""
+    return json.dumps(str(path))
 
 
 def slow_reader(frames_per_s: float) -> str:

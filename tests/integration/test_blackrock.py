@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline import attach
 from pipeline.recording.inspect import inspect
-from tests.rig import wait_for
+from tests.rig import toml_string, wait_for
 
 SEAM = {"RIGPIPE_CBSDK_SESSION": "tests.peers.cbsdk:Session"}
 
@@ -90,7 +90,13 @@ def test_ccf_setup_with_a_channel_map_gives_one_ring_per_group_in_microvolts(
     ccf.write_text("<ccf/>")
     cmp.write_text(CMP)
     rig = rigs.new()
-    rig.write(_acq(f'ccf = "{ccf}"\ngroups = ["30kHz", "1kHz"]\ncmp = "{cmp}"\npublish_uv = true'))
+    rig.write(
+        _acq(
+            f"ccf = {toml_string(ccf)}\n"
+            'groups = ["30kHz", "1kHz"]\n'
+            f"cmp = {toml_string(cmp)}\npublish_uv = true"
+        )
+    )
     rig.start(env=_env(ccf_groups={"30kHz": 256, "1kHz": 16}))
     with attach("acq/30kHz") as fast, attach("acq/1kHz") as slow:
         assert fast.frame_shape == (256,) and slow.frame_shape == (16,)
@@ -109,7 +115,7 @@ def test_dropped_packets_are_reported_and_recorded_as_gaps(rigs) -> None:
         _acq('channels = 16\nsample_rate = "10kHz"')
         + '[[workers]]\nname = "rec"\nkind = "recording"\n'
         '[workers.parameters]\nstreams = ["acq/10kHz"]\nflush_s = 0.5\n',
-        session_extra=f'recordings_dir = "{recordings}"',
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
     )
     rig.start(env=_env(loss=0.02))
     wait_for(lambda: rig.worker("acq").counters.get("packets_dropped", 0) > 0, 10, "drops")
@@ -137,7 +143,7 @@ def test_a_cmp_without_entries_is_one_line_naming_the_file(rigs, tmp_path) -> No
     cmp = tmp_path / "bad.cmp"
     cmp.write_text("//col row bank elec label\n0 0 A 1 elec1\n")  # that row is the description
     rig = rigs.new()
-    rig.write(_acq(f'channels = 8\ncmp = "{cmp}"', restart="never"))
+    rig.write(_acq(f"channels = 8\ncmp = {toml_string(cmp)}", restart="never"))
     rig.start(env=_env(), wait=False)
     wait_for(lambda: rig.discovery() and rig.worker("acq").state == "failed", 20, "failure")
     log = rig.log()

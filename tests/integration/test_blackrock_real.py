@@ -26,7 +26,7 @@ from pipeline import attach, open_recording
 from pipeline.recording.inspect import inspect
 from tests.integration.test_blackrock import _acq as emulated_acq
 from tests.peers.cerebus_device import GROUP_PERIODS, HZ, PRIME, Running
-from tests.rig import wait_for
+from tests.rig import toml_string, wait_for
 from workers.acquisition.blackrock import REQUIRED_RMEM_MAX, receive_buffer_max
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def test_values_ticks_timestamps_spikes_and_the_recording_are_exact(
         _acq('channels = 13\nsample_rate = "30kHz"')
         + '[[workers]]\nname = "rec"\nkind = "recording"\n'
         '[workers.parameters]\nstreams = ["acq/30kHz", "acq/spikes", "acq/clock"]\nflush_s = 0.5\n',
-        session_extra=f'recordings_dir = "{recordings}"',
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
     )
     _start(rig, real_python)
     time.sleep(3.0)
@@ -173,7 +173,9 @@ def test_a_ccf_saved_by_the_sdk_and_a_cmp_set_up_two_groups_with_positions(
     )
     dev = device(channels=32)  # a fresh device: nothing enabled until the CCF says so
     rig = rigs.new()
-    rig.write(_acq(f'ccf = "{ccf}"\ngroups = ["30kHz", "1kHz"]\ncmp = "{cmp}"'))
+    rig.write(
+        _acq(f'ccf = {toml_string(ccf)}\ngroups = ["30kHz", "1kHz"]\ncmp = {toml_string(cmp)}')
+    )
     _start(rig, real_python)
     time.sleep(2.0)
     with attach(f"{rig.name}/acq/30kHz", from_now=False) as fast:
@@ -197,7 +199,7 @@ def test_a_cmp_the_sdk_rejects_is_one_line_naming_the_file(rigs, device, real_py
     # The SDK takes the first line that is not a comment for the description: no entries here.
     cmp.write_text("//col row bank elec label\n0 0 A 1 elec1\n")
     rig = rigs.new()
-    rig.write(_acq(f'channels = 8\ncmp = "{cmp}"', restart="never"))
+    rig.write(_acq(f"channels = 8\ncmp = {toml_string(cmp)}", restart="never"))
     _start(rig, real_python, wait=False)
     wait_for(lambda: rig.discovery() and rig.worker("acq").state == "failed", 30, "failure")
     log = rig.log()

@@ -21,7 +21,7 @@ import pytest
 from pipeline import attach, open_recording
 from pipeline.recording.inspect import inspect
 from pipeline.recording.nwb import export_nwb
-from tests.rig import wait_for
+from tests.rig import toml_string, wait_for
 
 SOURCE = """
 [[workers]]
@@ -102,7 +102,7 @@ def test_an_outlet_made_here_is_recorded_by_the_rig_with_markers(rigs, tmp_path)
         f'source_id = "task-{tag}"\ntype = "Markers"\noutput = "markers"\n'
         '[[workers]]\nname = "rec"\nkind = "recording"\n'
         '[workers.parameters]\nstreams = ["eye/data", "task/markers"]\nflush_s = 0.5\n',
-        session_extra=f'recordings_dir = "{recordings}"',
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
     )
     rig.start()
     wait_for(lambda: rig.worker("eye").counters.get("connected") == 1, 20, "the eye inlet")

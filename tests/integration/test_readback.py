@@ -24,7 +24,7 @@ import pipeline
 from pipeline.control import messages
 from pipeline.errors import RecordingError, SliceTooLarge
 from pipeline.recording.format import consistency_flags, read_manifest
-from tests.rig import Rig, wait_for
+from tests.rig import Rig, toml_string, wait_for
 
 RATE = 10000.0
 CHANNELS = 8
@@ -71,7 +71,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         patch.setenv("RIGPIPE_RUNTIME_DIR", str(runtime / "run"))
         patch.delenv("RIGPIPE_SESSION", raising=False)
         try:
-            rig.write(WORKERS, session_extra=f'recordings_dir = "{recordings}"')
+            rig.write(WORKERS, session_extra=f"recordings_dir = {toml_string(recordings)}")
             rig.start()
             client = rig.client()
             client.request(messages.Annotate(text="electrode lowered"))
@@ -411,7 +411,7 @@ def test_a_recording_still_being_written_opens_as_far_as_it_was_flushed(rigs) ->
         WORKERS.split('[[workers]]\nname = "stim"')[0]
         + '[[workers]]\nname = "rec"\nkind = "recording"\n[workers.parameters]\n'
         + "flush_s = 0.3\nrotate_minutes = 0.01\n",
-        session_extra=f'recordings_dir = "{recordings}"',
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
     )
     rig.start()
     directory = wait_for(lambda: list(recordings.glob("*/segment-0001.h5")), 20, "a rotation")[

@@ -23,7 +23,7 @@ from pipeline.recording.format import consistency_flags, read_manifest
 from pipeline.recording.inspect import inspect
 from pipeline.recording.nwb import export_nwb
 from pipeline.ring import naming, shm
-from tests.rig import exited, wait_for
+from tests.rig import exited, toml_string, wait_for
 
 RATE = 10000.0
 PERIOD_NS = 1e9 / RATE
@@ -55,7 +55,9 @@ flush_s = 0.5
 def _rig(rigs, recorder: str = "", **workers):
     rig = rigs.new()
     recordings = rig.directory / "recordings"
-    rig.write(_workers(recorder, **workers), session_extra=f'recordings_dir = "{recordings}"')
+    rig.write(
+        _workers(recorder, **workers), session_extra=f"recordings_dir = {toml_string(recordings)}"
+    )
     return rig, recordings
 
 
@@ -285,7 +287,7 @@ def test_recordings_are_never_readable_by_every_user(rigs, access, files, direct
     recordings = rig.directory / "recordings"
     rig.write(
         _workers(),
-        session_extra=f'recordings_dir = "{recordings}"\nrecordings_access = "{access}"',
+        session_extra=f'recordings_dir = {toml_string(recordings)}\nrecordings_access = "{access}"',
     )
     rig.start()
     time.sleep(1.0)
@@ -377,7 +379,7 @@ def test_replay_plays_a_recording_back_exactly_and_faster(rigs) -> None:
     replay = rigs.new()
     replay.write(
         '[[workers]]\nname = "play"\nkind = "acquisition"\nrestart = "never"\n'
-        f'[workers.parameters]\nsource = "replay"\npath = "{directory}"\nspeed = 4.0\n'
+        f'[workers.parameters]\nsource = "replay"\npath = {toml_string(directory)}\nspeed = 4.0\n'
     )
     replay.start(wait=False)
     reader = wait_for(lambda: _attach_or_none(f"{replay.name}/play/continuous"), 20, "replay")
@@ -423,7 +425,7 @@ def test_a_flood_of_refusals_is_recorded_once_a_second_with_its_count(rigs) -> N
     is refused, and the recording holds a few rows that account for all of them."""
     rig = rigs.new()
     recordings = rig.directory / "recordings"
-    rig.write(_workers() + _STIMULATOR, session_extra=f'recordings_dir = "{recordings}"')
+    rig.write(_workers() + _STIMULATOR, session_extra=f"recordings_dir = {toml_string(recordings)}")
     rig.start()
     wait_for(lambda: rig.worker("rec").note.startswith("recording to"), 5, "recording to start")
     sent = 0
@@ -450,7 +452,9 @@ def test_a_recorder_starting_while_a_stream_is_absent_records_the_rest_and_waits
     streams = 'streams = ["acq/continuous", "stim/output"]\nrecording = false'
     rig = rigs.new()
     recordings = rig.directory / "recordings"
-    rig.write(_workers(streams) + _STIMULATOR, session_extra=f'recordings_dir = "{recordings}"')
+    rig.write(
+        _workers(streams) + _STIMULATOR, session_extra=f"recordings_dir = {toml_string(recordings)}"
+    )
     rig.start()
     rig.client().request(messages.StopWorker(worker="stim"))
     wait_for(lambda: rig.worker("stim").state == "stopped", 10, "the stimulator to stop")

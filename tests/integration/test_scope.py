@@ -17,7 +17,7 @@ pytest.importorskip("pyqtgraph")
 from PySide6.QtGui import QImage
 
 from pipeline.control import messages
-from tests.rig import DEMO_WORKER, wait_for
+from tests.rig import DEMO_WORKER, toml_string, wait_for
 
 
 def _scope(snapshot: Path, streams: str = '["pat/out"]', extra: str = "") -> str:
@@ -28,7 +28,7 @@ kind = "visualization"
 [workers.parameters]
 streams = {streams}
 offscreen = true
-snapshot = "{snapshot}"
+snapshot = {toml_string(snapshot)}
 snapshot_s = 0.3
 window_s = 1.0
 width_px = 400
@@ -112,7 +112,7 @@ def test_killing_the_scope_costs_nothing_else(rigs) -> None:
         DEMO_WORKER + '[[workers]]\nname = "rec"\nkind = "recording"\n'
         '[workers.parameters]\nstreams = ["acq/continuous"]\n'
         + _scope(rig.directory / "scope.png", '["acq/continuous"]', 'spikes = "acq/spikes"'),
-        session_extra=f'recordings_dir = "{recordings}"',
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
     )
     rig.start()
     time.sleep(1.0)

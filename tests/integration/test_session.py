@@ -18,7 +18,7 @@ from pipeline import attach
 from pipeline.control import bus, messages, session
 from pipeline.errors import RequestFailed
 from pipeline.ring import naming, segments, shm
-from tests.rig import DEMO_WORKER, exited, slow_reader, wait_for
+from tests.rig import DEMO_WORKER, exited, slow_reader, toml_string, wait_for
 
 
 def _read_frames(reader, seconds: float) -> list:
@@ -468,7 +468,7 @@ def test_tcp_control_answers_only_peers_with_the_sessions_keys(rigs, tmp_path) -
 def test_a_keys_file_keeps_a_remote_clients_copy_valid_across_restarts(rigs, tmp_path) -> None:
     keys_file = tmp_path / "keys" / "rig-curve.json"
     rig = rigs.new()
-    rig.write(control=f'transport = "tcp"\nkeys_file = "{keys_file}"')
+    rig.write(control=f'transport = "tcp"\nkeys_file = {toml_string(keys_file)}')
     rig.start()
     assert rig.discovery().endpoints.keys == str(keys_file)
     assert keys_file.stat().st_mode & 0o777 == 0o600

@@ -34,7 +34,7 @@ from pipeline.control import messages
 from pipeline.recording.format import read_manifest
 from pipeline.recording.inspect import inspect
 from pipeline.worker import EXIT_SUPERVISOR_GONE
-from tests.rig import exited, wait_for
+from tests.rig import exited, toml_string, wait_for
 
 pytestmark = pytest.mark.posix
 
@@ -62,7 +62,7 @@ flush_s = 0.5
 def _rig(rigs):
     rig = rigs.new()
     recordings = rig.directory / "recordings"
-    rig.write(WORKERS, session_extra=f'recordings_dir = "{recordings}"')
+    rig.write(WORKERS, session_extra=f"recordings_dir = {toml_string(recordings)}")
     return rig, recordings
 
 

@@ -27,7 +27,7 @@ from pipeline.control.direct import (
 from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader, naming, shm
 from pipeline.ring import watch as watch_module
-from tests.rig import wait_for
+from tests.rig import toml_string, wait_for
 
 RATE = 50_000.0
 BUFFER_MS = 20.0
@@ -130,7 +130,7 @@ flush_s = 0.3
 """
     rig.write(
         STIM.format(buffer_ms=BUFFER_MS, extra="") + recorder,
-        session_extra=f'recordings_dir = "{recordings}"',
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
     )
     rig.start()
     client = rig.client()

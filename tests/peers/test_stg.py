@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.control import messages
 from tests.integration.test_stimulation import STIM, active, pulses
-from tests.rig import wait_for
+from tests.rig import toml_string, wait_for
 from workers.stimulation import stg
 
 HERE = Path(__file__).parent
@@ -122,7 +122,7 @@ def _stg_rig(rigs, dll: Path, extra: str = "armed = true"):
     # a loaded machine needs is measured by bench/stg_refill.py, not asserted here.
     rig.write(
         STIM.format(buffer_ms=100.0, extra=f'backend = "stg"\n{extra}')
-        + f'[workers.parameters.stg]\ndll_path = "{dll}"\n'
+        + f"[workers.parameters.stg]\ndll_path = {toml_string(dll)}\n"
     )
     return rig
 
