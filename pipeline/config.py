@@ -37,7 +37,7 @@ import msgspec
 from pipeline.control.bus import check_key_file
 from pipeline.errors import ConfigError
 from pipeline.ring.naming import _PART
-from pipeline.worker import Worker
+from pipeline.worker import Worker, use_worker_path, worker_path
 
 PositiveS = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -289,6 +289,8 @@ def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[W
     allowed = ", ".join(known_kinds()) + ", or a dotted module path that defines WORKER"
     if not re.fullmatch(r"[A-Za-z_][\w.]*", kind):
         raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
+    if "." in kind:  # a lab's own module: found where its workers will find it
+        use_worker_path(worker_path())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -795,6 +795,25 @@ SPEC_ON_STDIN = "--spec-stdin"
 WORKER_PATH_ENV = "RIGPIPE_WORKER_PATH"
 
 
+def worker_path() -> list[str]:
+    """Where a worker kind named by module (``mylab.decoder``) is looked for besides the
+    installed packages: the working directory, then ``PYTHONPATH``.
+
+    ``python -m`` puts the working directory on ``sys.path`` and the ``rigpipe``
+    console script does not; an isolated interpreter (python.org's embeddable
+    Windows build) ignores ``PYTHONPATH``. The supervisor, resolving a config, and
+    every worker it starts look in the same places whichever way they were run.
+    """
+    return [p for p in (os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)) if p]
+
+
+def use_worker_path(directories: Sequence[str]) -> None:
+    """Put ``directories`` on ``sys.path`` (first to last) where they are not yet."""
+    for directory in reversed(directories):
+        if directory and directory not in sys.path:
+            sys.path.insert(0, directory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pipeline.worker SPEC_JSON`` (or ``--spec-stdin NAME``).
 
@@ -825,9 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec.log_level,
         f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s",
     )
-    for directory in reversed(os.environ.get(WORKER_PATH_ENV, "").split(os.pathsep)):
-        if directory and directory not in sys.path:
-            sys.path.insert(0, directory)
+    use_worker_path(os.environ.get(WORKER_PATH_ENV, "").split(os.pathsep))
     cls = importlib.import_module(spec.kind).WORKER
     worker = cls(spec, cls.parse_settings(spec.parameters))
 

@@ -55,11 +55,18 @@ def no_leaked_segments() -> Iterator[None]:
     assert not leaked, f"test left {len(leaked)} shared-memory segment(s) behind: {sorted(leaked)}"
 
 
+#: What psutil says of a process that has exited but is still listed (a zombie on POSIX;
+#: on Windows, one whose handle another process still holds).
+GONE = {psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, "terminated"}
+
+
 def _stray_children() -> list[psutil.Process]:
     """Children of the test process, apart from multiprocessing's own resource tracker."""
     stray = []
     for child in psutil.Process().children(recursive=True):
         try:
+            if child.status() in GONE:
+                continue  # exited; its handle not yet released (Windows)
             if "resource_tracker" not in " ".join(child.cmdline()):
                 stray.append(child)
         except psutil.NoSuchProcess:

@@ -38,7 +38,9 @@ def close_console(kernel32: Kernel32, result: Path) -> None:
     start = time.monotonic()
     returned = routine(console.CTRL_CLOSE_EVENT)
     held = time.monotonic() - start
-    result.write_text(json.dumps({"returned": returned, "held_s": held}))
+    written = result.with_suffix(".tmp")  # whole or absent: main() waits for it to exist
+    written.write_text(json.dumps({"returned": returned, "held_s": held}))
+    os.replace(written, result)
 
 
 def main() -> int:

@@ -114,9 +114,17 @@ class Rig:
         if not self.config.exists():
             self.write()
         self._close_client()
+        command = [python, "-m", runner]
+        if python == sys.executable and sys.flags.safe_path and not runner.startswith("pipeline."):
+            # an isolated interpreter (python.org's embeddable Windows build): -m does not
+            # look in the working directory, where the tests' own runners are
+            root = str(Path(__file__).resolve().parents[1])
+            boot = f"import runpy, sys; sys.path.insert(0, {root!r}); "
+            boot += f"runpy.run_module({runner!r}, run_name='__main__', alter_sys=True)"
+            command = [python, "-c", boot]
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(
-                [*prefix, python, "-m", runner, "run", str(self.config)],
+                [*prefix, *command, "run", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, **(env or {})),

@@ -19,6 +19,7 @@ rigpipe sweep                         remove the shared memory of writers that d
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -47,10 +48,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # a file or socket we cannot use: say which, in one line
+        if _reader_left(exc):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         if os.environ.get("RIGPIPE_DEBUG"):
             raise
         print(f"rigpipe: {exc} (RIGPIPE_DEBUG=1 shows where)", file=sys.stderr)
         return 1
+
+
+def _reader_left(exc: OSError) -> bool:
+    """True if ``exc`` says the reader of stdout left: Windows says EINVAL where POSIX
+    says EPIPE (a write to a pipe whose reader closed it). Told apart from an EINVAL of
+    something else by flushing stdout again, which fails the same way."""
+    if os.name != "nt" or exc.errno != errno.EINVAL:
+        return False
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from pipeline import clock
 from pipeline.config import WorkerPlan
 from pipeline.control import messages
 from pipeline.identity import process_identity
-from pipeline.worker import SPEC_ON_STDIN, WORKER_PATH_ENV, WorkerSpec
+from pipeline.worker import SPEC_ON_STDIN, WORKER_PATH_ENV, WorkerSpec, worker_path
 
 _TAIL_BYTES = 2000
 _POSIX = os.name == "posix"  # a seam: tests switch it off to run the Windows branches
@@ -113,9 +113,7 @@ class WorkerProcess:
         # supervisor's directory. PYTHONPATH says so to a normal interpreter; an isolated
         # one (python.org's embeddable Windows build) ignores it, so the worker entry
         # reads WORKER_PATH_ENV itself.
-        env["PYTHONPATH"] = env[WORKER_PATH_ENV] = os.pathsep.join(
-            p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = env[WORKER_PATH_ENV] = os.pathsep.join(worker_path())
         python = worker_python(env)
         # the spec (the whole config) goes on stdin: argv is public and capped
         argv = [python, "-m", "pipeline.worker", SPEC_ON_STDIN, f"{self.spec.session}/{self.name}"]

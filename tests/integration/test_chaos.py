@@ -6,9 +6,12 @@ long form is ``python bench/chaos.py --seconds 3600`` (or ``pytest -m soak``).
 
 from __future__ import annotations
 
+import pytest
+
 from bench.chaos import FAULTS, run
 
 
+@pytest.mark.posix  # its faults are SIGKILL, SIGSTOP and SIGCONT
 def test_no_frame_is_lost_without_a_true_gap_row_under_every_fault() -> None:
     faults, verdict = run(
         seconds=50, seed=7, channels=32, quiet=True, first=tuple(FAULTS), pause_s=(1.5, 3.0)

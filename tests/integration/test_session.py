@@ -18,6 +18,7 @@ from pipeline import attach
 from pipeline.control import bus, messages, session
 from pipeline.errors import RequestFailed
 from pipeline.ring import naming, segments, shm
+from tests import wine
 from tests.rig import DEMO_WORKER, exited, slow_reader, toml_string, wait_for
 
 
@@ -198,6 +199,7 @@ def test_ctrl_c_stops_in_order_and_leaves_nothing(rigs) -> None:
     assert not [e.name for e in os.scandir(runtime) if e.name.endswith(".sock")]
 
 
+@wine.gap("console events")
 def test_second_ctrl_c_kills_a_worker_that_ignores_stop(rigs) -> None:
     rig = rigs.new()
     rig.write(
@@ -419,7 +421,9 @@ def test_a_reader_that_leaves_the_pipe_early_is_not_a_traceback(rigs) -> None:
             stderr=subprocess.PIPE,
         )
         proc.stdout.close()  # as `rigpipe status | head -0` does
-        _, stderr = proc.communicate(timeout=30)
+        stderr = proc.stderr.read()  # not communicate(): on Windows it reads stdout too
+        proc.stderr.close()
+        proc.wait(30)
         assert proc.returncode == 0 and b"Traceback" not in stderr, stderr
         assert b"Exception ignored" not in stderr, stderr
 
@@ -432,7 +436,8 @@ def test_tcp_control_answers_only_peers_with_the_sessions_keys(rigs, tmp_path) -
     rig = rigs.new().start(env={"RIGPIPE_TRANSPORT": "tcp"})
     endpoints = rig.discovery().endpoints
     keys_file = endpoints.keys
-    assert oct(os.stat(keys_file).st_mode & 0o777) == "0o600", "the keys are private"
+    if os.name == "posix":  # Windows keeps a user's files private through their ACL
+        assert oct(os.stat(keys_file).st_mode & 0o777) == "0o600", "the keys are private"
     assert rig.status().state == "running", "the session's own clients get in"
     assert _raw_request(endpoints.control) is None, "a peer without keys gets nothing"
     keys = bus.load_keys(endpoints)
@@ -471,7 +476,7 @@ def test_a_keys_file_keeps_a_remote_clients_copy_valid_across_restarts(rigs, tmp
     rig.write(control=f'transport = "tcp"\nkeys_file = {toml_string(keys_file)}')
     rig.start()
     assert rig.discovery().endpoints.keys == str(keys_file)
-    assert keys_file.stat().st_mode & 0o777 == 0o600
+    assert os.name != "posix" or keys_file.stat().st_mode & 0o777 == 0o600
     copied = tmp_path / "on-another-machine.json"
     copied.write_bytes(keys_file.read_bytes())
     assert rig.interrupt() == 0
