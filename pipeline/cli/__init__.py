@@ -60,11 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _reader_left(exc: OSError) -> bool:
     """True if ``exc`` says the reader of stdout left: Windows says EINVAL where POSIX
     says EPIPE (a write to a pipe whose reader closed it). Told apart from an EINVAL of
-    something else by flushing stdout again, which fails the same way."""
+    something else by an empty write to stdout, which fails the same way (measured on
+    python.org's 3.11: a second flush does not, the failed one dropped its buffer)."""
     if os.name != "nt" or exc.errno != errno.EINVAL:
         return False
     try:
-        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), b"")
     except OSError:
         return True
     return False

@@ -165,13 +165,14 @@ class WorkerProcess:
         except psutil.NoSuchProcess:
             return None
 
-    def terminate(self) -> None:
+    def terminate(self) -> bool:
         """Ask the worker to stop (it tears down): SIGTERM to its process group; on
         Windows CTRL_BREAK, which the worker handles like SIGTERM. Where the signal
         cannot be delivered (no console on Windows: pythonw, a service; any error at
-        all) the worker is killed: the stop ladder never ends on an exception."""
+        all) the worker is killed: the stop ladder never ends on an exception. True if
+        it was killed instead."""
         if self.popen is None or self.popen.poll() is not None:
-            return
+            return False
         try:
             if _POSIX:
                 os.killpg(self.popen.pid, signal.SIGTERM)
@@ -184,6 +185,8 @@ class WorkerProcess:
         # exception set" (cpython issue 58689). Either way, the next step of the ladder.
         except (OSError, SystemError):
             self.kill()
+            return True
+        return False
 
     def kill(self) -> None:
         """Kill the worker at once: SIGKILL to its process group; TerminateProcess on Windows."""
@@ -202,8 +205,10 @@ class WorkerProcess:
         if self.stop_deadline is None or now < self.stop_deadline:
             return
         if self.kill_stage == 0:
-            self.terminate()
-            self.kill_stage, self.stop_deadline = 1, now + min(grace_s, 2.0)
+            if self.terminate():  # it could not be asked: killed at once
+                self.kill_stage, self.stop_deadline = 2, None
+            else:
+                self.kill_stage, self.stop_deadline = 1, now + min(grace_s, 2.0)
         elif self.kill_stage == 1:
             self.kill()
             self.kill_stage, self.stop_deadline = 2, None

@@ -459,8 +459,8 @@ class Supervisor:
             worker.identity, messages.Stop(request_id=next(self._ids))
         )
         if not sent:
-            worker.terminate()
-            worker.kill_stage = 1
+            worker.kill_stage = 2 if worker.terminate() else 1
+            self._killed_any |= worker.kill_stage >= 2
         self.publish(messages.WorkerStateChanged(worker=worker.name, state="stopping"))
 
     # -- sampling and status --------------------------------------------------------------------

@@ -262,3 +262,4 @@ def test_on_windows_a_stop_is_ctrl_break_then_terminate_and_never_crashes(
         assert popen.sent[-1] == "kill" and acq.kill_stage == 2
     else:
         assert popen.sent == ["kill"], "no console: terminated instead of raising"
+        assert acq.kill_stage == 2, "counted as killed: the session's exit code says so"
