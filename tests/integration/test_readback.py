@@ -330,7 +330,7 @@ def test_a_prefetch_process_that_dies_is_an_error_not_a_short_read(recorded: Pat
         assert first.start == 0
         (child,) = prefetchers()
         child.kill()
-        killed = -9 if os.name == "posix" else "-?[0-9]+"  # SIGKILL; TerminateProcess's code
+        killed = -9 if os.name == "posix" else "-?[0-9]+"  # Windows: TerminateProcess gave it one
         with pytest.raises(RecordingError, match=f"prefetch process exited with code {killed}"):
             for _ in blocks:
                 pass

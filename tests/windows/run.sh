@@ -13,7 +13,7 @@ python_exe="${WINEPREFIX}/drive_c/python311/python.exe"
 # Wine's python.exe cannot take a regular file as stdout (init_sys_streams, WinError 6):
 # its output always goes through a pipe.
 winpython() { wine "${python_exe}" "$@" 2>&1 | cat; return "${PIPESTATUS[0]}"; }
-cleanup() { wineserver -k 2>/dev/null || true; }
+cleanup() { wineserver -k >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 echo "== Windows leg: $(winpython -c 'import sys; print(sys.version.split()[0], sys.platform)' | tr -d '\r') under $(wine --version)"
