@@ -21,6 +21,12 @@ from pipeline.ring import naming, segments, shm
 from tests import wine
 from tests.rig import DEMO_WORKER, exited, slow_reader, toml_string, wait_for
 
+#: A worker that ignores Stop and SIGTERM (CTRL_BREAK): only a kill ends it.
+DEAF_WORKER = (
+    '[[workers]]\nname = "deaf"\nkind = "tests.workers.misbehaving"\n'
+    '[workers.parameters]\nmode = "deaf"\n'
+)
+
 
 def _read_frames(reader, seconds: float) -> list:
     chunks = []
@@ -202,10 +208,7 @@ def test_ctrl_c_stops_in_order_and_leaves_nothing(rigs) -> None:
 @wine.gap("console events")
 def test_second_ctrl_c_kills_a_worker_that_ignores_stop(rigs) -> None:
     rig = rigs.new()
-    rig.write(
-        '[[workers]]\nname = "deaf"\nkind = "tests.workers.misbehaving"\n'
-        '[workers.parameters]\nmode = "deaf"\n'
-    )
+    rig.write(DEAF_WORKER)
     rig.start()
     workers = rig.worker_processes()
     rig.proc.send_signal(signal.SIGINT)
@@ -221,10 +224,7 @@ def test_an_ordered_stop_ends_a_worker_that_ignores_it_within_the_documented_tim
     """Stop, then SIGTERM (Windows: CTRL_BREAK, which fails without a console, under
     pythonw, a service or Wine), then a kill: ``stop_timeout_s`` + 2 s whatever happens."""
     rig = rigs.new()
-    rig.write(
-        '[[workers]]\nname = "deaf"\nkind = "tests.workers.misbehaving"\n'
-        '[workers.parameters]\nmode = "deaf"\n'
-    )
+    rig.write(DEAF_WORKER)
     rig.start()
     workers = rig.worker_processes()
     asked = time.monotonic()

@@ -34,21 +34,14 @@ from pipeline.control import messages
 from pipeline.recording.format import read_manifest
 from pipeline.recording.inspect import inspect
 from pipeline.worker import EXIT_SUPERVISOR_GONE
-from tests.rig import exited, toml_string, wait_for
+from tests.rig import DEMO_WORKER, exited, toml_string, wait_for
 
 pytestmark = pytest.mark.posix
 
-RATE = 10000.0
-WORKERS = f"""
-[[workers]]
-name = "acq"
-kind = "acquisition"
-backoff_s = 0.3
-[workers.parameters]
-channels = 8
-sample_rate_hz = {RATE}
-chunk_s = 0.002
-
+RATE = 10000.0  # DEMO_WORKER's acq/continuous
+WORKERS = (
+    DEMO_WORKER
+    + """
 [[workers]]
 name = "rec"
 kind = "recording"
@@ -57,6 +50,7 @@ backoff_s = 0.3
 streams = ["acq/continuous"]
 flush_s = 0.5
 """
+)
 
 
 def _rig(rigs):

@@ -112,7 +112,8 @@ def load_hint(platform: str = sys.platform) -> str:
     """What usually stops the DLL from loading, on this OS."""
     if platform == "win32":
         return (
-            "On Windows: unblock the downloaded DLL (its Properties > Unblock, or PowerShell "
+            "On Windows: pythonnet needs .NET Framework 4.7.2 or later (part of Windows 10 "
+            "1803+ and 11); unblock the downloaded DLL (its Properties > Unblock, or PowerShell "
             "Unblock-File), use the x64 McsUsbNet.dll with 64-bit Python, and install the MCS "
             "USB driver"
         )
