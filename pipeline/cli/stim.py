@@ -9,6 +9,7 @@ config; nothing here can change those.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,8 +33,15 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(stim: argparse.ArgumentParser) -> None:
     """The ``stim`` sub-commands."""
     stim.add_argument("--worker", default="stim", help="the stimulation worker (default: stim)")
+    # --session, --timeout and --worker after the action too (`rigpipe stim arm --session
+    # rig2`), as every other command takes them: SUPPRESS keeps the value given before it
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--session", default=argparse.SUPPRESS, help="which rig")
+    after.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="reply timeout, s")
+    after.add_argument("--worker", default=argparse.SUPPRESS, help="the stimulation worker")
     actions = stim.add_subparsers(dest="action", required=True, metavar="ACTION")
-    pulse = actions.add_parser(
+    add_parser = functools.partial(actions.add_parser, parents=[after])
+    pulse = add_parser(
         "pulse",
         help="a pulse train on one channel",
         description="Examples: rigpipe stim pulse 0 --biphasic 50:200 --frequency-hz 20 "
@@ -55,15 +63,15 @@ def add_arguments(stim: argparse.ArgumentParser) -> None:
     )
     pulse.add_argument("--interphase-us", type=float, default=0.0)
     _repeat_arguments(pulse)
-    wave = actions.add_parser("waveform", help="an arbitrary waveform (uA samples) on one channel")
+    wave = add_parser("waveform", help="an arbitrary waveform (uA samples) on one channel")
     wave.add_argument("channel", type=int)
     wave.add_argument("file", help=".npy, or text with one number (uA) per line or comma")
     wave.add_argument("--sample-rate-hz", type=float, default=50_000.0)
     _repeat_arguments(wave)
-    stop = actions.add_parser("stop", help="silence one channel, or every channel")
+    stop = add_parser("stop", help="silence one channel, or every channel")
     stop.add_argument("channel", type=int, nargs="?", default=None)
-    actions.add_parser("arm", help="allow stimulation")
-    actions.add_parser("disarm", help="refuse stimulation and silence every channel")
+    add_parser("arm", help="allow stimulation")
+    add_parser("disarm", help="refuse stimulation and silence every channel")
 
 
 def _repeat_arguments(parser: argparse.ArgumentParser) -> None:

@@ -257,11 +257,24 @@ class Supervisor:
             self.on_event(f"unlinked {len(removed)} segment(s) the workers left behind")
         if self.server is not None:
             self.server.close()
-        for endpoint in (self.server.endpoints.control, self.server.endpoints.events):
+        endpoints = self.server.endpoints
+        for endpoint in (endpoints.control, endpoints.events):
             if endpoint.startswith("ipc://"):
                 Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+        for worker in self.workers.values():
+            self._remove_direct_socket(worker)
+        if endpoints.keys and not self.rig.control.keys_file:
+            Path(endpoints.keys).unlink(missing_ok=True)  # this session's own secret keys
         session.remove(self.name)
         self.on_event(f"session {self.name!r} stopped")
+
+    def _remove_direct_socket(self, worker: WorkerProcess) -> None:
+        """Remove the ``ipc://`` socket file of a worker's own request socket, which a
+        worker that was killed leaves behind (a clean exit removes it itself)."""
+        assert self.server is not None
+        endpoint = bus.direct_endpoint(self.server.endpoints, worker.name)
+        if endpoint.startswith("ipc://") and not worker.alive:
+            Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
 
     # -- the loop -------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -375,6 +388,7 @@ class Supervisor:
         worker.kill()
 
     def _exited(self, worker: WorkerProcess, code: int, now: float) -> None:
+        self._remove_direct_socket(worker)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         # A worker may stop itself (a closed Windows console reaches every process on it)
         # before this loop has begun the stop that was asked for: an ordered exit too.

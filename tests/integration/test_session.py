@@ -235,6 +235,31 @@ def test_an_ordered_stop_ends_a_worker_that_ignores_it_within_the_documented_tim
     assert "Traceback" not in rig.log(), rig.log()
 
 
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+def test_a_clean_stop_leaves_only_the_logs_in_the_runtime_directory(rigs, transport) -> None:
+    """Even after a worker with its own socket was killed: its socket file, the control
+    sockets and a TCP session's secret keys all go; the logs stay."""
+    from tests.integration.test_stimulation import STIM
+
+    rig = rigs.new()
+    rig.write(
+        DEMO_WORKER + STIM.format(buffer_ms=20.0, extra="").replace('restart = "never"', ""),
+        control=f'transport = "{transport}"',
+    )
+    rig.start()
+    runtime = Path(rig.discovery().runtime_dir)
+    assert rig.discovery().direct, "the stimulator takes requests on a socket of its own"
+    pid = rig.worker("stim").pid
+    psutil.Process(pid).kill()
+    wait_for(
+        lambda: (w := rig.worker("stim")).state == "running" and w.pid not in (0, pid),
+        20,
+        "a restart",
+    )
+    assert rig.interrupt() == 0, rig.log()
+    assert sorted(entry.name for entry in runtime.iterdir()) == ["logs"]
+
+
 @pytest.mark.posix
 def test_malformed_and_random_messages_never_stop_the_supervisor(rigs) -> None:
     import zmq

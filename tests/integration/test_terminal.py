@@ -45,6 +45,7 @@ def tmux():
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
 
 
+@pytest.mark.posix  # tmux is a POSIX terminal
 def test_the_live_table_fits_an_80x24_terminal_and_redraws_in_place(rigs, tmux) -> None:
     rig = rigs.new()
     rig.write(SOURCE + READERS)

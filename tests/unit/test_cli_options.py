@@ -1,0 +1,58 @@
+"""Every rigpipe command that talks to a session takes ``--session``, wherever it is written."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pipeline.cli import _parser
+
+
+def _session_commands(parser: argparse.ArgumentParser) -> list[list[str]]:
+    """The words of each command (and sub-action) whose parser has a --session option."""
+    found = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for name, sub in action.choices.items():
+            deeper = _session_commands(sub)
+            if deeper:
+                found += [[name, *words] for words in deeper]
+            elif any("--session" in a.option_strings for a in sub._actions):
+                found.append([name])
+    return found
+
+
+#: Required positional arguments of a command, to make its words a valid command line.
+ARGUMENTS = {
+    "annotate": ["text"],
+    "set": ["acq", "lfp_hz", "12"],
+    "record": ["start"],
+    "worker": ["restart", "acq"],
+    "tail": ["acq/continuous"],
+    "pulse": ["0", "--biphasic", "50:200"],
+    "waveform": ["0", "wave.npy"],
+}
+
+
+def test_every_session_command_takes_session_after_its_words() -> None:
+    parser = _parser()
+    commands = _session_commands(parser)
+    assert ["stim", "arm"] in commands and ["status"] in commands
+    for words in commands:
+        line = [*words, *ARGUMENTS.get(words[-1], []), "--session", "rig2"]
+        assert parser.parse_args(line).session == "rig2", line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        ["stim", "--session", "rig1", "arm"],
+        ["stim", "arm", "--session", "rig1"],
+        ["stim", "--session", "rig1", "--timeout", "2", "disarm"],
+    ],
+)
+def test_stim_takes_its_options_before_or_after_the_action(line: list[str]) -> None:
+    args = _parser().parse_args(line)
+    assert args.session == "rig1" and args.worker == "stim"
