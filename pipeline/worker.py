@@ -209,7 +209,9 @@ class Worker:
         """Close what ``setup`` opened. Runs even when setup or run raised."""
 
     def on_parameter(self, name: str, value: Any) -> None:
-        """Called after ``self.settings`` took a new value for ``name``."""
+        """Called after ``self.settings`` took a new value for ``name``. Raise ValueError
+        (or a RigpipeError) if it cannot be acted on: the setting is undone and the
+        request answered with the reason."""
 
     def on_request(self, request: messages.WorkerRequest) -> messages.Message:
         """Answer a request forwarded to this worker (stimulation commands...); the reply's
@@ -634,8 +636,12 @@ class Worker:
             type(self).check(settings)
         except (msgspec.ValidationError, ValueError) as exc:
             return messages.Error(request_id=request_id, text=f"{name} = {value!r} refused: {exc}")
-        self.settings = settings
-        self.on_parameter(name, value)
+        previous, self.settings = self.settings, settings
+        try:
+            self.on_parameter(name, value)
+        except (RigpipeError, ValueError) as exc:  # the worker could not act on it: say why
+            self.settings = previous
+            return messages.Error(request_id=request_id, text=f"{name} = {value!r} failed: {exc}")
         self.log.info("parameter %s set to %r", name, value)
         return messages.Ok(request_id=request_id, detail=f"{self.name}.{name} = {value!r}")
 

@@ -18,7 +18,7 @@ import pytest
 import pipeline
 from pipeline import StimulationRefused, attach
 from pipeline.control import messages
-from pipeline.errors import StreamNotFound
+from pipeline.errors import RequestFailed, StreamNotFound
 from pipeline.recording.format import consistency_flags, read_manifest
 from pipeline.recording.inspect import inspect
 from pipeline.recording.nwb import export_nwb
@@ -273,7 +273,8 @@ def test_a_recordings_directory_that_goes_away_is_reported_and_the_rig_stays_up(
     shutil.rmtree(place / "rec", ignore_errors=True)
     (place / "rec").write_text("now a file")  # the disk was swapped, a mount went away...
     client = rig.client()
-    client.request(messages.SetParameter(worker="rec", name="recording", value=True))
+    with pytest.raises(RequestFailed, match=r"recording not started: .*(Not a directory|exists)"):
+        client.request(messages.SetParameter(worker="rec", name="recording", value=True))
     rec = wait_for(lambda: (w := rig.worker("rec")).note.startswith("ERROR") and w, 10, "error")
     assert "Not a directory" in rec.note or "exists" in rec.note, rec.note
     assert rec.state == "running" and rig.worker("acq").state == "running"
@@ -323,8 +324,20 @@ def test_a_nearly_full_disk_stops_recording_cleanly(rigs) -> None:
     with h5py.File(directory / "segment-0000.h5") as f:  # closed cleanly, opens plainly
         assert f.attrs["finished"]
     _assert_contiguous(_timestamps(directory))
-    assert inspect(directory).ok
+    report = inspect(directory)
+    assert report.ok and "disk nearly full" in report.stopped_early
     assert psutil.pid_exists(rig.worker("rec").pid)
+    # asked to record again on that disk: refused, and the command says so
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "record", "start", "--session", rig.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "recording not started: disk nearly full" in again.stderr, again.stderr
+    assert "started" not in again.stdout
 
 
 def test_a_recorder_down_longer_than_the_ring_holds_records_the_gap(rigs) -> None:

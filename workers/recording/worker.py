@@ -53,6 +53,7 @@ NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 EXIT_WRITE_FAILED = 75  # EX_TEMPFAIL: restart me, the segment needs a repair
 REATTACH_S = 0.5  # how often to look for a stream that is absent (or whose writer closed it)
 RESTART_MARGIN_S = 3.0  # time a restarted recorder needs before it reads again
+_FAILED = "ERROR, not recording: "  # how the note says that recording stopped on an error
 
 
 #: [session] recordings_access -> the recorder's umask (files 0640 / 0600, directories 0750 / 0700).
@@ -158,10 +159,12 @@ class RecordingWorker(Worker):
         self.events.close()
 
     def on_parameter(self, name: str, value: Any) -> None:
-        if value and self.recording is None:
+        if name == "recording" and value and self.recording is None:
             self.note = ""
             self._guard(self._start)
-        elif not value and self.recording is not None:
+            if self.recording is None:  # refused (a nearly full disk...): the CLI says why
+                raise ValueError(f"recording not started: {self.note.removeprefix(_FAILED)}")
+        elif name == "recording" and not value and self.recording is not None:
             self._guard(lambda: self._stop("recording stopped by request"))
 
     # -- the loop -------------------------------------------------------------------------------
@@ -463,7 +466,7 @@ class RecordingWorker(Worker):
     def _fail(self, exc: BaseException) -> None:
         """Stop writing after an error; what was flushed stays readable."""
         rec, self.recording = self.recording, None
-        self.note = f"ERROR, not recording: {exc}"
+        self.note = f"{_FAILED}{exc}"
         self.report(f"recording stopped: {exc}", "error")
         self.counters["errors"] = self.counters.get("errors", 0) + 1
         for stream in list(self._readers):
