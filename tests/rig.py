@@ -156,6 +156,14 @@ class Rig:
     def worker(self, name: str) -> messages.WorkerStatus:
         return next(w for w in self.status().workers if w.name == name)
 
+    def restarted(self, name: str, pid: int, timeout_s: float = 10) -> messages.WorkerStatus:
+        """Wait until worker ``name`` runs again in a process other than ``pid``."""
+        return wait_for(
+            lambda: (w := self.worker(name)).state == "running" and w.pid not in (0, pid) and w,
+            timeout_s,
+            f"{name} to be restarted",
+        )
+
     def running(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"supervisor exited early:\n{self.log()}")

@@ -80,11 +80,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             time.sleep(1.2)
             pid = rig.worker("acq").pid
             psutil.Process(pid).kill()
-            wait_for(
-                lambda: (w := rig.worker("acq")).state == "running" and w.pid not in (0, pid),
-                10,
-                "acq to be restarted",
-            )
+            rig.restarted("acq", pid, 10)
             time.sleep(1.2)
             assert rig.interrupt() == 0, rig.log()
         finally:

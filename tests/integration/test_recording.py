@@ -94,11 +94,7 @@ def _assert_contiguous(stamps: np.ndarray) -> None:
 def _kill(rig, worker: str) -> int:
     pid = rig.worker(worker).pid
     psutil.Process(pid).kill()
-    wait_for(
-        lambda: (w := rig.worker(worker)).state == "running" and w.pid not in (0, pid),
-        10,
-        f"{worker} to be restarted",
-    )
+    rig.restarted(worker, pid, 10)
     return pid
 
 
@@ -346,9 +342,7 @@ def test_a_recorder_down_longer_than_the_ring_holds_records_the_gap(rigs) -> Non
     time.sleep(1.0)
     pid = rig.worker("rec").pid
     psutil.Process(pid).suspend()  # hung: the supervisor kills it after 1 s without heartbeats
-    wait_for(
-        lambda: (w := rig.worker("rec")).state == "running" and w.pid not in (0, pid), 10, "restart"
-    )
+    rig.restarted("rec", pid, 10)
     time.sleep(1.0)
     assert rig.interrupt() == 0
     directory = _recording(recordings)

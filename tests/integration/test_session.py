@@ -251,11 +251,7 @@ def test_a_clean_stop_leaves_only_the_logs_in_the_runtime_directory(rigs, transp
     assert rig.discovery().direct, "the stimulator takes requests on a socket of its own"
     pid = rig.worker("stim").pid
     psutil.Process(pid).kill()
-    wait_for(
-        lambda: (w := rig.worker("stim")).state == "running" and w.pid not in (0, pid),
-        20,
-        "a restart",
-    )
+    rig.restarted("stim", pid, 20)
     assert rig.interrupt() == 0, rig.log()
     assert sorted(entry.name for entry in runtime.iterdir()) == ["logs"]
 
@@ -556,11 +552,7 @@ def test_cli_against_a_running_rig(rigs) -> None:
     pid = rig.worker("acq").pid
     killed = cli("worker", "kill", "acq")
     assert killed.returncode == 0 and f"killed acq (pid {pid})" in killed.stdout
-    wait_for(
-        lambda: (w := rig.worker("acq")).state == "running" and w.pid not in (0, pid),
-        10,
-        "a restart",
-    )
+    rig.restarted("acq", pid, 10)
     assert rig.worker("acq").restarts == 1
     unknown = cli("worker", "kill", "nobody")
     assert unknown.returncode == 1 and "no worker named 'nobody'" in unknown.stderr

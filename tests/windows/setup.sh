@@ -16,7 +16,7 @@ SUDO=""
 quiet() { grep -v "^WARNING: Location '.*' is ignored" || true; }  # a host's own pip config
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-if ! command -v wine >/dev/null; then
+if ! command -v wine >/dev/null || ! command -v unzip >/dev/null; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         wine64 wine unzip >/dev/null
