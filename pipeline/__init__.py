@@ -8,8 +8,8 @@ An outside process needs only :func:`attach`::
             process(chunk.data, chunk.timestamps_ns)
 
 A stream writer needs :class:`RingWriter`; a worker kind subclasses :class:`Worker`.
-A decoder closes the loop through :func:`stimulator` (``pipeline.control.direct``), and
-asks for real-time scheduling with :func:`make_realtime` (``pipeline.scheduling``).
+A decoder closes the loop through :func:`stimulator` (``pipeline.control.stimulator``), and
+asks for real-time scheduling with :func:`make_realtime` (``pipeline.host.scheduling``).
 A recording is read back with :func:`open_recording`::
 
     with pipeline.open_recording("recordings/demo-20261122-101500") as rec:
@@ -38,10 +38,10 @@ from pipeline.errors import (
     WatchesFull,
     WriterClosed,
 )
+from pipeline.host.scheduling import make_realtime
 from pipeline.ring import Chunk, RingReader, RingWriter, ThresholdWatch
 from pipeline.ring import attach as _attach_full_name
 from pipeline.ring.segments import list_streams, sweep
-from pipeline.scheduling import make_realtime
 
 
 def attach(
@@ -69,7 +69,7 @@ def __getattr__(name: str):
 
         return Worker
     if name == "stimulator":  # a stimulation worker reached directly (closed loop)
-        from pipeline.control.direct import stimulator
+        from pipeline.control.stimulator import stimulator
 
         return stimulator
     if name in ("open_recording", "Recording"):  # h5py is imported only by those who read files

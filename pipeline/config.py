@@ -84,7 +84,7 @@ class WorkerConfig(_Table, kw_only=True):
     stable_s: PositiveS = 10.0  # running this long resets the count of consecutive failures
     start_timeout_s: PositiveS = 15.0
     blas_threads: Annotated[int, msgspec.Meta(ge=1)] = 1  # numpy's BLAS threads in this worker
-    # SCHED_FIFO priority once set up (pipeline.scheduling); 0: normal scheduling
+    # SCHED_FIFO priority once set up (pipeline.host.scheduling); 0: normal scheduling
     realtime_priority: Annotated[int, msgspec.Meta(ge=0, le=49)] = 0
     parameters: dict[str, Any] = {}
 

@@ -220,3 +220,12 @@ class SliceTooLarge(RecordingError):
     once with ``with rec.allow_large(): ...``, or open the recording with a
     higher ``memory_limit_bytes``.
     """
+
+
+class MissingExtra(RigpipeError, ImportError):
+    """A part of rigpipe needs an optional package that is not installed.
+
+    Raised by :func:`pipeline.extras.require` when a backend (pycbsdk, pythonnet,
+    pylsl, pynwb, Qt) is first used; the message names the package, what needs it and
+    the install line. Install the extra and start again; nothing else was affected.
+    """

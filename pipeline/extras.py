@@ -1,11 +1,19 @@
-"""How to install an optional part of rigpipe, said the same way everywhere.
+"""Optional parts of rigpipe: import one, or say in one line how to install it.
 
-rigpipe is installed from its checkout (``pip install -e .``), not from PyPI,
-so ``pip install 'rigpipe[nwb]'`` would fail; the hint names both the
-checkout's extra and the packages themselves.
+Hardware and export backends import their package only when first used, through
+:func:`require`, so that a rig without the Blackrock SDK, the STG's pythonnet, pylsl,
+pynwb or Qt starts and runs everything else. A missing one raises
+:class:`~pipeline.errors.MissingExtra` with the install line::
+
+    pylsl = extras.require("lsl", "pylsl", "the LSL bridge")
 """
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from pipeline.errors import MissingExtra
 
 #: extra -> what pip installs for it (as pyproject.toml says)
 EXTRAS = {
@@ -19,7 +27,23 @@ EXTRAS = {
 
 
 def install_hint(extra: str) -> str:
-    """``pip install -e ".[extra]"`` in rigpipe's checkout, or the packages alone."""
+    """``pip install -e ".[extra]"`` in rigpipe's checkout, or the packages alone (a wheel)."""
     return (
         f"""pip install -e ".[{extra}]" in rigpipe's checkout (or: pip install {EXTRAS[extra]})"""
     )
+
+
+def require(extra: str, module: str, needed_by: str) -> ModuleType:
+    """The module ``module`` of extra ``extra``, or :class:`MissingExtra` naming
+    ``needed_by`` (what needs it) and the install line."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.partition(".")[0]
+        missing = exc.name or top
+        if missing != top and not missing.startswith(f"{top}."):
+            # the package is there but one of its own dependencies is not
+            detail = f"{top} is installed but cannot import {missing}"
+        else:
+            detail = f"{top} is not installed"
+        raise MissingExtra(f"{needed_by} needs {top}: {detail}; {install_hint(extra)}") from None

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import clock
-from pipeline.extras import install_hint
+from pipeline import extras
+from pipeline.host import clock
 
 #: numpy dtype -> pylsl channel format name (``cf_*``); anything else is sent as double.
 FORMATS = {
@@ -34,13 +34,7 @@ STRING_FORMAT = 3  # pylsl.cf_string
 
 def pylsl() -> Any:
     """The pylsl module, or a one-line error saying how to get it."""
-    try:
-        import pylsl as module
-    except ImportError:
-        raise RuntimeError(
-            f"the LSL bridge needs pylsl (its wheels include liblsl): {install_hint('lsl')}"
-        ) from None
-    return module
+    return extras.require("lsl", "pylsl", "the LSL bridge")
 
 
 class ClockMap:

@@ -2,7 +2,7 @@
 which the test then closes.
 
 The supervisor's console control handler is registered with a fake kernel32
-(the Windows path of :mod:`pipeline.console`, switched on). When the file
+(the Windows path of :mod:`pipeline.host.console`, switched on). When the file
 ``$CONSOLE_CLOSE_RESULT.go`` appears, "Windows" calls the handler with
 CTRL_CLOSE_EVENT from a thread of its own, as it does when the console window
 is closed, and writes what the handler returned and how long it held the
@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import cli, console
+from pipeline import cli
+from pipeline.host import console
 
 
 class Kernel32:

@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 import msgspec
 
-from pipeline import clock
 from pipeline.cli.run import render
 from pipeline.control import messages, session
 from pipeline.control.bus import Client
 from pipeline.errors import RequestFailed
+from pipeline.host import clock
 
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:

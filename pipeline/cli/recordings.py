@@ -18,7 +18,7 @@ from typing import TextIO
 import msgspec
 import numpy as np
 
-from pipeline import clock
+from pipeline.host import clock
 
 PATH_HELP = (
     "a recording directory, its manifest.json, or a segment; 'latest': the newest "

@@ -23,10 +23,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import clock, config
+from pipeline import config
 from pipeline.control import messages
 from pipeline.control.messages import StatusReply
-from pipeline.output import Output, log_without_blocking
+from pipeline.host import clock
+from pipeline.host.output import Output, log_without_blocking
 
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -46,7 +47,7 @@ def run_rig(args: argparse.Namespace) -> int:
         return 0
     # Nothing the supervisor writes may hold up its loop: a terminal that stops reading
     # (Ctrl-S, a stalled SSH session, a Windows console in selection mode) only delays
-    # the text (see pipeline.output).
+    # the text (see pipeline.host.output).
     logs = log_without_blocking(
         sys.stderr, rig.session.log_level, "%(asctime)s %(name)s %(message)s"
     )

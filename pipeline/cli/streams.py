@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline import attach, clock
+from pipeline import attach, extras
 from pipeline.cli.control import request
 from pipeline.control import messages, session
 from pipeline.errors import EndOfStream, RigpipeError
-from pipeline.extras import install_hint
+from pipeline.host import clock
 from pipeline.ring import RingReader, segments
 from pipeline.ring.layout import KIND_STREAM
 
@@ -48,10 +48,7 @@ def _streams(args: argparse.Namespace) -> int:
 
 
 def _lsl(args: argparse.Namespace) -> int:
-    try:
-        import pylsl
-    except ImportError:
-        raise RigpipeError(f"rigpipe lsl needs pylsl: {install_hint('lsl')}") from None
+    pylsl = extras.require("lsl", "pylsl", "rigpipe lsl")
     found = sorted(pylsl.resolve_streams(wait_time=args.wait), key=lambda i: i.name())
     if not found:
         print(f"no LSL streams seen in {args.wait:g} s")

@@ -32,11 +32,11 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from pipeline import clock
 from pipeline.control import messages, zap
 from pipeline.control.messages import Message
 from pipeline.errors import BusTimeout, ProtocolError, RequestFailed, StimulationRefused
-from pipeline.files import atomic_replace
+from pipeline.host import clock
+from pipeline.host.files import atomic_replace
 
 #: Longest ``ipc://`` path libzmq accepts on Linux (sun_path is 108 bytes with the NUL).
 MAX_IPC_PATH = 107

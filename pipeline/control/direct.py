@@ -45,17 +45,18 @@ prepares the stimulus again and fires it, once.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import msgspec
 import numpy as np
 
 from pipeline.control import messages, session
 from pipeline.control.bus import Client, Endpoints
-from pipeline.errors import BusTimeout, RequestFailed, RigpipeError, StimulationRefused
-from pipeline.ring import RingWriter
+from pipeline.errors import BusTimeout, EndOfStream, ProtocolError, RequestFailed, RigpipeError
+from pipeline.ring import RingReader, RingWriter, attach, segments
 
 #: Bytes of one encoded request in a command ring frame (a pulse train takes ~100).
 COMMAND_PAYLOAD = 2024
@@ -78,6 +79,8 @@ REQUEST = 1
 FIRE = 2
 #: Frames a command ring holds: requests sent and not yet read by the worker.
 COMMAND_RING_FRAMES = 64
+#: A worker takes requests from at most this many clients' command rings (CommandRing).
+MAX_COMMAND_RINGS = 16
 
 _ring_numbers = itertools.count()
 
@@ -203,175 +206,104 @@ class WorkerClient:
         self.close()
 
 
-class PreparedStimulus:
-    """A stimulus its worker has checked and rendered, to be queued by ``Stimulator.fire``
-    (made by ``Stimulator.prepare_pulse_train`` / ``prepare_waveform``)."""
+class CommandServer:
+    """The worker's side of the command rings: it reads its clients' rings (at most
+    :data:`MAX_COMMAND_RINGS`) and answers each request over its own socket.
 
-    __slots__ = ("request", "stimulus", "worker")
+    ``answer`` is the worker's reply to a request, or to a frame that did not decode
+    (a :class:`~pipeline.errors.ProtocolError`); ``send`` sends a reply to a peer.
+    """
 
     def __init__(
-        self, worker: str, stimulus: messages.PulseTrain | messages.Waveform, handle: int
+        self,
+        session_name: str,
+        worker: str,
+        answer: Callable[[messages.Message | ProtocolError], messages.Message],
+        send: Callable[[bytes, messages.Message], None],
+        counters: dict[str, float],
+        log: logging.Logger,
     ) -> None:
+        self.session = session_name
         self.worker = worker
-        self.stimulus = stimulus
-        self.request = messages.FireStimulus(worker=worker, handle=handle)
+        self._answer = answer
+        self._send = send
+        self._counters = counters
+        self._log = log
+        self._rings: dict[str, tuple[RingReader, bytes]] = {}  # stream -> (reader, its peer)
 
     @property
-    def handle(self) -> int:
-        """The worker's name for it (a new one once the worker prepared it again)."""
-        return self.request.handle
+    def readers(self) -> list[RingReader]:
+        """The rings being read, to sleep on beside the worker's own."""
+        return [reader for reader, _ in self._rings.values()]
 
-    @handle.setter
-    def handle(self, handle: int) -> None:
-        self.request = messages.FireStimulus(worker=self.worker, handle=handle)
+    def open(self, peer: bytes, request: messages.CommandRing) -> messages.Message:
+        """Read the client's ring ``request.stream`` too, answering ``peer``."""
 
-    def __repr__(self) -> str:
-        return f"PreparedStimulus({self.worker!r}, {self.stimulus!r})"
+        def refuse(text: str) -> messages.Error:
+            return messages.Error(request_id=request.request_id, text=text)
 
-
-class Stimulator(WorkerClient):
-    """A stimulation worker of a running rig, reached directly (see the module docstring)."""
-
-    def pulse_train(
-        self,
-        channel: int,
-        phases: Sequence[messages.Phase | tuple[float, float]],
-        frequency_hz: float = 1.0,
-        count: int = 1,
-        interphase_us: float = 0.0,
-    ) -> messages.Accepted:
-        """Queue a pulse train; the ``Accepted`` reply names its ``command_id``.
-
-        ``phases``: ``(amplitude_ua, duration_us)`` pairs, cathodic first as a rule.
-        Raises StimulationRefused (``.reply`` says which limit) if the worker refused it.
-        """
-        return self._stimulate(
-            self._pulse_train(channel, phases, frequency_hz, count, interphase_us)
-        )
-
-    def waveform(
-        self,
-        channel: int,
-        samples_ua: Sequence[float],
-        sample_rate_hz: float,
-        frequency_hz: float = 1.0,
-        count: int = 1,
-    ) -> messages.Accepted:
-        """Queue an arbitrary waveform at the stimulator's output rate (see ``pulse_train``)."""
-        return self._stimulate(
-            self._waveform(channel, samples_ua, sample_rate_hz, frequency_hz, count)
-        )
-
-    def prepare_pulse_train(
-        self,
-        channel: int,
-        phases: Sequence[messages.Phase | tuple[float, float]],
-        frequency_hz: float = 1.0,
-        count: int = 1,
-        interphase_us: float = 0.0,
-    ) -> PreparedStimulus:
-        """A pulse train the worker checks and renders now, to be queued by :meth:`fire`.
-
-        Raises StimulationRefused (``.reply`` says which limit) if it breaks one; the
-        stimulator need not be armed yet. Arguments as for :meth:`pulse_train`."""
-        stimulus = self._pulse_train(channel, phases, frequency_hz, count, interphase_us)
-        return PreparedStimulus(self.worker, stimulus, self._prepare(stimulus))
-
-    def prepare_waveform(
-        self,
-        channel: int,
-        samples_ua: Sequence[float],
-        sample_rate_hz: float,
-        frequency_hz: float = 1.0,
-        count: int = 1,
-    ) -> PreparedStimulus:
-        """A waveform prepared for :meth:`fire` (see ``prepare_pulse_train``)."""
-        stimulus = self._waveform(channel, samples_ua, sample_rate_hz, frequency_hz, count)
-        return PreparedStimulus(self.worker, stimulus, self._prepare(stimulus))
-
-    def fire(self, prepared: PreparedStimulus) -> messages.Accepted:
-        """Queue ``prepared``: the fastest command (see the module docstring).
-
-        Returns the ``Accepted`` reply; raises StimulationRefused if the stimulator is
-        disarmed. A worker that restarted since ``prepared`` was made has forgotten it:
-        it is prepared again (and checked again) and fired, once.
-        """
-        if prepared.worker != self.worker:
-            raise ValueError(
-                f"{prepared!r} was prepared by worker {prepared.worker!r}; fire it with that "
-                f"worker's Stimulator, not {self.worker!r}'s"
-            )
+        stream = request.stream
+        if not stream.startswith(f"{self.session}/"):
+            return refuse(f"a command ring must be a stream of session {self.session!r}")
+        if stream not in self._rings and len(self._rings) >= MAX_COMMAND_RINGS:
+            return refuse(f"{self.worker} already reads {MAX_COMMAND_RINGS} command rings")
         try:
-            return self._stimulate(prepared.request)
-        except StimulationRefused as refused:
-            if getattr(refused.reply, "limit", "") != "prepared":
-                raise
-        prepared.handle = self._prepare(prepared.stimulus)
-        return self._stimulate(prepared.request)
+            reader = attach(stream, from_now=True)
+        except RigpipeError as exc:
+            return refuse(f"cannot read command ring {stream}: {exc}")
+        if reader.dtype != COMMAND_FRAME or reader.frame_shape != ():
+            reader.close()
+            return refuse(f"{stream} is not a command ring (frames of {COMMAND_FRAME})")
+        previous = self._rings.pop(stream, None)
+        if previous is not None:
+            previous[0].close()
+        self._rings[stream] = (reader, peer)
+        return messages.Ok(request_id=request.request_id, detail=f"{self.worker} reads {stream}")
 
-    def _pulse_train(
-        self,
-        channel: int,
-        phases: Sequence[messages.Phase | tuple[float, float]],
-        frequency_hz: float,
-        count: int,
-        interphase_us: float,
-    ) -> messages.PulseTrain:
-        return messages.PulseTrain(
-            worker=self.worker,
-            channel=channel,
-            phases=[p if isinstance(p, messages.Phase) else messages.Phase(*p) for p in phases],
-            frequency_hz=frequency_hz,
-            count=count,
-            interphase_us=interphase_us,
-        )
+    def drop_dead(self) -> None:
+        """Forget the rings of clients that died without closing them, and remove their
+        segments (a stream of this session whose writer is gone: no one else's)."""
+        for stream, (reader, _) in list(self._rings.items()):
+            try:
+                alive = reader.writer_alive
+            except RigpipeError:
+                alive = False
+            if not alive:
+                reader.close()
+                del self._rings[stream]
+                segments.sweep(streams=[stream])
+                self._log.info("the client of command ring %s is gone; removed it", stream)
 
-    def _waveform(
-        self,
-        channel: int,
-        samples_ua: Sequence[float],
-        sample_rate_hz: float,
-        frequency_hz: float,
-        count: int,
-    ) -> messages.Waveform:
-        return messages.Waveform(
-            worker=self.worker,
-            channel=channel,
-            samples_ua=[float(x) for x in samples_ua],
-            sample_rate_hz=sample_rate_hz,
-            frequency_hz=frequency_hz,
-            count=count,
-        )
+    def take(self) -> None:
+        """Answer every request waiting in the clients' rings."""
+        for stream, (reader, peer) in list(self._rings.items()):
+            try:
+                chunk = reader.read(timeout_s=0)
+            except (EndOfStream, RigpipeError):  # the client closed it, or it is gone
+                reader.close()
+                del self._rings[stream]
+                continue
+            if chunk.dropped:  # never answered: the client's requests time out
+                self._counters["commands_lost"] = self._counters.get("commands_lost", 0) + 1
+            frames = chunk.data.tobytes()  # COMMAND_FRAMEs (one numpy call: ~20 µs less cold)
+            for at in range(0, len(frames), COMMAND_FRAME.itemsize):
+                self._send(peer, self._answer(self._decode(frames, at)))
 
-    def _prepare(self, stimulus: messages.PulseTrain | messages.Waveform) -> int:
-        """The handle of ``stimulus`` prepared by the worker."""
-        reply = self.request(messages.PrepareStimulus(worker=self.worker, stimulus=stimulus))
-        if isinstance(reply, messages.Prepared):
-            return reply.handle
-        raise RequestFailed(f"unexpected reply from {self.worker!r}: {reply!r}")
+    def _decode(self, frames: bytes, at: int) -> messages.Message | ProtocolError:
+        kind, length, request_id, handle = COMMAND_HEADER.unpack_from(frames, at)
+        if kind == FIRE:  # built here: nothing to decode
+            return messages.FireStimulus(worker=self.worker, handle=handle, request_id=request_id)
+        try:
+            if kind != REQUEST:
+                raise ProtocolError(f"a command frame of unknown kind {kind}")
+            if length > COMMAND_PAYLOAD:
+                raise ProtocolError(f"a command frame says {length} bytes")
+            payload = at + COMMAND_HEADER.size
+            return messages.decode(frames[payload : payload + length])
+        except ProtocolError as exc:
+            return exc
 
-    def stop(self, channel: int | None = None) -> str:
-        """Silence ``channel`` (every channel if None) within one output buffer period."""
-        return self._ok(messages.StopStimulation(worker=self.worker, channel=channel))
-
-    def arm(self) -> str:
-        return self._ok(messages.Arm(worker=self.worker))
-
-    def disarm(self) -> str:
-        """Refuse every stimulus from now on and silence every channel."""
-        return self._ok(messages.Disarm(worker=self.worker))
-
-    def _stimulate(self, command: messages.WorkerRequest) -> messages.Accepted:
-        reply = self.request(command)  # a Refused reply raises StimulationRefused
-        if isinstance(reply, messages.Accepted):
-            return reply
-        raise RequestFailed(f"unexpected reply from {self.worker!r}: {reply!r}")
-
-    def _ok(self, request: messages.WorkerRequest) -> str:
-        reply = self.request(request)
-        return getattr(reply, "detail", "")
-
-
-def stimulator(worker: str = "stim", session_name: str | None = None) -> Stimulator:
-    """The stimulation worker ``worker`` of the running rig (or of ``session_name``)."""
-    return Stimulator(worker, session_name)
+    def close(self) -> None:
+        for reader, _ in self._rings.values():
+            reader.close()
+        self._rings.clear()

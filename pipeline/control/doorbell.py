@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 import zmq
 
-from pipeline import clock
+from pipeline.host import clock
 
 #: How often the thread repeats its nudge until the sleeper is awake.
 NUDGE_REPEAT_S = 0.0002

@@ -22,10 +22,10 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from pipeline import identity
 from pipeline.control.bus import Endpoints
 from pipeline.errors import SessionNotFound
-from pipeline.files import atomic_replace, read_bytes
+from pipeline.host import identity
+from pipeline.host.files import atomic_replace, read_bytes
 from pipeline.ring import segments
 
 START_HINT = "start one with `rigpipe run configs/demo.toml`"

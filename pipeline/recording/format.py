@@ -27,9 +27,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline import clock
 from pipeline.errors import ManifestCorrupt, RecordingError
-from pipeline.files import atomic_replace, read_bytes
+from pipeline.host import clock
+from pipeline.host.files import atomic_replace, read_bytes
 
 #: 2: per-stream ``sequence_runs`` and ``stream_id``, the ``flushed`` row counts, manifest
 #: ``repairs``. Version 1 recordings are still read (and repaired the version 1 way).

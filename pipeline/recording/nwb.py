@@ -37,9 +37,9 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
-from pipeline import clock
+from pipeline import extras
 from pipeline.errors import RecordingError
-from pipeline.extras import install_hint
+from pipeline.host import clock
 from pipeline.recording.readback import Recording, open_recording
 from pipeline.recording.views import EventView, StreamView
 
@@ -71,13 +71,9 @@ class Summary:
 
 
 def _pynwb() -> Any:
-    try:
-        import pynwb
-        from hdmf.data_utils import AbstractDataChunkIterator
-    except ImportError:
-        raise RecordingError(
-            f"NWB export needs pynwb, which is not installed: {install_hint('nwb')}"
-        ) from None
+    pynwb = extras.require("nwb", "pynwb", "NWB export")
+    from hdmf.data_utils import AbstractDataChunkIterator  # pynwb's own dependency
+
     # Our block iterators speak hdmf's chunk-iterator protocol without importing hdmf
     # at module level; registering makes hdmf's isinstance checks accept them.
     AbstractDataChunkIterator.register(_Blocks)

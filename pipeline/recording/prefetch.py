@@ -28,7 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -36,8 +36,18 @@ from pipeline.errors import RecordingError
 from pipeline.ring import shm
 from pipeline.ring.naming import shm_name
 
-if TYPE_CHECKING:  # views imports this module; the child (prefetch_child) imports views
-    from pipeline.recording.views import StreamView
+
+class StreamView(Protocol):
+    """What prefetching uses of a :class:`pipeline.recording.views.StreamView` (views
+    imports this module; the prefetch process, ``prefetch_child``, imports views)."""
+
+    dtype: np.dtype
+    channel_index: np.ndarray
+    timestamps_ns: Any  # indexable by a slice: int64 stamps
+
+    def read(self, key: Any = ..., *, scaled: bool = False) -> np.ndarray: ...
+    def spec(self) -> dict[str, Any]: ...
+
 
 #: Blocks read ahead of the one the caller has.
 DEPTH = 2

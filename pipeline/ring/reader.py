@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import clock
 from pipeline.errors import (
     EndOfStream,
     ReaderClosed,
@@ -27,7 +26,8 @@ from pipeline.errors import (
     StreamNotFound,
     StreamReplaced,
 )
-from pipeline.identity import process_alive
+from pipeline.host import clock
+from pipeline.host.identity import process_alive
 from pipeline.ring import naming
 from pipeline.ring.layout import (
     CLAIM_CURSOR,

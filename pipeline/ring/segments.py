@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import SegmentCorrupt, SegmentForeign
-from pipeline.identity import process_alive
+from pipeline.host.identity import process_alive
 from pipeline.ring import naming, shm
 from pipeline.ring.layout import (
     KIND_GENERATION,

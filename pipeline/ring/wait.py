@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from pipeline import clock
+from pipeline.host import clock
 
 SPIN_S = 20e-6
 FUTEX_SLICE_S = 0.02

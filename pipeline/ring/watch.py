@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from pipeline import clock
 from pipeline.errors import WatchesFull
+from pipeline.host import clock
 from pipeline.ring.wait import WakeWord, wait_any
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import clock
 from pipeline.errors import SegmentCorrupt, SegmentForeign, StreamExists, WriterClosed
-from pipeline.identity import process_alive, process_identity
+from pipeline.host import clock
+from pipeline.host.identity import process_alive, process_identity
 from pipeline.ring import naming, shm
 from pipeline.ring.layout import (
     CLAIM_CURSOR,
@@ -156,7 +156,7 @@ class RingWriter:
         """Publish ``frames`` (time on the first axis); return the new write cursor.
 
         ``timestamps_ns`` gives each frame's device time; without it, frames
-        are stamped from the host monotonic clock (:func:`pipeline.clock.now_ns`),
+        are stamped from the host monotonic clock (:func:`pipeline.host.clock.now_ns`),
         the last frame now and the earlier ones one sample period apart (1 ns for
         an event stream), never at or before a stamp this writer wrote already.
         """

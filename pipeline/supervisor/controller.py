@@ -13,19 +13,35 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
-from pipeline import clock
 from pipeline.control import messages
+from pipeline.control.bus import Server
 from pipeline.control.messages import Message
 from pipeline.errors import ProtocolError
-from pipeline.supervisor.process import WorkerState
+from pipeline.host import clock
+from pipeline.supervisor.process import WorkerProcess, WorkerState
 
-if TYPE_CHECKING:
-    from pipeline.control.bus import Server
-    from pipeline.supervisor.supervisor import Supervisor
+
+class Rig(Protocol):
+    """What the controller uses of the running supervisor (its shape, not its class)."""
+
+    name: str
+    workers: dict[str, WorkerProcess]
+
+    @property
+    def stopping(self) -> bool: ...
+    def status(self, request_id: int = 0) -> messages.StatusReply: ...
+    def stream_statuses(self) -> list[messages.StreamStatus]: ...
+    def spawn(self, worker: WorkerProcess) -> None: ...
+    def ask_to_stop(self, worker: WorkerProcess, hold: bool) -> None: ...
+    def publish(self, event: Message) -> None: ...
+    def request_stop(self, reason: str) -> None: ...
+    def next_id(self) -> int: ...
+    def write_discovery(self) -> None: ...
+
 
 log = logging.getLogger("rigpipe.supervisor")
 FORWARD_TIMEOUT_S = 3.0
@@ -44,7 +60,7 @@ class _Forwarded:
 class Controller:
     """Answers what arrives on the supervisor's ROUTER socket."""
 
-    def __init__(self, supervisor: Supervisor, server: Server) -> None:
+    def __init__(self, supervisor: Rig, server: Server) -> None:
         self.supervisor = supervisor
         self.server = server
         self.bad_messages = 0  # undecodable or unexpected messages, answered with Error

@@ -22,10 +22,10 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from pipeline import clock
 from pipeline.config import WorkerPlan
 from pipeline.control import messages
-from pipeline.identity import process_identity
+from pipeline.host import clock
+from pipeline.host.identity import process_identity
 from pipeline.worker import SPEC_ON_STDIN, WORKER_PATH_ENV, WorkerSpec, worker_path
 
 _TAIL_BYTES = 2000

@@ -34,13 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline import clock
 from pipeline.config import RigConfig
-from pipeline.console import ConsoleClose
 from pipeline.control import bus, messages, session
 from pipeline.control.messages import Message
 from pipeline.errors import SessionRunning
-from pipeline.identity import process_identity
+from pipeline.host import clock
+from pipeline.host.console import ConsoleClose
+from pipeline.host.identity import process_identity
 from pipeline.ring import segments
 from pipeline.supervisor.controller import Controller
 from pipeline.supervisor.process import WorkerProcess, WorkerState

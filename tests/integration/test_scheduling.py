@@ -15,8 +15,8 @@ import sys
 import psutil
 import pytest
 
-from pipeline import scheduling
 from pipeline.control import messages
+from pipeline.host import scheduling
 from tests.integration.test_stimulation import SOURCE, STIM, TRIGGER
 from tests.rig import wait_for
 

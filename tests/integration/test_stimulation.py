@@ -17,13 +17,8 @@ import pipeline
 from pipeline import BusTimeout, RequestFailed, StimulationRefused, attach
 from pipeline.control import messages
 from pipeline.control.bus import Client, Endpoints, Subscriber
-from pipeline.control.direct import (
-    COMMAND_FRAME,
-    COMMAND_PAYLOAD,
-    REQUEST,
-    PreparedStimulus,
-    Stimulator,
-)
+from pipeline.control.direct import COMMAND_FRAME, COMMAND_PAYLOAD, REQUEST
+from pipeline.control.stimulator import PreparedStimulus, Stimulator
 from pipeline.recording.format import read_manifest
 from pipeline.ring import RingReader, naming, shm
 from pipeline.ring import watch as watch_module

@@ -1,8 +1,9 @@
 """The layers of shared/ARCHITECTURE.md, enforced over the import graph of pipeline/ and workers/.
 
 Every ``import`` counts, at module level or inside a function (a function-level
-import hides a dependency, it does not remove it); only ``if TYPE_CHECKING:``
-blocks are left out, since they never run.
+import hides a dependency, it does not remove it), and so do those under ``if
+TYPE_CHECKING:``: a module that needs only the shape of another says so with a
+``typing.Protocol`` of its own, so no cycle hides behind a type-only import.
 """
 
 from __future__ import annotations
@@ -31,13 +32,8 @@ def _modules() -> dict[str, Path]:
 
 
 def _runtime_nodes(tree: ast.AST):
-    """Every node, except what sits under ``if TYPE_CHECKING:``."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
-            continue
-        yield node
-        yield from _runtime_nodes(node)
+    """Every node, type-only imports included."""
+    yield from ast.walk(tree)
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
@@ -67,6 +63,29 @@ def _ours(graph: dict[str, set[str]], name: str) -> set[str]:
     return {d for d in graph[name] if d in graph and d != name}
 
 
+#: The layers of pipeline/, lowest first: a module may import its own layer and those below.
+LAYERS = [
+    ("pipeline.errors",),
+    ("pipeline.host", "pipeline.settings", "pipeline.extras"),
+    ("pipeline.ring",),
+    ("pipeline.recording", "pipeline.control"),
+    ("pipeline.worker", "pipeline.lsl"),
+    ("pipeline.config",),
+    ("pipeline.supervisor",),
+    ("pipeline.cli",),
+]
+#: A module over this many lines must say in its docstring why it is one module.
+LONGEST = 500
+LONG_REASON = "over 500 lines"
+
+
+def _layer(name: str) -> int | None:
+    for level, prefixes in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return level
+    return None
+
+
 def test_no_import_cycles() -> None:
     graph = _graph()
     state: dict[str, int] = {}  # 1 on the path, 2 done
@@ -87,19 +106,54 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
-def test_the_ring_imports_nothing_above_errors_identity_and_clock() -> None:
+def test_every_module_of_pipeline_has_a_layer() -> None:
     graph = _graph()
-    allowed = {"pipeline.errors", "pipeline.identity", "pipeline.clock", "pipeline.ring"}
+    assert [n for n in graph if n.startswith("pipeline.") and _layer(n) is None] == []
+
+
+def test_the_arrows_point_down_the_layers() -> None:
+    """cli -> supervisor -> config -> worker -> control -> ring -> host -> errors, and
+    recording beside control: nothing lower imports something higher, and recording and
+    control never import each other."""
+    graph = _graph()
+    broken = []
+    for name, deps in graph.items():
+        mine = _layer(name)
+        if mine is None:
+            continue
+        for dep in deps:
+            theirs = _layer(dep)
+            if theirs is None:
+                continue
+            sideways = {name.split(".")[1], dep.split(".")[1]} == {"recording", "control"}
+            if theirs > mine or sideways:
+                broken.append(f"{name} -> {dep}")
+    assert sorted(broken) == []
+
+
+def test_host_imports_nothing_of_pipeline_but_errors_and_itself() -> None:
+    graph = _graph()
     broken = {
-        name: sorted(d for d in graph[name] if d.startswith("pipeline") and d not in allowed)
-        for name in graph
+        name: sorted(
+            d
+            for d in deps
+            if d.startswith("pipeline") and not d.startswith(("pipeline.host", "pipeline.errors"))
+        )
+        for name, deps in graph.items()
+        if name.startswith("pipeline.host")
+    }
+    assert {name: deps for name, deps in broken.items() if deps} == {}
+
+
+def test_the_ring_imports_nothing_of_pipeline_but_errors_host_and_itself() -> None:
+    graph = _graph()
+    allowed = ("pipeline.errors", "pipeline.host", "pipeline.ring")
+    broken = {
+        name: sorted(d for d in deps if d.startswith("pipeline") and not d.startswith(allowed))
+        for name, deps in graph.items()
         if name.startswith("pipeline.ring")
     }
-    assert {
-        name: [d for d in deps if not d.startswith("pipeline.ring.")]
-        for name, deps in broken.items()
-        if any(not d.startswith("pipeline.ring.") for d in deps)
-    } == {}
+    assert {name: deps for name, deps in broken.items() if deps} == {}
 
 
 def test_attaching_to_a_ring_does_not_load_zeromq() -> None:
@@ -108,32 +162,12 @@ def test_attaching_to_a_ring_does_not_load_zeromq() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
-def test_recording_never_imports_the_control_plane_or_the_supervisor() -> None:
-    graph = _graph()
-    broken = {
-        name: sorted(d for d in deps if d.startswith(("pipeline.control", "pipeline.supervisor")))
-        for name, deps in graph.items()
-        if name.startswith("pipeline.recording")
-    }
-    assert {name: deps for name, deps in broken.items() if deps} == {}
-
-
 def test_pipeline_imports_workers_only_in_the_config_plugin_lookup() -> None:
     graph = _graph()
     broken = {
         name: sorted(d for d in deps if d == "workers" or d.startswith("workers."))
         for name, deps in graph.items()
         if name.startswith("pipeline") and name != "pipeline.config"
-    }
-    assert {name: deps for name, deps in broken.items() if deps} == {}
-
-
-def test_no_module_imports_the_cli() -> None:
-    graph = _graph()
-    broken = {
-        name: sorted(d for d in deps if d == "pipeline.cli" or d.startswith("pipeline.cli."))
-        for name, deps in graph.items()
-        if not name.startswith("pipeline.cli")
     }
     assert {name: deps for name, deps in broken.items() if deps} == {}
 
@@ -151,17 +185,45 @@ def test_a_worker_never_imports_another_worker() -> None:
     assert broken == {}
 
 
-def test_the_arrows_point_down_cli_supervisor_control_ring() -> None:
-    """cli -> supervisor -> control -> ring: nothing lower imports something higher."""
-    order = ["pipeline.ring", "pipeline.control", "pipeline.supervisor", "pipeline.cli"]
-    graph = _graph()
+def test_a_worker_package_only_names_its_workers() -> None:
+    """``workers/<kind>/__init__.py``: a docstring, ``from ... import WORKER`` lines and
+    ``__all__``."""
     broken = []
-    for name, deps in graph.items():
-        mine = next((i for i, layer in enumerate(order) if name.startswith(layer)), None)
-        if mine is None:
-            continue
-        for dep in deps:
-            theirs = next((i for i, layer in enumerate(order) if dep.startswith(layer)), None)
-            if theirs is not None and theirs > mine:
-                broken.append(f"{name} -> {dep}")
+    for init in sorted((ROOT / "workers").glob("*/__init__.py")):
+        for node in ast.parse(init.read_text()).body:
+            docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            docstring |= isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "__all__"
+            names = [a.asname or a.name for a in getattr(node, "names", [])]
+            naming = isinstance(node, ast.ImportFrom) and all(n.endswith("WORKER") for n in names)
+            if not (docstring or naming):
+                broken.append(f"{init.relative_to(ROOT)}:{node.lineno}")
+    assert broken == []
+
+
+#: Optional packages: imported only through pipeline.extras.require, by their backend.
+OPTIONAL = {"pycbsdk", "pythonnet", "clr", "pylsl", "pynwb", "hdmf", "PySide6", "pyqtgraph"}
+#: Modules that are made of an optional package (a Qt class): each is imported only
+#: inside a function, by code that ran ``extras.require`` first.
+MADE_OF_AN_EXTRA = {"workers.visualization.pixels": "viz"}
+
+
+def test_optional_packages_are_imported_only_through_extras_require() -> None:
+    """A hardware or export package is never imported at module level: a rig without it
+    must start. ``extras.require`` names the install line; a plain import inside a
+    function is allowed only after ``require`` checked the package (PySide6's modules,
+    hdmf with pynwb, clr once pythonnet loaded its runtime)."""
+    broken = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only
+            if isinstance(node, ast.Import):
+                tops = {a.name.partition(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                tops = {node.module.partition(".")[0]}
+            else:
+                continue
+            if tops & OPTIONAL and name not in MADE_OF_AN_EXTRA:
+                broken.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module in MADE_OF_AN_EXTRA:
+                broken.append(f"{name}:{node.lineno} imports {node.module} at module level")
     assert broken == []

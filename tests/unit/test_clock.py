@@ -1,4 +1,4 @@
-"""One host monotonic clock (pipeline.clock.now_ns) for every stamp and timeout, and on
+"""One host monotonic clock (pipeline.host.clock.now_ns) for every stamp and timeout, and on
 Windows before Python 3.13 not the 15.6 ms GetTickCount64 that time.monotonic is there
 (issue 22, finding 3): imitated here with a clock quantised to 15.625 ms."""
 
@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import clock
+from pipeline.host import clock
 from pipeline.ring import RingWriter, attach
 
 TICK_NS = 15_625_000

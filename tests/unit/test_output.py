@@ -1,4 +1,4 @@
-"""pipeline.output: text to a descriptor that stops reading never holds up the writer.
+"""pipeline.host.output: text to a descriptor that stops reading never holds up the writer.
 
 A real pipe is the stalled terminal: nobody reads it until the test says so.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pipeline.output import STALL_S, Output, OutputHandler
+from pipeline.host.output import STALL_S, Output, OutputHandler
 
 PIPE_FILLER = "x" * (1 << 20)  # more than any pipe buffer: the writing thread blocks in it
 END = "-- end of the test's output --"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import files
+from pipeline.host import files
 from pipeline.recording.format import Manifest, read_manifest, write_manifest
 
 
@@ -48,7 +48,7 @@ def test_a_target_held_for_longer_than_the_retry_is_an_error(tmp_path: Path, mon
 
 
 def test_pdeathsig_is_refused_off_linux_with_the_alternatives(monkeypatch) -> None:
-    from pipeline import worker
+    from pipeline.worker import main as worker
 
     monkeypatch.setenv("RIGPIPE_PARENT_WATCH", "pdeathsig")
     monkeypatch.setattr(worker.sys, "platform", "win32")
@@ -163,7 +163,7 @@ class _TickClock:
 
 
 def test_the_timer_is_raised_on_windows_and_restored_after() -> None:
-    from pipeline.timer import fine_timer
+    from pipeline.host.timer import fine_timer
 
     calls: list[tuple[str, int]] = []
 
@@ -185,7 +185,7 @@ def test_the_timer_is_raised_on_windows_and_restored_after() -> None:
 
 
 def test_a_buffer_the_timer_cannot_keep_filled_is_refused() -> None:
-    from pipeline.timer import wake_period_s
+    from pipeline.host.timer import wake_period_s
     from workers.stimulation.safety import StimulatorError
     from workers.stimulation.worker import check_buffer
 
@@ -287,7 +287,7 @@ def test_a_console_close_asks_for_the_ordered_stop_and_waits_for_it() -> None:
     import threading
     import time
 
-    from pipeline import console
+    from pipeline.host import console
 
     kernel32 = _ConsoleKernel32()
     asked: list[str] = []
@@ -315,7 +315,7 @@ def test_a_console_close_asks_for_the_ordered_stop_and_waits_for_it() -> None:
 def test_a_console_close_lets_go_after_the_grace_and_is_inert_elsewhere() -> None:
     import time
 
-    from pipeline import console
+    from pipeline.host import console
 
     kernel32 = _ConsoleKernel32()
     asked: list[str] = []

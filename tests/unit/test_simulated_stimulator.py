@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline import clock
 from pipeline.control.messages import Phase, PulseTrain
+from pipeline.host import clock
 from workers.stimulation.output import Output, Train
 from workers.stimulation.safety import ChannelLimits, render
 from workers.stimulation.simulated import SimulatedSettings, SimulatedStimulator

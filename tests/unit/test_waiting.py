@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline import clock
 from pipeline.control.doorbell import Doorbell
+from pipeline.host import clock
 from pipeline.ring import RingWriter, attach, wait_any
 from pipeline.ring.wait import futex_available
 

@@ -43,8 +43,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
-from pipeline import clock
-from pipeline.extras import install_hint
+from pipeline import extras
+from pipeline.host import clock
 from workers.acquisition.source import SPIKE_CAPACITY, Source, SourceError
 from workers.acquisition.synthetic import SPIKE_DTYPE
 
@@ -192,13 +192,7 @@ def session_class() -> Any:
     if seam:
         module, _, name = seam.partition(":")
         return getattr(importlib.import_module(module), name)
-    try:
-        from pycbsdk import Session
-    except ImportError as exc:
-        raise SourceError(
-            f"the blackrock source needs pycbsdk: {install_hint('blackrock')}"
-        ) from exc
-    return Session
+    return extras.require("blackrock", "pycbsdk", "the blackrock source").Session
 
 
 def _enums() -> Any:

@@ -20,8 +20,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from pipeline import clock
 from pipeline.errors import RecordingError
+from pipeline.host import clock
 from pipeline.recording.format import locate
 from pipeline.recording.readback import Recording, open_recording
 from pipeline.recording.views import EventView, StreamView

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
-from pipeline import clock
+from pipeline.host import clock
 from workers.acquisition.source import SPIKE_CAPACITY, Source
 from workers.acquisition.synthetic import SPIKE_DTYPE, SignalParameters, SyntheticSignal
 

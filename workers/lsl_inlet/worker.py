@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline import clock
+from pipeline.host import clock
 from pipeline.lsl import DTYPES, STRING_FORMAT, ClockMap, pylsl
 from pipeline.worker import Worker
 

@@ -29,10 +29,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline import clock
 from pipeline.control import messages
 from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound
+from pipeline.host import clock
 from pipeline.lsl import FORMATS, ClockMap, pylsl
 from pipeline.worker import Worker
 

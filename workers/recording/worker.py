@@ -30,11 +30,11 @@ from typing import Annotated, Any
 
 import msgspec
 
-from pipeline import clock
 from pipeline.control import messages
 from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
-from pipeline.files import atomic_replace, read_bytes
+from pipeline.host import clock
+from pipeline.host.files import atomic_replace, read_bytes
 from pipeline.ring import RingReader
 from pipeline.worker import Worker
 from workers.recording import provenance
@@ -213,7 +213,7 @@ class RecordingWorker(Worker):
         now = clock.now_s()
         for track in list(self.tracks.values()):
             stream = track.stream
-            reader = self._readers.get(stream)
+            reader = self.readers.get(stream)
             if reader is None:
                 self._look_for(track)
                 continue
@@ -435,7 +435,7 @@ class RecordingWorker(Worker):
         atomic_replace(temporary, self.pointer)
 
     def _warn_if_ring_too_short(self) -> None:
-        for stream, reader in self._readers.items():
+        for stream, reader in self.readers.items():
             fmt = self.tracks[stream].format
             if fmt is None or fmt.sample_rate <= 0:
                 continue
@@ -458,7 +458,7 @@ class RecordingWorker(Worker):
         rec.event("recorder", why)
         rec.finish(stopped_early=why if early else "")
         self.pointer.unlink(missing_ok=True)
-        for stream in list(self._readers):
+        for stream in list(self.readers):
             self.close_reader(stream)
         self.note = f"not recording; last: {rec.directory}"
         self.log.info("%s: %s", why, rec.directory)
@@ -469,7 +469,7 @@ class RecordingWorker(Worker):
         self.note = f"{_FAILED}{exc}"
         self.report(f"recording stopped: {exc}", "error")
         self.counters["errors"] = self.counters.get("errors", 0) + 1
-        for stream in list(self._readers):
+        for stream in list(self.readers):
             self.close_reader(stream)
         if rec is not None:
             with contextlib.suppress(Exception):  # the disk may refuse even the close

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import clock
 from pipeline.control.session import now_iso
+from pipeline.host import clock
 from pipeline.recording.format import (
     GAP_DTYPE,
     GAP_PERIODS,

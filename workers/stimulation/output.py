@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline import clock
+from pipeline.host import clock
 from workers.stimulation.safety import Rendered
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 
-from pipeline import clock
+from pipeline.host import clock
 from pipeline.ring import RingWriter
 
 

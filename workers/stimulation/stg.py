@@ -46,7 +46,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from pipeline.extras import install_hint
+from pipeline import extras
 from workers.stimulation.safety import StimulatorError
 
 #: (class, member, .NET parameter types, .NET return type; "" for a constructor) for every
@@ -133,10 +133,7 @@ def load_assembly(dll_path: str) -> Any:
             f"McsUsbNet.dll not found at {str(path)!r}; download it from Multi Channel "
             "Systems (McsUsbNet on GitHub) and set [workers.parameters.stg] dll_path"
         )
-    try:
-        import pythonnet
-    except ImportError:
-        raise StimulatorError(f"the stg backend needs pythonnet: {install_hint('stg')}") from None
+    pythonnet = extras.require("stg", "pythonnet", "the stg backend")
     try:
         if pythonnet.get_runtime_info() is None:
             # .NET Framework on Windows; Mono elsewhere (PYTHONNET_RUNTIME overrides both)

@@ -27,9 +27,9 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 
-from pipeline import clock
 from pipeline.control.messages import Phase, PulseTrain
 from pipeline.errors import EndOfStream, StreamNotFound, WatchesFull
+from pipeline.host import clock
 from pipeline.ring import RingReader, ThresholdWatch
 from workers.stimulation.safety import Rendered, StimulatorError
 

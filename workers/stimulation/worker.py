@@ -31,9 +31,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from pipeline import clock
 from pipeline.control import messages
-from pipeline.timer import wake_period_s
+from pipeline.host import clock
+from pipeline.host.timer import wake_period_s
 from pipeline.worker import Worker
 from workers.stimulation.output import Output, Train
 from workers.stimulation.safety import (

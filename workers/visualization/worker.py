@@ -32,10 +32,10 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 import numpy as np
 
-from pipeline import clock
+from pipeline import extras
 from pipeline.control import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
-from pipeline.extras import install_hint
+from pipeline.host import clock
 from pipeline.ring import RingReader, attach
 from pipeline.worker import Worker
 from workers.visualization.sweep import Picture, Sweep, raster_image, sweep_channels
@@ -323,13 +323,10 @@ class ScopeWorker(Worker):
                     f"(Debian/Ubuntu: apt-get install {' '.join(missing)}), "
                     "or set offscreen = true"
                 )
-        try:
-            import pyqtgraph as pg
-            from PySide6 import QtCore, QtWidgets
-        except ImportError as exc:
-            raise RigpipeError(
-                f"the scope needs pyqtgraph and PySide6: {install_hint('viz')} ({exc})"
-            ) from None
+        pg = extras.require("viz", "pyqtgraph", "the scope")
+        extras.require("viz", "PySide6.QtWidgets", "the scope")
+        from PySide6 import QtCore, QtWidgets
+
         self.pg, self.QtCore = pg, QtCore
         self.app = pg.mkQApp("rigpipe scope")
         self.window = QtWidgets.QTabWidget()
@@ -421,7 +418,7 @@ class ScopeWorker(Worker):
         value = getattr(self.settings, name) * factor
         if name == "channels_per_page":
             value = int(min(1024, max(1, round(value))))
-        reply = self._set_parameter(0, name, value)
+        reply = self.set_parameter(name, value)
         if isinstance(reply, messages.Error):
             self.log.info("key refused: %s", reply.text)
         self._update_note()
@@ -431,7 +428,7 @@ class ScopeWorker(Worker):
         channels = panel.sweep.channels if panel.sweep is not None else 1
         pages = max(1, -(-channels // self.settings.channels_per_page))
         page = min(max(0, self.settings.page + delta), pages - 1)
-        self._set_parameter(0, "page", page)
+        self.set_parameter("page", page)
         self._update_note()
 
     def _toggle_pause(self) -> None:

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline import clock
+from pipeline.host import clock
 
 #: How long a replace or a read keeps retrying a sharing violation.
 RETRY_S = 1.0
