@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.control import messages, session  # noqa: E402
 from pipeline.control.bus import Client  # noqa: E402
 from pipeline.recording.format import read_manifest  # noqa: E402
-from pipeline.recording.inspect import inspect  # noqa: E402
+from pipeline.recording.summary import inspect  # noqa: E402
 
 STREAM = "acq/continuous"
 HEARTBEAT_TIMEOUT_S = 1.0

@@ -22,6 +22,7 @@ file, the field path and what is allowed there.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import os
 import pkgutil
@@ -37,17 +38,11 @@ import msgspec
 from pipeline.control.bus import check_key_file
 from pipeline.errors import ConfigError
 from pipeline.ring.naming import _PART
+from pipeline.settings import Port, Positive, Settings
 from pipeline.worker import Worker, use_worker_path, worker_path
 
-PositiveS = Annotated[float, msgspec.Meta(gt=0)]
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
-
-class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Base of every config table: an unknown key is an error, not ignored."""
-
-
-class SessionConfig(_Table, kw_only=True):
+class SessionConfig(Settings, kw_only=True):
     """``[session]``: the rig as a whole."""
 
     name: str = "default"
@@ -56,40 +51,40 @@ class SessionConfig(_Table, kw_only=True):
     recordings_dir: str = "recordings"
     #: who may read recordings: "group" (files 0640, directories 0750) or "user" (0600, 0700)
     recordings_access: Literal["group", "user"] = "group"
-    stop_timeout_s: PositiveS = 5.0
+    stop_timeout_s: Positive = 5.0
 
 
-class ControlConfig(_Table, kw_only=True):
+class ControlConfig(Settings, kw_only=True):
     """``[control]``: the ZeroMQ control plane."""
 
     transport: Literal["auto", "ipc", "tcp"] = "auto"
     host: str = "127.0.0.1"
     control_port: Port = 0  # 0 = any free port
     events_port: Port = 0
-    heartbeat_interval_s: PositiveS = 0.25
-    heartbeat_timeout_s: PositiveS = 2.0
+    heartbeat_interval_s: Positive = 0.25
+    heartbeat_timeout_s: Positive = 2.0
     # TCP's CURVE keys kept in this file across starts ("" = new keys at each start)
     keys_file: str = ""
 
 
-class WorkerConfig(_Table, kw_only=True):
+class WorkerConfig(Settings, kw_only=True):
     """``[[workers]]``: one worker process."""
 
     name: str
     kind: str
     restart: Literal["always", "on-failure", "never"] = "on-failure"
     max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
-    backoff_s: PositiveS = 0.5
-    backoff_max_s: PositiveS = 10.0
-    stable_s: PositiveS = 10.0  # running this long resets the count of consecutive failures
-    start_timeout_s: PositiveS = 15.0
+    backoff_s: Positive = 0.5
+    backoff_max_s: Positive = 10.0
+    stable_s: Positive = 10.0  # running this long resets the count of consecutive failures
+    start_timeout_s: Positive = 15.0
     blas_threads: Annotated[int, msgspec.Meta(ge=1)] = 1  # numpy's BLAS threads in this worker
     # SCHED_FIFO priority once set up (pipeline.host.scheduling); 0: normal scheduling
     realtime_priority: Annotated[int, msgspec.Meta(ge=0, le=49)] = 0
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Config(_Table, kw_only=True):
+class Config(Settings, kw_only=True):
     session: SessionConfig = SessionConfig()
     control: ControlConfig = ControlConfig()
     workers: Annotated[list[WorkerConfig], msgspec.Meta(min_length=1)]
@@ -268,7 +263,9 @@ def _plan(worker: WorkerConfig, where: str, at: str) -> WorkerPlan:
 
 
 def known_kinds() -> list[str]:
-    """The worker kinds shipped in the ``workers`` package (packages that define WORKER)."""
+    """The worker kinds shipped in the ``workers`` package: a package that names its
+    ``WORKER`` is kind ``<package>``; one that names several (``INLET_WORKER``) has kinds
+    ``<package>_<name>`` (``lsl_inlet``)."""
     import workers
 
     kinds = []
@@ -276,21 +273,41 @@ def known_kinds() -> list[str]:
         if not module.ispkg:
             continue
         try:
-            if hasattr(importlib.import_module(f"workers.{module.name}"), "WORKER"):
-                kinds.append(module.name)
+            package = importlib.import_module(f"workers.{module.name}")
         except ImportError:
             continue  # a kind whose optional dependency is missing is still not offered
+        for attribute in dir(package):
+            if attribute == "WORKER":
+                kinds.append(module.name)
+            elif attribute.endswith("_WORKER"):
+                kinds.append(f"{module.name}_{attribute.removesuffix('_WORKER').lower()}")
     return sorted(kinds)
+
+
+def _shipped(kind: str) -> tuple[str, str]:
+    """The module and attribute of a shipped kind: ``acquisition`` -> (workers.acquisition,
+    WORKER); ``lsl_inlet`` -> (workers.lsl, INLET_WORKER) when there is no
+    ``workers.lsl_inlet``."""
+    package, _, name = kind.partition("_")
+    if (
+        name
+        and importlib.util.find_spec(f"workers.{kind}") is None
+        and importlib.util.find_spec(f"workers.{package}") is not None
+    ):
+        return f"workers.{package}", f"{name.upper()}_WORKER"
+    return f"workers.{kind}", "WORKER"
 
 
 def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[Worker]:
     """The Worker class of ``kind``: a name from ``workers/`` or a dotted module path."""
-    module_name = kind if "." in kind else f"workers.{kind}"
     allowed = ", ".join(known_kinds()) + ", or a dotted module path that defines WORKER"
     if not re.fullmatch(r"[A-Za-z_][\w.]*", kind):
         raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
     if "." in kind:  # a lab's own module: found where its workers will find it
         use_worker_path(worker_path())
+        module_name, attribute = kind, "WORKER"
+    else:
+        module_name, attribute = _shipped(kind)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -301,8 +318,10 @@ def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[W
         raise ConfigError(
             where, at, f"worker kind {kind!r} needs a missing package: {exc}"
         ) from None
-    cls = getattr(module, "WORKER", None)
+    cls = getattr(module, attribute, None)
     if not (isinstance(cls, type) and issubclass(cls, Worker)):
+        if attribute != "WORKER":
+            raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
         raise ConfigError(where, at, f"module {module_name} has no WORKER (a Worker subclass)")
     return cls
 

@@ -158,7 +158,7 @@ class ProgressBar:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from pipeline.recording.inspect import inspect, render
+    from pipeline.recording.summary import inspect, render
 
     try:
         args.path = recording_path(args.path)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline import config
+from pipeline.cli.text import event_line
 from pipeline.control import messages
 from pipeline.control.messages import StatusReply
 from pipeline.host import clock
@@ -53,7 +54,11 @@ def run_rig(args: argparse.Namespace) -> int:
     )
     screen = Output(sys.stdout, name="screen")
     display = _LiveTable(screen) if sys.stdout.isatty() and enable_vt() else _EventLog(screen)
-    supervisor = Supervisor(rig, on_event=display.event, on_tick=display.tick)
+
+    def on_event(event: messages.Message | str) -> None:
+        display.event(event if isinstance(event, str) else event_line(event))
+
+    supervisor = Supervisor(rig, on_event=on_event, on_tick=display.tick)
     try:
         code = supervisor.run(args.duration)
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli.control import request
+from pipeline.cli.text import reply_line
 from pipeline.control import messages
 from pipeline.errors import RigpipeError
 
@@ -26,7 +27,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(describe(request(args, request_for(args))))
+    print(reply_line(request(args, request_for(args))))
     return 0
 
 
@@ -107,12 +108,6 @@ def request_for(args: argparse.Namespace) -> messages.Message:
             return messages.Arm(worker=worker)
         case _:
             return messages.Disarm(worker=worker)
-
-
-def describe(reply: messages.Message) -> str:
-    if isinstance(reply, messages.Accepted):
-        return f"accepted: command {reply.command_id}, {reply.detail}"
-    return getattr(reply, "detail", repr(reply))
 
 
 def _phases(args: argparse.Namespace) -> list[messages.Phase]:

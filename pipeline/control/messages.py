@@ -176,7 +176,7 @@ class CommandRing(WorkerRequest, kw_only=True):
 
 
 class Annotate(Message, kw_only=True):
-    """A free-text comment, time-stamped by the supervisor and broadcast as ``Annotated``."""
+    """A free-text comment, time-stamped by the supervisor and broadcast as ``Annotation``."""
 
     request_id: int = 0
     text: str
@@ -335,7 +335,9 @@ class ParameterChanged(Message, kw_only=True):
     value: Any
 
 
-class Annotated(Message, kw_only=True):
+class Annotation(Message, kw_only=True, tag="annotated"):
+    """A comment made (``Annotate``), as published; its tag keeps the name recordings use."""
+
     text: str
     time_ns: int  # wall clock, ns since the epoch
     monotonic_ns: int  # the supervisor's monotonic clock, the clock ring timestamps use
@@ -457,7 +459,7 @@ AnyMessage = (
     | WorkerStateChanged
     | WorkerRestarted
     | ParameterChanged
-    | Annotated
+    | Annotation
     | Reported
     | SessionStateChanged
 )

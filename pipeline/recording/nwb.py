@@ -20,6 +20,10 @@ the file's ``timestamps_reference_time``; a stream with gaps, or whose timestamp
 drift from its nominal rate by more than one sample, gets explicit timestamps
 instead of ``starting_time`` + ``rate``. The file is written as ``OUT.partial.nwb``
 and renamed when complete, so an interrupted export never looks finished.
+
+One module although over 500 lines: it is one mapping, a rigpipe recording to one NWB
+file; every table's conversion must agree with the others on timestamps, units and
+``invalid_times``, so they are read together.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from pipeline.recording.opened import Files
 from pipeline.recording.prefetch import Slots
-from pipeline.recording.views import Files, StreamView
+from pipeline.recording.views import StreamView
 from pipeline.ring import shm
 
 

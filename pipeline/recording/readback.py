@@ -44,15 +44,8 @@ from pipeline.recording.format import (
     StreamGroup,
     locate,
 )
-from pipeline.recording.views import (
-    DEFAULT_MEMORY_LIMIT_BYTES,
-    EventView,
-    Files,
-    Gap,
-    Guard,
-    Piece,
-    StreamView,
-)
+from pipeline.recording.opened import DEFAULT_MEMORY_LIMIT_BYTES, Files, Guard
+from pipeline.recording.views import EventView, Gap, Piece, StreamView
 
 
 def open_recording(

@@ -84,7 +84,8 @@ class Indexer:
         return self._read(key)
 
 
-def describe(key: Any) -> str:
+def key_text(key: Any) -> str:
+    """An index as written between brackets (``2:10``, ``[1, 3]``), for messages."""
     if isinstance(key, slice):
         parts = ["" if v is None else str(v) for v in (key.start, key.stop)]
         return ":".join(parts) + (f":{key.step}" if key.step is not None else "")

@@ -12,28 +12,28 @@ step) is cut at segment boundaries, and each piece is read in slabs of at most
 ``_SLAB_BYTES``, straight into the output where the columns are contiguous.
 The output is allocated ``(frames, channels)`` and returned transposed (Fortran
 order), which is how rows come off the disk.
+
+One module although over 500 lines: both views are one row reader (``_Rows``: pieces
+across files, slabs, gaps) with a face each; the files they share and the memory limit
+are :mod:`.opened`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from pipeline.errors import RecordingError, SliceTooLarge
+from pipeline.errors import RecordingError
 from pipeline.recording import selection as keys
-from pipeline.recording.format import open_segment
+from pipeline.recording.opened import Files, Guard, reading
 from pipeline.recording.prefetch import Block, iterate_blocks
 from pipeline.recording.selection import Rows
 
-#: Slices larger than this raise SliceTooLarge unless allowed (open_recording(memory_limit_bytes=)).
-DEFAULT_MEMORY_LIMIT_BYTES = 2 << 30
 _SLAB_BYTES = 32 << 20  # read at most this much from one dataset at a time
 
 
@@ -58,84 +58,6 @@ class Gap:
     start_ns: int  # timestamp of the last frame before the gap (0 if unknown)
     end_ns: int  # timestamp of the first frame after it
     cause: str
-
-
-class Guard:
-    """The memory limit shared by a recording and its views (raised by ``allow_large``)."""
-
-    def __init__(self, limit_bytes: int | None) -> None:
-        self.limit_bytes = limit_bytes
-
-    def check(self, nbytes: int, what: Callable[[], str]) -> None:
-        """Raise SliceTooLarge if ``nbytes`` is over the limit; ``what()`` names the slice."""
-        if self.limit_bytes is None or nbytes <= self.limit_bytes:
-            return
-        raise SliceTooLarge(
-            f"{what()} would be {_size(nbytes)}, above the memory limit of "
-            f"{_size(self.limit_bytes)}; nothing was read. Read it in blocks "
-            "(`for block in view.blocks(seconds=10): ...`), allow it once "
-            "(`with rec.allow_large(): ...`), or open the recording with a higher "
-            "limit (`open_recording(path, memory_limit_bytes=...)`)"
-        )
-
-
-def _size(nbytes: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if nbytes < 1000 or unit == "TB":
-            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.2f} {unit}"
-        nbytes /= 1000
-    raise AssertionError("unreachable")
-
-
-#: What h5py raises reading a damaged file (a flipped byte in its metadata, a cut-off chunk).
-_DAMAGED = (OSError, KeyError, RuntimeError)
-
-
-def _reading(method: Callable[..., Any]) -> Callable[..., Any]:
-    """What h5py raises on a damaged file, as one RecordingError naming the stream."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except _DAMAGED as exc:
-            raise RecordingError(
-                f"{self.stream}: a segment cannot be read, the file is damaged "
-                f"({type(exc).__name__}: {exc}); `rigpipe inspect` says which"
-            ) from None
-
-    return wrapper
-
-
-class Files:
-    """Open h5py files by path, each opened once (with SWMR for a file still being written)."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, h5py.File] = {}
-        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
-
-    def get(self, path: str) -> h5py.File:
-        file = self._open.get(path)
-        if file is None:
-            try:
-                file = open_segment(Path(path))
-            except (OSError, ValueError) as exc:
-                raise RecordingError(f"{path} cannot be opened as a segment: {exc}") from None
-            self._open[path] = file
-        return file
-
-    def dataset(self, path: str, name: str) -> h5py.Dataset:
-        """Dataset ``name`` of file ``path`` (looked up once: h5py lookups cost ~0.1 ms)."""
-        found = self._datasets.get((path, name))
-        if found is None:
-            found = self._datasets[(path, name)] = self.get(path)[name]
-        return found
-
-    def close(self) -> None:
-        self._datasets.clear()
-        for file in self._open.values():
-            file.close()
-        self._open.clear()
 
 
 class _Rows:
@@ -180,7 +102,7 @@ class _Rows:
         self._fill_1d("timestamps_ns", selection, out)
         return keys.shape(out, reverse, squeeze)
 
-    @_reading
+    @reading
     def _fill_1d(self, name: str, selection: Rows | np.ndarray, out: np.ndarray) -> np.ndarray:
         if isinstance(selection, Rows):
             for piece, row, lo, hi in self._runs(selection):
@@ -235,7 +157,7 @@ class _Rows:
         return (int(last) - int(first)) / 1e9
 
     @property
-    @_reading
+    @reading
     def gaps(self) -> list[Gap]:
         """The stretches of this stream that are not in the recording, in order."""
         gaps, seen = [], set()
@@ -376,7 +298,7 @@ class StreamView(_Rows):
         self.guard.check(
             len(channels) * count * dtype.itemsize,
             lambda: (
-                f"{self.stream}[{keys.describe(channel_key)}, {keys.describe(frame_key)}] "
+                f"{self.stream}[{keys.key_text(channel_key)}, {keys.key_text(frame_key)}] "
                 f"({len(channels)} channels x {count} frames of {dtype})"
             ),
         )
@@ -399,7 +321,7 @@ class StreamView(_Rows):
             data *= self.scale.astype(np.float32)[:, None]
         self._fill_1d("timestamps_ns", rows, stamps)
 
-    @_reading
+    @reading
     def _fill(self, channels: np.ndarray, selection: Rows | np.ndarray, out: np.ndarray) -> None:
         """Read ``channels`` x ``selection`` into ``out`` (channels, frames) in bounded slabs."""
         if not len(channels):
@@ -576,7 +498,7 @@ class EventView(_Rows):
         count = keys.count(selection)
         self.guard.check(
             count * self.dtype.itemsize,
-            lambda: f"{self.stream}[{keys.describe(key)}] ({count} records)",
+            lambda: f"{self.stream}[{keys.key_text(key)}] ({count} records)",
         )
         out = np.empty(count, self.dtype)
         self._fill_1d("data", selection, out)

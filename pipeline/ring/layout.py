@@ -76,8 +76,8 @@ KIND_GENERATION = 2
 
 # Frozen prefix, in int64 slots.
 _VERSION, _KIND, _GENERATION, _STATE, _WRITER_PID, _WRITER_START, _NAME_LEN = range(1, 8)
-# Generation segment fields, in int64 slots. The three cursors are public: the
-# ring's hot path indexes ``Generation.fields`` with them directly.
+# GenerationSegment segment fields, in int64 slots. The three cursors are public: the
+# ring's hot path indexes ``GenerationSegment.fields`` with them directly.
 WRITE_CURSOR, CLAIM_CURSOR, LAST_PUBLISH = 8, 9, 10
 _FINAL_CURSOR, _STREAM_ID = 8, 9  # in the stream segment
 WAKE_AT = 128
@@ -332,7 +332,7 @@ class StreamSegment:
         self.segment.close()
 
 
-class Generation:
+class GenerationSegment:
     """One mapped generation segment: typed views of its frames, timestamps and cursors."""
 
     def __init__(self, segment: shm.Segment) -> None:
@@ -382,7 +382,7 @@ class Generation:
         sample_rate: float,
         start_sequence: int,
         writer: tuple[int, int],
-    ) -> Generation:
+    ) -> GenerationSegment:
         """Build generation ``generation`` in a new segment, fully initialised and VALID."""
         dtype = dtype_from_record(fmt.dtype)
         record = encode_format(fmt)
@@ -412,7 +412,7 @@ class Generation:
         return cls(segment)
 
     @classmethod
-    def open(cls, stream: str, number: int) -> Generation:
+    def open(cls, stream: str, number: int) -> GenerationSegment:
         """Attach to generation ``number`` of ``stream``; FileNotFoundError if it is gone."""
         segment = shm.Segment.attach(shm_name(data_key(stream, number)))
         try:

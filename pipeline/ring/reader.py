@@ -5,6 +5,10 @@ A reader copies from its own cursor and re-reads the claim cursor after
 copying, so it never returns a frame the writer may have overwritten; such
 frames count as dropped, exactly. Short names (``acq/continuous``) are
 resolved by ``pipeline.attach``, not here: this package never loads ZeroMQ.
+
+One module although over 500 lines: copying, zero-copy views, ``latest`` and the
+generation switch are one protocol on one cursor, and each must re-check the claim
+cursor the same way; split, the checks would drift apart.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pipeline.ring.layout import (
     CLAIM_CURSOR,
     STATE,
     WRITE_CURSOR,
-    Generation,
+    GenerationSegment,
     State,
     StreamSegment,
 )
@@ -80,7 +84,7 @@ class Chunk(_FrameSpan):
     dropped: int
     """Frames lost just before this chunk because the writer lapped the reader (exact)."""
     generation: int
-    """Generation these frames came from."""
+    """GenerationSegment these frames came from."""
     format_changed: bool = False
     """True on the first chunk after the reader switched to a new generation."""
 
@@ -93,13 +97,13 @@ class ChunkView(_FrameSpan):
     were in use.
     """
 
-    __slots__ = ("_generation", "_intact", "_reader", "data", "dropped", "generation")
+    __slots__ = ("_intact", "_reader", "_segment", "data", "dropped", "generation")
     __slots__ += ("format_changed", "start_sequence", "timestamps_ns")
 
     def __init__(
         self,
         reader: RingReader,
-        mapped: Generation | None,
+        mapped: GenerationSegment | None,
         data: np.ndarray,
         timestamps_ns: np.ndarray,
         start_sequence: int,
@@ -108,7 +112,7 @@ class ChunkView(_FrameSpan):
         format_changed: bool = False,
     ) -> None:
         self._reader = reader
-        self._generation = mapped  # the segment viewed, to tell whether it was overwritten
+        self._segment = mapped  # the segment viewed, to tell whether it was overwritten
         self._intact: bool | None = None
         self.data = data
         self.timestamps_ns = timestamps_ns
@@ -118,7 +122,7 @@ class ChunkView(_FrameSpan):
         self.format_changed = format_changed
 
     def _overwritten(self) -> int:
-        generation = self._generation
+        generation = self._segment
         if generation is None:
             return 0
         oldest_safe = generation.fields[CLAIM_CURSOR] - generation.capacity
@@ -138,7 +142,7 @@ class ChunkView(_FrameSpan):
         overwritten = self._overwritten()
         self._intact = overwritten == 0
         self._reader._dropped_total += overwritten
-        self._generation = None
+        self._segment = None
         self.data = self.data[:0].copy()
         self.timestamps_ns = self.timestamps_ns[:0].copy()
 
@@ -156,11 +160,11 @@ class RingReader:
     """
 
     def __init__(
-        self, stream: str, meta: StreamSegment, generation: Generation, cursor: int
+        self, stream: str, meta: StreamSegment, generation: GenerationSegment, cursor: int
     ) -> None:
         self.stream = stream
         self._meta = meta
-        self._generation = generation
+        self._segment = generation
         self._cursor = cursor
         self._pending_dropped = 0
         self._dropped_total = 0
@@ -225,17 +229,17 @@ class RingReader:
             return False
         return process_alive(*generation.header.writer)
 
-    def _current(self) -> Generation:
+    def _current(self) -> GenerationSegment:
         """The reader's generation, after following any newer one that replaced it."""
         if self._closed:
             raise ReaderClosed(f"RingReader for {self.stream!r} is closed")
-        generation = self._generation
+        generation = self._segment
         if (
             generation.fields[STATE] == State.SUPERSEDED
             and generation.fields[WRITE_CURSOR] <= self._cursor
         ):
             self._switch()
-        return self._generation
+        return self._segment
 
     def read(self, max_frames: int | None = None, timeout_s: float | None = None) -> Chunk:
         """Return the frames published since the last read, waiting up to ``timeout_s``.
@@ -249,7 +253,7 @@ class RingReader:
         while True:
             generation = self._await(deadline)
             if generation is None:
-                return self._empty(self._generation)
+                return self._empty(self._segment)
             chunk = self._copy(generation, max_frames)
             if chunk is not None:
                 return chunk
@@ -267,7 +271,7 @@ class RingReader:
         while True:
             generation = self._await(deadline)
             if generation is None:
-                empty = self._empty(self._generation)
+                empty = self._empty(self._segment)
                 return ChunkView(self, None, empty.data, empty.timestamps_ns, self._cursor, 0, 0)
             fields = generation.fields
             capacity = generation.capacity
@@ -289,7 +293,7 @@ class RingReader:
             number = generation.header.generation
             return ChunkView(self, generation, data, timestamps, start, dropped, number, changed)
 
-    def _await(self, deadline: float | None) -> Generation | None:
+    def _await(self, deadline: float | None) -> GenerationSegment | None:
         """Wait until a frame past the cursor is published; return its generation.
 
         None when the deadline passes first; EndOfStream when the stream ended.
@@ -297,7 +301,7 @@ class RingReader:
         if self._closed:
             raise ReaderClosed(f"RingReader for {self.stream!r} is closed")
         while True:
-            generation = self._generation
+            generation = self._segment
             fields = generation.fields
             seen = generation.wake.load()
             state = fields[STATE]  # read before the cursor: a state change follows the last publish
@@ -327,7 +331,7 @@ class RingReader:
     def nudge(self) -> None:
         """End a :meth:`wait` in another thread of this process whose interrupt is set."""
         if not self._closed:
-            self._generation.wake.nudge()
+            self._segment.wake.nudge()
 
     def wake_word(self) -> tuple[WakeWord, int] | None:
         """``(word, value to sleep on)``, or None if there is something to read now
@@ -385,7 +389,7 @@ class RingReader:
             except EndOfStream:
                 return
 
-    def _copy(self, generation: Generation, max_frames: int | None) -> Chunk | None:
+    def _copy(self, generation: GenerationSegment, max_frames: int | None) -> Chunk | None:
         """Copy frames from the reader's cursor; None if every one was overwritten meanwhile."""
         fields = generation.fields
         capacity = generation.capacity
@@ -444,11 +448,11 @@ class RingReader:
         while True:
             number = self._meta.header.generation
             try:
-                if number == self._generation.header.generation:
+                if number == self._segment.header.generation:
                     # Writers name the successor before superseding, so this is a
                     # stream segment replaced under us (a swept and re-created stream).
                     raise FileNotFoundError(number)
-                generation = Generation.open(self.stream, number)
+                generation = GenerationSegment.open(self.stream, number)
                 break
             except FileNotFoundError:
                 if self._meta.header.state is State.CLOSED:
@@ -462,20 +466,20 @@ class RingReader:
                         "generation closed before this reader reached it"
                     ) from None
                 if clock.now_s() > deadline:
-                    old = self._generation.header.generation
+                    old = self._segment.header.generation
                     raise SegmentCorrupt(
                         f"stream {self.stream!r}: generation {old} was "
                         f"superseded but its successor {number} cannot be opened"
                     ) from None
                 time.sleep(1e-4)  # replaced again while we looked; re-read the stream segment
-        old, self._generation = self._generation, generation
+        old, self._segment = self._segment, generation
         old.close()
         if self._cursor < generation.start_sequence:
             self._pending_dropped += generation.start_sequence - self._cursor
             self._cursor = generation.start_sequence
         self._format_changed = True
 
-    def _empty(self, generation: Generation) -> Chunk:
+    def _empty(self, generation: GenerationSegment) -> Chunk:
         return Chunk(
             np.empty((0, *generation.frame_shape), generation.dtype),
             np.empty(0, np.int64),
@@ -489,7 +493,7 @@ class RingReader:
         if self._closed:
             return
         self._closed = True
-        self._generation.close()
+        self._segment.close()
         self._meta.close()
 
     def __enter__(self) -> RingReader:
@@ -501,7 +505,7 @@ class RingReader:
     def __repr__(self) -> str:
         if self._closed:
             return f"<RingReader {self.stream!r} closed>"
-        number = self._generation.header.generation
+        number = self._segment.header.generation
         return f"<RingReader {self.stream!r} generation {number} cursor {self._cursor}>"
 
 
@@ -538,7 +542,9 @@ def _deadline(max_frames: int | None, timeout_s: float | None) -> float | None:
     return None if timeout_s is None else clock.now_s() + timeout_s
 
 
-def _copy_slots(generation: Generation, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+def _copy_slots(
+    generation: GenerationSegment, start: int, end: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Copy frames and timestamps of sequences ``[start, end)`` out of the ring."""
     capacity = generation.capacity
     slot = start % capacity
@@ -592,7 +598,7 @@ def attach(
                 raise StreamNotFound(stream, list_streams())
             if header.state is State.INITIALISING:
                 raise FileNotFoundError  # the first generation is not published yet
-            generation = Generation.open(stream, header.generation)
+            generation = GenerationSegment.open(stream, header.generation)
         except FileNotFoundError:
             meta.close()
             if clock.now_s() > deadline:

@@ -18,7 +18,7 @@ from pipeline.ring import naming, shm
 from pipeline.ring.layout import (
     KIND_GENERATION,
     KIND_STREAM,
-    Generation,
+    GenerationSegment,
     Header,
     State,
     StreamSegment,
@@ -119,7 +119,7 @@ def stream_state(stream: str) -> StreamState | None:
         if header.state is State.INITIALISING:
             return None
         try:
-            mapped = Generation.open(stream, generation)
+            mapped = GenerationSegment.open(stream, generation)
         except (FileNotFoundError, SegmentCorrupt):
             return None
         try:
@@ -182,7 +182,7 @@ def _sweep_segment(name: str) -> bool:
     except (FileNotFoundError, SegmentForeign):  # gone, or another user's: never unlinked
         return False
     try:
-        generation = Generation(segment)
+        generation = GenerationSegment(segment)
     except SegmentCorrupt:
         segment.close()
     else:
@@ -220,7 +220,7 @@ class Holds:
     """
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[StreamSegment, Generation | None]] = {}
+        self._held: dict[str, tuple[StreamSegment, GenerationSegment | None]] = {}
 
     def refresh(self, streams: Sequence[str]) -> None:
         """Hold each of ``streams`` that exists, at its current generation (cheap: call often)."""
@@ -244,7 +244,7 @@ class Holds:
             stale = generation is None or number != _number(generation)
             if header.state is State.VALID and stale:
                 try:
-                    newer = Generation.open(stream, number)
+                    newer = GenerationSegment.open(stream, number)
                 except (FileNotFoundError, SegmentCorrupt, SegmentForeign):
                     newer = None  # replaced again while we looked: the next refresh gets it
                 if newer is not None:
@@ -270,5 +270,5 @@ class Holds:
                 meta.close()
 
 
-def _number(generation: Generation) -> int:
+def _number(generation: GenerationSegment) -> int:
     return generation.header.generation

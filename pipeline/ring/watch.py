@@ -75,7 +75,7 @@ SCAN_NS = 50_000_000  # how often a writer reads the table for new, changed or e
 Direction = Literal["rising", "falling"]
 
 
-class _Table:
+class _WatchSlots:
     """Typed views of one stream segment's watch table."""
 
     def __init__(self, meta: StreamSegment) -> None:
@@ -130,7 +130,7 @@ class ThresholdWatch:
         self.threshold = float(threshold)
         self.direction: Direction = direction
         self.claims = 0  # how often a slot was claimed (more than 1: one was lost and taken back)
-        self._table = _Table(meta)
+        self._table = _WatchSlots(meta)
         self._ring_word = ring_word
         self._token = 0
         self._slot = -1
@@ -258,7 +258,7 @@ class ThresholdWatch:
 class _Active:
     """A live watch as the writer sees it."""
 
-    table: _Table
+    table: _WatchSlots
     slot: int
     token: int
     channel: int
@@ -273,7 +273,7 @@ class Watches:
 
     def __init__(self) -> None:
         self.active: list[_Active] = []
-        self._tables: list[_Table] = []
+        self._tables: list[_WatchSlots] = []
         self._frame_size = 0
         self.next_scan_ns = 0
 
@@ -281,7 +281,7 @@ class Watches:
         """Watch the tables of ``metas`` (the stream segment and any orphans) for frames
         of ``frame_size`` values; the next publish rescans."""
         self.release()
-        self._tables = [_Table(meta) for meta in metas]
+        self._tables = [_WatchSlots(meta) for meta in metas]
         self._frame_size = frame_size
         self.next_scan_ns = 0
 

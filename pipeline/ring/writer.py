@@ -23,7 +23,7 @@ from pipeline.ring.layout import (
     LAST_PUBLISH,
     WRITE_CURSOR,
     Format,
-    Generation,
+    GenerationSegment,
     State,
     StreamSegment,
     dtype_to_record,
@@ -76,7 +76,7 @@ class RingWriter:
         try:
             start_sequence = 0 if previous is None else previous.write_cursor
             number = self._meta.header.generation + 1
-            self._generation = Generation.create(
+            self._segment = GenerationSegment.create(
                 stream, number, fmt, capacity, sample_rate, start_sequence, self._identity
             )
         except BaseException:
@@ -94,9 +94,9 @@ class RingWriter:
         self.relink_reason = ""
         self._next_link_check = clock.now_ns() + _LINK_CHECK_NS
         self._watches = Watches()  # readers' threshold watches (pipeline.ring.watch)
-        self._bind(self._generation)
+        self._bind(self._segment)
 
-    def _bind(self, generation: Generation) -> None:
+    def _bind(self, generation: GenerationSegment) -> None:
         """Cache what the hot path touches for generation ``generation``."""
         self._fields = generation.fields
         self._frames = generation.frames
@@ -121,7 +121,7 @@ class RingWriter:
     # Properties of the current generation.
     @property
     def generation(self) -> int:
-        return self._generation.header.generation
+        return self._segment.header.generation
 
     @property
     def dtype(self) -> np.dtype:
@@ -137,11 +137,11 @@ class RingWriter:
 
     @property
     def sample_rate(self) -> float:
-        return self._generation.sample_rate
+        return self._segment.sample_rate
 
     @property
     def descriptor(self) -> dict[str, Any]:
-        return self._generation.descriptor
+        return self._segment.descriptor
 
     @property
     def write_cursor(self) -> int:
@@ -312,7 +312,7 @@ class RingWriter:
         """
         if self._closed:
             raise WriterClosed(f"RingWriter for {self.stream!r} is closed")
-        old = self._generation
+        old = self._segment
         fmt, capacity, sample_rate = _check_format(
             old.dtype if dtype is None else dtype,
             old.frame_shape if frame_shape is None else frame_shape,
@@ -320,7 +320,7 @@ class RingWriter:
             old.sample_rate if sample_rate is None else sample_rate,
             old.descriptor if descriptor is None else descriptor,
         )
-        generation = Generation.create(
+        generation = GenerationSegment.create(
             self.stream,
             old.header.generation + 1,
             fmt,
@@ -331,7 +331,7 @@ class RingWriter:
         )
         for meta in (self._meta, *self._orphans):
             meta.publish(generation.header.generation, self._identity)
-        self._generation = generation
+        self._segment = generation
         self._watches.notify_all()  # watchers read on and meet the new generation
         self._bind(generation)
         _retire(old, State.SUPERSEDED)
@@ -345,7 +345,7 @@ class RingWriter:
         class docstring).
         """
         stream_gone = not self._meta.segment.linked()
-        if not stream_gone and self._generation.segment.linked():
+        if not stream_gone and self._segment.segment.linked():
             return True
         what = "stream segment" if stream_gone else f"generation {self.generation} segment"
         if stream_gone:
@@ -383,7 +383,7 @@ class RingWriter:
             self._meta.segment.unlink()
         for meta in (self._meta, *self._orphans):
             meta.close()
-        _retire(self._generation, State.CLOSED)
+        _retire(self._segment, State.CLOSED)
 
     def __enter__(self) -> RingWriter:
         return self
@@ -424,7 +424,7 @@ def _check_format(
 
 def _claim_stream(
     stream: str, identity: tuple[int, int]
-) -> tuple[StreamSegment, Generation | None, bool]:
+) -> tuple[StreamSegment, GenerationSegment | None, bool]:
     """Create the stream segment, or take over one whose writer died.
 
     Returns the stream segment, the previous writer's current generation
@@ -456,7 +456,7 @@ def _claim_stream(
             "stop that writer or choose another stream name"
         )
     try:
-        previous = Generation.open(stream, meta.header.generation)
+        previous = GenerationSegment.open(stream, meta.header.generation)
     except (FileNotFoundError, SegmentCorrupt):
         # The dead writer's frames are gone (on Windows, with its last handle), and with
         # them the sequence: continuing the stream id would misplace a resuming reader.
@@ -465,7 +465,7 @@ def _claim_stream(
     return meta, previous, False
 
 
-def _retire(generation: Generation, state: State) -> None:
+def _retire(generation: GenerationSegment, state: State) -> None:
     """End ``generation`` (SUPERSEDED or CLOSED), wake its readers, unlink and unmap it."""
     generation.end(state)
     if generation.segment.linked():  # never unlink a name that now belongs to another segment

@@ -230,9 +230,9 @@ class Controller:
         return None
 
     def annotate(self, request: messages.Annotate) -> Message:
-        """Publish the text as an ``Annotated`` event, stamped with wall and monotonic time."""
+        """Publish the text as an ``Annotation`` event, stamped with wall and monotonic time."""
         self.supervisor.publish(
-            messages.Annotated(
+            messages.Annotation(
                 text=request.text, time_ns=time.time_ns(), monotonic_ns=clock.now_ns()
             )
         )

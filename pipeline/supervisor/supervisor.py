@@ -19,6 +19,11 @@ under way, and samples stream cursors and psutil figures.
   unlinked and the discovery file removed.
 - Nothing that arrives on a socket can stop it: undecodable or unexpected
   messages are answered with ``Error`` and counted in ``bad_messages``.
+
+One module although over 500 lines: it is one state machine (start levels, watching,
+restarts with backoff, the ordered stop, cleanup) whose steps read each other's state;
+what a person reads of its events is :mod:`pipeline.cli.text`, its request handlers
+:mod:`.controller`, one worker's process :mod:`.process`.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ class SessionState(enum.StrEnum):
 class Supervisor:
     """Runs the session described by ``rig`` until it is stopped.
 
-    ``on_event(text)`` receives one human-readable line per event;
+    ``on_event`` receives every event the session publishes (a message; the CLI turns it
+    into a line, :func:`pipeline.cli.text.event_line`) and the supervisor's own lines
+    (text);
     ``on_tick(status)`` receives a :class:`~pipeline.messages.StatusReply`
     about once a second (``rigpipe run`` draws its table from it).
     """
@@ -72,12 +79,12 @@ class Supervisor:
     def __init__(
         self,
         rig: RigConfig,
-        on_event: Callable[[str], None] | None = None,
+        on_event: Callable[[Message | str], None] | None = None,
         on_tick: Callable[[messages.StatusReply], None] | None = None,
     ) -> None:
         self.rig = rig
         self.name = rig.session.name
-        self.on_event = on_event or (lambda text: log.info("%s", text))
+        self.on_event = on_event or (lambda event: log.info("%s", event))
         self.on_tick = on_tick
         self.streams = {
             f"{self.name}/{stream}": plan.name for plan in rig.workers for stream in plan.outputs
@@ -286,7 +293,7 @@ class Supervisor:
         if self.holds is not None:
             self.holds.refresh(list(self.streams))
         for worker in self.workers.values():
-            self._watch(worker, now)
+            self._check_on(worker, now)
         self.controller.expire_forwarded(now)
         if self._forced:
             self.on_event("second interrupt: killing every worker now")
@@ -355,7 +362,7 @@ class Supervisor:
             messages.WorkerStateChanged(worker=worker.name, state="starting", pid=worker.pid)
         )
 
-    def _watch(self, worker: WorkerProcess, now: float) -> None:
+    def _check_on(self, worker: WorkerProcess, now: float) -> None:
         code = worker.reap()
         if code is not None:
             self._exited(worker, code, now)
@@ -534,47 +541,11 @@ class Supervisor:
 
     # -- what the controller uses --------------------------------------------------------------
     def publish(self, event: Message) -> None:
-        """Send ``event`` to every subscriber, and one line of it to ``on_event``."""
+        """Send ``event`` to every subscriber, and to ``on_event``."""
         if self.server is not None:
             self.server.publish(event)
-        self.on_event(describe(event))
+        self.on_event(event)
 
     def next_id(self) -> int:
         """A request id for a message the supervisor sends itself."""
         return next(self._ids)
-
-
-def describe(event: Message) -> str:
-    """One human-readable line for an event."""
-    match event:
-        case messages.WorkerStateChanged(worker=w, state=s, pid=pid, detail=detail):
-            extra = f" (pid {pid})" if pid else ""
-            return f"worker {w}: {s}{extra}" + (f": {detail}" if detail else "")
-        case messages.WorkerRestarted(worker=w, restarts=n, reason=reason, pid=pid):
-            return f"worker {w}: restarted (restart {n}, pid {pid}): {reason}"
-        case messages.ParameterChanged(worker=w, name=name, value=value):
-            return f"worker {w}: {name} = {value!r}"
-        case messages.Annotated(text=text):
-            return f"annotation: {text}"
-        case messages.Reported(worker=w, level=level, text=text):
-            return f"worker {w} {level}: {text}"
-        case messages.SessionStateChanged(session=s, state=state):
-            return f"session {s}: {state}"
-        case messages.StimulationQueued(worker=w, command_id=cid, channel=ch, source=src):
-            return f"worker {w}: stimulus {cid} queued on channel {ch} ({src})"
-        case messages.StimulationRefused(worker=w, text=text, source=src):
-            return f"worker {w}: stimulus refused ({src}): {text}"
-        case messages.StimulationStopped(worker=w, channel=ch, reason=reason):
-            where = "every channel" if ch is None else f"channel {ch}"
-            return f"worker {w}: {where} silenced" + (f" ({reason})" if reason else "")
-        case messages.StimulatorArmed(worker=w, armed=armed, reason=reason):
-            return f"worker {w}: {'armed' if armed else 'disarmed'}" + (
-                f" ({reason})" if reason else ""
-            )
-        case messages.Triggered(
-            worker=w, rule=rule, sequence=seq, fired=fired, reason=r, repeats=n
-        ):
-            outcome = "fired" if fired else f"did not fire: {r}"
-            again = f" ({n} crossings since the last line)" if n > 1 else ""
-            return f"worker {w}: trigger {rule} at frame {seq} {outcome}{again}"
-    return repr(event)

@@ -28,7 +28,7 @@ from pipeline.control import messages
 from pipeline.control.bus import Client, Router, direct_endpoint, load_keys
 from pipeline.control.direct import CommandServer
 from pipeline.control.doorbell import Doorbell
-from pipeline.errors import ProtocolError, RigpipeError
+from pipeline.errors import RigpipeError
 from pipeline.host import clock, scheduling
 from pipeline.host.identity import process_alive
 from pipeline.host.timer import fine_timer
@@ -207,43 +207,10 @@ class Service:
                 self._check_supervisor(now)
             while (message := bus.receive(0)) is not None:
                 self._handle(message)
-            if self._direct is not None and self._commands is not None:
-                for peer, request in self._direct.receive(0):
-                    if isinstance(request, messages.CommandRing):
-                        reply = self._not_mine(request) or self._commands.open(peer, request)
-                        self._direct.send(peer, reply)
-                    else:
-                        self._direct.send(peer, self._answer_direct(request))
-                self._commands.take()
+            if self._commands is not None:
+                self._commands.serve()
 
     # -- requests ---------------------------------------------------------------------------------
-    def _answer_direct(self, request: messages.Message | ProtocolError) -> messages.Message:
-        """The reply to a request that came to this worker's own socket or command ring."""
-        name = self.worker.name
-        if isinstance(request, ProtocolError):
-            self.worker.counters["bad_requests"] = self.worker.counters.get("bad_requests", 0) + 1
-            return messages.Error(text=f"malformed request to {name}: {request}")
-        if not isinstance(request, messages.WorkerRequest):
-            tag = type(request).__struct_config__.tag
-            return messages.Error(
-                request_id=getattr(request, "request_id", 0),
-                text=f"{name}'s own socket takes worker requests only, not {tag!r}; "
-                "send the others to the supervisor",
-            )
-        if (wrong := self._not_mine(request)) is not None:
-            return wrong
-        return self._answer(request)
-
-    def _not_mine(self, request: messages.WorkerRequest) -> messages.Error | None:
-        """The refusal of a request on this worker's own socket meant for another worker."""
-        if request.worker == self.worker.name:
-            return None
-        return messages.Error(
-            request_id=request.request_id,
-            text=f"this is worker {self.worker.name!r}'s socket, but the request is for "
-            f"{request.worker!r}; nothing was done",
-        )
-
     def _answer(self, request: messages.WorkerRequest) -> messages.Message:
         try:
             reply = self.worker.on_request(request)
@@ -299,7 +266,7 @@ class Service:
     def _reply(self, message: messages.Message) -> None:
         self.send(message)
 
-    # -- heartbeat and the supervisor's life ------------------------------------------------------
+    # -- heartbeat and the supervisor's life -----------------------------------------------------
     def _heartbeat(self) -> None:
         assert self._bus is not None
         self._report_relinks()
@@ -394,12 +361,7 @@ class Service:
             direct = Router(direct_endpoint(endpoints, worker.name), load_keys(endpoints))
             self._direct = direct
             self._commands = CommandServer(
-                self.spec.session,
-                worker.name,
-                self._answer_direct,
-                direct.send,
-                worker.counters,
-                self.log,
+                self.spec.session, worker.name, direct, self._answer, worker.counters, self.log
             )
         self._last_ack = clock.now_s()
         endpoint = "" if self._direct is None else self._direct.endpoint

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from pipeline import attach
-from pipeline.recording.inspect import inspect
+from pipeline.recording.summary import inspect
 from tests.rig import toml_string, wait_for
 
 SEAM = {"RIGPIPE_CBSDK_SESSION": "tests.peers.cbsdk:Session"}

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pipeline import attach, open_recording
-from pipeline.recording.inspect import inspect
+from pipeline.recording.summary import inspect
 from tests.integration.test_blackrock import _acq as emulated_acq
 from tests.peers.cerebus_device import GROUP_PERIODS, HZ, PRIME, Running
 from tests.rig import toml_string, wait_for

@@ -19,8 +19,8 @@ import pylsl
 import pytest
 
 from pipeline import attach, open_recording
-from pipeline.recording.inspect import inspect
 from pipeline.recording.nwb import export_nwb
+from pipeline.recording.summary import inspect
 from tests.rig import toml_string, wait_for
 
 SOURCE = """

@@ -20,8 +20,8 @@ from pipeline import StimulationRefused, attach
 from pipeline.control import messages
 from pipeline.errors import RequestFailed, StreamNotFound
 from pipeline.recording.format import consistency_flags, read_manifest
-from pipeline.recording.inspect import inspect
 from pipeline.recording.nwb import export_nwb
+from pipeline.recording.summary import inspect
 from pipeline.ring import naming, shm
 from tests.rig import exited, toml_string, wait_for
 

@@ -321,7 +321,7 @@ def test_parameters_annotations_and_events(rigs) -> None:
         deadline = time.monotonic() + 5
         while len(seen) < 2 and time.monotonic() < deadline:
             event = events.receive(0.5)
-            if event and isinstance(event[1], messages.ParameterChanged | messages.Annotated):
+            if event and isinstance(event[1], messages.ParameterChanged | messages.Annotation):
                 seen.append(event)
     assert seen[0][0] == "worker.acq.parameter_changed" and seen[0][1].value == 40
     assert seen[1][0] == "session.annotated" and seen[1][1].text == "drug applied"

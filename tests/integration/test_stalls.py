@@ -32,7 +32,7 @@ import pytest
 
 from pipeline.control import messages
 from pipeline.recording.format import read_manifest
-from pipeline.recording.inspect import inspect
+from pipeline.recording.summary import inspect
 from pipeline.worker import EXIT_SUPERVISOR_GONE
 from tests.rig import DEMO_WORKER, exited, toml_string, wait_for
 

@@ -338,7 +338,7 @@ def test_only_an_armed_rule_holds_a_threshold_watch_on_its_stream(rigs) -> None:
     rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="") + TRIGGER)
     rig.start()
     reader = attach(f"{rig.name}/src/out")
-    table = watch_module._Table(reader._meta)
+    table = watch_module._WatchSlots(reader._meta)
 
     def held() -> int:
         slots = range(watch_module.WATCH_SLOTS)

@@ -85,8 +85,8 @@ def test_the_reference_documents_every_option() -> None:
     from workers.acquisition.blackrock import BlackrockSettings
     from workers.acquisition.replay import ReplaySettings
     from workers.acquisition.synthetic_source import SyntheticSettings
-    from workers.lsl_inlet.worker import InletSettings
-    from workers.lsl_outlet.worker import OutletSettings, StreamOptions
+    from workers.lsl.inlet import InletSettings
+    from workers.lsl.outlet import OutletSettings, StreamOptions
     from workers.recording.worker import RecordingSettings
     from workers.stimulation.safety import ChannelLimits
     from workers.stimulation.simulated import SimulatedSettings

@@ -201,7 +201,7 @@ def test_nothing_on_the_wire_raises_out_of_dispatch(rig) -> None:
     controller.dispatch(b"c", messages.Shutdown(request_id=5))
     assert supervisor.stop_reason == "shutdown requested"
     controller.dispatch(b"c", messages.Annotate(request_id=6, text="drug applied"))
-    assert isinstance(supervisor.published[-1], messages.Annotated)
+    assert isinstance(supervisor.published[-1], messages.Annotation)
     assert supervisor.published[-1].text == "drug applied"
 
 

@@ -117,7 +117,7 @@ def test_the_valid_recording_opens(valid: Path) -> None:
 
 
 def test_inspect_counts_nothing_of_a_segment_it_cannot_read(valid: Path, tmp_path: Path) -> None:
-    from pipeline.recording.inspect import inspect
+    from pipeline.recording.summary import inspect
 
     directory = tmp_path / "rec"
     shutil.copytree(valid, directory)

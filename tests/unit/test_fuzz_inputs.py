@@ -140,7 +140,7 @@ _SMALL: Path | None = None
 @given(st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=24))
 def test_any_bytes_in_a_segment_read_back_or_one_recording_error(flips) -> None:
     from pipeline import open_recording
-    from pipeline.recording.inspect import inspect
+    from pipeline.recording.summary import inspect
 
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch) / "rec"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.lsl_outlet.worker import _stamps
+from workers.lsl.outlet import _stamps
 
 
 def test_evenly_spaced_frames_give_liblsl_the_last_stamp_alone() -> None:

@@ -32,7 +32,7 @@ EXAMPLES = [
         workers=[messages.WorkerStatus(name="acq", kind="acquisition", state="running")],
         streams=[messages.StreamStatus(stream="s/acq/continuous", writer="acq")],
     ),
-    messages.Annotated(text="drug on", time_ns=1, monotonic_ns=2),
+    messages.Annotation(text="drug on", time_ns=1, monotonic_ns=2),
 ]
 
 
@@ -82,7 +82,7 @@ def test_topics_name_the_worker_or_the_session() -> None:
     assert messages.topic(messages.WorkerRestarted(worker="acq", restarts=1, reason="x")) == (
         "worker.acq.worker_restarted"
     )
-    assert messages.topic(messages.Annotated(text="x", time_ns=0, monotonic_ns=0)) == (
+    assert messages.topic(messages.Annotation(text="x", time_ns=0, monotonic_ns=0)) == (
         "session.annotated"
     )
 

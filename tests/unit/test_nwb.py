@@ -83,7 +83,7 @@ def _events(t0: int) -> list[tuple[int, str, dict]]:
     made = [
         (
             "session.annotated",
-            messages.Annotated(text="drug applied", time_ns=1, monotonic_ns=t0 + ms),
+            messages.Annotation(text="drug applied", time_ns=1, monotonic_ns=t0 + ms),
         ),
         (
             "worker.stim.stimulation_queued",

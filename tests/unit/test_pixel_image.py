@@ -16,8 +16,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from workers.visualization.envelope import BACKGROUND, TRACE, Envelope, Picture, rgb, rgb32, runs
 from workers.visualization.pixels import PixelImage
-from workers.visualization.sweep import BACKGROUND, TRACE, Picture, Sweep, rgb, rgb32, runs
 
 WIDTH, HEIGHT = 120, 80
 
@@ -103,14 +103,14 @@ def test_an_array_it_cannot_show_as_it_is_is_refused() -> None:
 def test_a_picture_names_the_column_runs_it_drew_again() -> None:
     assert runs(np.array([2, 3, 4, 9, 11, 12])) == [(2, 5), (9, 10), (11, 13)]
     assert runs(np.array([], np.int64)) == []
-    sweep = Sweep(2, 1000.0, 1.0, 100)  # 10 frames per column
+    envelope = Envelope(2, 1000.0, 1.0, 100)  # 10 frames per column
     picture = Picture()
-    sweep.add(np.zeros((1000, 2), np.float32))
-    picture.draw(sweep, 0, 2, 40, 40.0, 1.0)
+    envelope.add(np.zeros((1000, 2), np.float32))
+    picture.draw(envelope, 0, 2, 40, 40.0, 1.0)
     assert picture.changed == [(0, 100)], "a first drawing is whole"
-    sweep.add(np.ones((25, 2), np.float32))  # columns 0-2, the cursor onto column 2
-    picture.draw(sweep, 0, 2, 40, 40.0, 1.0)
+    envelope.add(np.ones((25, 2), np.float32))  # columns 0-2, the cursor onto column 2
+    picture.draw(envelope, 0, 2, 40, 40.0, 1.0)
     assert picture.changed == [(0, 3)]
-    sweep.mark_spike(500, 1)  # column 52
-    picture.draw(sweep, 0, 2, 40, 40.0, 1.0)
+    envelope.mark_spike(500, 1)  # column 52
+    picture.draw(envelope, 0, 2, 40, 40.0, 1.0)
     assert picture.changed == [(52, 53)]

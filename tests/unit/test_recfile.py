@@ -16,12 +16,10 @@ import pytest
 
 from pipeline.recording.format import (
     GAP_DTYPE,
-    clear_consistency_flags,
     consistency_flags,
-    lookup3,
-    repair,
 )
-from pipeline.recording.inspect import inspect
+from pipeline.recording.repair import clear_consistency_flags, lookup3, repair
+from pipeline.recording.summary import inspect
 from workers.recording.segment_file import SegmentFile, StreamFormat
 
 WRITER = """

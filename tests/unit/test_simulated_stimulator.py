@@ -127,7 +127,7 @@ def test_a_stop_in_the_middle_of_a_train_is_silence_not_an_underrun(device) -> N
     try:
         output.submit(0, Train(1, rendered))
         _read(reader, 0.1)
-        assert output.stop(0) == 1
+        assert output.silence(0) == 1
         data, _ = _read(reader, 0.2)
     finally:
         output.close()

@@ -171,7 +171,7 @@ def test_triggers_read_their_channel_through_the_ring_across_its_wrap_and_drops(
     through a view (a backlog) and as a copy (a chunk or two)."""
     from pipeline.ring import RingWriter, attach
     from workers.stimulation import trigger
-    from workers.stimulation.trigger import Triggers, Watch
+    from workers.stimulation.trigger import LiveRule, Triggers
 
     monkeypatch.setattr(trigger, "VIEW_BYTES", view_bytes)
 
@@ -179,7 +179,7 @@ def test_triggers_read_their_channel_through_the_ring_across_its_wrap_and_drops(
     detached: list[str] = []
     with RingWriter(stream, "int16", (4,), 100, 1000.0) as writer:
         rendered = render(train((-10, 100), (10, 100)), LIMITS, RATE, 0.1)
-        watch = Watch(rule(stream=stream, channel=2, refractory_ms=0.0), rendered)
+        watch = LiveRule(rule(stream=stream, channel=2, refractory_ms=0.0), rendered)
         readers: list = []
 
         def open_reader(name: str):

@@ -144,7 +144,7 @@ def test_a_reformat_and_the_end_of_the_stream_wake_a_watch(ring):
 def test_a_dead_readers_lease_runs_out_and_its_slot_is_taken(ring, monkeypatch):
     writer, reader = ring
     first = reader.watch(0, 1.0)
-    watch_module._Table(reader._meta).set(first._slot, watch_module._LEASE, 1)  # ran out
+    watch_module._WatchSlots(reader._meta).set(first._slot, watch_module._LEASE, 1)  # ran out
     writer._watches.next_scan_ns = 0
     writer.write(with_run(30, 0, 10, 5.0))
     first.clear()
@@ -199,7 +199,7 @@ def test_a_slot_forged_onto_a_record_stream_never_breaks_its_writer(stream):
     ignored by a writer whose frames cannot be compared with a number."""
     dtype = np.dtype([("code", np.int32), ("value", np.float64)])
     with pipeline.RingWriter(stream, dtype, (), 64, 0.0) as writer:
-        table = watch_module._Table(writer._meta)
+        table = watch_module._WatchSlots(writer._meta)
         table.set(0, watch_module._TOKEN, 7)
         table.set(0, watch_module._LEASE, 1 << 62)
         writer._watches.next_scan_ns = 0

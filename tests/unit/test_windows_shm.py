@@ -77,7 +77,7 @@ def _writer_that_will_die(monkeypatch) -> RingWriter:
 
 def _kill(w: RingWriter) -> None:
     """The writer's process is gone: its handles close and nothing else happens."""
-    w._generation.close()
+    w._segment.close()
     w._meta.close()
     w._closed = True
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from pipeline import extras
 from pipeline.host import clock
+from pipeline.settings import Settings
 from workers.acquisition.source import SPIKE_CAPACITY, Source, SourceError
 from workers.acquisition.synthetic import SPIKE_DTYPE
 
@@ -159,9 +160,7 @@ class DeviceClock:
 
 
 class BlackrockSettings(
-    msgspec.Struct,
-    forbid_unknown_fields=True,
-    frozen=True,
+    Settings,
     kw_only=True,
     tag_field="source",
     tag="blackrock",
@@ -174,7 +173,7 @@ class BlackrockSettings(
     channel_type: Literal["FRONTEND", "ANALOG_IN"] = "FRONTEND"
     sample_rate: RateName = "30kHz"
     ac_coupling: bool = True
-    groups: list[RateName] = []
+    groups: list[RateName] = msgspec.field(default_factory=list)
     cmp: str = ""
     publish_uv: bool = False
     buffer_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0

@@ -25,6 +25,7 @@ from pipeline.host import clock
 from pipeline.recording.format import locate
 from pipeline.recording.readback import Recording, open_recording
 from pipeline.recording.views import EventView, StreamView
+from pipeline.settings import Settings
 from workers.acquisition.source import Source, SourceError
 
 _BLOCK_S = 0.25  # read this much of a continuous stream at a time
@@ -32,9 +33,7 @@ _BLOCK_EVENTS = 4096
 
 
 class ReplaySettings(
-    msgspec.Struct,
-    forbid_unknown_fields=True,
-    frozen=True,
+    Settings,
     kw_only=True,
     tag_field="source",
     tag="replay",
@@ -44,7 +43,7 @@ class ReplaySettings(
     path: str
     speed: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0
     loop: bool = False
-    streams: list[str] = []
+    streams: list[str] = msgspec.field(default_factory=list)
     chunk_s: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.001
     buffer_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 

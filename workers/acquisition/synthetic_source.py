@@ -17,10 +17,11 @@ import msgspec
 import numpy as np
 
 from pipeline.host import clock
+from pipeline.settings import NonNegative, Settings
 from workers.acquisition.source import SPIKE_CAPACITY, Source
 from workers.acquisition.synthetic import SPIKE_DTYPE, SignalParameters, SyntheticSignal
 
-Microvolts = Annotated[float, msgspec.Meta(ge=0)]
+Microvolts = NonNegative  # a level in µV (0: none)
 #: Data is generated a block at a time and published chunk by chunk. A block costs
 #: about 40 numpy calls whatever its size, which dominate a narrow rig's cost, so a
 #: block holds about BLOCK_SAMPLES samples (10 ms of 1024 channels at 30 kHz): 160 ms
@@ -32,9 +33,7 @@ BLOCK_MIN_S, BLOCK_MAX_S = 0.01, 0.2
 
 
 class SyntheticSettings(
-    msgspec.Struct,
-    forbid_unknown_fields=True,
-    frozen=True,
+    Settings,
     kw_only=True,
     tag_field="source",
     tag="synthetic",

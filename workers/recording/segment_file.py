@@ -32,9 +32,9 @@ from pipeline.recording.format import (
     consistency_flags,
     group_name,
     open_for_update,
-    repair,
     text,
 )
+from pipeline.recording.repair import repair
 
 _CHUNK_BYTES = 1 << 20  # about 1 MiB per data chunk
 _CHUNK_CACHE_BYTES = 64 << 20  # so partial writes never evict a chunk being filled

@@ -36,6 +36,7 @@ from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
 from pipeline.host import clock
 from pipeline.host.files import atomic_replace, read_bytes
 from pipeline.ring import RingReader
+from pipeline.settings import NonNegative, Settings
 from pipeline.worker import Worker
 from workers.recording import provenance
 from workers.recording.repeats import Event, Repeats
@@ -49,7 +50,6 @@ from workers.recording.writer import (
     finish_abandoned,
 )
 
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 EXIT_WRITE_FAILED = 75  # EX_TEMPFAIL: restart me, the segment needs a repair
 REATTACH_S = 0.5  # how often to look for a stream that is absent (or whose writer closed it)
 RESTART_MARGIN_S = 3.0  # time a restarted recorder needs before it reads again
@@ -60,7 +60,7 @@ _FAILED = "ERROR, not recording: "  # how the note says that recording stopped o
 RECORDING_UMASK = {"group": 0o027, "user": 0o077}
 
 
-class RecordingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class RecordingSettings(Settings, kw_only=True):
     """``[workers.parameters]`` of a recording worker."""
 
     streams: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(

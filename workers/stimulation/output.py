@@ -161,7 +161,7 @@ class Output:
             self.backend.wake()  # type: ignore[attr-defined]
         return queued_ns
 
-    def stop(self, channel: int | None) -> int:
+    def silence(self, channel: int | None) -> int:
         """Drop the pending stimuli of ``channel`` (all channels if None); return how many."""
         with self.lock:
             channels = range(len(self.queues)) if channel is None else [channel]

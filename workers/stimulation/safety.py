@@ -36,8 +36,7 @@ import numpy as np
 
 from pipeline.control.messages import Phase, PulseTrain, Waveform
 from pipeline.errors import RigpipeError
-
-Positive = Annotated[float, msgspec.Meta(gt=0)]
+from pipeline.settings import Positive, Settings
 
 
 class StimulatorError(RigpipeError):
@@ -68,7 +67,7 @@ class SafetyViolation(RigpipeError):
         super().__init__(f"channel {channel}: {problem}; refused, nothing was sent")
 
 
-class ChannelLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class ChannelLimits(Settings, kw_only=True):
     """``[workers.parameters.limits]`` for one channel (or every channel)."""
 
     max_amplitude_ua: Positive

@@ -23,14 +23,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import msgspec
 import numpy as np
 
 from pipeline.host import clock
 from pipeline.ring import RingWriter
+from pipeline.settings import Settings
 
 
-class SimulatedSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class SimulatedSettings(Settings, kw_only=True):
     """``[workers.parameters.simulated]``: the simulated device's properties."""
 
     resolution_ua: float = 0.1

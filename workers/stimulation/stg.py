@@ -43,10 +43,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from pipeline import extras
+from pipeline.settings import Settings
 from workers.stimulation.safety import StimulatorError
 
 #: (class, member, .NET parameter types, .NET return type; "" for a constructor) for every
@@ -100,7 +100,7 @@ CALLBACK_THRESHOLD_PERCENT = 0
 LOOP_SETTLE_S = 0.1
 
 
-class StgSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class StgSettings(Settings, kw_only=True):
     """``[workers.parameters.stg]``."""
 
     dll_path: str  # McsUsbNet.dll (x64 on 64-bit Python)

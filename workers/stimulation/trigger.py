@@ -31,6 +31,7 @@ from pipeline.control.messages import Phase, PulseTrain
 from pipeline.errors import EndOfStream, StreamNotFound, WatchesFull
 from pipeline.host import clock
 from pipeline.ring import RingReader, ThresholdWatch
+from pipeline.settings import Settings
 from workers.stimulation.safety import Rendered, StimulatorError
 
 RETRY_S = 0.5  # how often to look again for a rule's stream that is gone
@@ -43,7 +44,7 @@ VIEW_BYTES = 256 << 10  # a backlog at least this large is read through a view
 _FEW_BEYOND = 64  # up to this many samples beyond the threshold in a chunk: runs in Python
 
 
-class TriggerRule(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class TriggerRule(Settings, kw_only=True):
     """One ``[[workers.parameters.triggers]]`` table."""
 
     name: str
@@ -127,7 +128,7 @@ class Detector:
 
 
 @dataclass
-class Watch:
+class LiveRule:
     """A trigger rule, its pulse rendered once, and, while its stream exists, its detector
     and threshold watch."""
 
@@ -143,14 +144,14 @@ class _Stream:
     per stream), and when to look again for it while it is gone."""
 
     name: str
-    rules: list[Watch]
+    rules: list[LiveRule]
     reader: RingReader | None = None
     retry_at: float = 0.0
     row_bytes: int = 0  # bytes of one frame of the stream, to choose between copy and view
 
 
 #: What a crossing is handed to: (watch, sequence, value, frame timestamp ns).
-OnCrossing = Callable[[Watch, int, float, int], None]
+OnCrossing = Callable[[LiveRule, int, float, int], None]
 
 
 class Triggers:
@@ -164,7 +165,7 @@ class Triggers:
 
     def __init__(
         self,
-        watches: list[Watch],
+        watches: list[LiveRule],
         attach: Callable[[str], RingReader],
         detach: Callable[[str], None],
         report: Callable[[str], None],
@@ -343,7 +344,7 @@ class Triggers:
         return more
 
 
-def _forget(rules: list[Watch]) -> None:
+def _forget(rules: list[LiveRule]) -> None:
     """Reset every rule's detector (after a gap or a format change)."""
     for watch in rules:
         if watch.detector is not None:

@@ -3,7 +3,7 @@
 pyqtgraph's ``ImageItem`` turns an array into a fresh ``QImage`` on every
 ``setImage`` (an RGBA array is copied and, on the window, converted pixel by
 pixel) and repaints it whole. The scope changes a few columns per refresh (a
-sweep at 30 Hz over 5 s moves 8 of 1200), so :class:`PixelImage` wraps the
+envelope at 30 Hz over 5 s moves 8 of 1200), so :class:`PixelImage` wraps the
 array in a ``QImage`` once, without a copy, and asks Qt to repaint only the
 columns that changed. At 1200 x 800 pixels offscreen that took a refresh's
 painting from 2.4-4.6 ms to 0.3-0.5 ms of CPU (``bench/scope.py`` has the

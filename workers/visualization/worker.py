@@ -2,7 +2,7 @@
 
 One tab per stream in ``streams``: stacked traces, each channel in its own
 band, min/max-decimated to the window's pixel width (so a one-sample spike
-stays visible), drawn as a sweep over ``window_s``; ticks for spikes from the
+stays visible), drawn as a envelope over ``window_s``; ticks for spikes from the
 ``spikes`` stream; red lines where the ``markers`` stream (stimulation output
 or events) is active; and a status line (generation, rate, drops, overruns,
 channels shown, the µV a band spans), with channel labels beside the traces, a
@@ -37,16 +37,17 @@ from pipeline.control import messages
 from pipeline.errors import EndOfStream, RigpipeError, StreamNotFound
 from pipeline.host import clock
 from pipeline.ring import RingReader, attach
+from pipeline.settings import Positive, Settings
 from pipeline.worker import Worker
-from workers.visualization.sweep import Picture, Sweep, raster_image, sweep_channels
+from workers.visualization.envelope import stream_columns
+from workers.visualization.panel import Panel
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
 #: How often the scope serves the bus: heartbeats, ``rigpipe set`` and Stop take effect
 #: within this (a 10 ms timer cost a hundred wake-ups a second for nothing a person sees).
 BUS_INTERVAL_S = 0.05
 
 
-class ScopeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class ScopeSettings(Settings, kw_only=True):
     """``[workers.parameters]`` of a visualization worker."""
 
     streams: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
@@ -99,200 +100,6 @@ def missing_xcb(libraries: dict[str, str] = XCB_LIBRARIES) -> list[str]:
         except OSError:
             missing.append(package)
     return missing
-
-
-def _scale(descriptor: dict[str, Any]) -> float:
-    """Microvolts per ring unit, from the descriptor (1 if it has none)."""
-    scale = descriptor.get("scale", 1.0)
-    if isinstance(scale, list):
-        return float(np.median(scale)) if scale else 1.0
-    return float(scale) if isinstance(scale, int | float) else 1.0
-
-
-class Panel:
-    """One stream's tab: its reader, its sweep, its image and status line."""
-
-    def __init__(self, worker: ScopeWorker, stream: str, pg: Any) -> None:
-        from workers.visualization.pixels import PixelImage  # pyqtgraph: loaded by setup
-
-        self.worker = worker
-        self.stream = stream
-        s = worker.settings
-        self.widget = pg.GraphicsLayoutWidget()
-        self.status = self.widget.addLabel("", row=0, col=0, justify="left")
-        self.plot = self.widget.addPlot(row=1, col=0)
-        self.plot.hideAxis("bottom")
-        self.plot.getAxis("left").setWidth(60)  # channel labels beside their traces
-        self.plot.setMenuEnabled(False)
-        self.plot.setMouseEnabled(x=False, y=False)  # no silent zoom: keys set the view
-        self.plot.hideButtons()
-        self.plot.invertY(True)
-        self.image = PixelImage()
-        self.plot.addItem(self.image)
-        self.plot.setRange(xRange=(0, s.width_px), yRange=(0, s.height_px), padding=0)
-        self.plot.showAxis("bottom")  # where in the sweep: seconds from its left edge
-        self.raster = None
-        if s.raster:  # rows = the page's channels, a tick per spike over the window
-            self.raster_plot = self.widget.addPlot(row=2, col=0)
-            self.raster_plot.hideAxis("bottom")
-            self.raster_plot.getAxis("left").setWidth(60)
-            self.raster_plot.setMenuEnabled(False)
-            self.raster_plot.setMouseEnabled(x=False, y=False)
-            self.raster_plot.hideButtons()
-            self.raster_plot.invertY(True)
-            self.raster_plot.setMaximumHeight(s.raster_px + 20)
-            self.raster = PixelImage()
-            self.raster_plot.addItem(self.raster)
-            self.raster_plot.setRange(xRange=(0, s.width_px), yRange=(0, s.raster_px), padding=0)
-            self.raster_plot.setXLink(self.plot)
-        # The axes and the status line change seldom, yet the image under them is drawn
-        # 30 times a second: Qt repaints them from a cached pixmap until they change.
-        cached = pg.QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache
-        plots = [self.plot, *([self.raster_plot] if self.raster is not None else [])]
-        for item in [self.status, *(p.getAxis(a) for p in plots for a in ("left", "bottom"))]:
-            item.setCacheMode(cached)
-        self.reader: RingReader | None = None
-        self.sweep: Sweep | None = None
-        self.picture = Picture()
-        self.newest_ns: int | None = None
-        self.dropped = self.overruns = 0
-        self.retry_at = 0.0
-        self.rate = 0.0
-        self._window = (clock.now_s(), 0)
-        self._labelled: tuple[int, int, int] | None = None  # (first, count, generation)
-
-    def full_name(self) -> str:
-        return f"{self.worker.spec.session}/{self.stream}"
-
-    def refresh(self) -> None:
-        """Fold the frames that arrived into the sweep (drawing is the worker's choice)."""
-        if self.reader is None and not self._attach():
-            self.status.setText(f"{self.stream}: waiting for its writer")
-            return
-        assert self.reader is not None
-        try:
-            self._drain(self.reader)
-        except EndOfStream:
-            self.reader.close()
-            self.reader = None
-            self.status.setText(f"{self.stream}: closed by its writer")
-            return
-
-    def _attach(self) -> bool:
-        if clock.now_s() < self.retry_at:
-            return False
-        try:
-            self.reader = attach(self.full_name(), from_now=True)
-        except StreamNotFound:
-            self.retry_at = clock.now_s() + 0.5
-            return False
-        self._new_sweep()
-        return True
-
-    def _new_sweep(self) -> None:
-        assert self.reader is not None
-        channels = int(np.prod(self.reader.frame_shape)) if self.reader.frame_shape else 1
-        rate = self.reader.sample_rate or 1000.0
-        s = self.worker.settings
-        self.sweep = Sweep(channels, rate, s.window_s, s.width_px)
-        self.unit_uv = _scale(self.reader.descriptor)
-
-    def _drain(self, reader: RingReader) -> None:
-        """Fold what arrived into the sweep, straight from the ring (a view, no copy: a
-        refresh of 1024 channels would otherwise copy 2 MB into new pages)."""
-        budget = max(1, round(reader.sample_rate * self.worker.settings.window_s)) or 100_000
-        while budget > 0:
-            with reader.read_view(max_frames=budget, timeout_s=0) as view:
-                if not view.frames:
-                    break
-                if view.format_changed:
-                    self._new_sweep()
-                assert self.sweep is not None
-                self.sweep.add(view.data.reshape(view.frames, -1))
-                self.newest_ns = int(view.timestamps_ns[-1])
-            dropped = view.dropped
-            if not view.intact:  # overwritten while it was folded in: a sweep may show it torn
-                dropped += view.frames
-            if dropped:
-                self.dropped += dropped
-                self.overruns += 1
-            budget -= view.frames
-            self._count(view.frames)
-
-    def _count(self, frames: int) -> None:
-        started, counted = self._window
-        now = clock.now_s()
-        counted += frames
-        if now - started >= 1.0:
-            self.rate = counted / (now - started)
-            started, counted = now, 0
-        self._window = (started, counted)
-
-    def frames_before_newest(self, timestamps_ns: np.ndarray) -> np.ndarray | None:
-        """How many frames before the newest one each of ``timestamps_ns`` is (negative:
-        after it); None before the first frame."""
-        if self.newest_ns is None or self.sweep is None:
-            return None
-        ns_before = (self.newest_ns - timestamps_ns.astype(np.int64)).astype(np.float64)
-        return np.rint(ns_before * (self.sweep.sample_rate / 1e9)).astype(np.int64)
-
-    def _draw(self) -> None:
-        assert self.sweep is not None and self.reader is not None
-        s = self.worker.settings
-        per_page = min(s.channels_per_page, self.sweep.channels)
-        first = min(s.page * per_page, max(0, self.sweep.channels - per_page))
-        span = s.span_uv / self.unit_uv
-        image = self.picture.draw(self.sweep, first, per_page, s.height_px, span, s.gain)
-        self.image.show(image, self.picture.changed)
-        self._label(first, per_page, s.height_px)
-        self._time_axis(s.window_s, s.width_px)
-        if self.raster is not None:
-            self.raster.show(raster_image(self.sweep, first, per_page, s.raster_px))
-        text = (
-            f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
-            f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
-            f"{first + per_page} of {self.sweep.channels}  {s.window_s:g} s  gain {s.gain:g}  "
-            f"band {s.span_uv / s.gain:g} uV"
-        )
-        if text != self.status.text:  # a new text lays the label out again: only on change
-            self.status.setText(text)
-
-    def _time_axis(self, window_s: float, width: int) -> None:
-        """Ticks in seconds from the sweep's left edge (the cursor sweeps across)."""
-        key = (window_s, width)
-        if key == getattr(self, "_timed", None):
-            return
-        self._timed = key
-        steps = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)]
-        step = next((t for t in steps if window_s / t <= 10), 60.0)
-        ticks = [
-            (k * step * width / window_s, f"{k * step:g} s")
-            for k in range(int(window_s / step + 1e-9) + 1)
-        ]
-        self.plot.getAxis("bottom").setTicks([ticks, []])
-
-    def show_paused(self) -> None:
-        """The status line says the picture is paused (it keeps reading meanwhile)."""
-        text = self.status.text or self.stream
-        if "PAUSED" not in text:
-            self.status.setText(f"{text}  PAUSED (space)")
-
-    def _label(self, first: int, count: int, height: int) -> None:
-        """Channel labels beside their bands (at most ~32 on a page: every k-th)."""
-        assert self.reader is not None
-        key = (first, count, self.reader.generation)
-        if key == self._labelled:
-            return
-        self._labelled = key
-        labels = self.reader.descriptor.get("channel_labels") or []
-        band = max(2, height // max(1, count))
-        every = max(1, -(-count // 32))
-        ticks = [
-            (k * band + band // 2, str(labels[c]) if c < len(labels) else str(c))
-            for k, c in enumerate(range(first, first + count))
-            if k % every == 0
-        ]
-        self.plot.getAxis("left").setTicks([ticks, []])
 
 
 class ScopeWorker(Worker):
@@ -425,7 +232,7 @@ class ScopeWorker(Worker):
 
     def _step_page(self, delta: int) -> None:
         panel = self.panels[max(0, self.window.currentIndex())]
-        channels = panel.sweep.channels if panel.sweep is not None else 1
+        channels = panel.envelope.channels if panel.envelope is not None else 1
         pages = max(1, -(-channels // self.settings.channels_per_page))
         page = min(max(0, self.settings.page + delta), pages - 1)
         self.set_parameter("page", page)
@@ -448,7 +255,7 @@ class ScopeWorker(Worker):
         if name == "window_s" and getattr(self, "panels", None):
             for panel in self.panels:
                 if panel.reader is not None:
-                    panel._new_sweep()
+                    panel._new_envelope()
         if getattr(self, "shown", False):
             self._update_note()
 
@@ -481,7 +288,7 @@ class ScopeWorker(Worker):
             shown = self.panels[max(0, self.window.currentIndex())]
             if self.paused:
                 shown.show_paused()
-            elif shown.sweep is not None and shown.reader is not None:
+            elif shown.envelope is not None and shown.reader is not None:
                 self._overlay(shown)
                 shown._draw()
             self._count_frame()
@@ -492,7 +299,7 @@ class ScopeWorker(Worker):
 
     def _overlay(self, panel: Panel) -> None:
         """Spike ticks and stimulation markers on the panel shown."""
-        if panel.sweep is None:
+        if panel.envelope is None:
             return
         assert panel.reader is not None
         spikes = self._read_events(self.spikes)  # read on every refresh: it keeps up
@@ -501,10 +308,10 @@ class ScopeWorker(Worker):
         offsets = panel.frames_before_newest(spikes["timestamp_ns"])
         if offsets is not None and len(spikes):
             channel_ids = panel.reader.descriptor.get("channel_ids", [])
-            panel.sweep.mark_spikes(offsets, sweep_channels(spikes["channel"], channel_ids))
+            panel.envelope.mark_spikes(offsets, stream_columns(spikes["channel"], channel_ids))
         offsets = panel.frames_before_newest(self._read_marker_times(self.markers))
         if offsets is not None and len(offsets):
-            panel.sweep.mark(offsets)
+            panel.envelope.mark(offsets)
 
     def _reader(self, events: dict[str, Any]) -> RingReader | None:
         if not events["stream"]:

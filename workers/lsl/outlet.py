@@ -14,7 +14,7 @@ annotations and stimulation events (queued, refused, stopped, armed) go out
 as JSON text on a string marker outlet ``<session>/events``, stamped with the
 time they happened (an annotation's, a pulse's first sample). Timestamps are
 the ring's per-frame host timestamps converted to ``local_clock()``
-(:class:`~pipeline.lsl.ClockMap`). A new generation with another format
+(:class:`~workers.lsl.common.ClockMap`). A new generation with another format
 makes a new outlet under the same source_id. Pushing never blocks: liblsl
 buffers for each consumer and drops a consumer that falls ``max_buffered_s``
 behind, so a slow or vanished consumer never slows the rig. A stream that is
@@ -33,26 +33,27 @@ from pipeline.control import messages
 from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound
 from pipeline.host import clock
-from pipeline.lsl import FORMATS, ClockMap, pylsl
+from pipeline.settings import Settings
 from pipeline.worker import Worker
+from workers.lsl.common import FORMATS, ClockMap, pylsl
 
 #: Session events forwarded as markers (besides annotations and queued stimuli), stamped
 #: when they reach the outlet.
 MARKED = (messages.StimulationRefused, messages.StimulationStopped, messages.StimulatorArmed)
 
 
-class StreamOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class StreamOptions(Settings, kw_only=True):
     """``[workers.parameters.options."<stream>"]``."""
 
     type: str = ""  # LSL content type; default "EEG" (continuous) or "Markers" (events)
     chunk_frames: int = 0  # LSL's transmission chunk size; 0: as the ring delivers
 
 
-class OutletSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class OutletSettings(Settings, kw_only=True):
     """``[workers.parameters]`` of ``kind = "lsl_outlet"``."""
 
     streams: list[str]
-    options: dict[str, StreamOptions] = {}
+    options: dict[str, StreamOptions] = msgspec.field(default_factory=dict)
     max_buffered_s: int = 60  # per consumer, before liblsl drops it
     #: also publish the session's annotations and stimulation events as string markers
     markers: bool = False
@@ -127,7 +128,7 @@ class LslOutlet(Worker):
         moved = False
         while (got := self.events.receive(0)) is not None:
             _, event = got
-            if isinstance(event, messages.Annotated):
+            if isinstance(event, messages.Annotation):
                 at_ns = event.monotonic_ns
             elif isinstance(event, messages.StimulationQueued):
                 at_ns = event.queued_ns

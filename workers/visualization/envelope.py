@@ -3,7 +3,7 @@
 A stream is shown as ``width`` columns covering ``window_s``; each column keeps
 the minimum and maximum of every channel over the frames that fall in it
 (min/max decimation, so a one-sample spike still shows). New frames overwrite
-columns from left to right and wrap around (a sweep, as on an oscilloscope),
+columns from left to right and wrap around (a envelope, as on an oscilloscope),
 so each refresh costs only the frames that arrived since the last one.
 :func:`rasterize` turns a page of channels into an image (``Format_RGB32`` pixels, one
 uint32 each): stacked traces,
@@ -39,7 +39,7 @@ CLIP = rgb32(255, 0, 0)  # a band's edge where its trace goes past it
 BACKGROUND = rgb32(0, 0, 0)
 
 
-class Sweep:
+class Envelope:
     """Per-column min/max of every channel over the last ``window_s``."""
 
     def __init__(self, channels: int, sample_rate: float, window_s: float, width: int) -> None:
@@ -53,11 +53,11 @@ class Sweep:
         self.spikes = np.zeros((width, channels), bool)
         self.markers = np.zeros(width, bool)
         self.dirty = np.ones(width, bool)  # columns changed since the last picture
-        self.frame = 0  # frames seen since this sweep began
+        self.frame = 0  # frames seen since this envelope began
 
     @property
     def column(self) -> int:
-        """The column the next frame goes into (the sweep's cursor)."""
+        """The column the next frame goes into (the envelope's cursor)."""
         return int(self.frame // self.frames_per_column) % self.width
 
     def add(self, data: np.ndarray) -> None:
@@ -69,7 +69,7 @@ class Sweep:
         starts = np.flatnonzero(np.concatenate(([True], absolute[1:] != absolute[:-1])))
         low, high = _min_max(data, starts)
         touched = absolute[starts] % self.width
-        # A run that begins a column replaces what the column held one sweep ago.
+        # A run that begins a column replaces what the column held one envelope ago.
         fresh = np.ones(len(starts), bool)
         if self.frame > 0:
             fresh[0] = absolute[0] != (self.frame - 1) // self.frames_per_column
@@ -90,7 +90,7 @@ class Sweep:
 
     def mark_spikes(self, frame_offsets: np.ndarray, channels: np.ndarray) -> None:
         """Spikes, each ``frame_offsets[i]`` frames before the newest frame on ``channels[i]``
-        (0-based); those of channels the sweep does not have, or after its newest frame
+        (0-based); those of channels the envelope does not have, or after its newest frame
         (a negative offset), are left out."""
         shown = (channels >= 0) & (channels < self.channels) & (frame_offsets >= 0)
         columns = self._columns_of(frame_offsets[shown])
@@ -109,7 +109,7 @@ class Sweep:
         return (frames // self.frames_per_column).astype(np.int64) % self.width
 
 
-def sweep_channels(channel_ids: np.ndarray, stream_ids: list[int]) -> np.ndarray:
+def stream_columns(channel_ids: np.ndarray, stream_ids: list[int]) -> np.ndarray:
     """The sweep's channels (0-based columns of the stream) of device channel ids, by
     the stream's ``channel_ids`` (a Blackrock stream's); an id not in them, or any id
     when the stream has none, is taken as the column itself."""
@@ -146,7 +146,7 @@ def _min_max(data: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 class Picture:
-    """The scope's image of a sweep, redrawn column by column as the sweep changes.
+    """The scope's image of a envelope, redrawn column by column as the envelope changes.
 
     After :meth:`draw`, ``changed`` lists the runs of columns drawn again, as
     ``(first, stop)`` pairs: only those need painting on screen.
@@ -158,23 +158,23 @@ class Picture:
         self.changed: list[tuple[int, int]] = []
 
     def draw(
-        self, sweep: Sweep, first: int, count: int, height: int, span: float, gain: float
+        self, envelope: Envelope, first: int, count: int, height: int, span: float, gain: float
     ) -> np.ndarray:
         """The image (height x width, ``Format_RGB32`` uint32) of channels ``first .. first
         + count``: the same array from call to call while the layout stays.
 
-        Only the columns the sweep changed since the last call are drawn again,
-        unless the layout (channels, size, span, gain, sweep) changed.
+        Only the columns the envelope changed since the last call are drawn again,
+        unless the layout (channels, size, span, gain, envelope) changed.
         """
-        layout = (id(sweep), first, count, height, span, gain)
+        layout = (id(envelope), first, count, height, span, gain)
         if layout != self.layout or self.pixels is None:
-            self.pixels = np.empty((height, sweep.width), np.uint32)
+            self.pixels = np.empty((height, envelope.width), np.uint32)
             self.layout = layout
-            sweep.dirty[:] = True
-        columns = np.flatnonzero(sweep.dirty)
-        sweep.dirty[:] = False
+            envelope.dirty[:] = True
+        columns = np.flatnonzero(envelope.dirty)
+        envelope.dirty[:] = False
         if len(columns):
-            self.pixels[:, columns] = rasterize(sweep, first, count, height, span, gain, columns)
+            self.pixels[:, columns] = rasterize(envelope, first, count, height, span, gain, columns)
         self.changed = runs(columns)
         return self.pixels
 
@@ -190,7 +190,7 @@ def runs(columns: np.ndarray) -> list[tuple[int, int]]:
 
 
 def rasterize(
-    sweep: Sweep,
+    envelope: Envelope,
     first: int,
     count: int,
     height: int,
@@ -205,9 +205,9 @@ def rasterize(
     gain 1 (larger values are drawn at the band's edge). ``columns`` are the
     sweep's columns to draw (all when None).
     """
-    columns = np.arange(sweep.width) if columns is None else columns
+    columns = np.arange(envelope.width) if columns is None else columns
     width = len(columns)
-    count = max(1, min(count, sweep.channels - first))
+    count = max(1, min(count, envelope.channels - first))
     band = max(2, height // count)
     chans = slice(first, first + count)
     centers = (np.arange(count) * band + band // 2)[None, :]
@@ -216,9 +216,9 @@ def rasterize(
     bands_bottom = bands_top + band - 1
     # Larger values go up: rows count downward from the top. Values past the band
     # are drawn at its edge.
-    raw_top = np.rint(centers - sweep.high[columns, chans] * scale)
-    raw_bottom = np.rint(centers - sweep.low[columns, chans] * scale)
-    filled_columns = sweep.filled[columns][:, None]
+    raw_top = np.rint(centers - envelope.high[columns, chans] * scale)
+    raw_bottom = np.rint(centers - envelope.low[columns, chans] * scale)
+    filled_columns = envelope.filled[columns][:, None]
     # Past its band by more than a row (a value at exactly +-span/2 may round one row out).
     clipped_top = (raw_top < bands_top - 1) & filled_columns
     clipped_bottom = (raw_bottom > bands_bottom + 1) & filled_columns
@@ -233,24 +233,24 @@ def rasterize(
     edges = (starts - ends).astype(np.int16).reshape(height + 1, width)
     drawn = np.cumsum(edges, axis=0, dtype=np.int16)[:height] > 0
     image = np.where(drawn, TRACE, BACKGROUND)
-    spike_cols, spike_chans = np.nonzero(sweep.spikes[columns, chans])
+    spike_cols, spike_chans = np.nonzero(envelope.spikes[columns, chans])
     for dy in range(max(1, band // 6)):
         image[np.minimum(bands_top[0, spike_chans] + dy, height - 1), spike_cols] = SPIKE
     for clipped, edge in ((clipped_top, bands_top), (clipped_bottom, bands_bottom)):
         clip_cols, clip_chans = np.nonzero(clipped)
         image[np.minimum(edge[0, clip_chans], height - 1), clip_cols] = CLIP
-    image[:, sweep.markers[columns]] = MARKER
-    image[:, columns == sweep.column] = CURSOR
+    image[:, envelope.markers[columns]] = MARKER
+    image[:, columns == envelope.column] = CURSOR
     return image
 
 
-def raster_image(sweep: Sweep, first: int, count: int, height: int) -> np.ndarray:
+def raster_image(envelope: Envelope, first: int, count: int, height: int) -> np.ndarray:
     """A spike raster of channels ``first .. first + count`` over the window: one row
     band per channel (top to bottom), a tick in each column that holds a spike
     (height x width, ``Format_RGB32`` uint32)."""
-    count = max(1, min(count, sweep.channels - first))
+    count = max(1, min(count, envelope.channels - first))
     rows = np.minimum(np.arange(height) * count // height, count - 1)  # pixel row -> channel
-    spikes = sweep.spikes[:, first : first + count]  # (width, count)
+    spikes = envelope.spikes[:, first : first + count]  # (width, count)
     image = np.where(spikes[:, rows].T, SPIKE, BACKGROUND).astype(np.uint32)
-    image[:, sweep.column] = CURSOR
+    image[:, envelope.column] = CURSOR
     return image

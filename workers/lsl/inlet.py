@@ -13,7 +13,7 @@ appears (``rigpipe status`` says what it waits for), then fills
 
 Timestamps: liblsl applies its own clock synchronisation (``proc_clocksync``:
 the outlet's clock mapped onto this machine's ``local_clock()``), then
-:class:`~pipeline.lsl.ClockMap` maps that onto the host monotonic clock
+:class:`~workers.lsl.common.ClockMap` maps that onto the host monotonic clock
 the rings use. The correction liblsl measured is in the stream's descriptor
 (``lsl.time_correction_s``) and, when it moves by more than 0.5 ms, in a
 session event. When the outlet restarts, liblsl reconnects by itself (same
@@ -25,19 +25,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from pipeline.host import clock
-from pipeline.lsl import DTYPES, STRING_FORMAT, ClockMap, pylsl
+from pipeline.settings import Settings
 from pipeline.worker import Worker
+from workers.lsl.common import DTYPES, STRING_FORMAT, ClockMap, pylsl
 
 MARKER_DTYPE = np.dtype([("timestamp_ns", "<i8"), ("text", "S255")])
 #: Match keys of the config -> the XPath field of LSL's stream info.
 MATCH = {"name": "name", "type": "type", "source_id": "source_id", "hostname": "hostname"}
 
 
-class InletSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class InletSettings(Settings, kw_only=True):
     """``[workers.parameters]`` of ``kind = "lsl_inlet"``."""
 
     name: str = ""

@@ -1,0 +1,219 @@
+"""One stream's tab of the scope: its reader, its envelope, its image, axes and status line.
+
+A :class:`Panel` is made by the scope worker (:mod:`workers.visualization.worker`) once
+pyqtgraph loaded; it needs only the worker's shape (:class:`Scope`): its spec and its
+current settings, which ``rigpipe set`` and the keys change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.errors import EndOfStream, StreamNotFound
+from pipeline.host import clock
+from pipeline.ring import RingReader, attach
+from pipeline.worker import WorkerSpec
+from workers.visualization.envelope import Envelope, Picture, raster_image
+
+
+class Scope(Protocol):
+    """What a panel uses of the scope worker."""
+
+    spec: WorkerSpec
+    settings: Any  # ScopeSettings, replaced whole when a parameter changes
+
+
+def _scale(descriptor: dict[str, Any]) -> float:
+    """Microvolts per ring unit, from the descriptor (1 if it has none)."""
+    scale = descriptor.get("scale", 1.0)
+    if isinstance(scale, list):
+        return float(np.median(scale)) if scale else 1.0
+    return float(scale) if isinstance(scale, int | float) else 1.0
+
+
+class Panel:
+    """One stream's tab: its reader, its envelope, its image and status line."""
+
+    def __init__(self, worker: Scope, stream: str, pg: Any) -> None:
+        from workers.visualization.pixels import PixelImage  # pyqtgraph: loaded by setup
+
+        self.worker = worker
+        self.stream = stream
+        s = worker.settings
+        self.widget = pg.GraphicsLayoutWidget()
+        self.status = self.widget.addLabel("", row=0, col=0, justify="left")
+        self.plot = self.widget.addPlot(row=1, col=0)
+        self.plot.hideAxis("bottom")
+        self.plot.getAxis("left").setWidth(60)  # channel labels beside their traces
+        self.plot.setMenuEnabled(False)
+        self.plot.setMouseEnabled(x=False, y=False)  # no silent zoom: keys set the view
+        self.plot.hideButtons()
+        self.plot.invertY(True)
+        self.image = PixelImage()
+        self.plot.addItem(self.image)
+        self.plot.setRange(xRange=(0, s.width_px), yRange=(0, s.height_px), padding=0)
+        self.plot.showAxis("bottom")  # where in the envelope: seconds from its left edge
+        self.raster = None
+        if s.raster:  # rows = the page's channels, a tick per spike over the window
+            self.raster_plot = self.widget.addPlot(row=2, col=0)
+            self.raster_plot.hideAxis("bottom")
+            self.raster_plot.getAxis("left").setWidth(60)
+            self.raster_plot.setMenuEnabled(False)
+            self.raster_plot.setMouseEnabled(x=False, y=False)
+            self.raster_plot.hideButtons()
+            self.raster_plot.invertY(True)
+            self.raster_plot.setMaximumHeight(s.raster_px + 20)
+            self.raster = PixelImage()
+            self.raster_plot.addItem(self.raster)
+            self.raster_plot.setRange(xRange=(0, s.width_px), yRange=(0, s.raster_px), padding=0)
+            self.raster_plot.setXLink(self.plot)
+        # The axes and the status line change seldom, yet the image under them is drawn
+        # 30 times a second: Qt repaints them from a cached pixmap until they change.
+        cached = pg.QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache
+        plots = [self.plot, *([self.raster_plot] if self.raster is not None else [])]
+        for item in [self.status, *(p.getAxis(a) for p in plots for a in ("left", "bottom"))]:
+            item.setCacheMode(cached)
+        self.reader: RingReader | None = None
+        self.envelope: Envelope | None = None
+        self.picture = Picture()
+        self.newest_ns: int | None = None
+        self.dropped = self.overruns = 0
+        self.retry_at = 0.0
+        self.rate = 0.0
+        self._window = (clock.now_s(), 0)
+        self._labelled: tuple[int, int, int] | None = None  # (first, count, generation)
+
+    def full_name(self) -> str:
+        return f"{self.worker.spec.session}/{self.stream}"
+
+    def refresh(self) -> None:
+        """Fold the frames that arrived into the envelope (drawing is the worker's choice)."""
+        if self.reader is None and not self._attach():
+            self.status.setText(f"{self.stream}: waiting for its writer")
+            return
+        assert self.reader is not None
+        try:
+            self._drain(self.reader)
+        except EndOfStream:
+            self.reader.close()
+            self.reader = None
+            self.status.setText(f"{self.stream}: closed by its writer")
+            return
+
+    def _attach(self) -> bool:
+        if clock.now_s() < self.retry_at:
+            return False
+        try:
+            self.reader = attach(self.full_name(), from_now=True)
+        except StreamNotFound:
+            self.retry_at = clock.now_s() + 0.5
+            return False
+        self._new_envelope()
+        return True
+
+    def _new_envelope(self) -> None:
+        assert self.reader is not None
+        channels = int(np.prod(self.reader.frame_shape)) if self.reader.frame_shape else 1
+        rate = self.reader.sample_rate or 1000.0
+        s = self.worker.settings
+        self.envelope = Envelope(channels, rate, s.window_s, s.width_px)
+        self.unit_uv = _scale(self.reader.descriptor)
+
+    def _drain(self, reader: RingReader) -> None:
+        """Fold what arrived into the envelope, straight from the ring (a view, no copy: a
+        refresh of 1024 channels would otherwise copy 2 MB into new pages)."""
+        budget = max(1, round(reader.sample_rate * self.worker.settings.window_s)) or 100_000
+        while budget > 0:
+            with reader.read_view(max_frames=budget, timeout_s=0) as view:
+                if not view.frames:
+                    break
+                if view.format_changed:
+                    self._new_envelope()
+                assert self.envelope is not None
+                self.envelope.add(view.data.reshape(view.frames, -1))
+                self.newest_ns = int(view.timestamps_ns[-1])
+            dropped = view.dropped
+            if not view.intact:  # overwritten while it was folded in: a envelope may show it torn
+                dropped += view.frames
+            if dropped:
+                self.dropped += dropped
+                self.overruns += 1
+            budget -= view.frames
+            self._count(view.frames)
+
+    def _count(self, frames: int) -> None:
+        started, counted = self._window
+        now = clock.now_s()
+        counted += frames
+        if now - started >= 1.0:
+            self.rate = counted / (now - started)
+            started, counted = now, 0
+        self._window = (started, counted)
+
+    def frames_before_newest(self, timestamps_ns: np.ndarray) -> np.ndarray | None:
+        """How many frames before the newest one each of ``timestamps_ns`` is (negative:
+        after it); None before the first frame."""
+        if self.newest_ns is None or self.envelope is None:
+            return None
+        ns_before = (self.newest_ns - timestamps_ns.astype(np.int64)).astype(np.float64)
+        return np.rint(ns_before * (self.envelope.sample_rate / 1e9)).astype(np.int64)
+
+    def _draw(self) -> None:
+        assert self.envelope is not None and self.reader is not None
+        s = self.worker.settings
+        per_page = min(s.channels_per_page, self.envelope.channels)
+        first = min(s.page * per_page, max(0, self.envelope.channels - per_page))
+        span = s.span_uv / self.unit_uv
+        image = self.picture.draw(self.envelope, first, per_page, s.height_px, span, s.gain)
+        self.image.show(image, self.picture.changed)
+        self._label(first, per_page, s.height_px)
+        self._time_axis(s.window_s, s.width_px)
+        if self.raster is not None:
+            self.raster.show(raster_image(self.envelope, first, per_page, s.raster_px))
+        text = (
+            f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
+            f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
+            f"{first + per_page} of {self.envelope.channels}  {s.window_s:g} s  gain {s.gain:g}  "
+            f"band {s.span_uv / s.gain:g} uV"
+        )
+        if text != self.status.text:  # a new text lays the label out again: only on change
+            self.status.setText(text)
+
+    def _time_axis(self, window_s: float, width: int) -> None:
+        """Ticks in seconds from the envelope's left edge (the cursor sweeps across)."""
+        key = (window_s, width)
+        if key == getattr(self, "_timed", None):
+            return
+        self._timed = key
+        steps = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)]
+        step = next((t for t in steps if window_s / t <= 10), 60.0)
+        ticks = [
+            (k * step * width / window_s, f"{k * step:g} s")
+            for k in range(int(window_s / step + 1e-9) + 1)
+        ]
+        self.plot.getAxis("bottom").setTicks([ticks, []])
+
+    def show_paused(self) -> None:
+        """The status line says the picture is paused (it keeps reading meanwhile)."""
+        text = self.status.text or self.stream
+        if "PAUSED" not in text:
+            self.status.setText(f"{text}  PAUSED (space)")
+
+    def _label(self, first: int, count: int, height: int) -> None:
+        """Channel labels beside their bands (at most ~32 on a page: every k-th)."""
+        assert self.reader is not None
+        key = (first, count, self.reader.generation)
+        if key == self._labelled:
+            return
+        self._labelled = key
+        labels = self.reader.descriptor.get("channel_labels") or []
+        band = max(2, height // max(1, count))
+        every = max(1, -(-count // 32))
+        ticks = [
+            (k * band + band // 2, str(labels[c]) if c < len(labels) else str(c))
+            for k, c in enumerate(range(first, first + count))
+            if k % every == 0
+        ]
+        self.plot.getAxis("left").setTicks([ticks, []])
