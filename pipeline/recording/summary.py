@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.errors import RecordingError
 from pipeline.recording.format import (
     GAP_PERIODS,
+    LAYOUTS,
     StreamGroup,
     consistency_flags,
     locate,
@@ -193,6 +194,11 @@ def _check_stream(
         stream,
         StreamSummary(stream, dtype, tuple(data.shape[1:]), rate),
     )
+    if attrs.layout not in LAYOUTS:  # readback refuses such a group: so does inspect
+        report.problems.append(
+            f"{stream}: {file_name} has unknown layout {attrs.layout!r} "
+            f"(one of {', '.join(LAYOUTS)}); the file is damaged"
+        )
     first_frame = attrs.first_frame
     if stream in expected_first and first_frame != expected_first[stream]:
         report.problems.append(

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import config
@@ -138,6 +138,9 @@ _SMALL: Path | None = None
 
 @settings(FUZZ, max_examples=150)
 @given(st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=24))
+# found by this test: a zero byte cut the layout attribute to 'frames x cha'; readback
+# refused the group and inspect, which did not look at the layout, passed it
+@example(flips=[(0.002679283814367883, 0)])
 def test_any_bytes_in_a_segment_read_back_or_one_recording_error(flips) -> None:
     from pipeline import open_recording
     from pipeline.recording.summary import inspect
