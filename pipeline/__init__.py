@@ -16,6 +16,8 @@ A recording is read back with :func:`open_recording`::
         x = rec[0:8, 0:30000]   # (channels, frames) over every segment file
 """
 
+from typing import Any
+
 from pipeline.errors import (
     BusTimeout,
     ConfigError,
@@ -62,7 +64,7 @@ def attach(
     return _attach_full_name(stream, from_now=from_now, cursor=cursor, stream_id=stream_id)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # Imported on first use: ``python -m pipeline.worker`` must not find it imported already.
     if name == "Worker":
         from pipeline.worker import Worker

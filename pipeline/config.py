@@ -42,7 +42,7 @@ from pipeline.settings import Port, Positive, Settings
 from pipeline.worker import Worker, use_worker_path, worker_path
 
 
-class SessionConfig(Settings, kw_only=True):
+class SessionConfig(Settings, frozen=True, kw_only=True):
     """``[session]``: the rig as a whole."""
 
     name: str = "default"
@@ -54,7 +54,7 @@ class SessionConfig(Settings, kw_only=True):
     stop_timeout_s: Positive = 5.0
 
 
-class ControlConfig(Settings, kw_only=True):
+class ControlConfig(Settings, frozen=True, kw_only=True):
     """``[control]``: the ZeroMQ control plane."""
 
     transport: Literal["auto", "ipc", "tcp"] = "auto"
@@ -67,7 +67,7 @@ class ControlConfig(Settings, kw_only=True):
     keys_file: str = ""
 
 
-class WorkerConfig(Settings, kw_only=True):
+class WorkerConfig(Settings, frozen=True, kw_only=True):
     """``[[workers]]``: one worker process."""
 
     name: str
@@ -84,7 +84,7 @@ class WorkerConfig(Settings, kw_only=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Config(Settings, kw_only=True):
+class Config(Settings, frozen=True, kw_only=True):
     session: SessionConfig = SessionConfig()
     control: ControlConfig = ControlConfig()
     workers: Annotated[list[WorkerConfig], msgspec.Meta(min_length=1)]

@@ -22,9 +22,9 @@ import argparse
 import errno
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from pipeline.cli import control, recordings, run, stim, streams
+from pipeline.cli import control, init, recordings, run, stim, streams
 from pipeline.errors import ConfigError, RigpipeError
 
 
@@ -80,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, handler, help: str, session_option: bool = True):
+    def command(
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help: str,
+        session_option: bool = True,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if session_option:
             p.add_argument("--session", help="which rig, when several run (default: the only one)")
@@ -88,6 +93,6 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    for group in (run, control, streams, recordings, stim):  # the order of rigpipe --help
+    for group in (run, init, control, streams, recordings, stim):  # the order of rigpipe --help
         group.add_commands(command)
     return parser

@@ -24,16 +24,23 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline import config
+from pipeline.cli.init import EXAMPLES, example_text
 from pipeline.cli.text import event_line
 from pipeline.control import messages
 from pipeline.control.messages import StatusReply
+from pipeline.errors import RigpipeError
 from pipeline.host import clock
 from pipeline.host.output import Output, log_without_blocking
 
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     run = command("run", run_rig, "run a rig from a config file, in the foreground", False)
-    run.add_argument("config", help="TOML config, e.g. configs/demo.toml")
+    run.add_argument("config", nargs="?", help="TOML config, e.g. configs/demo.toml")
+    run.add_argument(
+        "--example",
+        choices=sorted(EXAMPLES),
+        help="run an example rigpipe ships instead of a file (`rigpipe init` writes one out)",
+    )
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.add_argument("--check", action="store_true", help="validate the config and exit")
 
@@ -41,7 +48,17 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 def run_rig(args: argparse.Namespace) -> int:
     from pipeline.supervisor.supervisor import Supervisor
 
-    rig = config.load(args.config)
+    if (args.config is None) == (args.example is None):
+        which = "both a config file and --example" if args.config else "no config"
+        raise RigpipeError(
+            f"{which}: name a config file (`rigpipe run rig.toml`) or an example "
+            f"(`rigpipe run --example demo`; examples: {', '.join(sorted(EXAMPLES))})"
+        )
+    if args.example:
+        rig = config.loads(example_text(args.example), f"<example {args.example}>")
+        args.config = f"example {args.example}"
+    else:
+        rig = config.load(args.config)
     if args.check:
         workers = ", ".join(f"{p.name} ({p.config.kind})" for p in rig.workers)
         print(f"{args.config}: valid; session {rig.session.name!r}; workers: {workers}")
@@ -83,7 +100,7 @@ def enable_vt(windows: bool = sys.platform == "win32", kernel32: Any = None) -> 
     import ctypes
 
     if kernel32 is None:
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]  # Windows only
     handle = kernel32.GetStdHandle(STD_OUTPUT_HANDLE)
     mode = ctypes.c_uint32()
     if not kernel32.GetConsoleMode(handle, ctypes.byref(mode)):

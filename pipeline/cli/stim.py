@@ -22,7 +22,7 @@ from pipeline.errors import RigpipeError
 
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    stim = command("stim", run, "stimulate, stop, arm or disarm (safety-checked)")
+    stim = command("stim", run, "stimulate, silence, arm or disarm (safety-checked)")
     add_arguments(stim)
 
 
@@ -69,8 +69,9 @@ def add_arguments(stim: argparse.ArgumentParser) -> None:
     wave.add_argument("file", help=".npy, or text with one number (uA) per line or comma")
     wave.add_argument("--sample-rate-hz", type=float, default=50_000.0)
     _repeat_arguments(wave)
-    stop = add_parser("stop", help="silence one channel, or every channel")
-    stop.add_argument("channel", type=int, nargs="?", default=None)
+    # "stop" too, as it was called before: stop ends a process, silence a channel's output
+    silence = add_parser("silence", aliases=["stop"], help="silence one channel, or every channel")
+    silence.add_argument("channel", type=int, nargs="?", default=None)
     add_parser("arm", help="allow stimulation")
     add_parser("disarm", help="refuse stimulation and silence every channel")
 
@@ -102,7 +103,7 @@ def request_for(args: argparse.Namespace) -> messages.Message:
                 frequency_hz=args.frequency_hz,
                 count=args.count,
             )
-        case "stop":
+        case "silence" | "stop":
             return messages.StopStimulation(worker=worker, channel=args.channel)
         case "arm":
             return messages.Arm(worker=worker)

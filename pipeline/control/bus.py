@@ -193,7 +193,7 @@ def ipc_endpoints(runtime_dir: Path) -> Endpoints:
 
 
 def _socket(kind: int) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(kind)
+    sock: zmq.Socket = zmq.Context.instance().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     return sock
 
@@ -232,7 +232,7 @@ class Router:
 
     def pending(self) -> bool:
         """True if a message waits (cheap; also re-arms the socket's ``zmq.FD``)."""
-        return bool(self.socket.getsockopt(zmq.EVENTS) & _POLLIN)
+        return bool(int(self.socket.getsockopt(zmq.EVENTS)) & _POLLIN)
 
     def receive(self, timeout_s: float) -> list[tuple[bytes, Message | ProtocolError]]:
         """Every message waiting (after up to ``timeout_s`` for the first), with its sender."""
@@ -381,7 +381,7 @@ class Client:
 
     def pending(self) -> bool:
         """True if a message waits (cheap; also re-arms the socket's ``zmq.FD``)."""
-        return bool(self._sock.getsockopt(zmq.EVENTS) & _POLLIN)
+        return bool(int(self._sock.getsockopt(zmq.EVENTS)) & _POLLIN)
 
     def receive(self, timeout_s: float = 0.0) -> Message | None:
         """The next message from the supervisor, or None after ``timeout_s``."""

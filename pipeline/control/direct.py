@@ -103,7 +103,7 @@ class WorkerClient:
         self._ring: RingWriter | None = None
         self._ring_retry = False  # the worker did not answer when told of the ring
         self._frame = np.zeros(1, COMMAND_FRAME)
-        self._frame_bytes = memoryview(self._frame.view(np.uint8))
+        self._frame_bytes = self._frame.view(np.uint8).data
         if shared_memory:
             self._ring = self._open_ring()
 

@@ -41,7 +41,7 @@ class Doorbell:
 
     def __init__(self, sockets: list[zmq.Socket]) -> None:
         self.rung = threading.Event()
-        self._fds = [sock.getsockopt(zmq.FD) for sock in sockets]
+        self._fds = [_fd(sock) for sock in sockets]
         self._armed = threading.Event()
         self._nudge: Callable[[], None] | None = None
         self._closing = False
@@ -51,7 +51,7 @@ class Doorbell:
 
     def add(self, sock: zmq.Socket) -> None:
         """Watch ``sock`` too (from the next sleep on)."""
-        self._fds = [*self._fds, sock.getsockopt(zmq.FD)]
+        self._fds = [*self._fds, _fd(sock)]
         self._stop_out.send(b"r")  # a select under way starts again with the new list
 
     @contextlib.contextmanager
@@ -85,8 +85,8 @@ class Doorbell:
             self._armed.wait()
             if self._closing:
                 return
-            readable, _, _ = select.select([*self._fds, stop], [], [])
-            if stop in readable:
+            readable, _, _ = select.select([*self._fds, stop.fileno()], [], [])
+            if stop.fileno() in readable:
                 stop.recv(4096)
                 continue  # closing (checked above) or a new socket to watch
             nudge = self._nudge
@@ -98,3 +98,8 @@ class Doorbell:
             while self._nudge is nudge and clock.now_s() < until:
                 nudge()
                 time.sleep(NUDGE_REPEAT_S)
+
+
+def _fd(sock: zmq.Socket) -> int:
+    """The descriptor that signals ``sock``'s events (``zmq.FD``: an int on every OS)."""
+    return int(sock.getsockopt(zmq.FD))  # typed int | bytes: bytes only for string options

@@ -35,7 +35,7 @@ class Message(msgspec.Struct, tag_field="type", tag=_snake, frozen=True, kw_only
 
 
 # -- requests (client or worker -> supervisor) ----------------------------------------------------
-class Hello(Message, kw_only=True):
+class Hello(Message, frozen=True, kw_only=True):
     """First message of a worker: who it is. The supervisor answers ``Ok`` or ``Error``."""
 
     request_id: int = 0
@@ -45,36 +45,36 @@ class Hello(Message, kw_only=True):
     direct: str = ""  # the worker's own request socket, if it has one (Worker.direct)
 
 
-class Status(Message, kw_only=True):
+class Status(Message, frozen=True, kw_only=True):
     """Ask for a ``StatusReply``: workers, streams, lags, counters."""
 
     request_id: int = 0
 
 
-class ListStreams(Message, kw_only=True):
+class ListStreams(Message, frozen=True, kw_only=True):
     """Ask for a ``StreamsReply``: the session's streams by full name."""
 
     request_id: int = 0
 
 
-class _WorkerCommand(Message, kw_only=True):
+class _WorkerCommand(Message, frozen=True, kw_only=True):
     request_id: int = 0
     worker: str
 
 
-class StartWorker(_WorkerCommand):
+class StartWorker(_WorkerCommand, frozen=True):
     """Start a worker that is stopped, failed or waiting in backoff."""
 
 
-class StopWorker(_WorkerCommand):
+class StopWorker(_WorkerCommand, frozen=True):
     """Stop a worker and keep it stopped (its restart policy is suspended)."""
 
 
-class RestartWorker(_WorkerCommand):
+class RestartWorker(_WorkerCommand, frozen=True):
     """Stop a worker and start it again at once (counted as a restart)."""
 
 
-class WorkerRequest(Message, kw_only=True):
+class WorkerRequest(Message, frozen=True, kw_only=True):
     """Base of requests meant for one worker: the supervisor forwards them to ``worker``
     and relays its reply (``Ok``/``Accepted`` or ``Error``/``Refused``)."""
 
@@ -82,7 +82,7 @@ class WorkerRequest(Message, kw_only=True):
     worker: str
 
 
-class SetParameter(WorkerRequest, kw_only=True):
+class SetParameter(WorkerRequest, frozen=True, kw_only=True):
     """Change one of a worker's settable parameters while it runs."""
 
     name: str
@@ -100,7 +100,7 @@ class Phase(msgspec.Struct, frozen=True, array_like=True):
     duration_us: float
 
 
-class PulseTrain(WorkerRequest, kw_only=True):
+class PulseTrain(WorkerRequest, frozen=True, kw_only=True):
     """Stimulate ``channel`` with ``phases`` (``interphase_us`` of zero current between
     them), repeated ``count`` times at ``frequency_hz``. Answered ``Accepted`` with the
     command's id, or ``Refused`` naming the limit it breaks."""
@@ -113,7 +113,7 @@ class PulseTrain(WorkerRequest, kw_only=True):
     interphase_us: float = 0.0
 
 
-class Waveform(WorkerRequest, kw_only=True):
+class Waveform(WorkerRequest, frozen=True, kw_only=True):
     """Stimulate ``channel`` with arbitrary ``samples_ua`` at ``sample_rate_hz`` (the
     stimulator's output rate), repeated ``count`` times at ``frequency_hz``."""
 
@@ -125,7 +125,7 @@ class Waveform(WorkerRequest, kw_only=True):
     count: int = 1
 
 
-class PrepareStimulus(WorkerRequest, kw_only=True):
+class PrepareStimulus(WorkerRequest, frozen=True, kw_only=True):
     """Check and render ``stimulus`` now, and keep it ready for ``FireStimulus``: a closed
     loop's fastest command, with nothing left to decode, check or render when it counts.
     Answered ``Prepared`` (its ``handle``), or ``Refused`` naming the limit it breaks.
@@ -135,7 +135,7 @@ class PrepareStimulus(WorkerRequest, kw_only=True):
     stimulus: PulseTrain | Waveform
 
 
-class FireStimulus(WorkerRequest, kw_only=True):
+class FireStimulus(WorkerRequest, frozen=True, kw_only=True):
     """Queue the stimulus prepared as ``handle`` (``PrepareStimulus``). Answered
     ``Accepted``, or ``Refused``: disarmed (``limit`` "armed"), or a handle the worker
     does not hold (``limit`` "prepared": it restarted since, or forgot the oldest of
@@ -145,7 +145,7 @@ class FireStimulus(WorkerRequest, kw_only=True):
     handle: int
 
 
-class StopStimulation(WorkerRequest, kw_only=True):
+class StopStimulation(WorkerRequest, frozen=True, kw_only=True):
     """Silence ``channel`` (every channel if None) within one output buffer period;
     pending pulses are dropped."""
 
@@ -153,20 +153,20 @@ class StopStimulation(WorkerRequest, kw_only=True):
     channel: int | None = None
 
 
-class Arm(WorkerRequest, kw_only=True):
+class Arm(WorkerRequest, frozen=True, kw_only=True):
     """Allow stimulation (commands and triggers). Stimulators start disarmed unless
     their config says ``armed = true``."""
 
     worker: str = "stim"
 
 
-class Disarm(WorkerRequest, kw_only=True):
+class Disarm(WorkerRequest, frozen=True, kw_only=True):
     """Refuse all stimulation from now on and silence every channel."""
 
     worker: str = "stim"
 
 
-class CommandRing(WorkerRequest, kw_only=True):
+class CommandRing(WorkerRequest, frozen=True, kw_only=True):
     """Sent to a worker's own socket (``Worker.direct``) by a client on the same machine:
     also take requests from shared-memory ring ``stream`` (the client writes it; each
     frame one encoded request, see ``pipeline.control.direct``), answering them on this
@@ -175,21 +175,21 @@ class CommandRing(WorkerRequest, kw_only=True):
     stream: str
 
 
-class Annotate(Message, kw_only=True):
+class Annotate(Message, frozen=True, kw_only=True):
     """A free-text comment, time-stamped by the supervisor and broadcast as ``Annotation``."""
 
     request_id: int = 0
     text: str
 
 
-class Shutdown(Message, kw_only=True):
+class Shutdown(Message, frozen=True, kw_only=True):
     """Stop the whole session in order, as Ctrl-C does."""
 
     request_id: int = 0
 
 
 # -- worker -> supervisor -------------------------------------------------------------------------
-class ReaderReport(Message, kw_only=True):
+class ReaderReport(Message, frozen=True, kw_only=True):
     """A lossless reader inside a worker: where its cursor is on a stream."""
 
     stream: str
@@ -197,7 +197,7 @@ class ReaderReport(Message, kw_only=True):
     dropped: int = 0
 
 
-class Heartbeat(Message, kw_only=True):
+class Heartbeat(Message, frozen=True, kw_only=True):
     """Sent by every worker each heartbeat interval; answered with ``HeartbeatAck``."""
 
     worker: str
@@ -208,7 +208,7 @@ class Heartbeat(Message, kw_only=True):
     note: str = ""  # one line for status: what it is doing, or what went wrong
 
 
-class Report(Message, kw_only=True):
+class Report(Message, frozen=True, kw_only=True):
     """Something a worker wants the session to know (a warning, a drop); published as an event."""
 
     worker: str
@@ -217,44 +217,44 @@ class Report(Message, kw_only=True):
 
 
 # -- supervisor -> worker -------------------------------------------------------------------------
-class HeartbeatAck(Message, kw_only=True):
+class HeartbeatAck(Message, frozen=True, kw_only=True):
     """The supervisor is alive; a worker that stops getting these exits."""
 
 
-class Stop(Message, kw_only=True):
+class Stop(Message, frozen=True, kw_only=True):
     """Ask a worker to finish its work (drain, close files) and exit 0."""
 
     request_id: int = 0
 
 
 # -- replies --------------------------------------------------------------------------------------
-class Ok(Message, kw_only=True):
+class Ok(Message, frozen=True, kw_only=True):
     """A request succeeded; ``detail`` says what happened."""
 
     request_id: int = 0
     detail: str = ""
 
 
-class Accepted(Ok, kw_only=True):
+class Accepted(Ok, frozen=True, kw_only=True):
     """A stimulation command passed its safety check and is queued as ``command_id``."""
 
     command_id: int
 
 
-class Prepared(Ok, kw_only=True):
+class Prepared(Ok, frozen=True, kw_only=True):
     """A ``PrepareStimulus`` passed its safety check; fire it with ``FireStimulus(handle)``."""
 
     handle: int
 
 
-class Error(Message, kw_only=True):
+class Error(Message, frozen=True, kw_only=True):
     """A request failed or could not be decoded; ``text`` says why and what to do."""
 
     request_id: int = 0
     text: str
 
 
-class Refused(Error, kw_only=True):
+class Refused(Error, frozen=True, kw_only=True):
     """A stimulation command broke a configured limit (or the stimulator is disarmed);
     nothing reached the stimulator. ``limit``, ``value``, ``allowed`` and ``channel``
     say which limit; ``text`` says it in words."""
@@ -265,7 +265,7 @@ class Refused(Error, kw_only=True):
     allowed: float | None = None
 
 
-class WorkerStatus(Message, kw_only=True):
+class WorkerStatus(Message, frozen=True, kw_only=True):
     name: str
     kind: str
     state: str
@@ -280,14 +280,14 @@ class WorkerStatus(Message, kw_only=True):
     note: str = ""
 
 
-class ReaderLag(Message, kw_only=True):
+class ReaderLag(Message, frozen=True, kw_only=True):
     worker: str
     cursor: int
     lag: int
     dropped: int = 0
 
 
-class StreamStatus(Message, kw_only=True):
+class StreamStatus(Message, frozen=True, kw_only=True):
     stream: str
     writer: str
     generation: int = 0
@@ -298,7 +298,7 @@ class StreamStatus(Message, kw_only=True):
     readers: list[ReaderLag] = []
 
 
-class StatusReply(Message, kw_only=True):
+class StatusReply(Message, frozen=True, kw_only=True):
     request_id: int = 0
     session: str
     uptime_s: float
@@ -308,13 +308,13 @@ class StatusReply(Message, kw_only=True):
     bad_messages: int = 0
 
 
-class StreamsReply(Message, kw_only=True):
+class StreamsReply(Message, frozen=True, kw_only=True):
     request_id: int = 0
     streams: list[StreamStatus] = []
 
 
 # -- events (PUB) ---------------------------------------------------------------------------------
-class WorkerStateChanged(Message, kw_only=True):
+class WorkerStateChanged(Message, frozen=True, kw_only=True):
     worker: str
     state: str
     pid: int = 0
@@ -322,20 +322,20 @@ class WorkerStateChanged(Message, kw_only=True):
     detail: str = ""
 
 
-class WorkerRestarted(Message, kw_only=True):
+class WorkerRestarted(Message, frozen=True, kw_only=True):
     worker: str
     restarts: int
     reason: str
     pid: int = 0
 
 
-class ParameterChanged(Message, kw_only=True):
+class ParameterChanged(Message, frozen=True, kw_only=True):
     worker: str
     name: str
     value: Any
 
 
-class Annotation(Message, kw_only=True, tag="annotated"):
+class Annotation(Message, frozen=True, kw_only=True, tag="annotated"):
     """A comment made (``Annotate``), as published; its tag keeps the name recordings use."""
 
     text: str
@@ -343,24 +343,24 @@ class Annotation(Message, kw_only=True, tag="annotated"):
     monotonic_ns: int  # the supervisor's monotonic clock, the clock ring timestamps use
 
 
-class Reported(Message, kw_only=True):
+class Reported(Message, frozen=True, kw_only=True):
     worker: str
     level: str
     text: str
 
 
-class SessionStateChanged(Message, kw_only=True):
+class SessionStateChanged(Message, frozen=True, kw_only=True):
     session: str
     state: str
 
 
-class WorkerEvent(Message, kw_only=True):
+class WorkerEvent(Message, frozen=True, kw_only=True):
     """Base of events a worker sends itself; the supervisor publishes them unchanged."""
 
     worker: str
 
 
-class StimulationQueued(WorkerEvent, kw_only=True):
+class StimulationQueued(WorkerEvent, frozen=True, kw_only=True):
     """A safety-checked stimulus went into the output queue of ``channel``.
 
     ``source`` is ``command`` or ``trigger:<rule>``; ``queued_ns`` (host monotonic)
@@ -383,7 +383,7 @@ class StimulationQueued(WorkerEvent, kw_only=True):
     frame_timestamp_ns: int = 0
 
 
-class StimulationRefused(WorkerEvent, kw_only=True):
+class StimulationRefused(WorkerEvent, frozen=True, kw_only=True):
     """A stimulus was refused (a limit, a disarmed stimulator, a malformed command)."""
 
     source: str = "command"
@@ -394,7 +394,7 @@ class StimulationRefused(WorkerEvent, kw_only=True):
     allowed: float | None = None
 
 
-class StimulationStopped(WorkerEvent, kw_only=True):
+class StimulationStopped(WorkerEvent, frozen=True, kw_only=True):
     """Output was silenced on ``channel`` (None: every channel)."""
 
     channel: int | None = None
@@ -402,14 +402,14 @@ class StimulationStopped(WorkerEvent, kw_only=True):
     reason: str = ""
 
 
-class StimulatorArmed(WorkerEvent, kw_only=True):
+class StimulatorArmed(WorkerEvent, frozen=True, kw_only=True):
     """The stimulator was armed (``armed``) or disarmed, and why."""
 
     armed: bool
     reason: str = ""
 
 
-class Triggered(WorkerEvent, kw_only=True):
+class Triggered(WorkerEvent, frozen=True, kw_only=True):
     """A closed-loop rule saw its condition at frame ``sequence`` of ``stream``.
 
     ``fired`` says whether a stimulus was queued (``command_id``); if not, ``reason``

@@ -41,7 +41,7 @@ _HANDLER_ROUTINE = getattr(ctypes, "WINFUNCTYPE", ctypes.CFUNCTYPE)(ctypes.c_int
 
 
 def _kernel32() -> Any:
-    return ctypes.windll.kernel32  # type: ignore[attr-defined]
+    return ctypes.windll.kernel32  # type: ignore[attr-defined]  # Windows only
 
 
 class ConsoleClose:

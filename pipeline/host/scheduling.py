@@ -50,6 +50,7 @@ def make_realtime(priority: int) -> str:
     if sys.platform == "win32":
         import psutil
 
+        # Windows only: psutil defines the priority classes there
         high, normal = psutil.HIGH_PRIORITY_CLASS, psutil.NORMAL_PRIORITY_CLASS  # type: ignore[attr-defined]
         wanted = high if priority else normal
         try:

@@ -21,7 +21,7 @@ from typing import Any
 def _winmm() -> Any:
     import ctypes
 
-    return ctypes.WinDLL("winmm")  # type: ignore[attr-defined]
+    return ctypes.WinDLL("winmm")  # type: ignore[attr-defined]  # Windows only
 
 
 @contextlib.contextmanager

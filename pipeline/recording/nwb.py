@@ -340,7 +340,8 @@ class _Writer:
             self._units(nwbfile, view)
             return
         names = [f for f in view.dtype.names or () if f != "timestamp_ns"]
-        times, columns = [], {f: [] for f in names}
+        times: list[np.ndarray] = []
+        columns: dict[str, list[np.ndarray]] = {f: [] for f in names}
         for chunk, seconds in self._records(view):
             times.append(seconds)
             for f in names:
@@ -383,12 +384,12 @@ class _Writer:
         trains: dict[tuple[int, int], list[np.ndarray]] = {}
         for chunk, times in self._records(view):
             order = np.lexsort((chunk["unit"], chunk["channel"]))  # by channel, then unit
-            channel, unit = chunk["channel"][order], chunk["unit"][order]
+            channels, units = chunk["channel"][order], chunk["unit"][order]
             starts = np.flatnonzero(
-                np.concatenate(([True], (np.diff(channel) != 0) | (np.diff(unit) != 0)))
+                np.concatenate(([True], (np.diff(channels) != 0) | (np.diff(units) != 0)))
             )
             for first, part in zip(starts, np.split(times[order], starts[1:]), strict=True):
-                trains.setdefault((int(channel[first]), int(unit[first])), []).append(part)
+                trains.setdefault((int(channels[first]), int(units[first])), []).append(part)
         labels = _spike_labels(view)
         rows = _electrode_rows(nwbfile, view.stream.split("/")[0])
         if nwbfile.units is None:  # the first spike stream adds the columns

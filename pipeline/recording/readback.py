@@ -220,14 +220,15 @@ class Recording:
     @property
     def provenance(self) -> dict[str, Any]:
         """The first segment's provenance, with the last segment's finishing attributes."""
-        first = dict(self.files.get(self.segment_paths[0])["provenance"].attrs)
-        last = self.files.get(self.segment_paths[-1])["provenance"].attrs
+        first = dict(self.files.get(str(self.segment_paths[0]))["provenance"].attrs)
+        last = self.files.get(str(self.segment_paths[-1]))["provenance"].attrs
         first.update({k: v for k, v in last.items() if k.startswith("finish") or k == "crashed"})
         return {k: v.item() if isinstance(v, np.generic) else v for k, v in first.items()}
 
     def _table(self, name: str) -> np.ndarray:
         """Table ``name`` (events, gaps, restarts) of every segment, checked against the limit."""
-        tables = [self.files.get(p)[name] for p in self.segment_paths if name in self.files.get(p)]
+        files = [self.files.get(str(p)) for p in self.segment_paths]
+        tables = [file[name] for file in files if name in file]
         nbytes = sum(t.size * t.dtype.itemsize for t in tables)
         self.guard.check(nbytes, lambda: f"the {name} tables ({sum(t.size for t in tables)} rows)")
         return np.concatenate([t[:] for t in tables]) if tables else np.empty(0)

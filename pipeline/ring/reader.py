@@ -97,8 +97,10 @@ class ChunkView(_FrameSpan):
     were in use.
     """
 
-    __slots__ = ("_intact", "_reader", "_segment", "data", "dropped", "generation")
-    __slots__ += ("format_changed", "start_sequence", "timestamps_ns")
+    __slots__ = (
+        *("_intact", "_reader", "_segment", "data", "dropped", "generation"),
+        *("format_changed", "start_sequence", "timestamps_ns"),
+    )
 
     def __init__(
         self,
@@ -466,9 +468,9 @@ class RingReader:
                         "generation closed before this reader reached it"
                     ) from None
                 if clock.now_s() > deadline:
-                    old = self._segment.header.generation
+                    superseded = self._segment.header.generation
                     raise SegmentCorrupt(
-                        f"stream {self.stream!r}: generation {old} was "
+                        f"stream {self.stream!r}: generation {superseded} was "
                         f"superseded but its successor {number} cannot be opened"
                     ) from None
                 time.sleep(1e-4)  # replaced again while we looked; re-read the stream segment

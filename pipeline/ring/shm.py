@@ -49,7 +49,9 @@ class Segment:
     ) -> None:
         self.name = name
         self._mapping = mapping
-        self.buf: memoryview = memoryview(mapping) if _POSIX else mapping.buf
+        buf = memoryview(mapping) if isinstance(mapping, mmap.mmap) else mapping.buf
+        assert buf is not None  # a SharedMemory's buf is None only once closed
+        self.buf: memoryview = buf
         self.size = len(self.buf)
         #: (device, inode) of the object mapped (POSIX), to tell whether the name still refers to it
         self.identity = identity

@@ -81,7 +81,7 @@ class _FutexWaitv(ctypes.Structure):
     )
 
 
-def _load_syscall() -> ctypes._CFuncPtr | None:
+def _load_syscall() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux") or _SYS_FUTEX is None:
         return None
     syscall = ctypes.CDLL(None, use_errno=True).syscall
@@ -227,6 +227,7 @@ class WakeWord:
             words[1] = 1
             # Returns 0 (woken), or -1 with EAGAIN (word already changed),
             # ETIMEDOUT or EINTR: the loop re-reads the word in every case.
+            assert _syscall is not None  # the futex wait is chosen only where it loaded
             _syscall(_SYS_FUTEX, self._address, _FUTEX_WAIT, seen, ctypes.byref(timespec), None, 0)
 
     def _wait_poll(
@@ -301,6 +302,7 @@ def _waitv(
             word._words[1] = 1  # the waiters flag: writers call FUTEX_WAKE only when set
         # 0+ (woken), or -1 with EAGAIN (a word already changed), ETIMEDOUT or EINTR:
         # the loop re-reads every word in each case.
+        assert _syscall is not None  # futex_waitv is chosen only where it loaded
         _syscall(
             _SYS_FUTEX_WAITV,
             ctypes.byref(waiters),

@@ -101,7 +101,7 @@ class RingWriter:
         self._fields = generation.fields
         self._frames = generation.frames
         self._frame_nbytes = generation.frames[:1].nbytes  # bytes of one frame
-        self._raw = memoryview(generation.frames.reshape(-1).view(np.uint8))  # write_bytes'
+        self._raw = generation.frames.reshape(-1).view(np.uint8).data  # write_bytes'
         self._timestamps = generation.timestamps_ns
         self._wake = generation.wake
         self._capacity = generation.capacity
@@ -229,6 +229,7 @@ class RingWriter:
         self, frames: np.ndarray | memoryview, n: int, timestamps_ns: np.ndarray | None
     ) -> int:
         """Copy ``n`` checked frames (an array, or their bytes) into the ring and wake."""
+        data: Any = frames  # an ndarray, or (``raw`` below) a memoryview of frame bytes
         capacity = self._capacity
         now = clock.now_ns()
         if now >= self._next_link_check:
@@ -248,13 +249,13 @@ class RingWriter:
             self._last_stamp_ns = end
         else:
             self._last_stamp_ns = int(timestamps_ns[-1])
-        raw = type(frames) is memoryview
+        raw = type(data) is memoryview
         if slot + n <= capacity:  # the common case: one contiguous run of slots
             if raw:
                 size = self._frame_nbytes
-                self._raw[slot * size : (slot + n) * size] = frames
+                self._raw[slot * size : (slot + n) * size] = data
             else:
-                self._frames[slot : slot + n] = frames
+                self._frames[slot : slot + n] = data
             if timestamps_ns is None and n == 1:  # one frame (an event, a command): no ufunc
                 self._timestamps[slot] = end
             elif timestamps_ns is None:
@@ -267,11 +268,11 @@ class RingWriter:
             first = capacity - slot
             if raw:
                 split = first * self._frame_nbytes
-                self._raw[slot * self._frame_nbytes :] = frames[:split]
-                self._raw[: len(frames) - split] = frames[split:]
+                self._raw[slot * self._frame_nbytes :] = data[:split]
+                self._raw[: len(data) - split] = data[split:]
             else:
-                self._frames[slot:] = frames[:first]
-                self._frames[: n - first] = frames[first:]
+                self._frames[slot:] = data[:first]
+                self._frames[: n - first] = data[first:]
             self._timestamps[slot:] = timestamps_ns[:first]
             self._timestamps[: n - first] = timestamps_ns[first:]
         cursor += n
@@ -284,8 +285,8 @@ class RingWriter:
             watches.scan(now)
         if watches.active:
             if raw:
-                frames = np.frombuffer(frames, self._dtype).reshape(n, *self._frame_shape)
-            watches.check(frames)
+                data = np.frombuffer(data, self._dtype).reshape(n, *self._frame_shape)
+            watches.check(data)
         return cursor
 
     def _stamping_for(self, n: int) -> tuple[np.ndarray, int]:

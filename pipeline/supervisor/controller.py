@@ -103,12 +103,14 @@ class Controller:
             case messages.Shutdown():
                 return self.shutdown(message)
             case messages.Report():
-                return self.report(message)
+                self.report(message)
+                return None
             case messages.WorkerEvent():
                 self.supervisor.publish(message)  # a worker's own event, published unchanged
                 return None
             case messages.Ok() | messages.Error():
-                return self.worker_reply(message)
+                self.worker_reply(message)
+                return None
             case _:
                 self.bad_messages += 1
                 tag = type(message).__struct_config__.tag

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psutil
@@ -306,8 +307,8 @@ def worker_python(env: dict[str, str], windows: bool = sys.platform == "win32") 
     return sys.executable
 
 
-def _new_group() -> dict[str, object]:
+def _new_group() -> dict[str, Any]:
     """Popen arguments that put the child in its own process group (Ctrl-C reaches only us)."""
     if os.name == "posix":
         return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]  # Windows only

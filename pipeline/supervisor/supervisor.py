@@ -264,14 +264,14 @@ class Supervisor:
             self.on_event(f"unlinked {len(removed)} segment(s) the workers left behind")
         if self.server is not None:
             self.server.close()
-        endpoints = self.server.endpoints
-        for endpoint in (endpoints.control, endpoints.events):
-            if endpoint.startswith("ipc://"):
-                Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
-        for worker in self.workers.values():
-            self._remove_direct_socket(worker)
-        if endpoints.keys and not self.rig.control.keys_file:
-            Path(endpoints.keys).unlink(missing_ok=True)  # this session's own secret keys
+            endpoints = self.server.endpoints
+            for endpoint in (endpoints.control, endpoints.events):
+                if endpoint.startswith("ipc://"):
+                    Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+            for worker in self.workers.values():
+                self._remove_direct_socket(worker)
+            if endpoints.keys and not self.rig.control.keys_file:
+                Path(endpoints.keys).unlink(missing_ok=True)  # this session's own secret keys
         session.remove(self.name)
         self.on_event(f"session {self.name!r} stopped")
 
@@ -285,7 +285,7 @@ class Supervisor:
 
     # -- the loop -------------------------------------------------------------------------------
     def tick(self) -> None:
-        assert self.server is not None
+        assert self.server is not None and self.controller is not None  # made by run()
         for peer, message in self.server.receive(TICK_S):
             self.controller.dispatch(peer, message)
         now = clock.now_s()

@@ -44,8 +44,9 @@ class Worker:
     # == override these =========================================================================
     #: The worker's ``[workers.parameters]`` schema; unknown keys are refused.
     Settings: ClassVar[type[msgspec.Struct]] = NoSettings
-    #: Parameters that ``rigpipe set`` / ``SetParameter`` may change while it runs.
-    settable: ClassVar[frozenset[str]] = frozenset()
+    #: Parameters that ``rigpipe set`` / ``SetParameter`` may change while it runs (a kind
+    #: may narrow it per instance in ``setup``: acquisition takes its source's).
+    settable: frozenset[str] = frozenset()
     #: How often ``service()`` polls the bus at most; a worker that must answer within
     #: a millisecond (the stimulator) lowers it.
     service_interval_s: ClassVar[float] = SERVICE_INTERVAL_S

@@ -51,7 +51,7 @@ class Hooks(Protocol):
     settings: Any
     counters: dict[str, float]
     note: str
-    settable: ClassVar[frozenset[str]]
+    settable: frozenset[str]
     service_interval_s: ClassVar[float]
     needs_fine_timer: ClassVar[bool]
     direct: ClassVar[bool]

@@ -3,7 +3,7 @@
 The SDK talks UDP to tests/peers/cerebus_device.py, a Cerebus (nPlayServer)
 emulator on loopback, exactly as it talks to a device. The library needs glibc
 2.38; ``bash tests/peers/real_cbsdk/setup.sh`` makes a venv whose Python runs it
-(README: "Blackrock tests against the real SDK"), and the rig runs in that
+(docs/hardware.md: "Blackrock tests against the real SDK"), and the rig runs in that
 Python. Locally these tests skip with that hint when the venv is missing; in
 CI (``CI`` set) they fail instead, so they cannot be skipped silently.
 
@@ -35,7 +35,7 @@ DEFAULT_VENV = Path.home() / ".cache" / "rigpipe" / "real_cbsdk" / "venv" / "bin
 
 
 def _unavailable(reason: str) -> None:
-    hint = "run: bash tests/peers/real_cbsdk/setup.sh (README: real-SDK tests)"
+    hint = "run: bash tests/peers/real_cbsdk/setup.sh (docs/hardware.md: real-SDK tests)"
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI must run the real-SDK tests ({hint})")
     pytest.skip(f"{reason}; {hint}")

@@ -579,7 +579,7 @@ def test_the_readme_worker_example_runs_in_a_rig(rigs, monkeypatch) -> None:
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Writing a worker") :]
+    section = readme[readme.index("## Write a worker") :]
     start = section.index("```python\n") + len("```python\n")
     code = section[start : section.index("\n```", start)]
     rig = rigs.new()

@@ -56,3 +56,16 @@ def test_every_session_command_takes_session_after_its_words() -> None:
 def test_stim_takes_its_options_before_or_after_the_action(line: list[str]) -> None:
     args = _parser().parse_args(line)
     assert args.session == "rig1" and args.worker == "stim"
+
+
+@pytest.mark.parametrize("action", ["silence", "stop"])
+def test_stim_silence_and_its_old_name_stop_build_the_same_request(action: str) -> None:
+    """``rigpipe stim silence 1`` (stop ends a process, silence a channel's output); the
+    old ``stop`` still works, for scripts written before."""
+    from pipeline.cli.stim import request_for
+    from pipeline.control import messages
+
+    args = _parser().parse_args(["stim", action, "1", "--worker", "stim2"])
+    assert request_for(args) == messages.StopStimulation(worker="stim2", channel=1)
+    every = _parser().parse_args(["stim", action])
+    assert request_for(every) == messages.StopStimulation(worker="stim", channel=None)

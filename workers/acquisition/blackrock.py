@@ -161,6 +161,7 @@ class DeviceClock:
 
 class BlackrockSettings(
     Settings,
+    frozen=True,
     kw_only=True,
     tag_field="source",
     tag="blackrock",

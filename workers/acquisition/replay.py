@@ -34,6 +34,7 @@ _BLOCK_EVENTS = 4096
 
 class ReplaySettings(
     Settings,
+    frozen=True,
     kw_only=True,
     tag_field="source",
     tag="replay",

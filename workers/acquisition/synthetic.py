@@ -152,7 +152,7 @@ class SyntheticSignal:
     ) -> list[tuple[int, int, np.ndarray]]:
         """(channel, unit number, waveform in uV at spike_uv = 1) for every unit."""
         n = round(fraction * self.channels)
-        channels = np.sort(rng.choice(self.channels, n, replace=False)) if n else []
+        channels = np.sort(rng.choice(self.channels, n, replace=False)) if n else np.zeros(0, int)
         t = np.arange(max(2, round(_WAVEFORM_S * self.sample_rate))) / self.sample_rate
         units = []
         for channel in channels:

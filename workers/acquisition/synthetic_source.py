@@ -34,6 +34,7 @@ BLOCK_MIN_S, BLOCK_MAX_S = 0.01, 0.2
 
 class SyntheticSettings(
     Settings,
+    frozen=True,
     kw_only=True,
     tag_field="source",
     tag="synthetic",

@@ -37,7 +37,7 @@ MARKER_DTYPE = np.dtype([("timestamp_ns", "<i8"), ("text", "S255")])
 MATCH = {"name": "name", "type": "type", "source_id": "source_id", "hostname": "hostname"}
 
 
-class InletSettings(Settings, kw_only=True):
+class InletSettings(Settings, frozen=True, kw_only=True):
     """``[workers.parameters]`` of ``kind = "lsl_inlet"``."""
 
     name: str = ""
@@ -193,7 +193,8 @@ class LslInlet(Worker):
 
 def _channels(info: Any, count: int) -> tuple[list[str], str]:
     """Channel labels and units from ``desc/channels/channel`` (XDF conventions)."""
-    labels, units = [], set()
+    labels: list[str] = []
+    units: set[str] = set()
     channel = info.desc().child("channels").child("channel")
     while not channel.empty() and len(labels) < count:
         labels.append(channel.child_value("label") or f"ch{len(labels)}")

@@ -42,14 +42,14 @@ from workers.lsl.common import FORMATS, ClockMap, pylsl
 MARKED = (messages.StimulationRefused, messages.StimulationStopped, messages.StimulatorArmed)
 
 
-class StreamOptions(Settings, kw_only=True):
+class StreamOptions(Settings, frozen=True, kw_only=True):
     """``[workers.parameters.options."<stream>"]``."""
 
     type: str = ""  # LSL content type; default "EEG" (continuous) or "Markers" (events)
     chunk_frames: int = 0  # LSL's transmission chunk size; 0: as the ring delivers
 
 
-class OutletSettings(Settings, kw_only=True):
+class OutletSettings(Settings, frozen=True, kw_only=True):
     """``[workers.parameters]`` of ``kind = "lsl_outlet"``."""
 
     streams: list[str]
@@ -118,8 +118,9 @@ class LslOutlet(Worker):
     def teardown(self) -> None:
         for out in getattr(self, "outs", []):
             out.outlet = None  # liblsl closes the outlet when it is collected
-        if getattr(self, "events", None) is not None:
-            self.events.close()
+        events = getattr(self, "events", None)
+        if events is not None:
+            events.close()
 
     # -- session events as markers --------------------------------------------------------------
     def _forward_events(self) -> bool:
@@ -137,7 +138,7 @@ class LslOutlet(Worker):
             else:
                 continue
             text = msgspec.json.encode(event).decode()
-            self.markers.push_sample([text], float(self.clock.to_lsl(np.int64(at_ns))))
+            self.markers.push_sample([text], float(self.clock.to_lsl(np.array(at_ns, np.int64))))
             self.counters["markers"] += 1
             moved = True
         return moved

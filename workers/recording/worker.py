@@ -60,7 +60,7 @@ _FAILED = "ERROR, not recording: "  # how the note says that recording stopped o
 RECORDING_UMASK = {"group": 0o027, "user": 0o077}
 
 
-class RecordingSettings(Settings, kw_only=True):
+class RecordingSettings(Settings, frozen=True, kw_only=True):
     """``[workers.parameters]`` of a recording worker."""
 
     streams: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
@@ -416,7 +416,8 @@ class RecordingWorker(Worker):
             if track.stream not in self.recording.streams:  # absent since the recording began
                 track.absent_since_ns = self.recording.manifest.started_monotonic_ns or None
             self._look_for(track)
-        if repairs := self.recording.segment.repairs:
+        segment = self.recording.segment
+        if segment is not None and (repairs := segment.repairs):
             self.recording.event("recorder", {"text": "repaired the segment", "done": repairs})
         self.recording.event(
             "recorder",

@@ -193,11 +193,12 @@ class RecordingWriter:
         ids = {s: state.stream_id or 0 for s, state in self.streams.items()}
         index = len(self.manifest.segments)
         name = f"segment-{index:04d}.h5"
+        created_at = now_iso()
         attrs = {
             "recording_id": self.manifest.recording_id,
             "session": self.manifest.session,
             "segment_index": index,
-            "created_at": now_iso(),
+            "created_at": created_at,
         }
         self.segment = SegmentFile.create(
             self.directory / name,
@@ -209,9 +210,7 @@ class RecordingWriter:
             ids,
         )
         self.manifest.segments.append(
-            SegmentEntry(
-                file=name, index=index, started_at=attrs["created_at"], first_frames=first_frames
-            )
+            SegmentEntry(file=name, index=index, started_at=created_at, first_frames=first_frames)
         )
         write_manifest(self.directory, self.manifest)
         self._segment_started = clock.now_s()

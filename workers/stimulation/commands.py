@@ -116,16 +116,17 @@ class StimulatorCommands(Worker):
         queued_ns = self.output.submit(command.channel, Train(command_id, rendered))
         self._awake_until = clock.now_s() + self.settings.stay_awake_s
         self.counters["accepted"] += 1
-        is_train = isinstance(command, messages.PulseTrain)
+        train = command if isinstance(command, messages.PulseTrain) else None
+        samples = 0 if isinstance(command, messages.PulseTrain) else len(command.samples_ua)
         self.publish(
             messages.StimulationQueued(
                 worker=self.name,
                 command_id=command_id,
                 channel=command.channel,
                 source=source,
-                phases=command.phases if is_train else [],
-                interphase_us=command.interphase_us if is_train else 0.0,
-                waveform_samples=0 if is_train else len(command.samples_ua),
+                phases=train.phases if train else [],
+                interphase_us=train.interphase_us if train else 0.0,
+                waveform_samples=samples,
                 peak_ua=float(abs(rendered.pulse_ua).max()) if len(rendered.pulse_ua) else 0.0,
                 frequency_hz=command.frequency_hz,
                 count=command.count,
@@ -219,13 +220,17 @@ class StimulatorCommands(Worker):
         allowed: float = math.nan,
     ) -> messages.Refused:
         self.counters["refused"] += 1
-        fields = {
-            "channel": channel,
-            "limit": limit,
-            "value": None if math.isnan(value) else float(value),
-            "allowed": None if math.isnan(allowed) else float(allowed),
-        }
+        number = None if math.isnan(value) else float(value)
+        most = None if math.isnan(allowed) else float(allowed)
         self.publish(
-            messages.StimulationRefused(worker=self.name, source=source, text=text, **fields)
+            messages.StimulationRefused(
+                worker=self.name,
+                source=source,
+                text=text,
+                channel=channel,
+                limit=limit,
+                value=number,
+                allowed=most,
+            )
         )
-        return messages.Refused(text=text, **fields)
+        return messages.Refused(text=text, channel=channel, limit=limit, value=number, allowed=most)

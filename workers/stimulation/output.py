@@ -158,7 +158,7 @@ class Output:
             self._fill(channel, self.buffer_samples)
             queued_ns = clock.now_ns()
         if self._idles:
-            self.backend.wake()  # type: ignore[attr-defined]
+            self.backend.wake()  # type: ignore[attr-defined]  # an idles backend's (see Backend)
         return queued_ns
 
     def silence(self, channel: int | None) -> int:
@@ -170,7 +170,7 @@ class Output:
                 dropped += len(self.queues[index].trains)
                 self.queues[index].trains.clear()
                 if self._idles:
-                    self.backend.end(index)  # type: ignore[attr-defined]
+                    self.backend.end(index)  # type: ignore[attr-defined]  # idles: see Backend
             return dropped
 
     def busy(self, channel: int) -> bool:
@@ -195,7 +195,7 @@ class Output:
         if want > 0:
             backend.enqueue(channel, queue.take(want))
             if self._idles and not queue.trains:
-                backend.end(channel)  # type: ignore[attr-defined]
+                backend.end(channel)  # type: ignore[attr-defined]  # idles: see Backend
 
     def _refill_loop(self) -> None:
         try:

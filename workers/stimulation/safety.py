@@ -67,7 +67,7 @@ class SafetyViolation(RigpipeError):
         super().__init__(f"channel {channel}: {problem}; refused, nothing was sent")
 
 
-class ChannelLimits(Settings, kw_only=True):
+class ChannelLimits(Settings, frozen=True, kw_only=True):
     """``[workers.parameters.limits]`` for one channel (or every channel)."""
 
     max_amplitude_ua: Positive

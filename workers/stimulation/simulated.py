@@ -30,7 +30,7 @@ from pipeline.ring import RingWriter
 from pipeline.settings import Settings
 
 
-class SimulatedSettings(Settings, kw_only=True):
+class SimulatedSettings(Settings, frozen=True, kw_only=True):
     """``[workers.parameters.simulated]``: the simulated device's properties."""
 
     resolution_ua: float = 0.1

@@ -100,7 +100,7 @@ CALLBACK_THRESHOLD_PERCENT = 0
 LOOP_SETTLE_S = 0.1
 
 
-class StgSettings(Settings, kw_only=True):
+class StgSettings(Settings, frozen=True, kw_only=True):
     """``[workers.parameters.stg]``."""
 
     dll_path: str  # McsUsbNet.dll (x64 on 64-bit Python)
@@ -147,7 +147,7 @@ def load_assembly(dll_path: str) -> Any:
             f"cannot load {str(path)!r} through pythonnet: {exc}. {load_hint()}"
         ) from None
     try:
-        import Mcs.Usb as mcs  # type: ignore[import-not-found]
+        import Mcs.Usb as mcs
     except ImportError:
         raise StimulatorError(
             f"{str(path)!r} is a .NET assembly but not McsUsbNet.dll (it has no Mcs.Usb "
@@ -161,7 +161,7 @@ class StgStimulator:
 
     def __init__(self, settings: StgSettings, channels: int, output_rate_hz: float) -> None:
         mcs = load_assembly(settings.dll_path)
-        import System  # type: ignore[import-not-found]
+        import System
 
         self._system = System
         self._arrays: dict[int, Any] = {}  # length -> reusable short[]
@@ -265,7 +265,7 @@ class StgStimulator:
         callback threshold of 0 the DLL does not call it; were it called, the triggers it
         names are counted in ``low_buffer_reports``).
         """
-        import clr  # type: ignore[import-not-found]
+        import clr
 
         System = self._system
         self._low = System.Collections.Concurrent.ConcurrentQueue[System.UInt32]()

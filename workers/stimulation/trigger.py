@@ -44,7 +44,7 @@ VIEW_BYTES = 256 << 10  # a backlog at least this large is read through a view
 _FEW_BEYOND = 64  # up to this many samples beyond the threshold in a chunk: runs in Python
 
 
-class TriggerRule(Settings, kw_only=True):
+class TriggerRule(Settings, frozen=True, kw_only=True):
     """One ``[[workers.parameters.triggers]]`` table."""
 
     name: str

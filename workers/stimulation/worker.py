@@ -68,7 +68,7 @@ class _Held:
     latest: messages.Triggered | None = None
 
 
-class StimulationSettings(Settings, kw_only=True):
+class StimulationSettings(Settings, frozen=True, kw_only=True):
     """``[workers.parameters]`` of a ``stimulation`` worker."""
 
     channels: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
@@ -207,6 +207,7 @@ class StimulationWorker(StimulatorCommands):
         if s.backend == "stg":
             from workers.stimulation.stg import StgStimulator  # imports pythonnet
 
+            backend: StgStimulator | SimulatedStimulator
             backend = StgStimulator(s.stg, s.channels, s.output_rate_hz)
         else:
 

@@ -20,7 +20,7 @@ import numpy as np
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
 
-class PixelImage(QtWidgets.QGraphicsObject):  # type: ignore[misc]
+class PixelImage(QtWidgets.QGraphicsObject):
     """The pixels of :meth:`show`, one scene unit per pixel, row 0 at y = 0."""
 
     def __init__(self) -> None:

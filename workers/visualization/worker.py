@@ -47,7 +47,7 @@ from workers.visualization.panel import Panel
 BUS_INTERVAL_S = 0.05
 
 
-class ScopeSettings(Settings, kw_only=True):
+class ScopeSettings(Settings, frozen=True, kw_only=True):
     """``[workers.parameters]`` of a visualization worker."""
 
     streams: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
