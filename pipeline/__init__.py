@@ -57,11 +57,18 @@ def attach(
     next frame, ``False`` at the oldest frame the ring holds, ``cursor`` at that
     sequence of stream ``stream_id``.
     """
-    if stream.count("/") == 1:  # "worker/port": a stream of the running session
-        from pipeline.control.session import resolve_stream
+    if stream.count("/") != 1:
+        return _attach_full_name(stream, from_now=from_now, cursor=cursor, stream_id=stream_id)
+    from pipeline.control.session import resolve_stream  # "worker/port" of the running rig
 
-        stream = resolve_stream(stream)
-    return _attach_full_name(stream, from_now=from_now, cursor=cursor, stream_id=stream_id)
+    full = resolve_stream(stream)
+    try:
+        return _attach_full_name(full, from_now=from_now, cursor=cursor, stream_id=stream_id)
+    except StreamNotFound as missing:  # name the streams of that rig, not of every rig
+        session = full.partition("/")[0]
+        existing = missing.existing
+        ours = None if existing is None else [s for s in existing if s.startswith(f"{session}/")]
+        raise StreamNotFound(full, ours) from None
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ file, the field path and what is allowed there.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import math
@@ -300,9 +301,14 @@ def _shipped(kind: str) -> tuple[str, str]:
 
 def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[Worker]:
     """The Worker class of ``kind``: a name from ``workers/`` or a dotted module path."""
-    allowed = ", ".join(known_kinds()) + ", or a dotted module path that defines WORKER"
+    kinds = known_kinds()
+    allowed = ", ".join(kinds) + ", or a dotted module path that defines WORKER"
+    if close := difflib.get_close_matches(kind, kinds, n=1):
+        allowed = f"did you mean {close[0]!r}? allowed: {allowed}"
+    else:
+        allowed = f"allowed: {allowed}"
     if not re.fullmatch(r"[A-Za-z_][\w.]*", kind):
-        raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
+        raise ConfigError(where, at, f"unknown worker kind {kind!r}; {allowed}")
     if "." in kind:  # a lab's own module: found where its workers will find it
         use_worker_path(worker_path())
         module_name, attribute = kind, "WORKER"
@@ -312,16 +318,14 @@ def resolve_kind(kind: str, where: str = "<config>", at: str = "kind") -> type[W
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(
-                where, at, f"unknown worker kind {kind!r}; allowed: {allowed}"
-            ) from None
+            raise ConfigError(where, at, f"unknown worker kind {kind!r}; {allowed}") from None
         raise ConfigError(
             where, at, f"worker kind {kind!r} needs a missing package: {exc}"
         ) from None
     cls = getattr(module, attribute, None)
     if not (isinstance(cls, type) and issubclass(cls, Worker)):
         if attribute != "WORKER":
-            raise ConfigError(where, at, f"unknown worker kind {kind!r}; allowed: {allowed}")
+            raise ConfigError(where, at, f"unknown worker kind {kind!r}; {allowed}")
         raise ConfigError(where, at, f"module {module_name} has no WORKER (a Worker subclass)")
     return cls
 

@@ -14,6 +14,7 @@ but a type checker (PEP 681) reads it per class, and ``kw_only`` is per class in
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import msgspec
@@ -32,3 +33,25 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class NoSettings(Settings, frozen=True):
     """Parameters of a worker kind that takes none."""
+
+
+_TYPES = {"float": "a number", "int": "a whole number", "str": "text", "bool": "true or false"}
+_GOT = {"float": "a fraction", "int": "a whole number", "str": "text", "bool": "true or false"}
+_BOUNDS = {">": "above", ">=": "at least", "<": "below", "<=": "at most"}
+_EXPECTED = re.compile(r"Expected `(\w+)`(?:, got `(\w+)`| ([<>]=?) (\S+))?")
+
+
+def explain(error: msgspec.ValidationError) -> str:
+    """What msgspec says of a value, in a person's words and without its ``$.path``:
+    ``Expected `float` > 0.0 - at `$.gain``` becomes ``must be a number above 0.0``."""
+    text = str(error).split(" - at `$")[0]
+    match = _EXPECTED.fullmatch(text)
+    if match is None:
+        return text  # "Invalid enum value 'c'", "Object contains unknown field ..."
+    kind, got, bound, limit = match.groups()
+    wanted = _TYPES.get(kind, kind)
+    if bound:
+        return f"must be {wanted} {_BOUNDS[bound]} {limit}"
+    if got:
+        return f"must be {wanted}, not {_GOT.get(got, got)}"
+    return f"must be {wanted}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
@@ -55,7 +56,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(msgspec.json.encode(reply).decode())
     else:
-        print("\n".join(render(reply)))
+        width = shutil.get_terminal_size().columns - 1 if sys.stdout.isatty() else None
+        print("\n".join(render(reply, width)))
     return 0
 
 
@@ -119,6 +121,10 @@ def _record(args: argparse.Namespace) -> int:
             found = ", ".join(recorders) or "none"
             raise RequestFailed(f"choose the recording worker with --worker (recorders: {found})")
         on = args.action == "start"
+        note = next((w.note for w in status.workers if w.name == name), "")
+        if note.startswith("recording to ") == on:  # already as asked: nothing to do
+            print(f"{name}: already {note if on else 'stopped'}")
+            return 0
         client.request(messages.SetParameter(worker=name, name="recording", value=on))
         # The recorder says where in its note, which reaches status with its next heartbeat.
         where, deadline = "", clock.now_s() + 3.0

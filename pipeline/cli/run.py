@@ -21,6 +21,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline import config
@@ -201,7 +202,7 @@ def fit(status: StatusReply, events: list[str], columns: int, rows: int) -> list
     events; the session line and the worker rows stay as long as they fit.
     """
     width, height = max(20, columns - 1), max(4, rows - 1)
-    table = render(status)
+    table = render(status, width)
     blank = [i for i, line in enumerate(table) if line == ""] + [len(table)] * 3
     workers, streams, counters = table[: blank[1]], table[blank[1] : blank[2]], table[blank[2] :]
     recent = ["", *events] if events else []
@@ -230,34 +231,101 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def render(status: StatusReply) -> list[str]:
-    """The lines of the table: session, workers, streams, worker counters."""
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    keep: int  # when a row is too wide, the column with the lowest keep goes first
+    right: bool = True
+    width: int = 0  # at least; the values widen it
+
+
+def _columns(columns: list[_Column], rows: list[list[str]], width: int | None) -> list[str]:
+    """``rows`` under ``columns``' headers, two spaces apart; past ``width`` characters
+    the columns that matter least are left out, never the last (a free-width one)."""
+    widths = [
+        max(c.width, len(c.header), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)
+    ]
+    shown = list(range(len(columns)))
+    while width is not None and len(shown) > 2:
+        if sum(widths[i] for i in shown) + 2 * (len(shown) - 1) <= width:
+            break
+        shown.remove(min(shown[:-1], key=lambda i: columns[i].keep))
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            cells[i].rjust(widths[i]) if columns[i].right else cells[i].ljust(widths[i])
+            for i in shown
+        ]
+        parts[-1] = cells[shown[-1]]  # the last column is free width
+        return "  ".join(parts).rstrip()
+
+    return [line([c.header for c in columns]), *(line(row) for row in rows)]
+
+
+#: Worker rows, the columns that matter most kept longest (name, state, restarts, beat).
+_WORKERS = [
+    _Column("worker", 9, right=False),
+    _Column("kind", 3, right=False),
+    _Column("state", 8, right=False),
+    _Column("pid", 4),
+    _Column("restarts", 7),
+    _Column("uptime", 1),
+    _Column("cpu %", 5),
+    _Column("mem MB", 2),
+    _Column("beat s", 6),
+]
+#: Stream rows: the readers' lag and drops (what a lab watches most) stay to the last.
+_STREAMS = [
+    _Column("stream", 9, right=False),
+    _Column("writer", 2, right=False),
+    _Column("gen", 3),
+    _Column("rate Hz", 4),
+    _Column("frames", 1),
+    _Column("readers (lag, dropped)", 8, right=False),
+]
+
+
+def _kind(kind: str) -> str:
+    """A worker kind as the table shows it: a module path by its last part, at most 13
+    characters (every shipped kind whole), cut at the end, never at the start."""
+    short = kind.rsplit(".", 1)[-1]
+    return short if len(short) <= 13 else short[:12] + "~"
+
+
+def render(status: StatusReply, width: int | None = None) -> list[str]:
+    """The lines of the table: session, workers, streams, worker counters; a row wider
+    than ``width`` loses its least useful columns first (None: every column)."""
+    workers = []
+    for w in status.workers:
+        beat = "-" if w.heartbeat_age_s is None else f"{w.heartbeat_age_s:.1f}"
+        workers.append(
+            [
+                w.name,
+                _kind(w.kind),
+                w.state,
+                str(w.pid) if w.pid else "-",
+                str(w.restarts),
+                duration(w.uptime_s),
+                f"{w.cpu_percent:.1f}",
+                f"{w.rss_bytes / 1e6:.1f}",
+                beat,
+            ]
+        )
+    streams = []
+    for s in status.streams:
+        readers = ", ".join(f"{r.worker} ({r.lag}, {r.dropped})" for r in s.readers) or "-"
+        writer = s.writer if s.writer_alive else f"{s.writer}!"
+        streams.append(
+            [s.stream, writer, str(s.generation), f"{s.rate_hz:.0f}", str(s.write_cursor), readers]
+        )
     lines = [
         f"session {status.session}  {status.state}  up {duration(status.uptime_s)}"
         f"  bad messages {status.bad_messages}",
         "",
-        f"{'worker':14} {'kind':12} {'state':9} {'pid':>7} {'restarts':>8} {'uptime':>8} "
-        f"{'cpu %':>6} {'mem MB':>7} {'beat s':>6}",
-    ]
-    for w in status.workers:
-        beat = "-" if w.heartbeat_age_s is None else f"{w.heartbeat_age_s:.1f}"
-        pid = str(w.pid) if w.pid else "-"
-        lines.append(
-            f"{w.name:14} {w.kind[-12:]:12} {w.state:9} {pid:>7} {w.restarts:>8} "
-            f"{duration(w.uptime_s):>8} {w.cpu_percent:6.1f} {w.rss_bytes / 1e6:7.1f} {beat:>6}"
-        )
-    lines += [
+        *_columns(_WORKERS, workers, width),
         "",
-        f"{'stream':32} {'writer':10} {'gen':>4} {'rate Hz':>10} {'frames':>13}"
-        "  readers (lag, dropped)",
+        *_columns(_STREAMS, streams, width),
     ]
-    for s in status.streams:
-        readers = ", ".join(f"{r.worker} ({r.lag}, {r.dropped})" for r in s.readers) or "-"
-        writer = s.writer if s.writer_alive else f"{s.writer}!"
-        lines.append(
-            f"{s.stream:32} {writer:10} {s.generation:>4} {s.rate_hz:10.0f} "
-            f"{s.write_cursor:>13}  {readers}"
-        )
     noted = [w for w in status.workers if w.counters or w.note]
     if noted:
         lines.append("")

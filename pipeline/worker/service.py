@@ -33,6 +33,7 @@ from pipeline.host import clock, scheduling
 from pipeline.host.identity import process_alive
 from pipeline.host.timer import fine_timer
 from pipeline.ring import RingReader, RingWriter, ThresholdWatch, wait_any
+from pipeline.settings import explain
 from pipeline.worker.spec import EXIT_SUPERVISOR_GONE, WorkerSpec
 
 #: The bus is polled at most this often by service() in a busy step loop; a worker
@@ -252,7 +253,10 @@ class Service:
         try:
             settings = msgspec.convert(fields, type(worker.settings), strict=True)
             type(worker).check(settings)
-        except (msgspec.ValidationError, ValueError) as exc:
+        except msgspec.ValidationError as exc:
+            text = f"{worker.name}.{name} = {value!r} refused: {explain(exc)}"
+            return messages.Error(request_id=request_id, text=text)
+        except ValueError as exc:
             return messages.Error(request_id=request_id, text=f"{name} = {value!r} refused: {exc}")
         previous, worker.settings = worker.settings, settings
         try:

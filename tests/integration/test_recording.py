@@ -216,6 +216,7 @@ def test_record_stop_and_start_while_the_rig_runs(rigs) -> None:
 
     assert "rec: recording stopped" in cli("record", "stop")
     wait_for(lambda: rig.worker("rec").note.startswith("not recording"), 5, "recording to stop")
+    assert cli("record", "stop").strip() == "rec: already stopped"
     first = _recording(recordings)
     assert read_manifest(first).finished_at
     lag_streams = [s for s in rig.status().streams if s.readers]
@@ -225,6 +226,7 @@ def test_record_stop_and_start_while_the_rig_runs(rigs) -> None:
     second = Path(started.strip().removeprefix("rec: recording started, recording to "))
     assert second.parent == recordings and second != first
     wait_for(lambda: rig.worker("rec").note.startswith("recording to"), 5, "recording to start")
+    assert cli("record", "start").strip() == f"rec: already recording to {second}"
     time.sleep(0.8)
 
     def first_line(path: str) -> str:

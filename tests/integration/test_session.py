@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline import attach
+from pipeline import StreamNotFound, attach
 from pipeline.control import bus, messages, session
 from pipeline.errors import RequestFailed
 from pipeline.ring import naming, segments, shm
@@ -69,6 +69,19 @@ def test_outside_reader_gets_contiguous_frames_at_the_configured_rate(rigs) -> N
         (records["timestamp_ns"] >= stamps[0]) & (records["timestamp_ns"] <= stamps[-1])
     ]
     assert len(inside) and np.isin(inside, stamps).all()
+
+
+def test_an_unknown_short_name_lists_the_streams_of_that_rig_only(rigs, monkeypatch) -> None:
+    """``rigpipe tail nosuch/stream`` with two rigs running: the error names the streams
+    of the rig the name was taken in, not the other rig's."""
+    mine, other = rigs.new().start(), rigs.new().start()
+    monkeypatch.setenv("RIGPIPE_SESSION", mine.name)
+    with pytest.raises(StreamNotFound) as missing:
+        attach("nosuch/stream")
+    text = str(missing.value)
+    assert f"stream '{mine.name}/nosuch/stream' does not exist" in text
+    assert f"{mine.name}/acq/continuous" in text
+    assert other.name not in text
 
 
 def test_killed_acquisition_worker_restarts_and_readers_follow(rigs) -> None:
@@ -328,8 +341,15 @@ def test_parameters_annotations_and_events(rigs) -> None:
     assert abs(seen[1][1].time_ns - time.time_ns()) < 10e9
     with pytest.raises(RequestFailed, match=r"settable: .*spike_rate_hz"):
         rig.client().request(messages.SetParameter(worker="acq", name="channels", value=4))
-    with pytest.raises(RequestFailed, match="Expected `float`"):
+    # in rigpipe's words, not msgspec's ("Expected `float`, got `str` - at `$.lfp_uv`")
+    with pytest.raises(
+        RequestFailed, match=r"^acq\.lfp_uv = 'big' refused: must be a number, not text$"
+    ):
         rig.client().request(messages.SetParameter(worker="acq", name="lfp_uv", value="big"))
+    with pytest.raises(
+        RequestFailed, match=r"acq\.lfp_uv = -3 refused: must be a number at least 0"
+    ):
+        rig.client().request(messages.SetParameter(worker="acq", name="lfp_uv", value=-3))
     with pytest.raises(RequestFailed, match="no worker named 'nope'; workers: acq"):
         rig.client().request(messages.StopWorker(worker="nope"))
 

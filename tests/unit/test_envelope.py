@@ -56,7 +56,25 @@ def test_spike_ticks_and_stimulation_markers() -> None:
     image = rasterize(envelope, 0, 2, 100, span=40.0, gain=1.0)
     spike_column = (999 - 500) // 10
     assert 50 in _rows_with(image, SPIKE, spike_column), "the tick starts at channel 1's band"
-    assert len(_rows_with(image, MARKER, (999 - 200) // 10)) == 100
+    marker_column = (999 - 200) // 10
+    traces = list(_rows_with(image, TRACE, marker_column))
+    assert traces == [25, 75], "the traces at 0 stay visible over the marker"
+    assert len(_rows_with(image, MARKER, marker_column)) == 100 - len(traces)
+
+
+def test_a_marker_never_hides_the_stimulus_under_it() -> None:
+    """A pulse on the stimulator's output and its marker in the same columns: every
+    pixel of the pulse is drawn, the marker fills only the background around it."""
+    envelope = Envelope(1, 1000.0, 1.0, 100)  # 10 frames a column
+    signal = np.zeros((1000, 1), np.float32)
+    signal[505:525, 0] = 15.0  # a 20 ms pulse, up, from the middle of column 50
+    envelope.add(signal)
+    envelope.mark(np.array([999 - 505]))  # the marker at the pulse's first frame
+    image = rasterize(envelope, 0, 1, 40, span=40.0, gain=1.0)
+    pulse_column = 500 // 10
+    pulse = _rows_with(image, TRACE, pulse_column)
+    assert min(pulse) <= 6 and max(pulse) >= 20, "the pulse spans from +15 down to 0"
+    assert set(_rows_with(image, MARKER, pulse_column)) == set(range(40)) - set(pulse)
 
 
 def test_a_picture_redraws_only_what_changed_and_matches_a_full_drawing() -> None:

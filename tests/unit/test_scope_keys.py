@@ -85,7 +85,9 @@ def test_keys_change_gain_page_channels_window_and_pause(scope) -> None:
     press(scope, Qt.Key.Key_Left)
     press(scope, Qt.Key.Key_Left)
     assert scope.settings.window_s == 2.5
-    assert scope.note == "gain 2, page 3, 8 per page, 2.5 s"  # what rigpipe status shows
+    # what rigpipe status shows; the page as `rigpipe set scope page N` takes it (from 0)
+    assert scope.note == f"gain 2, page {scope.settings.page}, 8 per page, 2.5 s"
+    assert scope.settings.page == 2
     press(scope, Qt.Key.Key_Space)
     assert scope.paused and scope.note.endswith("PAUSED")
     assert "PAUSED" in scope.panels[0].status.text
@@ -114,7 +116,8 @@ def test_the_buttons_beside_the_tabs_do_what_the_keys_do(scope) -> None:
         for name in clicks:
             click(scope, name)
         assert getattr(scope.settings, setting) == expected, clicks
-    assert scope.note == "gain 2, page 2, 8 per page, 2.5 s"
+    assert scope.note == f"gain 2, page {scope.settings.page}, 8 per page, 2.5 s"
+    assert scope.settings.page == 1
     click(scope, "pause")
     assert scope.paused and scope.buttons["pause"].isChecked()
     press(scope, Qt.Key.Key_Space)  # the key resumes; the button shows it

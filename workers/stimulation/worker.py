@@ -33,7 +33,7 @@ import msgspec
 from pipeline.control import messages
 from pipeline.host import clock
 from pipeline.host.timer import wake_period_s
-from pipeline.settings import Settings
+from pipeline.settings import Positive, Settings
 from workers.stimulation.commands import StimulatorCommands
 from workers.stimulation.output import Output
 from workers.stimulation.safety import (
@@ -78,6 +78,11 @@ class StimulationSettings(Settings, frozen=True, kw_only=True):
     buffer_ms: Annotated[float, msgspec.Meta(gt=0)] = 20.0  # output buffer period
     # "default" and/or channel numbers ("0", "1"...)
     limits: dict[str, ChannelLimits] = msgspec.field(default_factory=dict)
+    #: No channel's max_amplitude_ua may exceed this: a typo (100000 for 100) is refused
+    #: before anything starts. A lab that needs more (a macro-electrode) raises it here,
+    #: deliberately; what the device can physically output is checked too (at --check for
+    #: the simulated device, at setup for an STG, which reports its range).
+    amplitude_ceiling_ua: Positive = 1000.0
     triggers: list[TriggerRule] = msgspec.field(default_factory=list)
     #: After a pulse is queued (by a rule or a command), the armed worker stays awake this
     #: long: it looks at every chunk of its rules' streams and wakes every ms, so the next
@@ -133,6 +138,22 @@ class StimulationWorker(StimulatorCommands):
                 "no stimulation limits are configured; add [workers.parameters.limits.default] "
                 "with max_amplitude_ua and max_charge_per_phase_nc"
             )
+        ceiling = settings.amplitude_ceiling_ua
+        if settings.backend == "simulated":
+            ceiling = min(ceiling, settings.simulated.range_ua)
+        over = {
+            c: lim.max_amplitude_ua for c, lim in limits.items() if lim.max_amplitude_ua > ceiling
+        }
+        if over:
+            channels = ", ".join(f"channel {c}: {ua:g} uA" for c, ua in sorted(over.items()))
+            if ceiling < settings.amplitude_ceiling_ua:
+                why = f"the simulated device outputs at most {ceiling:g} uA (simulated.range_ua)"
+            else:
+                why = (
+                    f"amplitude_ceiling_ua is {ceiling:g}; if the electrode and protocol "
+                    "really need more, raise amplitude_ceiling_ua in this config"
+                )
+            raise ValueError(f"max_amplitude_ua above the ceiling ({channels}): {why}")
         buffer_samples = settings.buffer_ms * settings.output_rate_hz / 1000
         if buffer_samples < 4:
             raise ValueError(f"buffer_ms {settings.buffer_ms:g} holds fewer than 4 samples")

@@ -239,7 +239,10 @@ def rasterize(
     for clipped, edge in ((clipped_top, bands_top), (clipped_bottom, bands_bottom)):
         clip_cols, clip_chans = np.nonzero(clipped)
         image[np.minimum(edge[0, clip_chans], height - 1), clip_cols] = CLIP
-    image[:, envelope.markers[columns]] = MARKER
+    # A stimulation marker goes behind what is drawn: the stimulus and the first
+    # milliseconds of the response under it are what a closed loop is looked at for.
+    marked = image[:, envelope.markers[columns]]
+    image[:, envelope.markers[columns]] = np.where(marked == BACKGROUND, MARKER, marked)
     image[:, columns == envelope.column] = CURSOR
     return image
 

@@ -120,6 +120,7 @@ class Panel:
         s = self.worker.settings
         self.envelope = Envelope(channels, rate, s.window_s, s.width_px)
         self.unit_uv = _scale(self.reader.descriptor)
+        self.units = str(self.reader.descriptor.get("units") or "uV")
 
     def _drain(self, reader: RingReader) -> None:
         """Fold what arrived into the envelope, straight from the ring (a view, no copy: a
@@ -127,21 +128,22 @@ class Panel:
         budget = max(1, round(reader.sample_rate * self.worker.settings.window_s)) or 100_000
         while budget > 0:
             with reader.read_view(max_frames=budget, timeout_s=0) as view:
-                if not view.frames:
+                frames = view.frames  # once released, a view holds no frames
+                if not frames:
                     break
                 if view.format_changed:
                     self._new_envelope()
                 assert self.envelope is not None
-                self.envelope.add(view.data.reshape(view.frames, -1))
+                self.envelope.add(view.data.reshape(frames, -1))
                 self.newest_ns = int(view.timestamps_ns[-1])
             dropped = view.dropped
-            if not view.intact:  # overwritten while it was folded in: a envelope may show it torn
-                dropped += view.frames
+            if not view.intact:  # overwritten while it was folded in: the envelope may be torn
+                dropped += frames
             if dropped:
                 self.dropped += dropped
                 self.overruns += 1
-            budget -= view.frames
-            self._count(view.frames)
+            budget -= frames
+            self._count(frames)
 
     def _count(self, frames: int) -> None:
         started, counted = self._window
@@ -172,12 +174,19 @@ class Panel:
         self._time_axis(s.window_s, s.width_px)
         if self.raster is not None:
             self.raster.show(raster_image(self.envelope, first, per_page, s.raster_px))
-        text = (
-            f"{self.stream}  gen {self.reader.generation}  {self.rate:,.0f} frames/s  "
-            f"drops {self.dropped}  overruns {self.overruns}  channels {first + 1}-"
-            f"{first + per_page} of {self.envelope.channels}  {s.window_s:g} s  gain {s.gain:g}  "
-            f"band {s.span_uv / s.gain:g} uV"
-        )
+        fields = [  # apart by a bar: Qt's label folds runs of spaces into one
+            self.stream,
+            f"gen {self.reader.generation}",
+            f"{self.rate:,.0f} frames/s",
+            f"drops {self.dropped}",
+            f"overruns {self.overruns}",
+            f"channels {first + 1}-{first + per_page} of {self.envelope.channels}",
+            f"page {s.page}",
+            f"{s.window_s:g} s",
+            f"gain {s.gain:g}",
+            f"band {s.span_uv / s.gain:g} {self.units}",  # the stream's units: uV, uA...
+        ]
+        text = "  |  ".join(fields)
         if text != self.status.text:  # a new text lays the label out again: only on change
             self.status.setText(text)
 

@@ -247,7 +247,8 @@ class ScopeWorker(Worker):
         """What `rigpipe status` shows beside the scope: the view as the keys left it."""
         s = self.settings
         self.note = (
-            f"gain {s.gain:g}, page {s.page + 1}, {s.channels_per_page} per page, "
+            # the page as `rigpipe set scope page N` takes it (from 0)
+            f"gain {s.gain:g}, page {s.page}, {s.channels_per_page} per page, "
             f"{s.window_s:g} s" + (", PAUSED" if self.paused else "")
         )
 

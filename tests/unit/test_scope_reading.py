@@ -1,0 +1,93 @@
+"""The scope counts what it reads: its frame rate, and every frame it could not show
+whole (dropped before a read, or overwritten while it was being folded in); and its
+status line says it in the stream's own units, one field apart from the next."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tests import wine
+
+wine.import_module("PySide6.QtWidgets", "icuuc.dll")
+pytest.importorskip("pyqtgraph")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from pipeline.control.bus import Endpoints  # noqa: E402
+from pipeline.ring import RingWriter  # noqa: E402
+from pipeline.worker import WorkerSpec  # noqa: E402
+from workers.visualization.worker import ScopeWorker  # noqa: E402
+
+CAPACITY = 4000
+
+
+@pytest.fixture(params=[{}], ids=["uV"])
+def rig(request) -> Iterator[tuple[ScopeWorker, RingWriter]]:
+    session = f"scoperead{os.getpid()}"
+    source = RingWriter(f"{session}/src/out", np.int16, 8, CAPACITY, 1000.0, request.param)
+    spec = WorkerSpec(
+        session=session,
+        name="scope",
+        kind="workers.visualization",
+        endpoints=Endpoints("tcp://127.0.0.1:9", "tcp://127.0.0.1:9"),
+        supervisor_pid=os.getpid(),
+    )
+    worker = ScopeWorker(
+        spec, ScopeWorker.parse_settings({"streams": ["src/out"], "offscreen": True})
+    )
+    worker.setup()
+    try:
+        source.write(np.zeros((10, 8), np.int16))
+        worker._refresh()  # attaches
+        yield worker, source
+    finally:
+        worker.teardown()
+        source.close()
+
+
+def test_the_frame_rate_counts_the_frames_read(rig) -> None:
+    scope, source = rig
+    panel = scope.panels[0]
+    for _ in range(6):  # 1.2 s of 200-frame writes, read after each
+        source.write(np.zeros((200, 8), np.int16))
+        panel.refresh()
+        time.sleep(0.2)
+    source.write(np.zeros((200, 8), np.int16))
+    panel.refresh()
+    assert 500 < panel.rate < 1500, panel.rate  # 1400 frames in about 1.2-1.4 s
+    assert (panel.dropped, panel.overruns) == (0, 0)
+
+
+def test_frames_overwritten_while_folded_in_count_as_drops(rig) -> None:
+    scope, source = rig
+    panel = scope.panels[0]
+    source.write(np.zeros((300, 8), np.int16))
+    envelope = panel.envelope
+    assert envelope is not None
+    fold = envelope.add
+
+    def lapped_while_folding(data: np.ndarray) -> None:
+        fold(data)
+        source.write(np.zeros((CAPACITY, 8), np.int16))  # the writer laps the view in use
+
+    envelope.add = lapped_while_folding  # type: ignore[method-assign]
+    panel.refresh()
+    envelope.add = fold  # type: ignore[method-assign]
+    assert panel.dropped >= 300 and panel.overruns >= 1, (panel.dropped, panel.overruns)
+
+
+@pytest.mark.parametrize("rig", [{"units": "uA"}], indirect=True, ids=["uA"])
+def test_the_status_line_is_in_the_streams_units_with_its_fields_apart(rig) -> None:
+    """The stimulator's output is in uA: its band is not "uV". Qt's label folds runs of
+    spaces into one, so the fields are set apart by a bar."""
+    scope, source = rig
+    source.write(np.zeros((100, 8), np.int16))
+    scope._refresh()
+    text = scope.panels[0].status.text
+    fields = text.split("  |  ")
+    assert fields[-1] == "band 400 uA", text
+    assert "channels 1-8 of 8" in fields and "page 0" in fields and "gain 1" in fields
