@@ -80,7 +80,7 @@ def run_rig(args: argparse.Namespace) -> int:
     try:
         code = supervisor.run(args.duration)
     finally:
-        display.close()
+        display.close(supervisor.status())
         screen.close()
         logs.close()
     return code
@@ -145,8 +145,10 @@ class _EventLog:
         rates = ", ".join(f"{s.stream} {s.rate_hz:.0f} Hz" for s in status.streams)
         self.event(f"status: {running}/{len(status.workers)} workers running; {rates}")
 
-    def close(self) -> None:
-        """Nothing to add: every event is already a line."""
+    def close(self, final: messages.StatusReply) -> None:
+        """Every event is already a line; say how the session ended."""
+        states = ", ".join(f"{w.name} {w.state}" for w in final.workers)
+        self.event(f"session {final.session} {final.state}: {states}")
 
 
 class _LiveTable:
@@ -172,9 +174,10 @@ class _LiveTable:
         size = shutil.get_terminal_size()
         self._output.frame(fit(status, list(self._events), size.columns, size.lines))
 
-    def close(self) -> None:
-        for text in list(self._events)[-3:]:
-            self._output.line(text)
+    def close(self, final: messages.StatusReply) -> None:
+        """Leave the table as the session ended (every worker stopped), events included:
+        it stays on the screen, so nothing is printed again under it."""
+        self.tick(final)
 
 
 _NUMBERS = re.compile(r"\d+")
@@ -182,16 +185,20 @@ _REPEATED = re.compile(r"^(\S+?)(?:-(\S+))? (.*?)(?: \(x(\d+)\))?$")
 
 
 def collapse(events: deque[str], text: str, now: str) -> None:
-    """Add ``text`` (seen at ``now``) to the pane; the same message again, numbers aside
-    (a frame number, a pid), replaces the last line with a time range and a count, so a
-    message repeated three times a second cannot push a crash off the pane."""
-    if events:
-        match = _REPEATED.match(events[-1])
-        if match is not None:
-            first, _, previous, count = match.groups()
-            if _NUMBERS.sub("#", previous) == _NUMBERS.sub("#", text):
-                events[-1] = f"{first}-{now} {text} (x{int(count or 1) + 1})"
-                return
+    """Add ``text`` (seen at ``now``) to the pane. A message the pane already holds,
+    numbers aside (a frame number, a pid), takes that line's place at the bottom with a
+    time range and a running count: one line per kind of message, so a rule that keeps
+    not firing, interleaved with other events, cannot push a crash off the pane."""
+    shape = _NUMBERS.sub("#", text)
+    for index in range(len(events) - 1, -1, -1):
+        match = _REPEATED.match(events[index])
+        if match is None:
+            continue
+        first, _, previous, count = match.groups()
+        if _NUMBERS.sub("#", previous) == shape:
+            del events[index]
+            events.append(f"{first}-{now} {text} (x{int(count or 1) + 1})")
+            return
     events.append(f"{now} {text}")
 
 

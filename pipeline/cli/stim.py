@@ -72,7 +72,12 @@ def add_arguments(stim: argparse.ArgumentParser) -> None:
     # "stop" too, as it was called before: stop ends a process, silence a channel's output
     silence = add_parser("silence", aliases=["stop"], help="silence one channel, or every channel")
     silence.add_argument("channel", type=int, nargs="?", default=None)
-    add_parser("arm", help="allow stimulation")
+    arm = add_parser("arm", help="allow stimulation; says which trigger rules go live")
+    arm.add_argument(
+        "--commands-only",
+        action="store_true",
+        help="allow commands (by hand, a decoder) but keep the config's trigger rules off",
+    )
     add_parser("disarm", help="refuse stimulation and silence every channel")
 
 
@@ -106,7 +111,7 @@ def request_for(args: argparse.Namespace) -> messages.Message:
         case "silence" | "stop":
             return messages.StopStimulation(worker=worker, channel=args.channel)
         case "arm":
-            return messages.Arm(worker=worker)
+            return messages.Arm(worker=worker, rules=not args.commands_only)
         case _:
             return messages.Disarm(worker=worker)
 

@@ -33,8 +33,9 @@ def event_line(event: messages.Message) -> str:
         case messages.StimulationStopped(worker=w, channel=ch, reason=reason):
             where = "every channel" if ch is None else f"channel {ch}"
             return f"worker {w}: {where} silenced" + (f" ({reason})" if reason else "")
-        case messages.StimulatorArmed(worker=w, armed=armed, reason=reason):
-            return f"worker {w}: {'armed' if armed else 'disarmed'}" + (
+        case messages.StimulatorArmed(worker=w, armed=armed, reason=reason, rules=rules):
+            live = f"; rules live: {', '.join(rules)}" if rules else ""
+            return f"worker {w}: {'armed' if armed else 'disarmed'}{live}" + (
                 f" ({reason})" if reason else ""
             )
         case messages.Triggered(

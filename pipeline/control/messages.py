@@ -154,10 +154,12 @@ class StopStimulation(WorkerRequest, frozen=True, kw_only=True):
 
 
 class Arm(WorkerRequest, frozen=True, kw_only=True):
-    """Allow stimulation (commands and triggers). Stimulators start disarmed unless
-    their config says ``armed = true``."""
+    """Allow stimulation: commands, and the config's trigger rules unless ``rules`` is
+    False (commands only). Stimulators start disarmed unless their config says
+    ``armed = true``. The reply names the rules that went live."""
 
     worker: str = "stim"
+    rules: bool = True
 
 
 class Disarm(WorkerRequest, frozen=True, kw_only=True):
@@ -403,10 +405,12 @@ class StimulationStopped(WorkerEvent, frozen=True, kw_only=True):
 
 
 class StimulatorArmed(WorkerEvent, frozen=True, kw_only=True):
-    """The stimulator was armed (``armed``) or disarmed, and why."""
+    """The stimulator was armed (``armed``) or disarmed, and why; ``rules``: the trigger
+    rules that are live (empty when disarmed, or armed for commands only)."""
 
     armed: bool
     reason: str = ""
+    rules: list[str] = []
 
 
 class Triggered(WorkerEvent, frozen=True, kw_only=True):

@@ -258,6 +258,40 @@ def test_a_trigger_fires_from_the_ring_and_its_events_say_when(rigs) -> None:
     assert late and all(not e.fired and e.reason == "disarmed" for e in late)
 
 
+def test_arming_says_which_rules_go_live_and_can_leave_them_off(rigs) -> None:
+    """``rigpipe stim arm --commands-only``: a pulse by hand is accepted and the rule's
+    crossings do not fire; ``rigpipe stim arm`` then names the rule it makes live."""
+    rig = rigs.new()
+    rig.write(SOURCE + STIM.format(buffer_ms=BUFFER_MS, extra="") + TRIGGER)
+    rig.start()
+
+    def stim(*args: str) -> str:
+        command = [sys.executable, "-m", "pipeline.cli", "stim", *args, "--session", rig.name]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    stim_events = rig.subscriber("worker.stim.")
+    try:
+        assert stim("arm", "--commands-only") == "stim armed; commands only; trigger rules off: spk"
+        assert stim("pulse", "0", "--biphasic", "50:100").startswith("accepted: command ")
+        manual = events(stim_events, 0.6)
+        assert stim("arm") == "stim armed; trigger rules now live: spk"
+        live = events(stim_events, 0.6)
+    finally:
+        stim_events.close()
+    armed = [e for e in manual if isinstance(e, messages.StimulatorArmed)]
+    assert [(e.armed, e.rules) for e in armed] == [(True, [])]
+    since = manual[manual.index(armed[0]) :]  # crossings before it said "disarmed"
+    crossings = [e for e in since if isinstance(e, messages.Triggered)]
+    # (a "disarmed" crossing held back before the arm is published once the reason changes)
+    assert {e.reason for e in crossings} <= {"armed for commands only", "disarmed"}, crossings
+    assert crossings[-1].reason == "armed for commands only"
+    assert not any(e.fired for e in crossings)
+    assert [e.rules for e in live if isinstance(e, messages.StimulatorArmed)] == [["spk"]]
+    assert any(e.fired for e in live if isinstance(e, messages.Triggered))
+
+
 def _main_thread_sleeps(pid: int) -> int:
     """The kernel's count of the times the process's main thread went to sleep."""
     with open(f"/proc/{pid}/task/{pid}/status") as status:

@@ -45,8 +45,10 @@ def rig(request) -> Iterator[tuple[ScopeWorker, RingWriter]]:
         worker._refresh()  # attaches
         yield worker, source
     finally:
-        worker.teardown()
-        source.close()
+        try:
+            worker.teardown()
+        finally:
+            source.close()
 
 
 def test_the_frame_rate_counts_the_frames_read(rig) -> None:

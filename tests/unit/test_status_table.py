@@ -94,3 +94,39 @@ def test_the_live_view_fits_80x24() -> None:
     lines = fit(STATUS, ["10:00:00 worker acq: restarted"], 80, 24)
     assert len(lines) <= 23 and all(len(line) <= 79 for line in lines)
     assert any("4817" in line for line in lines)
+
+
+def test_the_live_view_ends_showing_how_the_session_ended_and_prints_nothing_twice() -> None:
+    """After ``--duration`` the last frame on screen shows every worker stopped (it
+    said running), and no event line is printed again under it."""
+    import os
+    import threading
+
+    import msgspec
+
+    from pipeline.cli.run import _LiveTable
+    from pipeline.host.output import Output
+
+    read_end, write_end = os.pipe()
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.extend(iter(lambda: os.read(read_end, 65536), b""))
+    )
+    reader.start()
+    with os.fdopen(write_end, "w") as stream:
+        screen = Output(stream, name="test")
+        table = _LiveTable(screen)
+        table.tick(STATUS)
+        table.event("worker acq: restarted (restart 2, pid 5): exit code -9")
+        stopped = [msgspec.structs.replace(w, state="stopped") for w in STATUS.workers]
+        table.close(msgspec.structs.replace(STATUS, state="stopped", workers=stopped))
+        screen.close()
+    reader.join(5)
+    os.close(read_end)
+    text = b"".join(received).decode()
+    last = text.rsplit("\x1b[J", 2)[-2]  # the last frame drawn, up to its clear-to-end
+    assert text.endswith("\x1b[J"), "nothing is written after the last frame"
+    assert "session demo  stopped" in last
+    rows = [line for line in last.split("\n") if line.startswith(("acq ", "scope ", "decoder "))]
+    assert len(rows) == 3 and all(" stopped " in row for row in rows), rows
+    assert "restarted (restart 2" in last

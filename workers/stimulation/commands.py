@@ -36,6 +36,7 @@ class StimulatorCommands(Worker):
     """The command API of the stimulation worker (its subclass sets all of this up)."""
 
     armed: bool
+    rules_live: bool  # armed with the config's trigger rules firing
     limits: dict[int, ChannelLimits]
     backend: Any  # a SimulatedStimulator or an StgStimulator
     output: Output
@@ -59,22 +60,37 @@ class StimulatorCommands(Worker):
                         text=f"no channel {channel}; channels are 0..{self.settings.channels - 1}"
                     )
                 return self.silence(channel, "stop requested")
-            case messages.Arm():
-                self._set_armed(True, "Arm request")
-                return messages.Ok(detail=f"{self.name} armed")
+            case messages.Arm(rules=rules):
+                self._set_armed(True, "Arm request", rules)
+                return messages.Ok(detail=f"{self.name} armed; {self._rules_text()}")
             case messages.Disarm():
                 self._set_armed(False, "Disarm request")
                 self.silence(None, "disarmed")
                 return messages.Ok(detail=f"{self.name} disarmed, every channel silenced")
         return super().on_request(request)
 
-    def _set_armed(self, armed: bool, reason: str) -> None:
+    def _set_armed(self, armed: bool, reason: str, rules: bool = True) -> None:
+        """Arm (with the config's trigger rules live, or ``rules=False``: commands only)
+        or disarm, and say so."""
         self.armed = armed
-        self.triggers.watching(armed)  # disarmed, crossings need not be seen at once
+        self.rules_live = armed and rules
+        self.triggers.watching(self.rules_live)  # off, crossings need not be seen at once
         s = self.settings
-        state = "ARMED" if armed else "disarmed"
-        self.note = f"{s.backend}, {s.channels} channels, {state}"
-        self.publish(messages.StimulatorArmed(worker=self.name, armed=armed, reason=reason))
+        state = "ARMED" if self.rules_live or not s.triggers else "ARMED, commands only"
+        self.note = f"{s.backend}, {s.channels} channels, {state if armed else 'disarmed'}"
+        live = [rule.name for rule in s.triggers] if self.rules_live else []
+        self.publish(
+            messages.StimulatorArmed(worker=self.name, armed=armed, reason=reason, rules=live)
+        )
+
+    def _rules_text(self) -> str:
+        """Which of the config's trigger rules fire from now on."""
+        names = ", ".join(rule.name for rule in self.settings.triggers)
+        if not names:
+            return "no trigger rules configured: commands only"
+        if self.rules_live:
+            return f"trigger rules now live: {names}"
+        return f"commands only; trigger rules off: {names}"
 
     def silence(self, channel: int | None, reason: str) -> messages.Ok:
         dropped = self.output.silence(channel)

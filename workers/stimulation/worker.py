@@ -192,7 +192,7 @@ class StimulationWorker(StimulatorCommands):
         # worker) is never taken for one of this run's.
         self._prepared: dict[int, tuple[messages.PulseTrain | messages.Waveform, Rendered]] = {}
         self._held: dict[str, _Held] = {}  # rule -> crossings held back (_publish_triggered)
-        self.armed = s.armed
+        self.armed = self.rules_live = s.armed
         self._awake_until = 0.0  # monotonic s: see StimulationSettings.stay_awake_s
         self._ids = itertools.count(time.time_ns() // 1000)  # unique across restarts
         self.backend = self._open_backend()
@@ -314,6 +314,8 @@ class StimulationWorker(StimulatorCommands):
         reason, command_id = "", 0
         if not self.armed:
             reason = "disarmed"
+        elif not self.rules_live:
+            reason = "armed for commands only"
         elif self.output.busy(rule.stim_channel):
             reason = f"channel {rule.stim_channel} is still stimulating"
         else:
