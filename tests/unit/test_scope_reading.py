@@ -72,9 +72,13 @@ def test_frames_overwritten_while_folded_in_count_as_drops(rig) -> None:
     assert envelope is not None
     fold = envelope.add
 
+    lapped = []
+
     def lapped_while_folding(data: np.ndarray) -> None:
         fold(data)
-        source.write(np.zeros((CAPACITY, 8), np.int16))  # the writer laps the view in use
+        if not lapped:  # once: the writer laps the view in use
+            lapped.append(True)
+            source.write(np.zeros((CAPACITY, 8), np.int16))
 
     envelope.add = lapped_while_folding  # type: ignore[method-assign]
     panel.refresh()
