@@ -115,6 +115,37 @@ def test_a_recorder_killed_mid_recording_loses_no_frame(rigs) -> None:
     assert len(read_manifest(directory).segments) == 1, "resumed in the same segment"
 
 
+def test_a_recorder_from_launch_starts_at_the_streams_first_frame(rigs) -> None:
+    """``recording = true``: the recorder attaches after the source is ready, and still
+    records from the stream's first frame, which the ring holds."""
+    rig, recordings = _rig(rigs)
+    rig.start()
+    with attach(f"{rig.name}/acq/continuous", cursor=0) as reader:
+        first = reader.read(max_frames=1, timeout_s=2)
+    assert (first.start_sequence, first.dropped) == (0, 0)
+    time.sleep(0.5)
+    assert rig.interrupt() == 0
+    directory = _recording(recordings)
+    stamps = _timestamps(directory)
+    assert stamps[0] == first.timestamps_ns[0], "the recording starts at the first frame"
+    _assert_contiguous(stamps)
+    assert _gaps(directory) == []
+
+
+def test_a_recorder_from_launch_says_what_the_ring_no_longer_held(rigs) -> None:
+    """With a ring shorter than the recorder's start-up, the frames before it attached
+    are one exact gap row that says why, from the stream's first frame."""
+    rig, recordings = _rig(rigs, buffer_s=0.02)
+    rig.start()
+    time.sleep(0.5)
+    assert rig.interrupt() == 0
+    first = _gaps(_recording(recordings))[0]
+    cause = b"recorder started after the source: the ring no longer held these frames"
+    assert first["cause"] == cause
+    assert first["cursor_start"] == 0 and first["at_frame"] == 0
+    assert first["lost_frames"] == first["cursor_end"] - first["cursor_start"] > 0
+
+
 def test_a_killed_source_gives_exactly_one_recorded_gap(rigs) -> None:
     rig, recordings = _rig(rigs)
     rig.start()

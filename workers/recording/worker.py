@@ -46,6 +46,7 @@ from workers.recording.writer import (
     CAUSE_DOWN,
     CAUSE_RESTARTED,
     CAUSE_RESTARTED_WHILE_DOWN,
+    CAUSE_STARTED_LATE,
     RecordingWriter,
     finish_abandoned,
 )
@@ -142,7 +143,7 @@ class RecordingWorker(Worker):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if not self._resume_if_interrupted() and self.settings.recording:
-                self._start()
+                self._start(from_launch=True)
         except (OSError, ValueError) as exc:
             self._fail(exc)
 
@@ -346,7 +347,10 @@ class RecordingWorker(Worker):
             continue
 
     # -- starting, resuming, stopping -----------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, from_launch: bool = False) -> None:
+        """Start a recording: at each stream's first frame when recording from the
+        session's launch (``from_launch``: what the ring no longer holds is one gap row),
+        else from now (``rigpipe record start``)."""
         s = self.settings
         if full := self._disk_full():
             raise OSError(full)
@@ -354,7 +358,11 @@ class RecordingWorker(Worker):
         formats, cursors, ids, absent = [], {}, {}, []
         for track in self.tracks.values():
             try:
-                reader = self.reader(track.stream, from_now=True)
+                if from_launch:
+                    reader = self.reader(track.stream, cursor=0)
+                    track.dropped_cause = CAUSE_STARTED_LATE
+                else:
+                    reader = self.reader(track.stream, from_now=True)
             except StreamNotFound:
                 track.absent_since_ns = clock.now_ns()
                 track.look_at = clock.now_s() + REATTACH_S

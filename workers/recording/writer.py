@@ -57,6 +57,9 @@ class _StreamState:
 SKIPPED = "timestamps jump: the source skipped frames"
 CAUSE_BEHIND = "recorder fell behind: the ring overwrote these frames"
 CAUSE_DOWN = "recorder was down longer than the ring holds"
+#: A recorder recording from launch starts at each stream's first frame; the frames the
+#: ring no longer held by the time it attached are this gap.
+CAUSE_STARTED_LATE = "recorder started after the source: the ring no longer held these frames"
 CAUSE_RESTARTED = "source restarted: its stream was closed and created again"
 CAUSE_RESTARTED_WHILE_DOWN = (
     "source restarted while the recorder was down: the old stream's unrecorded frames are gone"
