@@ -19,9 +19,8 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QToolButton
 
-from pipeline.control.bus import Endpoints
 from pipeline.ring import RingWriter
-from pipeline.worker import WorkerSpec
+from tests.scope import scope_worker
 from workers.visualization.worker import ScopeWorker
 
 
@@ -32,15 +31,7 @@ def scope(tmp_path) -> Iterator[ScopeWorker]:
     source = RingWriter(
         f"{session}/src/out", np.int16, 64, 10_000, 1000.0, {"channel_labels": labels}
     )
-    spec = WorkerSpec(
-        session=session,
-        name="scope",
-        kind="workers.visualization",
-        endpoints=Endpoints("tcp://127.0.0.1:9", "tcp://127.0.0.1:9"),
-        supervisor_pid=os.getpid(),
-    )
-    parameters = {"streams": ["src/out"], "offscreen": True, "channels_per_page": 16}
-    worker = ScopeWorker(spec, ScopeWorker.parse_settings(parameters))
+    worker = scope_worker(session, {"streams": ["src/out"], "channels_per_page": 16})
     worker.setup()
     try:
         source.write(np.zeros((500, 64), np.int16))

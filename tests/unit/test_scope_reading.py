@@ -17,9 +17,8 @@ wine.import_module("PySide6.QtWidgets", "icuuc.dll")
 pytest.importorskip("pyqtgraph")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from pipeline.control.bus import Endpoints  # noqa: E402
 from pipeline.ring import RingWriter  # noqa: E402
-from pipeline.worker import WorkerSpec  # noqa: E402
+from tests.scope import scope_worker  # noqa: E402
 from workers.visualization.worker import ScopeWorker  # noqa: E402
 
 CAPACITY = 4000
@@ -29,16 +28,7 @@ CAPACITY = 4000
 def rig(request) -> Iterator[tuple[ScopeWorker, RingWriter]]:
     session = f"scoperead{os.getpid()}"
     source = RingWriter(f"{session}/src/out", np.int16, 8, CAPACITY, 1000.0, request.param)
-    spec = WorkerSpec(
-        session=session,
-        name="scope",
-        kind="workers.visualization",
-        endpoints=Endpoints("tcp://127.0.0.1:9", "tcp://127.0.0.1:9"),
-        supervisor_pid=os.getpid(),
-    )
-    worker = ScopeWorker(
-        spec, ScopeWorker.parse_settings({"streams": ["src/out"], "offscreen": True})
-    )
+    worker = scope_worker(session, {"streams": ["src/out"]})
     worker.setup()
     try:
         source.write(np.zeros((10, 8), np.int16))
