@@ -266,7 +266,10 @@ def test_event_streams_read_as_records(recorded: Path) -> None:
         topics = [e.topic for e in rec.events]
         assert "session.annotated" in topics and "worker.stim.stimulation_queued" in topics
         (note,) = [e for e in rec.events if e.topic == "session.annotated"]
-        assert note.payload["text"] == "electrode lowered" and 0 < note.t_s < 1
+        # recorded from launch, the recording starts at the source's first frame
+        assert note.payload["text"] == "electrode lowered"
+        continuous = rec["acq/continuous"]
+        assert 0 < note.t_s < continuous.frames / continuous.sample_rate
         assert rec.provenance["session"] == read_manifest(recorded).session
         assert any(r["worker"] == "acq" for r in rec.restarts)
 

@@ -379,7 +379,9 @@ def test_a_recorder_down_longer_than_the_ring_holds_records_the_gap(rigs) -> Non
     time.sleep(1.0)
     assert rig.interrupt() == 0
     directory = _recording(recordings)
-    gaps = _gaps(directory)
+    # (a recorder slower to start than the 0.6 s ring, as under Wine, also has the row
+    # "recorder started after the source" at frame 0: not this test's)
+    gaps = [g for g in _gaps(directory) if not g["cause"].startswith(b"recorder started")]
     assert [g["cause"] for g in gaps] == [b"recorder was down longer than the ring holds"]
     # Down for the 1 s heartbeat timeout plus the restart, with 0.6 s in the ring: exact loss.
     assert gaps[0]["lost_frames"] == gaps[0]["cursor_end"] - gaps[0]["cursor_start"] > 0.2 * RATE

@@ -267,6 +267,9 @@ def test_a_real_window_on_an_x_server_shows_labels_and_traces_where_the_data_say
     four = _lines_after(snapshot, 4, rig=rig)
     assert np.allclose(_spacing(four), [3, 1, 3], atol=0.25), four
     image = QImage(str(snapshot)).convertToFormat(QImage.Format.Format_RGBA8888)
+    # the window fits the 1280x1024 screen (1300 wide by its settings; a 1080p screen cut
+    # off the raster of a 1110-high one)
+    assert image.width() <= 1280 and image.height() <= 1024, (image.width(), image.height())
     pixels = np.frombuffer(image.constBits(), np.uint8).reshape(
         image.height(), image.bytesPerLine() // 4, 4
     )[:, : image.width()]

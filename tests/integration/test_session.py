@@ -80,7 +80,8 @@ def test_an_unknown_short_name_lists_the_streams_of_that_rig_only(rigs, monkeypa
         attach("nosuch/stream")
     text = str(missing.value)
     assert f"stream '{mine.name}/nosuch/stream' does not exist" in text
-    assert f"{mine.name}/acq/continuous" in text
+    if missing.value.existing is not None:  # where shared memory can be listed (not Windows)
+        assert f"{mine.name}/acq/continuous" in text
     assert other.name not in text
 
 

@@ -87,3 +87,30 @@ def test_the_status_line_is_in_the_streams_units_with_its_fields_apart(rig) -> N
     fields = text.split("  |  ")
     assert fields[-1] == "band 400 uA", text
     assert "channels 1-8 of 8" in fields and "page 0" in fields and "gain 1" in fields
+
+
+def test_the_raster_rows_are_labelled_with_their_channels() -> None:
+    """The spike raster under the traces has a row band per channel of the page: its
+    axis names the channels (it said 0/50/100, pixel rows)."""
+    session = f"scoperaster{os.getpid()}"
+    labels = [f"e{c:02d}" for c in range(32)]
+    source = RingWriter(
+        f"{session}/src/out", np.int16, 32, CAPACITY, 1000.0, {"channel_labels": labels}
+    )
+    scope = scope_worker(
+        session, {"streams": ["src/out"], "raster": True, "raster_px": 160, "channels_per_page": 16}
+    )
+    scope.setup()
+    try:
+        source.write(np.zeros((100, 32), np.int16))
+        scope._refresh()
+        ticks = scope.panels[0].raster_plot.getAxis("left")._tickLevels[0]
+        names = [name for _, name in ticks]
+        assert names[0] == "e00" and set(names) <= set(labels[:16]) and len(names) >= 8
+        spacing = np.diff([y for y, _ in ticks])
+        assert spacing.min() >= 14 and abs(ticks[0][0] - 160 / 16 / 2) < 1e-9
+    finally:
+        try:
+            scope.teardown()
+        finally:
+            source.close()

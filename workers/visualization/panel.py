@@ -220,9 +220,11 @@ class Panel:
         labels = self.reader.descriptor.get("channel_labels") or []
         band = max(2, height // max(1, count))
         every = max(1, -(-count // 32))
-        ticks = [
-            (k * band + band // 2, str(labels[c]) if c < len(labels) else str(c))
-            for k, c in enumerate(range(first, first + count))
-            if k % every == 0
-        ]
+        names = [str(labels[c]) if c < len(labels) else str(c) for c in range(first, first + count)]
+        ticks = [(k * band + band // 2, name) for k, name in enumerate(names) if k % every == 0]
         self.plot.getAxis("left").setTicks([ticks, []])
+        if self.raster is not None:  # its rows are the same channels, squeezed: label them
+            rows = self.worker.settings.raster_px
+            step = max(1, -(-count // max(1, rows // 14)))  # a label at most every 14 pixels
+            spaced = [((k + 0.5) * rows / count, name) for k, name in enumerate(names)]
+            self.raster_plot.getAxis("left").setTicks([spaced[::step], []])

@@ -141,7 +141,12 @@ class ScopeWorker(Worker):
         # the picture at 1:1 (a 1-pixel trace scaled down can vanish): room for the label
         # axis on the left, the status line above, the time axis and the raster below
         raster = s.raster_px + 30 if s.raster else 0
-        self.window.resize(s.width_px + 100, s.height_px + 120 + raster)
+        width, height = s.width_px + 100, s.height_px + 120 + raster
+        screen = self.app.primaryScreen()
+        if not s.offscreen and screen is not None:  # never taller or wider than the screen
+            room = screen.availableGeometry()  # (a 1080p screen cut the raster off)
+            width, height = min(width, room.width()), min(height, room.height())
+        self.window.resize(width, height)
         self.panels = [Panel(self, stream, pg) for stream in s.streams]
         for panel in self.panels:
             self.window.addTab(panel.widget, panel.stream)
