@@ -38,6 +38,7 @@ channels = {CHANNELS}
 sample_rate_hz = {RATE}
 chunk_s = 0.002
 unit_fraction = 1.0
+buffer_s = 10.0  # the recorder, from launch, starts at the first frame (Wine starts it late)
 
 [[workers]]
 name = "stim"
