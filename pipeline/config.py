@@ -38,7 +38,7 @@ import msgspec
 
 from pipeline.control.bus import check_key_file
 from pipeline.errors import ConfigError
-from pipeline.ring.naming import _PART
+from pipeline.ring.naming import _PART, EVENTS_STREAM, SUPERVISOR
 from pipeline.settings import Port, Positive, Settings
 from pipeline.worker import Worker, use_worker_path, worker_path
 
@@ -53,6 +53,8 @@ class SessionConfig(Settings, frozen=True, kw_only=True):
     #: who may read recordings: "group" (files 0640, directories 0750) or "user" (0600, 0700)
     recordings_access: Literal["group", "user"] = "group"
     stop_timeout_s: Positive = 5.0
+    #: events the session's event log keeps for a recorder that restarts (2 KiB each)
+    events_buffer: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4096
 
 
 class ControlConfig(Settings, frozen=True, kw_only=True):
@@ -162,7 +164,7 @@ def loads(text: str, where: str = "<config>") -> RigConfig:
     seen: dict[str, int] = {}
     for index, worker in enumerate(config.workers):
         at = f"workers[{index}]"
-        _check_name(worker.name, where, f"{at}.name")
+        _check_worker_name(worker.name, where, f"{at}.name")
         if worker.name in seen:
             raise ConfigError(
                 where,
@@ -340,6 +342,17 @@ def _check_name(name: str, where: str, at: str) -> None:
         )
     if len(name) > MAX_NAME:
         raise ConfigError(where, at, f"{len(name)} characters; at most {MAX_NAME}")
+
+
+def _check_worker_name(name: str, where: str, at: str) -> None:
+    _check_name(name, where, at)
+    if name == SUPERVISOR:
+        raise ConfigError(
+            where,
+            at,
+            f"{name!r} is the supervisor's own name (it writes the session's event log, "
+            f"{EVENTS_STREAM}); name the worker differently",
+        )
 
 
 def _check_streams(rig: RigConfig, where: str) -> None:

@@ -23,7 +23,7 @@ import msgspec
 from pipeline.errors import ProtocolError
 
 #: Sent in ``Hello``; the supervisor refuses a peer with another version.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Logged (the annotation's event number)
 
 
 def _snake(name: str) -> str:
@@ -237,6 +237,13 @@ class Ok(Message, frozen=True, kw_only=True):
     detail: str = ""
 
 
+class Logged(Ok, frozen=True, kw_only=True):
+    """An event the request made was published as number ``sequence`` of the session's event
+    log (``<session>/supervisor/events``); a recorder records it under that number."""
+
+    sequence: int
+
+
 class Accepted(Ok, frozen=True, kw_only=True):
     """A stimulation command passed its safety check and is queued as ``command_id``."""
 
@@ -448,6 +455,7 @@ AnyMessage = (
     | StimulationRequest
     | StimulationEvent
     | Accepted
+    | Logged
     | Prepared
     | Refused
     | Annotate

@@ -23,6 +23,11 @@ PREFIX_ENV = "RIGPIPE_SHM_PREFIX"
 _PREFIX = re.compile(r"rp[a-z0-9]{0,3}_")  # at most 6 characters: "/" + 6 + 24 = 31
 _HASH_BYTES = 12  # 24 hex characters: "rp_" + 24 = 27 characters, "/" + 27 = 28 <= 31
 MAX_STREAM_BYTES = 200
+#: The one stream no worker writes: the supervisor's log of every event the session publishes
+#: (``<session>/supervisor/events``, see :mod:`pipeline.control.eventlog`). A worker may not be
+#: named ``supervisor``.
+SUPERVISOR = "supervisor"
+EVENTS_STREAM = f"{SUPERVISOR}/events"
 _PART = re.compile(r"[A-Za-z0-9_.\-]+")
 
 

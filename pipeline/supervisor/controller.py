@@ -37,7 +37,7 @@ class Rig(Protocol):
     def stream_statuses(self) -> list[messages.StreamStatus]: ...
     def spawn(self, worker: WorkerProcess) -> None: ...
     def ask_to_stop(self, worker: WorkerProcess, hold: bool) -> None: ...
-    def publish(self, event: Message) -> None: ...
+    def publish(self, event: Message) -> int: ...
     def request_stop(self, reason: str) -> None: ...
     def next_id(self) -> int: ...
     def write_discovery(self) -> None: ...
@@ -232,13 +232,18 @@ class Controller:
         return None
 
     def annotate(self, request: messages.Annotate) -> Message:
-        """Publish the text as an ``Annotation`` event, stamped with wall and monotonic time."""
-        self.supervisor.publish(
+        """Publish the text as an ``Annotation`` event, stamped with wall and monotonic time;
+        the reply says its number in the session's event log."""
+        sequence = self.supervisor.publish(
             messages.Annotation(
                 text=request.text, time_ns=time.time_ns(), monotonic_ns=clock.now_ns()
             )
         )
-        return messages.Ok(request_id=request.request_id, detail="annotation recorded")
+        return messages.Logged(
+            request_id=request.request_id,
+            detail=f"annotation logged as event {sequence}",
+            sequence=sequence,
+        )
 
     def shutdown(self, request: messages.Shutdown) -> Message:
         """Begin the ordered stop of the whole session (what Ctrl-C does)."""

@@ -41,6 +41,7 @@ from typing import Any
 
 from pipeline.config import RigConfig
 from pipeline.control import bus, messages, session
+from pipeline.control.eventlog import EventLog, events_stream
 from pipeline.control.messages import Message
 from pipeline.errors import SessionRunning
 from pipeline.host import clock
@@ -89,6 +90,7 @@ class Supervisor:
         self.streams = {
             f"{self.name}/{stream}": plan.name for plan in rig.workers for stream in plan.outputs
         }
+        self.streams[events_stream(self.name)] = "supervisor"
         self.state = SessionState.STARTING
         self.workers: dict[str, WorkerProcess] = {}
         self._levels = sorted({plan.level for plan in rig.workers})
@@ -105,6 +107,7 @@ class Supervisor:
         self._last_tick = self._t0  # when the loop last ran (see _forgive_own_stall)
         self.session_id = str(uuid.uuid4())
         self.server: bus.Server | None = None
+        self.event_log: EventLog | None = None
         self.controller: Controller | None = None
         # Where a segment dies with its last handle (Windows), hold the streams' segments
         # so that a writer killed with no reader attached leaves them to its restart.
@@ -129,6 +132,8 @@ class Supervisor:
         previous = self._install_signals()
         closing = ConsoleClose(self.request_stop)  # Windows: closing the console stops in order
         try:
+            # Every event published from now on is also logged, numbered, for the recorders.
+            self.event_log = EventLog(self.name, self.rig.session.events_buffer)
             self.write_discovery()
             self.on_event(
                 f"session {self.name!r} up: control {self.server.endpoints.control}, "
@@ -257,6 +262,9 @@ class Supervisor:
             except Exception as exc:  # a broken hook must not stop the cleanup
                 log.exception("after_session of %s", worker.name)
                 self.on_event(f"worker {worker.name}: cleanup after the session failed: {exc}")
+        if self.event_log is not None:
+            self.event_log.close()
+            self.event_log = None
         if self.holds is not None:
             self.holds.release()
         removed = segments.sweep(streams=list(self.streams))
@@ -540,11 +548,14 @@ class Supervisor:
         return statuses
 
     # -- what the controller uses --------------------------------------------------------------
-    def publish(self, event: Message) -> None:
-        """Send ``event`` to every subscriber, and to ``on_event``."""
+    def publish(self, event: Message) -> int:
+        """Log ``event`` in the session's event log, send it to every subscriber and to
+        ``on_event``; its sequence number in the log (-1 before the log exists)."""
+        sequence = -1 if self.event_log is None else self.event_log.append(event)
         if self.server is not None:
             self.server.publish(event)
         self.on_event(event)
+        return sequence
 
     def next_id(self) -> int:
         """A request id for a message the supervisor sends itself."""

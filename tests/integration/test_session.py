@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,11 +193,14 @@ def test_next_run_cleans_up_after_a_supervisor_killed_with_its_workers(rigs) -> 
     assert naming.shm_name(stream) in (shm.list_names() or [])
 
     rig.start()  # same session name: the stale one is detected and cleaned first
-    assert "cleaned up after a supervisor that died: removed 4 shared-memory segment(s)" in (
+    # two segments for each of acq/continuous, acq/spikes and the event log supervisor/events
+    assert "cleaned up after a supervisor that died: removed 6 shared-memory segment(s)" in (
         rig.log()
     ), rig.log()
     with attach(stream) as reader:
         assert reader.generation == 1, "a fresh stream, not a takeover of the stale one"
+    with attach(f"{rig.name}/supervisor/events") as reader:
+        assert reader.generation == 1, "a fresh event log, numbered from 0 again"
     assert rig.interrupt() == 0
     assert naming.shm_name(stream) not in (shm.list_names() or [])
 
@@ -568,7 +572,7 @@ def test_cli_against_a_running_rig(rigs) -> None:
     assert status.returncode == 0 and "acq" in status.stdout and "running" in status.stdout
     tail = cli("tail", "acq/continuous", "--seconds", "1.2")
     assert tail.returncode == 0 and "frames/s" in tail.stdout
-    assert cli("annotate", "hello").stdout.strip() == "annotation recorded"
+    assert re.fullmatch(r"annotation logged as event \d+", cli("annotate", "hello").stdout.strip())
     assert "acq.spike_rate_hz = 3" in cli("set", "acq", "spike_rate_hz", "3").stdout
     pid = rig.worker("acq").pid
     killed = cli("worker", "kill", "acq")
