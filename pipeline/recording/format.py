@@ -26,18 +26,35 @@ import numpy as np
 from pipeline.errors import ManifestCorrupt, RecordingError
 from pipeline.host import clock
 from pipeline.host.files import atomic_replace, read_bytes
+from pipeline.ring.naming import EVENTS_STREAM as EVENTS_STREAM
 
 #: 2: per-stream ``sequence_runs`` and ``stream_id``, the ``flushed`` row counts, manifest
-#: ``repairs``. Version 1 recordings are still read (and repaired the version 1 way).
-SCHEMA_VERSION = 2
+#: ``repairs``. 3: the events' ``sequence`` in the session's event log, ``events_cursor``, gap
+#: rows of the event log. Versions 1 and 2 are still read (1 is repaired the version 1 way).
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 #: In a continuous stream, a timestamp step this many sample periods long (or more) is a gap.
 GAP_PERIODS = 1.5
 
 #: One row per control-plane event (annotations, restarts, parameter changes, reports).
+#: ``sequence``: its number in the session's event log (``supervisor/events``); -1 for a row
+#: the recorder wrote of its own (schema 3; older tables have no such column).
 EVENT_DTYPE = np.dtype(
-    [("time_ns", "<i8"), ("monotonic_ns", "<i8"), ("topic", "S64"), ("payload", "S2048")]
+    [
+        ("time_ns", "<i8"),
+        ("monotonic_ns", "<i8"),
+        ("topic", "S64"),
+        ("payload", "S2048"),
+        ("sequence", "<i8"),
+    ]
 )
+#: ``events_cursor`` (one row, updated at each flush): the event log's stream id and the
+#: sequence of the first event not yet in the recording. A restarted recorder resumes there.
+EVENTS_CURSOR_DTYPE = np.dtype([("stream_id", "<i8"), ("sequence", "<i8")])
+# A gap row whose ``stream`` is EVENTS_STREAM ("supervisor/events", the event log) counts
+# events the recording is missing. That stream has no stream group (its rows are the
+# ``events`` table): ``at_frame`` is the row of this segment's ``events`` table the gap
+# precedes, ``lost_frames`` the number of events lost, the cursors their sequence numbers.
 #: One row per stretch of a stream that is missing from the recording, and why.
 GAP_DTYPE = np.dtype(
     [

@@ -11,7 +11,8 @@ What goes where:
 - spike streams (records with ``timestamp_ns``, ``channel``, ``unit``) -> the units
   table, one unit per (channel, unit); other event streams -> an EventsTable each;
 - annotations, stimulation events and the other control-plane events -> EventsTables;
-- gaps -> ``invalid_times`` (tagged with the stream, with the cause);
+- gaps -> ``invalid_times`` (tagged with the stream, with the cause; events the
+  session's event log no longer held are tagged ``supervisor/events``);
 - provenance (host, versions, config, restarts) -> ``notes`` as JSON, the session
   id and ``was_generated_by``.
 
@@ -44,6 +45,7 @@ import numpy as np
 from pipeline import extras
 from pipeline.errors import RecordingError
 from pipeline.host import clock
+from pipeline.recording.format import EVENTS_STREAM
 from pipeline.recording.readback import Recording, open_recording
 from pipeline.recording.views import EventView, StreamView
 
@@ -439,6 +441,8 @@ class _Writer:
             # in time order: a repeated message is recorded up to a second after it happened
             events = sorted(events, key=lambda e: e.t_s)
             columns = {"topic": [e.topic for e in events], **_typed_columns(events)}
+            # its number in the session's event log (-1: the recorder's own, or not numbered)
+            columns["log_sequence"] = np.array([e.sequence for e in events], np.int64)
             if name == "annotations":
                 columns["annotation"] = columns.pop("text")
             times = np.array([e.t_s for e in events])
@@ -446,13 +450,16 @@ class _Writer:
 
     def _gaps(self, nwbfile: Any) -> None:
         gaps = [(stream, g) for stream, found in self.rec.gaps.items() for g in found]
+        gaps += [(EVENTS_STREAM, g) for g in self.rec.event_gaps]
         if not gaps:
             return
         nwbfile.add_invalid_times_column("cause", "why these frames are not in the recording")
-        nwbfile.add_invalid_times_column("lost_frames", "how many frames are missing")
+        nwbfile.add_invalid_times_column(
+            "lost_frames", f"how many frames are missing (for {EVENTS_STREAM}: events)"
+        )
         for stream, gap in gaps:
-            view = self.rec.stream(stream)
-            period_ns = 1e9 / view.sample_rate if view.sample_rate > 0 else 0.0
+            rate = 0.0 if stream == EVENTS_STREAM else self.rec.stream(stream).sample_rate
+            period_ns = 1e9 / rate if rate > 0 else 0.0
             start_ns = gap.start_ns or int(gap.end_ns - gap.lost_frames * period_ns)
             nwbfile.add_invalid_time_interval(
                 start_time=(start_ns - self.rec.start_ns) / 1e9,

@@ -38,6 +38,7 @@ import numpy as np
 from pipeline.errors import RecordingError
 from pipeline.recording.format import (
     CHANNELS_BY_FRAMES,
+    EVENTS_STREAM,
     LAYOUTS,
     MANIFEST,
     Manifest,
@@ -73,6 +74,9 @@ class Event:
     monotonic_ns: int  # when it happened (the payload's own time if it has one), host monotonic
     topic: str
     payload: Any  # the decoded JSON, or the text when it was cut or is not JSON
+    #: its number in the session's event log (-1: a row the recorder wrote of its own, or a
+    #: recording of schema 2 or older)
+    sequence: int = -1
 
 
 class Recording:
@@ -173,7 +177,9 @@ class Recording:
     def events(self) -> list[Event]:
         """Every control-plane event recorded (annotations, state changes, stimulation, ...)."""
         events = []
-        for row in self._table("events"):
+        table = self._table("events")
+        numbered = "sequence" in (table.dtype.names or ())
+        for row in table:
             raw = row["payload"].decode(errors="replace")
             try:
                 payload = json.loads(raw)
@@ -189,6 +195,7 @@ class Recording:
                     monotonic_ns=stamp,
                     topic=row["topic"].decode(errors="replace"),
                     payload=payload,
+                    sequence=int(row["sequence"]) if numbered else -1,
                 )
             )
         return events
@@ -204,6 +211,28 @@ class Recording:
     def gaps(self) -> dict[str, list[Gap]]:
         """Per stream, the stretches that are not in the recording."""
         return {name: self.stream(name).gaps for name in self.streams}
+
+    @property
+    def event_gaps(self) -> list[Gap]:
+        """Events of the session's log that are not in the recording: ``frame`` is the index
+        in :attr:`events` of the first event after the gap, ``lost_frames`` how many events
+        were lost (the session's event log no longer held them)."""
+        gaps, before = [], 0
+        for path in self.segment_paths:
+            file = self.files.get(str(path))
+            table = file["gaps"][:]
+            for row in table[table["stream"] == EVENTS_STREAM.encode()]:
+                gaps.append(
+                    Gap(
+                        frame=before + int(row["at_frame"]),
+                        lost_frames=int(row["lost_frames"]),
+                        start_ns=int(row["start_ns"]),
+                        end_ns=int(row["end_ns"]),
+                        cause=row["cause"].decode(errors="replace"),
+                    )
+                )
+            before += len(file["events"])
+        return gaps
 
     @property
     def restarts(self) -> list[dict[str, Any]]:

@@ -11,6 +11,10 @@ bounded memory. What is checked (a failure makes ``rigpipe inspect`` exit 1):
 - a gap blamed on the ring (the recorder fell behind, or was down) lost
   exactly its ring sequence range, and the rows after it start at that range's
   end (the segment's ``sequence_runs``, schema 2).
+- every event of the session's log between the first and the last the
+  recording holds is a row, stands in a row's count of repeats, or is in a gap
+  row of ``supervisor/events``, exactly once (schema 3; older recordings do not
+  number their events).
 
 Timestamps that go backwards are reported as warnings: they are data (a
 device clock estimate that moved), not missing frames.
@@ -18,6 +22,7 @@ device clock estimate that moved), not missing frames.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import dataclass, field
@@ -29,6 +34,7 @@ import numpy as np
 
 from pipeline.errors import RecordingError
 from pipeline.recording.format import (
+    EVENTS_STREAM,
     GAP_PERIODS,
     LAYOUTS,
     StreamGroup,
@@ -67,6 +73,27 @@ class StreamSummary:
 
 
 @dataclass
+class EventsSummary:
+    """The session's events in the recording: which of the log's numbers it accounts for."""
+
+    rows: int = 0  # rows of the events tables, the recorder's own included
+    numbered: int = 0  # rows of events from the log (schema 3)
+    repeats: int = 0  # events that a held-back row stands for besides itself
+    first: int | None = None  # the lowest and highest log number recorded
+    last: int | None = None
+    lost: int = 0  # events in gap rows of supervisor/events
+    gaps: int = 0
+
+    @property
+    def accounted(self) -> int:
+        return self.numbered + self.repeats + self.lost
+
+    @property
+    def expected(self) -> int:
+        return 0 if self.first is None or self.last is None else self.last - self.first + 1
+
+
+@dataclass
 class Report:
     """What ``inspect`` found; ``problems`` lists unexplained missing frames and broken files."""
 
@@ -76,7 +103,7 @@ class Report:
     provenance: dict[str, Any] = field(default_factory=dict)
     restarts: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[dict[str, Any]] = field(default_factory=list)
-    events: int = 0
+    events: EventsSummary = field(default_factory=EventsSummary)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     #: Why the recording ended before anyone asked it to (its manifest says); "" if it did not.
@@ -121,6 +148,7 @@ def inspect(path: Path) -> Report:
                 f"{file_path.name} cannot be read, the file is damaged "
                 f"({type(exc).__name__}: {exc}); the other segments are reported as they are"
             )
+    _check_events(report)
     return report
 
 
@@ -145,7 +173,7 @@ def _inspect_segment(
         gaps = file["gaps"][:]
         report.gaps += [_row(g) for g in gaps]
         report.restarts += [_row(r) for r in file["provenance/restarts"][:]]
-        report.events += len(file["events"])
+        _count_events(report.events, file["events"], gaps)
         sizes = {}
         for group in file["streams"].values():
             stream = StreamGroup.read(group).stream
@@ -247,6 +275,52 @@ def _check_stream(
                 )
 
 
+def _count_events(summary: EventsSummary, table: h5py.Dataset, gaps: np.ndarray) -> None:
+    """Add one segment's events and event gaps to ``summary``."""
+    summary.rows += len(table)
+    mine = gaps[gaps["stream"] == EVENTS_STREAM.encode()]
+    summary.gaps += len(mine)
+    summary.lost += int((mine["cursor_end"] - mine["cursor_start"]).sum())
+    for gap in mine:
+        _span(summary, int(gap["cursor_start"]), int(gap["cursor_end"]) - 1)
+    if "sequence" not in (table.dtype.names or ()):
+        return
+    rows = table[:]
+    numbered = rows[rows["sequence"] >= 0]
+    if not len(numbered):
+        return
+    summary.numbered += len(numbered)
+    _span(summary, int(numbered["sequence"].min()), int(numbered["sequence"].max()))
+    for row in numbered:  # a row the recorder held back stands for its count of repeats
+        if b'"first_repeat_ns"' in row["payload"]:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                summary.repeats += int(json.loads(row["payload"])["repeats"]) - 1
+
+
+def _span(summary: EventsSummary, first: int, last: int) -> None:
+    if first > last:
+        return
+    summary.first = first if summary.first is None else min(summary.first, first)
+    summary.last = last if summary.last is None else max(summary.last, last)
+
+
+def _check_events(report: Report) -> None:
+    """Every event numbered between the first and the last recorded is accounted for once."""
+    events = report.events
+    if events.first is None or events.accounted == events.expected:
+        return
+    missing = events.expected - events.accounted
+    report.problems.append(
+        f"events: the recording accounts for {events.accounted} of the "
+        f"{events.expected} events numbered {events.first} to {events.last} of the "
+        + (
+            f"session's log: {missing} are missing and no gap row explains them"
+            if missing > 0
+            else f"session's log: {-missing} are counted twice"
+        )
+    )
+
+
 def _check_ring_gaps(report: Report, group: h5py.Group, gaps: np.ndarray, file_name: str) -> None:
     """A gap blamed on the ring lost exactly its cursor range, and recording resumed at its end."""
     attrs = StreamGroup.read(group)
@@ -312,19 +386,38 @@ def render(report: Report) -> list[str]:
     if report.gaps:
         lines += ["", "gaps:"]
         for g in report.gaps:
+            where, what = "frame", "frame(s)"
+            if g["stream"] == EVENTS_STREAM:
+                where, what = "event row", "event(s)"
             lines.append(
-                f"  {g['stream']} before frame {g['at_frame']}: "
-                f"{g['lost_frames']} frame(s), {g['cause']}"
+                f"  {g['stream']} before {where} {g['at_frame']}: "
+                f"{g['lost_frames']} {what}, {g['cause']}"
             )
-    lines += ["", f"{len(report.restarts)} worker restart(s), {report.events} event(s)"]
+    lines += ["", f"{len(report.restarts)} worker restart(s), {report.events.rows} event(s)"]
+    lines.append(_events_line(report.events))
     for r in report.restarts:
         lines.append(f"  {r['worker']} restart {r['restarts']}: {r['reason']}")
     lines += [f"warning: {w}" for w in report.warnings]
     if report.ok:
-        lines += ["", "continuity: OK (every missing frame is explained by a gap)"]
+        lines += ["", "continuity: OK (every missing frame and event is explained by a gap)"]
         if report.stopped_early:
             lines.append("the recording ends before its session did: it stopped early (above)")
     else:
         lines += ["", f"continuity: {len(report.problems)} problem(s):"]
         lines += [f"  {problem}" for problem in report.problems[:50]]
     return lines
+
+
+def _events_line(events: EventsSummary) -> str:
+    """What the recording holds of the session's event log, in one line."""
+    if events.first is None:
+        if events.rows:
+            return "  events not numbered (a recording of schema 2 or older)"
+        return "  no event of the session's log"
+    line = (
+        f"  events {events.first} to {events.last} of the session's log: {events.numbered} row(s)"
+    )
+    if events.repeats:
+        line += f", {events.repeats} more in the count of repeated ones"
+    lost = f"{events.lost} lost in {events.gaps} gap(s)" if events.lost else "none lost"
+    return f"{line}; {lost}"

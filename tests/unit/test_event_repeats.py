@@ -19,7 +19,7 @@ def test_a_message_repeated_for_seconds_is_one_row_a_second_with_its_count() -> 
         t = k * S // 10
         written += repeats.offer(_report(f"reader fell behind at frame {1000 + k}", t))
         written += repeats.due(t)
-    written += repeats.drain()
+    written += repeats.release(3 * S)
     assert written[0].payload["text"] == "reader fell behind at frame 1000"  # the first at once
     assert "repeats" not in written[0].payload
     held = written[1:]
@@ -42,4 +42,17 @@ def test_other_messages_pass_at_once_and_a_quiet_kind_starts_again() -> None:
     assert repeats.due(2 * S) == []  # a quiet second: the kind is forgotten
     fresh = _report("disk slow", 3 * S)
     assert repeats.offer(fresh) == [fresh]  # so the next one is recorded at once
-    assert repeats.drain() == []
+    assert repeats.release(3 * S) == []
+
+
+def test_a_release_writes_every_held_run_and_keeps_the_kind_held() -> None:
+    """At each flush the recorder releases what is held, so its file holds every event it
+    read; the kind stays held, so a storm still makes one row a second, not two."""
+    repeats = Repeats(quiet_s=1.0)
+    repeats.offer(_report("lag 1", 0))
+    assert repeats.offer(_report("lag 2", S // 4)) == []
+    (released,) = repeats.release(S // 2)
+    assert released.payload["repeats"] == 1 and released.payload["text"] == "lag 2"
+    assert repeats.offer(_report("lag 3", S // 2 + 1)) == []  # still held: quiet since S // 2
+    assert repeats.release(S // 2 + 2)[0].payload["text"] == "lag 3"
+    assert repeats.release(S) == []

@@ -7,8 +7,11 @@ annotation) and fills the NWB tables. Per kind of message ("the same but for
 its numbers": a frame number, a channel, an amplitude), the first is recorded
 at once; the ones that follow within ``quiet_s`` are counted and the last of
 them is recorded with ``repeats`` (how many it stands for) and
-``first_repeat_ns`` once ``quiet_s`` has passed. Stimulation that happened,
-state changes, annotations and restarts are never held back.
+``first_repeat_ns`` once ``quiet_s`` has passed, or at the recorder's next
+flush if that comes first (:meth:`Repeats.release`: a flushed file then accounts
+for every event read, so a restarted recorder resumes the event log exactly;
+with ``flush_s`` under a second a flood makes a row per flush). Stimulation that
+happened, state changes, annotations and restarts are never held back.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ _NUMBERS = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 class Event:
     topic: str
     payload: dict[str, Any]
-    time_ns: int  # wall clock when received
-    monotonic_ns: int  # host monotonic when received
+    time_ns: int  # wall clock when published
+    monotonic_ns: int  # host monotonic when published
+    sequence: int = -1  # its number in the session's event log (-1: the recorder's own)
 
 
 @dataclass
@@ -76,10 +80,15 @@ class Repeats:
             self._runs[key] = _Run(now_ns)
         return sorted(rows, key=lambda e: e.monotonic_ns)
 
-    def drain(self) -> list[Event]:
-        """Everything held, now (the recording stops)."""
-        rows = [self._row(run) for run in self._runs.values() if run.latest is not None]
-        self._runs.clear()
+    def release(self, now_ns: int) -> list[Event]:
+        """Every held run as one row now, its kind still held back for ``quiet_s``: after
+        this, every event offered so far is in a row that was returned (the recorder then
+        knows which events its file holds, at each flush)."""
+        rows = []
+        for key, run in self._runs.items():
+            if run.latest is not None:
+                rows.append(self._row(run))
+                self._runs[key] = _Run(now_ns)
         return sorted(rows, key=lambda e: e.monotonic_ns)
 
     @staticmethod
@@ -87,4 +96,4 @@ class Repeats:
         assert run.latest is not None
         latest = run.latest
         payload = {**latest.payload, "repeats": run.count, "first_repeat_ns": run.first_ns}
-        return Event(latest.topic, payload, latest.time_ns, latest.monotonic_ns)
+        return Event(latest.topic, payload, latest.time_ns, latest.monotonic_ns, latest.sequence)

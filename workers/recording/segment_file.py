@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.recording.format import (
     EVENT_DTYPE,
+    EVENTS_CURSOR_DTYPE,
     FLUSHED_DTYPE,
     FRAMES_BY_CHANNELS,
     GAP_DTYPE,
@@ -119,8 +120,10 @@ class SegmentFile:
         first_frames: dict[str, int],
         first_cursors: dict[str, int],
         stream_ids: dict[str, int] | None = None,
+        events_cursor: tuple[int, int] | None = None,
     ) -> SegmentFile:
-        """A new segment file with a group per stream, then SWMR on."""
+        """A new segment file with a group per stream, then SWMR on; ``events_cursor`` is
+        (stream id, sequence) of the next event of the session's log to record."""
         file = h5py.File(path, "w", libver="latest", rdcc_nbytes=_CHUNK_CACHE_BYTES)
         try:
             file.attrs.update(attrs)
@@ -154,6 +157,9 @@ class SegmentFile:
                 ).write(group)
             for name, dtype in (("events", EVENT_DTYPE), ("gaps", GAP_DTYPE)):
                 file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(256,))
+            cursor = np.zeros(1, EVENTS_CURSOR_DTYPE)
+            cursor[0] = events_cursor or (0, -1)
+            file.create_dataset("events_cursor", data=cursor)
             file.create_dataset(
                 "provenance/restarts",
                 shape=(0,),
@@ -230,6 +236,11 @@ class SegmentFile:
     def add_row(self, dataset: str, row: np.void | np.ndarray) -> None:
         """Append one record to ``events``, ``gaps`` or ``provenance/restarts``."""
         table = self.file[dataset]
+        if table.dtype != row.dtype:  # a table of an older schema (a resumed segment)
+            older = np.zeros((), table.dtype)
+            for name in table.dtype.names or ():
+                older[name] = row[name]
+            row = older
         n = len(table)
         table.resize(n + 1, axis=0)
         table[n] = row
@@ -266,6 +277,20 @@ class SegmentFile:
         stamps = self.datasets[stream][1]
         return int(stamps[len(stamps) - 1]) if len(stamps) else None
 
+    def set_events_cursor(self, stream_id: int, sequence: int) -> None:
+        """Every event of the log before ``sequence`` is in the recording (from the next
+        flush on: it is durable with the rows it describes)."""
+        if "events_cursor" in self.file:  # not in a segment of an older schema
+            self.file["events_cursor"][0] = (stream_id, sequence)
+
+    def events_cursor(self) -> tuple[int, int] | None:
+        """(stream id, sequence) of the next event to record; None if this segment does
+        not say (an older schema, or no event log was read)."""
+        if "events_cursor" not in self.file:
+            return None
+        stream_id, sequence = self.file["events_cursor"][0]
+        return None if sequence < 0 else (int(stream_id), int(sequence))
+
     def flush(self) -> None:
         """Make every row appended so far durable, and record how many there are."""
         if self._counted:
@@ -293,8 +318,11 @@ def finalize(path: Path, finished_attrs: dict[str, Any]) -> list[str]:
     return done
 
 
-def event_row(time_ns: int, monotonic_ns: int, topic: str, payload: Any) -> np.ndarray:
+def event_row(
+    time_ns: int, monotonic_ns: int, topic: str, payload: Any, sequence: int = -1
+) -> np.ndarray:
     row = np.zeros((), EVENT_DTYPE)
     row["time_ns"], row["monotonic_ns"] = time_ns, monotonic_ns
     row["topic"], row["payload"] = text(topic, 64), text(payload, 2048)
+    row["sequence"] = sequence
     return row

@@ -14,6 +14,9 @@ into. A configured stream that does not exist yet is waited for; it joins the
 recording when it appears. ``rigpipe record start|stop`` (the settable
 parameter ``recording``) starts and stops it while the rig runs. See
 docs/recording-format.md for the files.
+
+The session's events (annotations, stimulation, state changes, reports) are
+read the same way from the supervisor's event log (:mod:`.events`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ from typing import Annotated, Any
 
 import msgspec
 
-from pipeline.control import messages
-from pipeline.control.bus import Subscriber
 from pipeline.errors import EndOfStream, StreamNotFound, StreamReplaced
 from pipeline.host import clock
 from pipeline.host.files import atomic_replace, read_bytes
@@ -39,7 +40,7 @@ from pipeline.ring import RingReader
 from pipeline.settings import NonNegative, Settings
 from pipeline.worker import Worker
 from workers.recording import provenance
-from workers.recording.repeats import Event, Repeats
+from workers.recording.events import EventLogTrack
 from workers.recording.segment_file import StreamFormat
 from workers.recording.writer import (
     CAUSE_BEHIND,
@@ -136,8 +137,7 @@ class RecordingWorker(Worker):
         self.recording: RecordingWriter | None = None
         self.tracks: dict[str, _Track] = {}
         self.next_flush = clock.now_s() + self.settings.flush_s
-        self.events = Subscriber(self.spec.endpoints)
-        self.repeats = Repeats()  # a message repeated several times a second: once a second
+        self.event_log = EventLogTrack(self)  # the session's events, read while recording
         self.counters.update(frames=0, gaps=0, events=0, segments=0, flushes=0)
         self.pointer = _pointer(self.root, self.spec.session, self.name)
         try:
@@ -157,7 +157,6 @@ class RecordingWorker(Worker):
                     self._stop("the recorder stopped")
         except (OSError, ValueError) as exc:
             self._fail(exc)
-        self.events.close()
 
     def on_parameter(self, name: str, value: Any) -> None:
         if name == "recording" and value and self.recording is None:
@@ -296,32 +295,13 @@ class RecordingWorker(Worker):
             found = None
         return self.reader(track.stream, cursor=0, stream_id=found)
 
-    def _record_events(self) -> None:
-        while (event := self.events.receive(0)) is not None:
-            topic, message = event
-            if self.recording is None:
-                continue
-            restart = None
-            if isinstance(message, messages.WorkerRestarted):
-                restart = (message.worker, message.restarts, message.reason)
-            received = Event(topic, msgspec.to_builtins(message), time.time_ns(), clock.now_ns())
-            self._write_events(self.repeats.offer(received), received, restart)
-        if self.recording is not None:
-            self._write_events(self.repeats.due(clock.now_ns()))
-
-    def _write_events(
-        self,
-        rows: list[Event],
-        received: Event | None = None,
-        restart: tuple[str, int, str] | None = None,
-    ) -> None:
-        """Record ``rows``; ``restart`` belongs to ``received`` (not to held rows before it)."""
-        assert self.recording is not None
-        for row in rows:
-            at = (row.time_ns, row.monotonic_ns)
-            mine = restart if row is received else None
-            self.recording.event(row.topic, row.payload, mine, at=at)
-            self.counters["events"] += 1
+    def _record_events(self) -> int:
+        """Record what the session's event log holds that the recording does not; how many."""
+        if self.recording is None:
+            return 0
+        found = self.event_log.record(self.recording)
+        self.counters["events"] += found
+        return found
 
     def _flush(self) -> None:
         assert self.recording is not None
@@ -344,6 +324,8 @@ class RecordingWorker(Worker):
         """Before stopping: write what the rings still hold for us."""
         deadline = clock.now_s() + 5.0
         while self._record_frames(drain=True) and clock.now_s() < deadline:
+            continue
+        while self._record_events() and clock.now_s() < deadline:
             continue
 
     # -- starting, resuming, stopping -----------------------------------------------------------
@@ -371,6 +353,9 @@ class RecordingWorker(Worker):
             track.format = _format(track.stream, reader)
             formats.append(track.format)
             cursors[track.stream], ids[track.stream] = reader.cursor, reader.stream_id
+        events = self.event_log.open(
+            None, CAUSE_STARTED_LATE if from_launch else CAUSE_BEHIND, from_launch
+        )
         self.recording = RecordingWriter.start(
             self.root,
             self.spec.session,
@@ -382,6 +367,7 @@ class RecordingWorker(Worker):
             s.rotate_gb * 1e9,
             stream_ids=ids,
             streams=list(s.streams),
+            events_at=events,
         )
         self._write_pointer()
         self._warn_if_ring_too_short()
@@ -424,6 +410,7 @@ class RecordingWorker(Worker):
             if track.stream not in self.recording.streams:  # absent since the recording began
                 track.absent_since_ns = self.recording.manifest.started_monotonic_ns or None
             self._look_for(track)
+        self.event_log.open(self.recording.events_at, CAUSE_DOWN)
         segment = self.recording.segment
         if segment is not None and (repairs := segment.repairs):
             self.recording.event("recorder", {"text": "repaired the segment", "done": repairs})
@@ -445,7 +432,8 @@ class RecordingWorker(Worker):
 
     def _warn_if_ring_too_short(self) -> None:
         for stream, reader in self.readers.items():
-            fmt = self.tracks[stream].format
+            track = self.tracks.get(stream)  # None: the event log
+            fmt = None if track is None else track.format
             if fmt is None or fmt.sample_rate <= 0:
                 continue
             span_s = reader.capacity / fmt.sample_rate
@@ -459,8 +447,9 @@ class RecordingWorker(Worker):
 
     def _stop(self, why: str, early: bool = False) -> None:
         """Close the recording; ``early``: nobody asked for it, and the manifest says why."""
-        if self.recording is not None:
-            self._write_events(self.repeats.drain())
+        for _ in range(8):  # what the event log holds so far (it may go on growing)
+            if not self._guard(self._record_events):
+                break
         rec, self.recording = self.recording, None
         if rec is None:
             return

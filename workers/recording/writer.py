@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.control.session import now_iso
 from pipeline.host import clock
 from pipeline.recording.format import (
+    EVENTS_STREAM,
     GAP_DTYPE,
     GAP_PERIODS,
     RESTART_DTYPE,
@@ -35,6 +36,7 @@ from pipeline.recording.format import (
     write_manifest,
 )
 from pipeline.ring import Chunk
+from workers.recording.repeats import Event, Repeats
 from workers.recording.segment_file import SegmentFile, StreamFormat, event_row, finalize
 
 
@@ -92,6 +94,10 @@ class RecordingWriter:
         self._segment_started = clock.now_s()
         self._wall_start = time.time()
         self.gaps = 0
+        # The session's event log: what is recorded of it, and the repeats held back.
+        self.repeats = Repeats()  # a message repeated several times a second: once a second
+        self.events_at: tuple[int, int] | None = None  # (stream id, next sequence to record)
+        self.last_event_ns = 0  # host monotonic time of the last event recorded
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -107,11 +113,13 @@ class RecordingWriter:
         rotate_bytes: float = 0.0,
         stream_ids: dict[str, int] | None = None,
         streams: list[str] | None = None,
+        events_at: tuple[int, int] | None = None,
     ) -> RecordingWriter:
         """A new recording directory under ``root`` with its first segment.
 
         ``streams`` lists every stream to record (default: those of
         ``formats``); one absent now joins with :meth:`add_stream` when it appears.
+        ``events_at``: (stream id, sequence) where recording the event log begins.
         """
         started = now_iso()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -130,6 +138,7 @@ class RecordingWriter:
             streams=streams or [f.stream for f in formats],
         )
         recording = cls(directory, manifest, provenance, rotate_s, rotate_bytes)
+        recording.events_at = events_at
         ids = stream_ids or {}
         recording.streams = {
             f.stream: _StreamState(
@@ -152,6 +161,10 @@ class RecordingWriter:
         if segment.repairs:
             entry.repairs = [*entry.repairs, *segment.repairs]
             write_manifest(directory, manifest)
+        recording.events_at = segment.events_cursor()
+        events = segment.file["events"]
+        if len(events):
+            recording.last_event_ns = int(events[len(events) - 1]["monotonic_ns"])
         for stream in segment.datasets:  # a stream absent so far has no group yet
             data = segment.file[group_name(stream)]["data"]
             attrs = segment.attributes(stream)
@@ -211,6 +224,7 @@ class RecordingWriter:
             first_frames,
             first_cursors,
             ids,
+            self.events_at,
         )
         self.manifest.segments.append(
             SegmentEntry(file=name, index=index, started_at=created_at, first_frames=first_frames)
@@ -219,6 +233,8 @@ class RecordingWriter:
         self._segment_started = clock.now_s()
 
     def _close_segment(self) -> None:
+        if self.segment is not None:
+            self._settle_events()
         segment, self.segment = self.segment, None
         if segment is None:
             return
@@ -367,20 +383,69 @@ class RecordingWriter:
         payload: Any,
         restart: tuple[str, int, str] | None = None,
         at: tuple[int, int] | None = None,
+        sequence: int = -1,
     ) -> None:
         """Record a control-plane event (and a worker restart in the provenance); ``at``
-        is (wall clock ns, host monotonic ns) when it arrived, now if not given."""
+        is (wall clock ns, host monotonic ns) when it happened, now if not given;
+        ``sequence`` its number in the event log (-1: the recorder's own)."""
         assert self.segment is not None
         now_ns, monotonic_ns = at if at is not None else (time.time_ns(), clock.now_ns())
-        self.segment.add_row("events", event_row(now_ns, monotonic_ns, topic, payload))
+        self.segment.add_row("events", event_row(now_ns, monotonic_ns, topic, payload, sequence))
         if restart is not None:
             row = np.zeros((), RESTART_DTYPE)
             row["time_ns"], row["worker"] = now_ns, text(restart[0], 64)
             row["restarts"], row["reason"] = restart[1], text(restart[2], 256)
             self.segment.add_row("provenance/restarts", row)
 
+    # -- the session's event log ----------------------------------------------------------------
+    def log_event(
+        self, event: Event, stream_id: int, restart: tuple[str, int, str] | None = None
+    ) -> None:
+        """Record ``event``, read from event log ``stream_id`` (a repeat may be held back
+        for a second, see :mod:`.repeats`); ``restart`` belongs to it."""
+        for row in self.repeats.offer(event):
+            self._event_row(row, restart if row is event else None)
+        self.events_at = (stream_id, event.sequence + 1)
+        self.last_event_ns = max(self.last_event_ns, event.monotonic_ns)
+
+    def events_due(self, now_ns: int) -> None:
+        """Record the held-back repeats whose quiet second is over."""
+        for row in self.repeats.due(now_ns):
+            self._event_row(row)
+
+    def events_lost(self, stream_id: int, start: int, end: int, end_ns: int, cause: str) -> None:
+        """Events ``start`` to ``end`` (exclusive) of the log are gone: a gap row, and an
+        event row that says so (the recording's readers see both)."""
+        assert self.segment is not None
+        lost = end - start
+        at = len(self.segment.file["events"])
+        self._gap(EVENTS_STREAM, at, lost, start, end, self.last_event_ns, end_ns, cause)
+        self.event(
+            "recorder",
+            {
+                "text": f"{lost} event(s) of the session's log are not in the recording: {cause}",
+                "lost_events": lost,
+                "first_sequence": start,
+                "end_sequence": end,
+            },
+        )
+        self.events_at = (stream_id, end)
+
+    def _event_row(self, row: Event, restart: tuple[str, int, str] | None = None) -> None:
+        at = (row.time_ns, row.monotonic_ns)
+        self.event(row.topic, row.payload, restart, at=at, sequence=row.sequence)
+
+    def _settle_events(self) -> None:
+        """Write what is held back, then note in the segment where the log's next event is:
+        with the next flush, the file says exactly which events it holds."""
+        for row in self.repeats.release(clock.now_ns()):
+            self._event_row(row)
+        if self.segment is not None and self.events_at is not None:
+            self.segment.set_events_cursor(*self.events_at)
+
     def flush(self) -> None:
         if self.segment is not None:
+            self._settle_events()
             self.segment.flush()
 
 
