@@ -18,8 +18,17 @@ rig runs, follows it through every restart, and writes the timestamp of every
 frame it saw. Afterwards every frame it saw must be in the recording or inside
 a gap row; every gap row's cause must match a fault that really happened at
 that time; and ``rigpipe inspect`` must find every timestamp step explained.
-It prints the faults, each worker's restart time (fault to running again)
-and the unexplained missing frames. Exit code 1 if any check fails.
+
+Events are refereed too: through every fault a thread sends annotations and
+stimuli at random (every 50-300 ms) and keeps each one the rig acknowledged
+(an annotation's event number, a stimulus's command id, when it was sent and
+answered). Afterwards each must be in the recording's events table, read with
+plain h5py (an annotation by its number and text; a stimulus by its command id,
+published between its sending and 2 s after its answer), or inside a gap row
+of ``supervisor/events`` with a true cause.
+
+It prints the faults, each worker's restart time (fault to running again),
+the unexplained missing frames and events. Exit code 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -33,12 +42,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import msgspec
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.control import messages, session  # noqa: E402
 from pipeline.control.bus import Client  # noqa: E402
+from pipeline.control.stimulator import Stimulator  # noqa: E402
+from pipeline.errors import RigpipeError, StimulationRefused  # noqa: E402
 from pipeline.recording.format import read_manifest  # noqa: E402
 from pipeline.recording.summary import inspect  # noqa: E402
 
@@ -116,10 +129,19 @@ class Verdict:
     gaps: list[dict] = field(default_factory=list)
     false_causes: list[str] = field(default_factory=list)
     inspect_problems: list[str] = field(default_factory=list)
+    events_sent: dict[str, int] = field(default_factory=dict)  # kind -> acknowledged
+    events_recorded: int = 0
+    events_in_gaps: int = 0
+    events_unexplained: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.unexplained or self.false_causes or self.inspect_problems)
+        return not (
+            self.unexplained
+            or self.false_causes
+            or self.inspect_problems
+            or self.events_unexplained
+        )
 
 
 # -- the referee: an outside lossless reader ---------------------------------------------------
@@ -163,6 +185,77 @@ def referee(stream: str, out_path: str) -> int:
             out.flush()
     print(f"dropped {dropped}", flush=True)
     return 0
+
+
+# -- events sent through the faults ------------------------------------------------------------
+@dataclass
+class Sent:
+    """An annotation or a stimulus the rig acknowledged."""
+
+    kind: str  # "annotation" or "stimulus"
+    sent_ns: int  # host monotonic, when it was sent
+    acked_ns: int  # when its answer came
+    sequence: int = -1  # an annotation's number in the session's event log
+    text: str = ""
+    command_id: int = 0  # a stimulus's, as its worker answered
+
+
+class Sender(threading.Thread):
+    """Sends annotations and stimuli at random until stopped; keeps what was acknowledged.
+
+    A stimulus refused because its worker restarted disarmed re-arms it; one whose worker
+    is down is tried again later. Neither counts: only acknowledged ones are checked.
+    """
+
+    def __init__(self, session_name: str, endpoints, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.session_name = session_name
+        self.endpoints = endpoints
+        self.rng = random.Random(seed)
+        self.sent: list[Sent] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        client = Client(self.endpoints, timeout_s=10)
+        stim: Stimulator | None = None
+        try:
+            while not self.halt.wait(self.rng.uniform(0.05, 0.3)):
+                if self.rng.random() < 0.5:
+                    with contextlib.suppress(RigpipeError):  # no answer: not acknowledged
+                        self._annotate(client)
+                    continue
+                try:
+                    stim = stim or Stimulator("stim", self.session_name)
+                    self._stimulate(stim)
+                except RigpipeError:  # its worker is down or restarting: later
+                    if stim is not None:
+                        stim.close()
+                    stim = None
+        finally:
+            client.close()
+            if stim is not None:
+                stim.close()
+
+    def _annotate(self, client: Client) -> None:
+        text = f"chaos note {len(self.sent)}"
+        sent_ns = time.monotonic_ns()
+        reply = client.request(messages.Annotate(text=text))
+        assert isinstance(reply, messages.Logged)
+        self.sent.append(
+            Sent("annotation", sent_ns, time.monotonic_ns(), reply.sequence, text=text)
+        )
+
+    def _stimulate(self, stim: Stimulator) -> None:
+        channel = self.rng.randrange(2)
+        sent_ns = time.monotonic_ns()
+        try:
+            reply = stim.pulse_train(channel=channel, phases=[(-20.0, 100.0), (20.0, 100.0)])
+        except StimulationRefused:  # a restarted stimulator starts disarmed
+            stim.arm()
+            return
+        self.sent.append(
+            Sent("stimulus", sent_ns, time.monotonic_ns(), command_id=reply.command_id)
+        )
 
 
 # -- the rig ---------------------------------------------------------------------------------------
@@ -364,6 +457,55 @@ def _true_cause(gap: np.void, faults: list[Fault]) -> bool:
     return False  # the synthetic source never skips frames of its own
 
 
+def _recorded_events(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of the events tables, and the gap rows of the event log."""
+    events, gaps = [], []
+    for entry in read_manifest(directory).segments:
+        with h5py.File(directory / entry.file) as f:
+            events.append(f["events"][:])
+            rows = f["gaps"][:]
+            gaps.append(rows[rows["stream"] == b"supervisor/events"])
+    return np.concatenate(events), np.concatenate(gaps)
+
+
+def judge_events(verdict: Verdict, directory: Path, sent: list[Sent], faults: list[Fault]) -> None:
+    """Each acknowledged annotation and stimulus is recorded, or in an event gap row with a
+    true cause."""
+    rows, gaps = _recorded_events(directory)
+    annotations = {}
+    queued: dict[int, list[int]] = {}  # command id -> when each was published
+    for row in rows:
+        topic = row["topic"].decode()
+        if topic == "session.annotated":
+            annotations[int(row["sequence"])] = msgspec.json.decode(row["payload"])["text"]
+        elif topic.endswith(".stimulation_queued"):
+            command = msgspec.json.decode(row["payload"])["command_id"]
+            queued.setdefault(command, []).append(int(row["monotonic_ns"]))
+    for gap in gaps:
+        if not _true_cause(gap, faults):
+            verdict.false_causes.append(
+                f"events: {gap['cause'].decode()!r} ({int(gap['lost_frames'])} events): "
+                "no such fault at that time"
+            )
+    for one in sent:
+        verdict.events_sent[one.kind] = verdict.events_sent.get(one.kind, 0) + 1
+        if one.kind == "annotation":
+            found = annotations.get(one.sequence) == one.text
+            lost = any(g["cursor_start"] <= one.sequence < g["cursor_end"] for g in gaps)
+            what = f"annotation {one.text!r} (event {one.sequence})"
+        else:
+            until = one.acked_ns + 2_000_000_000
+            found = any(one.sent_ns <= t <= until for t in queued.get(one.command_id, []))
+            lost = any(g["start_ns"] < until and g["end_ns"] > one.sent_ns for g in gaps)
+            what = f"stimulus {one.command_id} acknowledged at {one.acked_ns / 1e9:.3f} s"
+        if found:
+            verdict.events_recorded += 1
+        elif lost:
+            verdict.events_in_gaps += 1
+        else:
+            verdict.events_unexplained.append(f"{what}: not in the recording, in no gap row")
+
+
 def judge(
     directory: Path, referee_file: Path, referee_dropped: int, faults: list[Fault]
 ) -> Verdict:
@@ -407,8 +549,14 @@ def run(
     rig = ChaosRig(channels, keep)
     faults: list[Fault] = []
     planned = list(first)
+    discovery = rig._discovery()
+    assert discovery is not None
+    saved = os.environ.get("RIGPIPE_RUNTIME_DIR")  # where the sender's Stimulator finds the rig
+    os.environ["RIGPIPE_RUNTIME_DIR"] = rig.env["RIGPIPE_RUNTIME_DIR"]
+    sender = Sender(rig.name, discovery.endpoints, seed)
     try:
         referee_file = rig.start_referee()
+        sender.start()
         end = time.monotonic() + seconds
         while time.monotonic() < end - 3:
             time.sleep(rng.uniform(*pause_s))
@@ -421,10 +569,19 @@ def run(
                 for f in dealt:
                     print(f"  {f.kind:<12} back in {f.restart_s:.2f} s", flush=True)
         time.sleep(max(0.0, end - time.monotonic()))
+        sender.halt.set()
+        sender.join(30)
         dropped = rig.stop()
         (directory,) = [p for p in rig.recordings.iterdir() if p.is_dir()]
-        return faults, judge(directory, referee_file, dropped, faults)
+        verdict = judge(directory, referee_file, dropped, faults)
+        judge_events(verdict, directory, sender.sent, faults)
+        return faults, verdict
     finally:
+        sender.halt.set()
+        if saved is None:
+            os.environ.pop("RIGPIPE_RUNTIME_DIR", None)
+        else:
+            os.environ["RIGPIPE_RUNTIME_DIR"] = saved
         rig.stop()
         if keep is None:
             rig.remove()
@@ -450,6 +607,14 @@ def report(faults: list[Fault], verdict: Verdict, seconds: float) -> list[str]:
     ]
     lines += [f"  {g['lost_frames']:>8}  {g['cause']}" for g in verdict.gaps]
     lines.append(f"unexplained missing frames: {verdict.unexplained}")
+    plural = {"annotation": "annotations", "stimulus": "stimuli"}
+    sent = ", ".join(f"{n} {plural[kind]}" for kind, n in sorted(verdict.events_sent.items()))
+    lines.append(
+        f"events acknowledged: {sent or 'none'}; recorded {verdict.events_recorded}, "
+        f"in event gap rows {verdict.events_in_gaps}"
+    )
+    lines.append(f"unexplained missing events: {len(verdict.events_unexplained)}")
+    lines += [f"  {u}" for u in verdict.events_unexplained[:10]]
     lines.append(f"gap rows with a false cause: {len(verdict.false_causes)}")
     lines += [f"  {c}" for c in verdict.false_causes]
     lines.append(f"inspect problems: {len(verdict.inspect_problems)}")
