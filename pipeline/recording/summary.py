@@ -394,9 +394,9 @@ def render(report: Report) -> list[str]:
                 f"{g['lost_frames']} {what}, {g['cause']}"
             )
     lines += ["", f"{len(report.restarts)} worker restart(s), {report.events.rows} event(s)"]
-    lines.append(_events_line(report.events))
     for r in report.restarts:
         lines.append(f"  {r['worker']} restart {r['restarts']}: {r['reason']}")
+    lines.append(_events_line(report.events))
     lines += [f"warning: {w}" for w in report.warnings]
     if report.ok:
         lines += ["", "continuity: OK (every missing frame and event is explained by a gap)"]
