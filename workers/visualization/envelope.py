@@ -60,11 +60,14 @@ class Envelope:
         """The column the next frame goes into (the envelope's cursor)."""
         return int(self.frame // self.frames_per_column) % self.width
 
-    def add(self, data: np.ndarray) -> None:
-        """Fold ``data`` (frames x channels) into its columns."""
+    def add(self, data: np.ndarray, first_channel: int = 0) -> None:
+        """Fold ``data`` (frames x channels) into its columns: every channel, or (a display
+        filter's page) the channels from ``first_channel`` on; the others keep what they
+        held."""
         n = len(data)
         if n == 0:
             return
+        shown = slice(first_channel, first_channel + data.shape[1])
         absolute = ((self.frame + np.arange(n)) // self.frames_per_column).astype(np.int64)
         starts = np.flatnonzero(np.concatenate(([True], absolute[1:] != absolute[:-1])))
         low, high = _min_max(data, starts)
@@ -74,8 +77,9 @@ class Envelope:
         if self.frame > 0:
             fresh[0] = absolute[0] != (self.frame - 1) // self.frames_per_column
         keep = ~fresh[:, None]
-        self.low[touched] = np.where(keep, np.minimum(self.low[touched], low), low)
-        self.high[touched] = np.where(keep, np.maximum(self.high[touched], high), high)
+        held_low, held_high = self.low[touched, shown], self.high[touched, shown]
+        self.low[touched, shown] = np.where(keep, np.minimum(held_low, low), low)
+        self.high[touched, shown] = np.where(keep, np.maximum(held_high, high), high)
         self.spikes[touched[fresh]] = False
         self.markers[touched[fresh]] = False
         self.filled[touched] = True
@@ -83,6 +87,13 @@ class Envelope:
         self.dirty[self.column] = True  # the cursor moved off its old column...
         self.frame += n
         self.dirty[self.column] = True  # ...and onto a new one
+
+    def clear(self) -> None:
+        """Forget every column (what it showed no longer means the same: a filter restarted)."""
+        self.low[:] = 0
+        self.high[:] = 0
+        self.filled[:] = False
+        self.dirty[:] = True
 
     def mark_spike(self, frame_offset: int, channel: int) -> None:
         """A spike ``frame_offset`` frames before the newest frame, on ``channel`` (0-based)."""

@@ -16,6 +16,7 @@ from pipeline.host import clock
 from pipeline.ring import RingReader, attach
 from pipeline.worker import WorkerSpec
 from workers.visualization.envelope import Envelope, Picture, raster_image
+from workers.visualization.filters import ChannelFilter, DisplayFilter
 
 
 class Scope(Protocol):
@@ -84,6 +85,8 @@ class Panel:
         self.rate = 0.0
         self._window = (clock.now_s(), 0)
         self._labelled: tuple[int, int, int] | None = None  # (first, count, generation)
+        self.filter: ChannelFilter | None = None  # the tab's display filter, while it runs
+        self.filter_text = ""  # what the status line says of it
 
     def full_name(self) -> str:
         return f"{self.worker.spec.session}/{self.stream}"
@@ -121,6 +124,29 @@ class Panel:
         self.envelope = Envelope(channels, rate, s.window_s, s.width_px)
         self.unit_uv = _scale(self.reader.descriptor)
         self.units = str(self.reader.descriptor.get("units") or "uV")
+        self._new_filter(rate)
+
+    def _new_filter(self, rate: float) -> None:
+        """The tab's display filter at the stream's rate, if one is set and switched on."""
+        s = self.worker.settings
+        spec: DisplayFilter | None = s.filters.get(self.stream)
+        self.filter, self.filter_text = None, ""
+        if spec is None or not spec.active:
+            return
+        if not s.filtering:
+            self.filter_text = f"filters off ({spec.describe()}; F)"
+        elif problem := spec.problem(rate):
+            self.filter_text = f"filter off: {problem}"
+        else:
+            self.filter = ChannelFilter(spec, rate)
+            self.filter_text = spec.describe()
+
+    def page(self) -> tuple[int, int]:
+        """The first channel of the page shown and how many it has."""
+        assert self.envelope is not None
+        s = self.worker.settings
+        per_page = min(s.channels_per_page, self.envelope.channels)
+        return min(s.page * per_page, max(0, self.envelope.channels - per_page)), per_page
 
     def _drain(self, reader: RingReader) -> None:
         """Fold what arrived into the envelope, straight from the ring (a view, no copy: a
@@ -134,7 +160,15 @@ class Panel:
                 if view.format_changed:
                     self._new_envelope()
                 assert self.envelope is not None
-                self.envelope.add(view.data.reshape(frames, -1))
+                data = view.data.reshape(frames, -1)
+                if self.filter is None:
+                    self.envelope.add(data)
+                else:  # the page's channels only (see workers.visualization.filters)
+                    first, count = self.page()
+                    shown = self.filter.apply(data[:, first : first + count], (first, count))
+                    if self.filter.restarted:
+                        self.envelope.clear()
+                    self.envelope.add(shown, first)
                 self.newest_ns = int(view.timestamps_ns[-1])
             dropped = view.dropped
             if not view.intact:  # overwritten while it was folded in: the envelope may be torn
@@ -165,8 +199,7 @@ class Panel:
     def _draw(self) -> None:
         assert self.envelope is not None and self.reader is not None
         s = self.worker.settings
-        per_page = min(s.channels_per_page, self.envelope.channels)
-        first = min(s.page * per_page, max(0, self.envelope.channels - per_page))
+        first, per_page = self.page()
         span = s.span_uv / self.unit_uv
         image = self.picture.draw(self.envelope, first, per_page, s.height_px, span, s.gain)
         self.image.show(image, self.picture.changed)
@@ -185,6 +218,7 @@ class Panel:
             f"{s.window_s:g} s",
             f"gain {s.gain:g}",
             f"band {s.span_uv / s.gain:g} {self.units}",  # the stream's units: uV, uA...
+            *([self.filter_text] if self.filter_text else []),
         ]
         text = "  |  ".join(fields)
         if text != self.status.text:  # a new text lays the label out again: only on change

@@ -40,6 +40,7 @@ from pipeline.ring import RingReader, attach
 from pipeline.settings import Positive, Settings
 from pipeline.worker import Worker
 from workers.visualization.envelope import stream_columns
+from workers.visualization.filters import DisplayFilter
 from workers.visualization.panel import Panel
 
 #: How often the scope serves the bus: heartbeats, ``rigpipe set`` and Stop take effect
@@ -68,6 +69,9 @@ class ScopeSettings(Settings, frozen=True, kw_only=True):
     snapshot_s: Positive = 1.0
     raster: bool = False  # a spike raster under the traces: a row per channel of the page
     raster_px: Annotated[int, msgspec.Meta(ge=20, le=2000)] = 160
+    #: per stream shown: display filters (workers.visualization.filters), never the data's
+    filters: dict[str, DisplayFilter] = msgspec.field(default_factory=dict)
+    filtering: bool = True  # the filters on (key F toggles)
 
 
 def has_display() -> bool:
@@ -104,11 +108,24 @@ def missing_xcb(libraries: dict[str, str] = XCB_LIBRARIES) -> list[str]:
 
 class ScopeWorker(Worker):
     Settings = ScopeSettings
-    settable = frozenset({"window_s", "gain", "span_uv", "page", "channels_per_page"})
+    settable = frozenset({"window_s", "gain", "span_uv", "page", "channels_per_page", "filtering"})
 
     @classmethod
     def inputs(cls, settings: Any) -> list[str]:
         return [*settings.streams, *(s for s in (settings.spikes, settings.markers) if s)]
+
+    @classmethod
+    def check(cls, settings: Any) -> None:
+        for stream, spec in settings.filters.items():
+            if stream not in settings.streams:
+                raise ValueError(
+                    f"filters names {stream!r}, which is not one of the scope's streams "
+                    f"({', '.join(settings.streams)})"
+                )
+            try:
+                spec.check()
+            except ValueError as exc:
+                raise ValueError(f'filters."{stream}": {exc}') from None
 
     def setup(self) -> None:
         s = self.settings
@@ -172,6 +189,7 @@ class ScopeWorker(Worker):
         "Right": "time window x2",
         "Left": "time window /2",
         "Space": "pause / resume drawing",
+        "F": "display filters on / off",
     }
 
     #: The on-screen controls, left to right: (object name, label, its key in KEYS).
@@ -185,6 +203,7 @@ class ScopeWorker(Worker):
         ("shorter_window", "time /2", "Left"),
         ("longer_window", "time x2", "Right"),
         ("pause", "pause", "Space"),
+        ("filters", "filters", "F"),
     ]
 
     def _bind_keys(self) -> None:
@@ -202,6 +221,7 @@ class ScopeWorker(Worker):
             "Right": lambda: self._step("window_s", 2.0),
             "Left": lambda: self._step("window_s", 0.5),
             "Space": self._toggle_pause,
+            "F": self._toggle_filters,
         }
         self._shortcuts = []
         for key, action in actions.items():
@@ -223,6 +243,8 @@ class ScopeWorker(Worker):
             row.addWidget(button)
             self.buttons[name] = button
         self.buttons["pause"].setCheckable(True)
+        self.buttons["filters"].setCheckable(True)
+        self.buttons["filters"].setChecked(self.settings.filtering)
         self.window.setCornerWidget(bar, self.QtCore.Qt.Corner.TopRightCorner)
 
     def _step(self, name: str, factor: float) -> None:
@@ -248,17 +270,24 @@ class ScopeWorker(Worker):
         self.buttons["pause"].setChecked(self.paused)  # pressed while paused, by key or click
         self._update_note()
 
+    def _toggle_filters(self) -> None:
+        self.set_parameter("filtering", not self.settings.filtering)
+        self.buttons["filters"].setChecked(self.settings.filtering)
+        self._update_note()
+
     def _update_note(self) -> None:
         """What `rigpipe status` shows beside the scope: the view as the keys left it."""
         s = self.settings
         self.note = (
             # the page as `rigpipe set scope page N` takes it (from 0)
             f"gain {s.gain:g}, page {s.page}, {s.channels_per_page} per page, "
-            f"{s.window_s:g} s" + (", PAUSED" if self.paused else "")
+            f"{s.window_s:g} s"
+            + (", filters off" if s.filters and not s.filtering else "")
+            + (", PAUSED" if self.paused else "")
         )
 
     def on_parameter(self, name: str, value: Any) -> None:
-        if name == "window_s" and getattr(self, "panels", None):
+        if name in ("window_s", "filtering") and getattr(self, "panels", None):
             for panel in self.panels:
                 if panel.reader is not None:
                     panel._new_envelope()
