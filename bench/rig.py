@@ -25,8 +25,13 @@ charged to whoever writes, and grow as dirty pages pile up.
 Targets (issue 18): rig total at 1024 channels <= 60 % of one core, at 256 <= 35 %;
 an idle stimulator <= 3 %; the recorder <= 10 % and the scope <= 25 % at 1024.
 
+The scope's display filters (issue 37) are measured with ``--scope-filters N``: the
+rig at N channels with the scope unfiltered and with a 300 Hz high-pass and a 60 Hz notch
+on its tab, alternately, ``--repeats`` times each, in the same run.
+
     python bench/rig.py                                  # about 6 minutes
     python bench/rig.py --channels 1024 --repeats 3 --without none
+    python bench/rig.py --scope-filters 1024 --repeats 3
 """
 
 from __future__ import annotations
@@ -110,14 +115,20 @@ window_s = 5.0
 refresh_hz = 30.0
 channels_per_page = {per_page}
 """
+#: What ``--scope-filters`` adds to the scope's parameters.
+SCOPE_FILTERS = """[workers.parameters.filters."acq/continuous"]
+highpass_hz = 300.0
+notch_hz = 60.0
+"""
 
 
-def rig_config(channels: int, without: str = "") -> str:
+def rig_config(channels: int, without: str = "", scope_filters: bool = False) -> str:
     parts = {
         "acq": acq(channels),
         "rec": REC.replace(', "stim/output"', "") if without == "stim" else REC,
         "stim": STIM.format(armed="false", trigger_stream="acq/continuous", threshold=-300.0),
-        "scope": SCOPE.format(per_page=min(256, channels)),
+        "scope": SCOPE.format(per_page=min(256, channels))
+        + (SCOPE_FILTERS if scope_filters else ""),
     }
     return "".join(text for name, text in parts.items() if name != without)
 
@@ -145,8 +156,10 @@ def measure(rig: Rig, warmup_s: float, seconds: float) -> dict[str, float]:
     return cpu
 
 
-def run_rig(channels: int, without: str, warmup_s: float, seconds: float) -> dict[str, object]:
-    rig = Rig(rig_config(channels, without), 'recordings_dir = "{dir}"')
+def run_rig(
+    channels: int, without: str, warmup_s: float, seconds: float, scope_filters: bool = False
+) -> dict[str, object]:
+    rig = Rig(rig_config(channels, without, scope_filters), 'recordings_dir = "{dir}"')
     try:
         cpu = measure(rig, warmup_s, seconds)
         status = rig.status()
@@ -233,6 +246,34 @@ def rig_table(
             )
 
 
+def scope_filter_table(channels: int, repeats: int, warmup_s: float, seconds: float) -> None:
+    """The scope unfiltered and filtered (SCOPE_FILTERS), alternately, in one run."""
+    print(
+        f"\n## the scope's display filters at {channels} channels "
+        f"({min(256, channels)} on the page), % of one core\n"
+    )
+    print("| scope | run | scope % | rig total % | dropped |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    found: dict[bool, list[float]] = {False: [], True: []}
+    for k in range(repeats):
+        for filtered in (False, True):
+            result = run_rig(channels, "", warmup_s, seconds, scope_filters=filtered)
+            cpu = result["cpu"]
+            assert isinstance(cpu, dict)
+            found[filtered].append(cpu["scope"])
+            label = "HP 300 Hz + notch 60 Hz" if filtered else "unfiltered"
+            print(
+                f"| {label} | {k + 1} | {cpu['scope']:.1f} | {sum(cpu.values()):.1f} "
+                f"| {result['dropped']} |",
+                flush=True,
+            )
+    plain, filtered_pct = np.median(found[False]), np.median(found[True])
+    print(
+        f"\nmedian scope: unfiltered {plain:.1f} %, filtered {filtered_pct:.1f} % "
+        f"({filtered_pct / plain:.2f}x)"
+    )
+
+
 IDLE_RIGS = {
     "stimulator, disarmed, no trigger": (STIM_NO_TRIGGER, "stim"),
     "stimulator, disarmed, trigger on a quiet stream": (
@@ -273,6 +314,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="before counting (10)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row (1)")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle table")
+    parser.add_argument(
+        "--scope-filters", type=int, default=0, help="compare the scope's filters at N channels"
+    )
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     print(
@@ -280,6 +324,9 @@ def main() -> None:
         f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"{platform.system()} {platform.release()}, python {sys.version.split()[0]}"
     )
+    if args.scope_filters:
+        scope_filter_table(args.scope_filters, args.repeats, args.warmup, args.seconds)
+        return
     sizes = [int(c) for c in args.channels.split(",")]
     without_at = None if args.without == "none" else int(args.without)
     rig_table(sizes, without_at, args.repeats, args.warmup, args.seconds)
