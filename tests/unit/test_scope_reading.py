@@ -114,3 +114,30 @@ def test_the_raster_rows_are_labelled_with_their_channels() -> None:
             scope.teardown()
         finally:
             source.close()
+
+
+def test_a_scale_bar_in_the_streams_units_spans_its_value_of_a_band(rig) -> None:
+    """A white bar of a round value at the right of the first band, labelled: at gain 1 a
+    band spans 400 uV and the bar 200 uV (half a band); at gain 4, 50 uV of a 100 uV band.
+    Checked on the rendered window, as a person sees it."""
+    from workers.visualization.panel import nice_below
+
+    scope, source = rig
+    panel = scope.panels[0]
+    assert [nice_below(v) for v in (400, 200, 99.9, 0.3, 7)] == [200, 200, 50, 0.2, 5]
+    for gain, label in ((1.0, "200 uV"), (4.0, "50 uV")):
+        scope.set_parameter("gain", gain)
+        source.write(np.zeros((100, 8), np.int16))
+        scope._refresh()
+        assert panel.scale_text.toPlainText() == label
+        band_px = scope.settings.height_px // 8
+        _, ys = panel.scale_bar.getData()
+        assert abs((ys[1] - ys[0]) - band_px / 2) < 1e-6  # half a band, whatever the gain
+    scope.window.resize(scope.settings.width_px + 100, scope.settings.height_px + 120)
+    grabbed = panel.widget.grab().toImage()
+    image = grabbed.convertToFormat(grabbed.Format.Format_RGB32)
+    width, height = image.width(), image.height()
+    pixels = np.frombuffer(image.constBits(), np.uint32, width * height).reshape(height, -1)
+    white = pixels[:, :width] & 0xFFFFFF == 0xFFFFFF
+    columns = np.flatnonzero(white.sum(axis=0) >= 0.8 * band_px / 2)  # a vertical white run
+    assert len(columns) and columns.min() > width * 0.8, "the bar stands at the right"

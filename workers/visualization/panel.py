@@ -18,6 +18,15 @@ from pipeline.worker import WorkerSpec
 from workers.visualization.envelope import Envelope, Picture, raster_image
 from workers.visualization.filters import ChannelFilter, DisplayFilter
 
+SCALE_BAR_COLOR = (255, 255, 255)
+SCALE_BAR_MARGIN_PX = 8  # from the right edge of the traces
+
+
+def nice_below(value: float) -> float:
+    """The largest 1, 2 or 5 x 10^k not above ``value`` (> 0)."""
+    power = 10.0 ** np.floor(np.log10(value))
+    return float(next(m * power for m in (5, 2, 1) if m * power <= value * (1 + 1e-9)))
+
 
 class Scope(Protocol):
     """What a panel uses of the scope worker."""
@@ -54,6 +63,13 @@ class Panel:
         self.plot.invertY(True)
         self.image = PixelImage()
         self.plot.addItem(self.image)
+        # A scale bar in the stream's units at the right of the first band (all bands share it).
+        self.scale_bar = pg.PlotDataItem(pen=pg.mkPen(SCALE_BAR_COLOR, width=3))
+        self.scale_text = pg.TextItem(color=SCALE_BAR_COLOR, anchor=(1.0, 0.5))
+        for item in (self.scale_bar, self.scale_text):
+            item.setZValue(10)  # over the traces
+            self.plot.addItem(item)
+        self._scaled: tuple[float, int, int, str] | None = None
         self.plot.setRange(xRange=(0, s.width_px), yRange=(0, s.height_px), padding=0)
         self.plot.showAxis("bottom")  # where in the envelope: seconds from its left edge
         self.raster = None
@@ -204,6 +220,7 @@ class Panel:
         image = self.picture.draw(self.envelope, first, per_page, s.height_px, span, s.gain)
         self.image.show(image, self.picture.changed)
         self._label(first, per_page, s.height_px)
+        self._scale_bar(s.span_uv / s.gain, max(2, s.height_px // max(1, per_page)), s.width_px)
         self._time_axis(s.window_s, s.width_px)
         if self.raster is not None:
             self.raster.show(raster_image(self.envelope, first, per_page, s.raster_px))
@@ -223,6 +240,21 @@ class Panel:
         text = "  |  ".join(fields)
         if text != self.status.text:  # a new text lays the label out again: only on change
             self.status.setText(text)
+
+    def _scale_bar(self, band: float, band_px: int, width: int) -> None:
+        """A bar of a round value (1, 2 or 5 x 10^k, at most half a band) at the right of
+        the first band, labelled in the stream's units."""
+        value = nice_below(band / 2)
+        key = (value, band_px, width, self.units)
+        if key == self._scaled:
+            return
+        self._scaled = key
+        length = value / band * band_px
+        x = width - SCALE_BAR_MARGIN_PX
+        middle = band_px / 2
+        self.scale_bar.setData([x, x], [middle - length / 2, middle + length / 2])
+        self.scale_text.setText(f"{value:g} {self.units}")
+        self.scale_text.setPos(x - 4, middle)
 
     def _time_axis(self, window_s: float, width: int) -> None:
         """Ticks in seconds from the envelope's left edge (the cursor sweeps across)."""

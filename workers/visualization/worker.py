@@ -5,8 +5,10 @@ band, min/max-decimated to the window's pixel width (so a one-sample spike
 stays visible), drawn as a envelope over ``window_s``; ticks for spikes from the
 ``spikes`` stream; red lines where the ``markers`` stream (stimulation output
 or events) is active; and a status line (generation, rate, drops, overruns,
-channels shown, the µV a band spans), with channel labels beside the traces, a
-time axis under them and, with ``raster = true``, a spike raster below.
+channels shown, the µV a band spans, the display filter), with channel labels
+beside the traces, a scale bar in the stream's units, a time axis under them
+and, with ``raster = true``, a spike raster below. ``filters`` sets display
+filters per tab (:mod:`.filters`; key F switches them off and on).
 ``window_s``, ``gain``, ``span_uv``, ``page`` and ``channels_per_page`` can be
 changed while it runs, with ``rigpipe set`` or with keys (``ScopeWorker.KEYS``:
 +/- gain, PgUp/PgDn page, [/] channels per page, Left/Right time window,
