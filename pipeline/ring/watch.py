@@ -208,9 +208,24 @@ class ThresholdWatch:
         self._seen = self._word.load()
 
     def wait(self, timeout_s: float | None, interrupt: threading.Event | None = None) -> bool:
-        """Sleep until :meth:`pending` (True), ``timeout_s`` passes or ``interrupt`` is set."""
-        word = self.wake_word()
-        return word is None or wait_any([word], timeout_s, interrupt)
+        """Sleep until :meth:`pending` (True), ``timeout_s`` passes or ``interrupt`` is set.
+
+        The lease is renewed while it sleeps: a wait longer than ``LEASE_S`` would
+        otherwise let it run out, and a writer that takes the stream over meanwhile (a
+        source restarting slowly) would never adopt the watch, which then slept until its
+        timeout whatever the writer published.
+        """
+        deadline = None if timeout_s is None else clock.now_s() + max(timeout_s, 0.0)
+        while True:
+            self.keep()
+            word = self.wake_word()
+            if word is None:
+                return True
+            left = LEASE_S / 4 if deadline is None else min(LEASE_S / 4, deadline - clock.now_s())
+            if left <= 0 or (interrupt is not None and interrupt.is_set()):
+                return False
+            if wait_any([word], left, interrupt):
+                return True
 
     def nudge(self) -> None:
         """End a :meth:`wait` in another thread whose interrupt is set."""
