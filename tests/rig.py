@@ -32,6 +32,21 @@ chunk_s = 0.002
 """
 
 
+#: A simulated stimulator with two channels and default limits, disarmed.
+SIMULATED_STIMULATOR = """
+[[workers]]
+name = "stim"
+kind = "stimulation"
+backoff_s = 0.3
+[workers.parameters]
+channels = 2
+backend = "simulated"
+[workers.parameters.limits.default]
+max_amplitude_ua = 100.0
+max_charge_per_phase_nc = 30.0
+"""
+
+
 #: Ctrl-C for a supervisor: SIGINT; on Windows Ctrl-Break to its own process group.
 INTERRUPT = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
 _OWN_GROUP: dict[str, Any] = (

@@ -20,7 +20,7 @@ import pipeline
 from pipeline.control import messages
 from pipeline.recording.format import read_manifest
 from pipeline.recording.summary import inspect, render
-from tests.rig import toml_string, wait_for
+from tests.rig import SIMULATED_STIMULATOR, toml_string, wait_for
 
 WORKERS = """
 [[workers]]
@@ -38,17 +38,6 @@ kind = "recording"
 backoff_s = 0.3
 [workers.parameters]
 flush_s = 0.5
-
-[[workers]]
-name = "stim"
-kind = "stimulation"
-backoff_s = 0.3
-[workers.parameters]
-channels = 2
-backend = "simulated"
-[workers.parameters.limits.default]
-max_amplitude_ua = 100.0
-max_charge_per_phase_nc = 30.0
 """
 PULSE = [(-30.0, 100.0), (30.0, 100.0)]
 
@@ -57,7 +46,7 @@ def _rig(rigs, events_buffer: int = 4096):
     rig = rigs.new()
     recordings = rig.directory / "recordings"
     rig.write(
-        WORKERS,
+        WORKERS + SIMULATED_STIMULATOR,
         session_extra=f"recordings_dir = {toml_string(recordings)}\n"
         f"events_buffer = {events_buffer}",
     )

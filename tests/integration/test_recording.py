@@ -23,7 +23,7 @@ from pipeline.recording.format import consistency_flags, read_manifest
 from pipeline.recording.nwb import export_nwb
 from pipeline.recording.summary import inspect
 from pipeline.ring import naming, shm
-from tests.rig import exited, toml_string, wait_for
+from tests.rig import SIMULATED_STIMULATOR, exited, toml_string, wait_for
 
 RATE = 10000.0
 PERIOD_NS = 1e9 / RATE
@@ -450,26 +450,15 @@ def _attach_or_none(stream: str):
         return None
 
 
-_STIMULATOR = """
-[[workers]]
-name = "stim"
-kind = "stimulation"
-backoff_s = 0.3
-[workers.parameters]
-channels = 2
-backend = "simulated"
-[workers.parameters.limits.default]
-max_amplitude_ua = 100.0
-max_charge_per_phase_nc = 30.0
-"""
-
-
 def test_a_flood_of_refusals_is_recorded_once_a_second_with_its_count(rigs) -> None:
     """A decoder sending 20 commands a second to a disarmed stimulator for 3 s: every one
     is refused, and the recording holds a few rows that account for all of them."""
     rig = rigs.new()
     recordings = rig.directory / "recordings"
-    rig.write(_workers() + _STIMULATOR, session_extra=f"recordings_dir = {toml_string(recordings)}")
+    rig.write(
+        _workers() + SIMULATED_STIMULATOR,
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
+    )
     rig.start()
     wait_for(lambda: rig.worker("rec").note.startswith("recording to"), 5, "recording to start")
     sent = 0
@@ -502,7 +491,8 @@ def test_a_recorder_starting_while_a_stream_is_absent_records_the_rest_and_waits
     rig = rigs.new()
     recordings = rig.directory / "recordings"
     rig.write(
-        _workers(streams) + _STIMULATOR, session_extra=f"recordings_dir = {toml_string(recordings)}"
+        _workers(streams) + SIMULATED_STIMULATOR,
+        session_extra=f"recordings_dir = {toml_string(recordings)}",
     )
     rig.start()
     rig.client().request(messages.StopWorker(worker="stim"))

@@ -98,8 +98,10 @@ def test_killed_acquisition_worker_restarts_and_readers_follow(rigs) -> None:
             worker = rig.worker("acq")
             return worker.state == "running" and worker.pid != pid and worker.restarts == 1
 
-        wait_for(restarted, 2.0, "the acquisition worker to be restarted")
-        assert time.monotonic() - killed_at < 2.0
+        # Wine starts a Windows process in 1-3 s (a real Windows or Linux: well under 1 s)
+        within_s = 5.0 if wine.UNDER_WINE else 2.0
+        wait_for(restarted, within_s, "the acquisition worker to be restarted")
+        assert time.monotonic() - killed_at < within_s
         chunks = _read_frames(reader, 1.0)
         assert reader.generation == 2
     assert any(c.format_changed for c in chunks)
