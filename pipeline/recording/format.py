@@ -48,8 +48,9 @@ EVENT_DTYPE = np.dtype(
         ("sequence", "<i8"),
     ]
 )
-#: ``events_cursor`` (one row, updated at each flush): the event log's stream id and the
-#: sequence of the first event not yet in the recording. A restarted recorder resumes there.
+#: ``events_cursor`` (one row, written when the segment is made): the event log's stream id
+#: and the sequence where this segment's events begin. A restarted recorder resumes after the
+#: furthest of it, the last numbered event row and the last event gap row.
 EVENTS_CURSOR_DTYPE = np.dtype([("stream_id", "<i8"), ("sequence", "<i8")])
 # A gap row whose ``stream`` is EVENTS_STREAM ("supervisor/events", the event log) counts
 # events the recording is missing. That stream has no stream group (its rows are the

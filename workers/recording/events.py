@@ -4,9 +4,9 @@ Every event the session publishes (annotations, stimulation, state changes,
 restarts, reports) is read from the supervisor's log as a lossless reader,
 like a stream's frames: from the log's first event when the recording starts
 with the session, from now after ``rigpipe record start``, and after a crash of
-the recorder from the sequence the last flushed segment names
-(``events_cursor``). Events the log no longer held are a gap row with their
-sequence numbers and the true cause, never a silent loss.
+the recorder after the last event its flushed rows hold (``SegmentFile.
+events_resume_point``). Events the log no longer held are a gap row with
+their sequence numbers and the true cause, never a silent loss.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.recording.format import (
     EVENT_DTYPE,
     EVENTS_CURSOR_DTYPE,
+    EVENTS_STREAM,
     FLUSHED_DTYPE,
     FRAMES_BY_CHANNELS,
     GAP_DTYPE,
@@ -277,19 +278,32 @@ class SegmentFile:
         stamps = self.datasets[stream][1]
         return int(stamps[len(stamps) - 1]) if len(stamps) else None
 
-    def set_events_cursor(self, stream_id: int, sequence: int) -> None:
-        """Every event of the log before ``sequence`` is in the recording (from the next
-        flush on: it is durable with the rows it describes)."""
-        if "events_cursor" in self.file:  # not in a segment of an older schema
-            self.file["events_cursor"][0] = (stream_id, sequence)
+    def events_resume_point(self) -> tuple[int, int] | None:
+        """(stream id, sequence) of the next event of the log to record after the rows this
+        segment holds; None if it does not say (an older schema, or no log was read).
 
-    def events_cursor(self) -> tuple[int, int] | None:
-        """(stream id, sequence) of the next event to record; None if this segment does
-        not say (an older schema, or no event log was read)."""
+        Taken from the rows themselves, never from a cursor kept beside them: a crash
+        in the middle of a flush can leave a separately written cursor on disk while
+        repair cuts the rows it counted (a 40 min chaos run lost 15 events so). It is
+        the furthest of: where the segment began reading the log (``events_cursor``,
+        written once before SWMR starts), the last numbered row + 1 (at every flush the
+        recorder writes what it holds back, so every event before that is a row or in
+        a row's count), and the end of the last gap row of the log.
+        """
         if "events_cursor" not in self.file:
             return None
-        stream_id, sequence = self.file["events_cursor"][0]
-        return None if sequence < 0 else (int(stream_id), int(sequence))
+        stream_id, sequence = (int(v) for v in self.file["events_cursor"][0])
+        if sequence < 0:
+            return None
+        rows = self.file["events"][:]
+        numbered = rows["sequence"][rows["sequence"] >= 0]
+        if len(numbered):
+            sequence = max(sequence, int(numbered.max()) + 1)
+        gaps = self.file["gaps"][:]
+        lost = gaps[gaps["stream"] == EVENTS_STREAM.encode()]
+        if len(lost):
+            sequence = max(sequence, int(lost["cursor_end"].max()))
+        return stream_id, sequence
 
     def flush(self) -> None:
         """Make every row appended so far durable, and record how many there are."""

@@ -161,7 +161,7 @@ class RecordingWriter:
         if segment.repairs:
             entry.repairs = [*entry.repairs, *segment.repairs]
             write_manifest(directory, manifest)
-        recording.events_at = segment.events_cursor()
+        recording.events_at = segment.events_resume_point()
         events = segment.file["events"]
         if len(events):
             recording.last_event_ns = int(events[len(events) - 1]["monotonic_ns"])
@@ -436,12 +436,10 @@ class RecordingWriter:
         self.event(row.topic, row.payload, restart, at=at, sequence=row.sequence)
 
     def _settle_events(self) -> None:
-        """Write what is held back, then note in the segment where the log's next event is:
-        with the next flush, the file says exactly which events it holds."""
+        """Write what is held back: with the next flush, the file's rows account for every
+        event read (:meth:`SegmentFile.events_resume_point` relies on it)."""
         for row in self.repeats.release(clock.now_ns()):
             self._event_row(row)
-        if self.segment is not None and self.events_at is not None:
-            self.segment.set_events_cursor(*self.events_at)
 
     def flush(self) -> None:
         if self.segment is not None:
