@@ -222,15 +222,7 @@ class Recording:
             file = self.files.get(str(path))
             table = file["gaps"][:]
             for row in table[table["stream"] == EVENTS_STREAM.encode()]:
-                gaps.append(
-                    Gap(
-                        frame=before + int(row["at_frame"]),
-                        lost_frames=int(row["lost_frames"]),
-                        start_ns=int(row["start_ns"]),
-                        end_ns=int(row["end_ns"]),
-                        cause=row["cause"].decode(errors="replace"),
-                    )
-                )
+                gaps.append(Gap.from_row(row, before + int(row["at_frame"])))
             before += len(file["events"])
         return gaps
 

@@ -59,6 +59,17 @@ class Gap:
     end_ns: int  # timestamp of the first frame after it
     cause: str
 
+    @classmethod
+    def from_row(cls, row: np.void, frame: int) -> Gap:
+        """The gap of a ``gaps`` table row, ``frame`` being where the reader puts it."""
+        return cls(
+            frame=frame,
+            lost_frames=int(row["lost_frames"]),
+            start_ns=int(row["start_ns"]),
+            end_ns=int(row["end_ns"]),
+            cause=row["cause"].decode(errors="replace"),
+        )
+
 
 class _Rows:
     """What continuous and event views share: pieces, timestamps, time search, gaps."""
@@ -168,15 +179,7 @@ class _Rows:
             table = self.files.get(piece.path)["gaps"][:]
             for row in table[table["stream"] == self.stream.encode()]:
                 frame = piece.first + int(row["at_frame"]) - piece.first_frame
-                gaps.append(
-                    Gap(
-                        frame=frame,
-                        lost_frames=int(row["lost_frames"]),
-                        start_ns=int(row["start_ns"]),
-                        end_ns=int(row["end_ns"]),
-                        cause=row["cause"].decode(errors="replace"),
-                    )
-                )
+                gaps.append(Gap.from_row(row, frame))
         return sorted(gaps, key=lambda g: g.frame)
 
 
