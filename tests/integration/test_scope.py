@@ -17,7 +17,7 @@ pytest.importorskip("pyqtgraph")
 from PySide6.QtGui import QImage
 
 from pipeline.control import messages
-from tests.rig import DEMO_WORKER, toml_string, wait_for
+from tests.rig import DEMO_WORKER, SIMULATED_STIMULATOR, toml_string, wait_for
 
 
 def _scope(snapshot: Path, streams: str = '["pat/out"]', extra: str = "") -> str:
@@ -202,7 +202,7 @@ def test_spike_ticks_are_drawn_only_on_the_tabs_of_their_source(rigs) -> None:
 
 
 def test_missing_x11_libraries_are_named_with_their_packages(rigs) -> None:
-    from workers.visualization.worker import missing_xcb
+    from workers.visualization.display import missing_xcb
 
     assert missing_xcb({"libxcb-nosuch.so.9": "libxcb-nosuch9", "libc.so.6": "libc6"}) == [
         "libxcb-nosuch9"
@@ -227,7 +227,7 @@ def xvfb(tmp_path):
     import shutil
     import subprocess
 
-    from workers.visualization.worker import missing_xcb
+    from workers.visualization.display import missing_xcb
 
     if shutil.which("Xvfb") is None or missing_xcb():
         pytest.skip("Xvfb and Qt's X11 libraries are installed by tests/setup.sh")
@@ -311,3 +311,41 @@ def test_the_spike_raster_shows_the_sources_spikes_under_the_traces(rigs) -> Non
 
     wait_for(lambda: raster_ticks() > 50, 20, "spike ticks in the raster under the traces")
     assert rig.worker("scope").state == "running"
+
+
+def test_the_average_under_the_stimulators_tab_is_its_pulse(rigs) -> None:
+    """The simulated stimulator's output averaged against its own onsets, end to end: the
+    pulses it was asked for, through its ring, the scope's trigger reader and the picture."""
+    rig = rigs.new()
+    snapshot = rig.directory / "average.png"
+    average = (
+        "[workers.parameters.average]\n"
+        'trigger = "stim/output"\nchannel = 1\nbefore_ms = 1.0\nafter_ms = 2.0\nheight_px = 100\n'
+    )
+    stimulator = SIMULATED_STIMULATOR.replace(
+        "[workers.parameters]", "[workers.parameters]\narmed = true"
+    )
+    rig.write(stimulator + _scope(snapshot, '["stim/output"]') + average)
+    rig.start()
+    wait_for(lambda: rig.worker("scope").counters.get("frames_drawn", 0) > 5, 20, "drawing")
+    pulse = [messages.Phase(-40.0, 200.0), messages.Phase(40.0, 200.0)]
+    for _ in range(4):
+        rig.client().request(messages.PulseTrain(worker="stim", channel=1, phases=pulse))
+        time.sleep(0.3)
+    wait_for(lambda: rig.worker("scope").counters.get("averaged", 0) >= 4, 10, "4 averaged")
+    time.sleep(0.8)  # a snapshot after the last
+    image = QImage(str(snapshot)).convertToFormat(QImage.Format.Format_RGBA8888)
+    pixels = np.frombuffer(image.constBits(), np.uint8).reshape(
+        image.height(), image.bytesPerLine() // 4, 4
+    )[:, : image.width()]
+    cyan = (pixels[..., 0] < 110) & (abs(pixels[..., 1].astype(int) - 200) < 30)
+    cyan &= pixels[..., 2] > 220  # the AVERAGE colour, (80, 200, 255)
+    rows = np.flatnonzero(cyan.any(axis=1))
+    columns = np.flatnonzero(cyan.any(axis=0))
+    assert len(rows), "no average drawn"
+    # -40 then +40 uA: the line spans the plot's 100 rows, from the zero line before it
+    assert 90 <= rows.max() - rows.min() <= 101, rows
+    assert columns.max() - columns.min() > 0.9 * 400  # across the whole window
+    scope = rig.worker("scope")
+    assert scope.counters["averaged"] == 4 and scope.counters["average_skipped"] == 0
+    assert rig.interrupt() == 0

@@ -204,7 +204,7 @@ def test_a_worker_package_only_names_its_workers() -> None:
 OPTIONAL = {"pycbsdk", "pythonnet", "clr", "pylsl", "pynwb", "hdmf", "PySide6", "pyqtgraph"}
 #: Modules that are made of an optional package (a Qt class): each is imported only
 #: inside a function, by code that ran ``extras.require`` first.
-MADE_OF_AN_EXTRA = {"workers.visualization.pixels": "viz"}
+MADE_OF_AN_EXTRA = {"workers.visualization.pixels": "viz", "workers.visualization.mouse": "viz"}
 
 
 def test_optional_packages_are_imported_only_through_extras_require() -> None:

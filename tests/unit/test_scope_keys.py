@@ -1,6 +1,6 @@
 """The scope driven by keys, through Qt's own test API, offscreen: every key in
 ScopeWorker.KEYS changes what it says, through the same checks as `rigpipe set`, and
-the mouse wheel changes nothing."""
+the mouse wheel zooms in time and a double-click expands a channel."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from tests import wine
 wine.import_module("PySide6.QtWidgets", "icuuc.dll")
 pytest.importorskip("pyqtgraph")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-from PySide6.QtCore import QPointF, Qt
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QWheelEvent
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QToolButton
 
 from pipeline.ring import RingWriter
 from tests.scope import scope_worker
+from workers.visualization.envelope import TRACE
 from workers.visualization.worker import ScopeWorker
 
 
@@ -34,8 +36,9 @@ def scope(tmp_path) -> Iterator[ScopeWorker]:
     worker = scope_worker(session, {"streams": ["src/out"], "channels_per_page": 16})
     worker.setup()
     try:
-        source.write(np.zeros((500, 64), np.int16))
-        worker._refresh()  # attaches and draws the first picture
+        worker._refresh()  # attaches (from now)
+        source.write(np.zeros((500, 64), np.int16))  # half a second of flat traces
+        worker._refresh()  # draws the first picture
         worker.window.activateWindow()
         QTest.qWaitForWindowActive(worker.window, 2000)
         yield worker
@@ -133,24 +136,84 @@ def test_channel_labels_stand_beside_their_traces(scope) -> None:
     assert ticks[0][1] == "ch016"
 
 
-def test_the_mouse_wheel_does_not_zoom(scope) -> None:
+def wheel(worker: ScopeWorker, notches: float) -> None:
+    """Turn the mouse wheel over the middle of the traces (positive: away from the user)."""
+    viewport = worker.panels[0].widget.viewport()
+    middle = QPointF(viewport.width() / 2, viewport.height() / 2)
+    event = QWheelEvent(
+        middle,
+        viewport.mapToGlobal(middle),
+        QPoint(0, 0),
+        QPoint(0, round(notches * 120)),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(viewport, event)
+    worker._refresh()
+
+
+def test_the_wheel_zooms_in_time_and_moves_nothing_else(scope) -> None:
     view = scope.panels[0].plot.getViewBox()
     before = view.viewRange()
-    view.wheelEvent(_Wheel(), axis=None)  # what pyqtgraph zoomed on before
-    assert view.viewRange() == before
+    wheel(scope, 1)  # away: zoom in
+    assert scope.settings.window_s == 2.5
+    wheel(scope, -2)  # toward, two notches
+    assert scope.settings.window_s == 10.0
+    wheel(scope, 0.5)  # half a notch (a touchpad) waits for the other half
+    assert scope.settings.window_s == 10.0
+    wheel(scope, 0.5)
+    assert scope.settings.window_s == 5.0
+    assert view.viewRange() == before  # the axes the scope draws still match the picture
+    assert "  |  5 s  |  " in scope.panels[0].status.text
+    assert scope.note.endswith("5 s")
 
 
-class _Wheel:
-    """The parts of a QGraphicsSceneWheelEvent that pyqtgraph's ViewBox.wheelEvent reads."""
+def double_click(worker: ScopeWorker, row: float) -> None:
+    """Double-click the traces at pixel ``row`` (from the top), a third of the way across."""
+    panel = worker.panels[0]
+    scene = panel.plot.getViewBox().mapViewToScene(QPointF(worker.settings.width_px / 3, row))
+    QTest.mouseDClick(
+        panel.widget.viewport(),
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+        panel.widget.mapFromScene(scene),
+    )
+    QApplication.processEvents()
+    worker._refresh()
 
-    def delta(self) -> int:
-        return 480
 
-    def pos(self) -> QPointF:
-        return QPointF(100, 100)
+def _trace_rows(worker: ScopeWorker) -> list[int]:
+    """The rows a flat (all-zero) page draws its traces on."""
+    pixels = worker.panels[0].picture.pixels
+    assert pixels is not None
+    return [int(r) for r in np.flatnonzero((pixels == TRACE).any(axis=1))]
 
-    def accept(self) -> None:
-        pass
 
-    def ignore(self) -> None:
-        pass
+def test_a_double_click_expands_the_channel_under_it_and_esc_goes_back(scope) -> None:
+    band = scope.settings.height_px // 16
+    press(scope, Qt.Key.Key_PageDown)  # channels 16-31
+    assert len(_trace_rows(scope)) == 16
+    double_click(scope, 3 * band + band / 2)  # the fourth band: channel 19
+    assert scope.settings.focus == 19
+    status = scope.panels[0].status.text
+    assert "  |  channel 20 of 64 expanded (Esc)  |  " in status, status
+    assert "page" not in status
+    assert scope.note == "gain 1, page 1, 16 per page, 5 s, channel 19 expanded"
+    assert _trace_rows(scope) == [scope.settings.height_px // 2]  # one band, the whole height
+    ticks = scope.panels[0].plot.getAxis("left")._tickLevels[0]
+    assert [label for _, label in ticks] == ["ch019"]
+    press(scope, Qt.Key.Key_PageDown)  # expanded: the next channel
+    assert scope.settings.focus == 20
+    press(scope, Qt.Key.Key_Escape)
+    assert scope.settings.focus == -1 and scope.settings.page == 1
+    assert "channels 17-32 of 64" in scope.panels[0].status.text
+    assert len(_trace_rows(scope)) == 16
+    double_click(scope, band / 2)
+    assert scope.settings.focus == 16
+    double_click(scope, 100)  # a second double-click: back to the page
+    assert scope.settings.focus == -1
+    assert scope.set_parameter("focus", 64).detail == "scope.focus = 64"  # past the last:
+    scope._refresh()  # the page is shown, and says so
+    assert "channels 17-32 of 64" in scope.panels[0].status.text

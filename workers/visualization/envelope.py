@@ -217,7 +217,6 @@ def rasterize(
     sweep's columns to draw (all when None).
     """
     columns = np.arange(envelope.width) if columns is None else columns
-    width = len(columns)
     count = max(1, min(count, envelope.channels - first))
     band = max(2, height // count)
     chans = slice(first, first + count)
@@ -235,14 +234,7 @@ def rasterize(
     clipped_bottom = (raw_bottom > bands_bottom + 1) & filled_columns
     top = np.clip(raw_top, bands_top, bands_bottom).astype(np.int64)
     bottom = np.clip(raw_bottom, bands_top, bands_bottom).astype(np.int64)
-    index = np.broadcast_to(np.arange(width)[:, None], top.shape)
-    filled = filled_columns & (bottom >= top) & (bottom < height)
-    # Paint each column's [top, bottom] run: +1 at top, -1 after bottom, then a running sum.
-    size = (height + 1) * width
-    starts = np.bincount((top * width + index)[filled], minlength=size)
-    ends = np.bincount(((bottom + 1) * width + index)[filled], minlength=size)
-    edges = (starts - ends).astype(np.int16).reshape(height + 1, width)
-    drawn = np.cumsum(edges, axis=0, dtype=np.int16)[:height] > 0
+    drawn = column_runs(top, bottom, filled_columns & (bottom >= top) & (bottom < height), height)
     image = np.where(drawn, TRACE, BACKGROUND)
     spike_cols, spike_chans = np.nonzero(envelope.spikes[columns, chans])
     for dy in range(max(1, band // 6)):
@@ -256,6 +248,19 @@ def rasterize(
     image[:, envelope.markers[columns]] = np.where(marked == BACKGROUND, MARKER, marked)
     image[:, columns == envelope.column] = CURSOR
     return image
+
+
+def column_runs(top: np.ndarray, bottom: np.ndarray, filled: np.ndarray, height: int) -> np.ndarray:
+    """The pixels (height x width, True where drawn) of runs of rows: in column ``c``, rows
+    ``top[c, k]`` to ``bottom[c, k]`` (inclusive) for every ``k`` where ``filled[c, k]``."""
+    width = top.shape[0]
+    index = np.broadcast_to(np.arange(width)[:, None], top.shape)
+    # Paint each run: +1 at its top, -1 after its bottom, then a running sum down the column.
+    size = (height + 1) * width
+    starts = np.bincount((top * width + index)[filled], minlength=size)
+    ends = np.bincount(((bottom + 1) * width + index)[filled], minlength=size)
+    edges = (starts - ends).astype(np.int16).reshape(height + 1, width)
+    return np.cumsum(edges, axis=0, dtype=np.int16)[:height] > 0
 
 
 def raster_image(envelope: Envelope, first: int, count: int, height: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from pipeline.errors import EndOfStream, StreamNotFound
 from pipeline.host import clock
 from pipeline.ring import RingReader, attach
 from pipeline.worker import WorkerSpec
+from workers.visualization.average import AverageSettings, TriggeredAverage, average_image
 from workers.visualization.envelope import Envelope, Picture, raster_image
 from workers.visualization.filters import ChannelFilter, DisplayFilter
 
@@ -58,7 +59,7 @@ class Panel:
         self.plot.hideAxis("bottom")
         self.plot.getAxis("left").setWidth(60)  # channel labels beside their traces
         self.plot.setMenuEnabled(False)
-        self.plot.setMouseEnabled(x=False, y=False)  # no silent zoom: keys set the view
+        self.plot.setMouseEnabled(x=False, y=False)  # the wheel zooms in time (TraceMouse)
         self.plot.hideButtons()
         self.plot.invertY(True)
         self.image = PixelImage()
@@ -86,10 +87,17 @@ class Panel:
             self.raster_plot.addItem(self.raster)
             self.raster_plot.setRange(xRange=(0, s.width_px), yRange=(0, s.raster_px), padding=0)
             self.raster_plot.setXLink(self.plot)
+        self.average: TriggeredAverage | None = None
+        self.average_settings: AverageSettings | None = None
+        average = s.average
+        if average is not None and (average.stream or s.streams[0]) == stream:
+            self.average_settings = average
+            self._add_average_plot(pg, average, s.width_px)
         # The axes and the status line change seldom, yet the image under them is drawn
         # 30 times a second: Qt repaints them from a cached pixmap until they change.
         cached = pg.QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache
         plots = [self.plot, *([self.raster_plot] if self.raster is not None else [])]
+        plots += [self.average_plot] if self.average_settings is not None else []
         for item in [self.status, *(p.getAxis(a) for p in plots for a in ("left", "bottom"))]:
             item.setCacheMode(cached)
         self.reader: RingReader | None = None
@@ -103,6 +111,46 @@ class Panel:
         self._labelled: tuple[int, int, int] | None = None  # (first, count, generation)
         self.filter: ChannelFilter | None = None  # the tab's display filter, while it runs
         self.filter_text = ""  # what the status line says of it
+        self._averaged: tuple[int, int, int] | None = None  # (channel, events, skipped) drawn
+        self.average_channel = 0
+        self.average_text = ""
+
+    def _add_average_plot(self, pg: Any, average: AverageSettings, width: int) -> None:
+        """Under the traces: a line saying what is averaged, and the average."""
+        from workers.visualization.pixels import PixelImage
+
+        self.average_label = self.widget.addLabel("", row=3, col=0, justify="left")
+        plot = self.average_plot = self.widget.addPlot(row=4, col=0)
+        plot.getAxis("left").setWidth(60)
+        plot.setMenuEnabled(False)
+        plot.setMouseEnabled(x=False, y=False)
+        plot.hideButtons()
+        plot.invertY(True)
+        self.average_image = PixelImage()
+        plot.addItem(self.average_image)
+        plot.setRange(xRange=(0, width), yRange=(0, average.height_px), padding=0)
+        # ticks in ms from the trigger, 0 included
+        span_ms = average.before_ms + average.after_ms
+        step = next(
+            (
+                t
+                for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+                if span_ms / t <= 10
+            ),
+            2000.0,
+        )
+        ticks = [
+            ((k * step + average.before_ms) * width / span_ms, f"{k * step:g} ms")
+            for k in range(
+                -int(average.before_ms / step + 1e-9), int(average.after_ms / step + 1e-9) + 1
+            )
+        ]
+        axis = plot.getAxis("bottom")
+        axis.setTicks([ticks, []])
+        # one row per pixel, as the picture is drawn: the plot is its rows and its time axis
+        height = average.height_px + axis.maximumHeight()
+        plot.setMinimumHeight(height)
+        plot.setMaximumHeight(height)
 
     def full_name(self) -> str:
         return f"{self.worker.spec.session}/{self.stream}"
@@ -130,6 +178,7 @@ class Panel:
             self.retry_at = clock.now_s() + 0.5
             return False
         self._new_envelope()
+        self.new_average()
         return True
 
     def _new_envelope(self) -> None:
@@ -157,10 +206,33 @@ class Panel:
             self.filter = ChannelFilter(spec, rate)
             self.filter_text = spec.describe()
 
+    def new_average(self) -> None:
+        """Begin the average afresh: of the expanded channel, else of the configured one."""
+        average = self.average_settings
+        if average is None or self.envelope is None:
+            return
+        s = self.worker.settings
+        channels = self.envelope.channels
+        self.average_channel = s.focus if 0 <= s.focus < channels else average.channel
+        self._averaged = None
+        if self.average_channel >= channels:
+            self.average = None
+            self.average_text = (
+                f"average: channel {self.average_channel} is not in {self.stream} "
+                f"({channels} channels, from 0)"
+            )
+            self.average_label.setText(self.average_text)
+            return
+        rate = self.envelope.sample_rate
+        self.average = TriggeredAverage(rate, average.before_ms, average.after_ms)
+
     def page(self) -> tuple[int, int]:
-        """The first channel of the page shown and how many it has."""
+        """The first channel of the page shown and how many it has (an expanded channel:
+        itself alone)."""
         assert self.envelope is not None
         s = self.worker.settings
+        if 0 <= s.focus < self.envelope.channels:
+            return s.focus, 1
         per_page = min(s.channels_per_page, self.envelope.channels)
         return min(s.page * per_page, max(0, self.envelope.channels - per_page)), per_page
 
@@ -175,8 +247,11 @@ class Panel:
                     break
                 if view.format_changed:
                     self._new_envelope()
+                    self.new_average()
                 assert self.envelope is not None
                 data = view.data.reshape(frames, -1)
+                if self.average is not None:  # raw samples: the filter shapes only the traces
+                    self.average.add(view.timestamps_ns, data[:, self.average_channel])
                 if self.filter is None:
                     self.envelope.add(data)
                 else:  # the page's channels only (see workers.visualization.filters)
@@ -224,14 +299,22 @@ class Panel:
         self._time_axis(s.window_s, s.width_px)
         if self.raster is not None:
             self.raster.show(raster_image(self.envelope, first, per_page, s.raster_px))
+        if self.average_settings is not None:
+            self._draw_average(self.average_settings)
         fields = [  # apart by a bar: Qt's label folds runs of spaces into one
             self.stream,
             f"gen {self.reader.generation}",
             f"{self.rate:,.0f} frames/s",
             f"drops {self.dropped}",
             f"overruns {self.overruns}",
-            f"channels {first + 1}-{first + per_page} of {self.envelope.channels}",
-            f"page {s.page}",
+            *(
+                [f"channel {first + 1} of {self.envelope.channels} expanded (Esc)"]
+                if 0 <= s.focus < self.envelope.channels
+                else [
+                    f"channels {first + 1}-{first + per_page} of {self.envelope.channels}",
+                    f"page {s.page}",
+                ]
+            ),
             f"{s.window_s:g} s",
             f"gain {s.gain:g}",
             f"band {s.span_uv / s.gain:g} {self.units}",  # the stream's units: uV, uA...
@@ -240,6 +323,46 @@ class Panel:
         text = "  |  ".join(fields)
         if text != self.status.text:  # a new text lays the label out again: only on change
             self.status.setText(text)
+
+    def _draw_average(self, settings: AverageSettings) -> None:
+        """The average under the traces, drawn again when it took in a trigger."""
+        average = self.average
+        if average is None:
+            return
+        key = (self.average_channel, average.events, average.skipped)
+        if key == self._averaged:
+            return
+        self._averaged = key
+        assert self.reader is not None
+        labels = self.reader.descriptor.get("channel_labels") or []
+        channel = self.average_channel
+        name = str(labels[channel]) if channel < len(labels) else f"channel {channel}"
+        window = f"-{settings.before_ms:g} to +{settings.after_ms:g} ms"
+        skipped = f", {average.skipped} skipped" if average.skipped else ""
+        mean = average.mean
+        if mean is None:
+            self.average_text = f"average of {name}: waiting for a trigger on {settings.trigger}"
+            self.average_label.setText(self.average_text + skipped)
+            return
+        width = self.worker.settings.width_px
+        image, top = average_image(mean, average.before, width, settings.height_px)
+        self.average_image.show(image)
+        top_value = top * self.unit_uv
+        self.average_plot.getAxis("left").setTicks(
+            [
+                [
+                    (0, f"{top_value:+.3g}"),
+                    (settings.height_px // 2, "0"),
+                    (settings.height_px - 1, f"{-top_value:+.3g}"),
+                ],
+                [],
+            ]
+        )
+        self.average_text = (
+            f"average of {name} locked to {settings.trigger}: {average.events} triggers"
+            f"{skipped}  |  {window}  |  unfiltered, {self.units}"
+        )
+        self.average_label.setText(self.average_text)
 
     def _scale_bar(self, band: float, band_px: int, width: int) -> None:
         """A bar of a round value (1, 2 or 5 x 10^k, at most half a band) at the right of

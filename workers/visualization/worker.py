@@ -12,8 +12,10 @@ filters per tab (:mod:`.filters`; key F switches them off and on).
 ``window_s``, ``gain``, ``span_uv``, ``page`` and ``channels_per_page`` can be
 changed while it runs, with ``rigpipe set`` or with keys (``ScopeWorker.KEYS``:
 +/- gain, PgUp/PgDn page, [/] channels per page, Left/Right time window,
-space pauses drawing); the mouse does not move the view. What the keys set
-shows in ``rigpipe status``. A trace that the gain pushes past its band is
+space pauses drawing) and the mouse (``ScopeWorker.MOUSE``: the wheel zooms in
+time, a double-click expands a channel, ``focus``). What they set shows in
+``rigpipe status``. ``average`` adds an event-triggered average of one channel
+under its tab (:mod:`.average`). A trace that the gain pushes past its band is
 marked in red at the band's edge. A format change (a new generation) redraws
 with the new channel count at once.
 
@@ -25,7 +27,7 @@ reads rings without ever holding up a writer, so its crash costs nothing else.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import sys
 from pathlib import Path
@@ -41,6 +43,8 @@ from pipeline.host import clock
 from pipeline.ring import RingReader, attach
 from pipeline.settings import Positive, Settings
 from pipeline.worker import Worker
+from workers.visualization.average import AverageSettings, Onsets
+from workers.visualization.display import has_display, missing_xcb
 from workers.visualization.envelope import stream_columns
 from workers.visualization.filters import DisplayFilter
 from workers.visualization.panel import Panel
@@ -74,47 +78,22 @@ class ScopeSettings(Settings, frozen=True, kw_only=True):
     #: per stream shown: display filters (workers.visualization.filters), never the data's
     filters: dict[str, DisplayFilter] = msgspec.field(default_factory=dict)
     filtering: bool = True  # the filters on (key F toggles)
-
-
-def has_display() -> bool:
-    """True where a window can be shown (always on macOS and Windows)."""
-    if not sys.platform.startswith("linux"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-#: X11 libraries Qt's xcb platform plugin loads -> the Debian package that has each.
-#: Qt's own abort names libxcb-cursor0 even when another of these is the one missing.
-XCB_LIBRARIES = {
-    "libxcb-cursor.so.0": "libxcb-cursor0",
-    "libxcb-icccm.so.4": "libxcb-icccm4",
-    "libxcb-keysyms.so.1": "libxcb-keysyms1",
-    "libxcb-image.so.0": "libxcb-image0",
-    "libxcb-render-util.so.0": "libxcb-render-util0",
-    "libxcb-shape.so.0": "libxcb-shape0",
-    "libxcb-xkb.so.1": "libxcb-xkb1",
-    "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
-}
-
-
-def missing_xcb(libraries: dict[str, str] = XCB_LIBRARIES) -> list[str]:
-    """The Debian packages of the X11 libraries Qt needs and this machine cannot load."""
-    missing = []
-    for library, package in libraries.items():
-        try:
-            ctypes.CDLL(library)
-        except OSError:
-            missing.append(package)
-    return missing
+    #: one channel (0-based) over the whole height; -1: the page (a double-click toggles)
+    focus: Annotated[int, msgspec.Meta(ge=-1)] = -1
+    #: an event-triggered average under a tab (workers.visualization.average)
+    average: AverageSettings | None = None
 
 
 class ScopeWorker(Worker):
     Settings = ScopeSettings
-    settable = frozenset({"window_s", "gain", "span_uv", "page", "channels_per_page", "filtering"})
+    settable = frozenset(
+        {"window_s", "gain", "span_uv", "page", "channels_per_page", "filtering", "focus"}
+    )
 
     @classmethod
     def inputs(cls, settings: Any) -> list[str]:
-        return [*settings.streams, *(s for s in (settings.spikes, settings.markers) if s)]
+        trigger = settings.average.trigger if settings.average is not None else ""
+        return [*settings.streams, *(s for s in (settings.spikes, settings.markers, trigger) if s)]
 
     @classmethod
     def check(cls, settings: Any) -> None:
@@ -128,6 +107,18 @@ class ScopeWorker(Worker):
                 spec.check()
             except ValueError as exc:
                 raise ValueError(f'filters."{stream}": {exc}') from None
+        average = settings.average
+        if average is not None:
+            if average.stream and average.stream not in settings.streams:
+                raise ValueError(
+                    f"average.stream {average.stream!r} is not one of the scope's streams "
+                    f"({', '.join(settings.streams)})"
+                )
+            if not average.trigger:
+                raise ValueError(
+                    "average.trigger is not set; name the stream whose events lock the average "
+                    '(e.g. "stim/output")'
+                )
 
     def setup(self) -> None:
         s = self.settings
@@ -160,17 +151,29 @@ class ScopeWorker(Worker):
         # the picture at 1:1 (a 1-pixel trace scaled down can vanish): room for the label
         # axis on the left, the status line above, the time axis and the raster below
         raster = s.raster_px + 30 if s.raster else 0
+        raster += s.average.height_px + 70 if s.average is not None else 0
         width, height = s.width_px + 100, s.height_px + 120 + raster
         screen = self.app.primaryScreen()
         if not s.offscreen and screen is not None:  # never taller or wider than the screen
             room = screen.availableGeometry()  # (a 1080p screen cut the raster off)
             width, height = min(width, room.width()), min(height, room.height())
         self.window.resize(width, height)
+        from workers.visualization.mouse import TraceMouse
+
         self.panels = [Panel(self, stream, pg) for stream in s.streams]
+        self._mice = []
         for panel in self.panels:
             self.window.addTab(panel.widget, panel.stream)
+            self._mice.append(
+                TraceMouse(
+                    panel.widget, panel.plot, self._zoom, functools.partial(self._expand, panel)
+                )
+            )
         self.spikes = self._events(s.spikes)
         self.markers = self._events(s.markers)
+        self.trigger = self._events(s.average.trigger if s.average is not None else "")
+        self.onsets = Onsets()
+        self.averaged = next((p for p in self.panels if p.average_settings is not None), None)
         self.next_snapshot = clock.now_s() + s.snapshot_s
         self.counters.update(frames_drawn=0, fps=0.0)
         self._fps_window = (clock.now_s(), 0)
@@ -192,6 +195,13 @@ class ScopeWorker(Worker):
         "Left": "time window /2",
         "Space": "pause / resume drawing",
         "F": "display filters on / off",
+        "Esc": "back to the page from an expanded channel",
+    }
+
+    #: What the mouse does on the traces (README, "The live scope").
+    MOUSE: ClassVar[dict[str, str]] = {
+        "wheel": "zoom in time (away: time window /2; toward: x2)",
+        "double-click": "expand the channel under it to the whole height; again: back",
     }
 
     #: The on-screen controls, left to right: (object name, label, its key in KEYS).
@@ -224,6 +234,7 @@ class ScopeWorker(Worker):
             "Left": lambda: self._step("window_s", 0.5),
             "Space": self._toggle_pause,
             "F": self._toggle_filters,
+            "Esc": lambda: self._focus(-1),
         }
         self._shortcuts = []
         for key, action in actions.items():
@@ -259,9 +270,35 @@ class ScopeWorker(Worker):
             self.log.info("key refused: %s", reply.text)
         self._update_note()
 
+    def _zoom(self, steps: int) -> None:
+        """The mouse wheel: ``steps`` notches away from the user halve the time window each."""
+        self._step("window_s", 0.5**steps)
+
+    def _expand(self, panel: Panel, row: float) -> None:
+        """A double-click at ``row`` of ``panel``'s traces: expand the channel there, or go
+        back to the page from an expanded one."""
+        if panel.envelope is None:
+            return
+        if self.settings.focus >= 0:
+            self._focus(-1)
+            return
+        first, count = panel.page()
+        band = max(2, self.settings.height_px // max(1, count))
+        if 0 <= row < band * count:
+            self._focus(first + int(row // band))
+
+    def _focus(self, channel: int) -> None:
+        reply = self.set_parameter("focus", channel)
+        if isinstance(reply, messages.Error):
+            self.log.info("focus refused: %s", reply.text)
+        self._update_note()
+
     def _step_page(self, delta: int) -> None:
         panel = self.panels[max(0, self.window.currentIndex())]
         channels = panel.envelope.channels if panel.envelope is not None else 1
+        if self.settings.focus >= 0:  # an expanded channel: the next or previous channel
+            self._focus(min(max(0, self.settings.focus + delta), channels - 1))
+            return
         pages = max(1, -(-channels // self.settings.channels_per_page))
         page = min(max(0, self.settings.page + delta), pages - 1)
         self.set_parameter("page", page)
@@ -284,6 +321,7 @@ class ScopeWorker(Worker):
             # the page as `rigpipe set scope page N` takes it (from 0)
             f"gain {s.gain:g}, page {s.page}, {s.channels_per_page} per page, "
             f"{s.window_s:g} s"
+            + (f", channel {s.focus} expanded" if s.focus >= 0 else "")
             + (", filters off" if s.filters and not s.filtering else "")
             + (", PAUSED" if self.paused else "")
         )
@@ -293,6 +331,9 @@ class ScopeWorker(Worker):
             for panel in self.panels:
                 if panel.reader is not None:
                     panel._new_envelope()
+        averaged = getattr(self, "averaged", None)
+        if name == "focus" and averaged is not None:
+            averaged.new_average()  # the average follows the expanded channel
         if getattr(self, "shown", False):
             self._update_note()
 
@@ -322,6 +363,7 @@ class ScopeWorker(Worker):
         try:
             for panel in self.panels:
                 panel.refresh()  # every tab keeps reading; only the one shown draws
+            self._read_triggers()
             shown = self.panels[max(0, self.window.currentIndex())]
             if self.paused:
                 shown.show_paused()
@@ -349,6 +391,28 @@ class ScopeWorker(Worker):
         offsets = panel.frames_before_newest(self._read_marker_times(self.markers))
         if offsets is not None and len(offsets):
             panel.envelope.mark(offsets)
+
+    def _read_triggers(self) -> None:
+        """The average's new triggers (read on every refresh, the tab shown or not)."""
+        panel = self.averaged
+        if panel is None:
+            return
+        reader = self._reader(self.trigger)
+        if reader is None:
+            return
+        try:
+            chunk = reader.read(timeout_s=0)
+        except EndOfStream:
+            reader.close()
+            self.trigger["reader"] = None
+            return
+        continuous = reader.sample_rate > 0 and not chunk.data.dtype.names
+        times = self.onsets.times(chunk.timestamps_ns, chunk.data, continuous)
+        if panel.average is not None:
+            panel.average.trigger(times)
+            self.counters.update(
+                averaged=panel.average.events, average_skipped=panel.average.skipped
+            )
 
     def _reader(self, events: dict[str, Any]) -> RingReader | None:
         if not events["stream"]:
@@ -411,7 +475,7 @@ class ScopeWorker(Worker):
         for panel in getattr(self, "panels", []):
             if panel.reader is not None:
                 panel.reader.close()
-        for events in (getattr(self, "spikes", None), getattr(self, "markers", None)):
+        for events in (getattr(self, name, None) for name in ("spikes", "markers", "trigger")):
             if events and events["reader"] is not None:
                 events["reader"].close()
         if getattr(self, "shown", False):
