@@ -33,6 +33,14 @@ from pipeline.worker import Worker
 from workers.lsl.common import DTYPES, STRING_FORMAT, ClockMap, pylsl
 
 MARKER_DTYPE = np.dtype([("timestamp_ns", "<i8"), ("text", "S255")])
+#: A pull sleeps in liblsl for this long, taking samples as they arrive (liblsl's
+#: ``pull_chunk`` with a timeout fills the buffer until the timeout passes), then the
+#: worker writes them to the ring in one go and serves its bus: about 100 wake-ups a
+#: second, as a bare pylsl puller does. So frames reach the ring in batches of up to
+#: 10 ms. The inlet used to poll without waiting and sleep 1 ms when nothing had come:
+#: a thousand wake-ups a second, 2.5x the CPU of a bare pylsl puller at 256 channels
+#: (1.1x now; ``bench/lsl.py``, docs/performance.md).
+PULL_WAIT_S = 0.01
 #: Match keys of the config -> the XPath field of LSL's stream info.
 MATCH = {"name": "name", "type": "type", "source_id": "source_id", "hostname": "hostname"}
 
@@ -96,8 +104,7 @@ class LslInlet(Worker):
         if now >= self._next_correction:
             self._next_correction = now + 5.0
             self._correct()
-        if not self._pull(wait_s=0.0):
-            self.wait_until(clock.now_s() + 0.001)
+        self._pull(wait_s=PULL_WAIT_S)
 
     def teardown(self) -> None:
         if getattr(self, "inlet", None) is not None:
