@@ -122,12 +122,14 @@ notch_hz = 60.0
 """
 
 
-def rig_config(channels: int, without: str = "", scope_filters: bool = False) -> str:
+def rig_config(
+    channels: int, without: str = "", scope_filters: bool = False, scope_page: int = 256
+) -> str:
     parts = {
         "acq": acq(channels),
         "rec": REC.replace(', "stim/output"', "") if without == "stim" else REC,
         "stim": STIM.format(armed="false", trigger_stream="acq/continuous", threshold=-300.0),
-        "scope": SCOPE.format(per_page=min(256, channels))
+        "scope": SCOPE.format(per_page=min(scope_page, channels))
         + (SCOPE_FILTERS if scope_filters else ""),
     }
     return "".join(text for name, text in parts.items() if name != without)
@@ -157,9 +159,14 @@ def measure(rig: Rig, warmup_s: float, seconds: float) -> dict[str, float]:
 
 
 def run_rig(
-    channels: int, without: str, warmup_s: float, seconds: float, scope_filters: bool = False
+    channels: int,
+    without: str,
+    warmup_s: float,
+    seconds: float,
+    scope_filters: bool = False,
+    scope_page: int = 256,
 ) -> dict[str, object]:
-    rig = Rig(rig_config(channels, without, scope_filters), 'recordings_dir = "{dir}"')
+    rig = Rig(rig_config(channels, without, scope_filters, scope_page), 'recordings_dir = "{dir}"')
     try:
         cpu = measure(rig, warmup_s, seconds)
         status = rig.status()
@@ -246,18 +253,20 @@ def rig_table(
             )
 
 
-def scope_filter_table(channels: int, repeats: int, warmup_s: float, seconds: float) -> None:
+def scope_filter_table(
+    channels: int, repeats: int, warmup_s: float, seconds: float, page: int = 256
+) -> None:
     """The scope unfiltered and filtered (SCOPE_FILTERS), alternately, in one run."""
     print(
         f"\n## the scope's display filters at {channels} channels "
-        f"({min(256, channels)} on the page), % of one core\n"
+        f"({min(page, channels)} on the page), % of one core\n"
     )
     print("| scope | run | scope % | rig total % | dropped |")
     print("| --- | ---: | ---: | ---: | ---: |")
     found: dict[bool, list[float]] = {False: [], True: []}
     for k in range(repeats):
         for filtered in (False, True):
-            result = run_rig(channels, "", warmup_s, seconds, scope_filters=filtered)
+            result = run_rig(channels, "", warmup_s, seconds, filtered, page)
             cpu = result["cpu"]
             assert isinstance(cpu, dict)
             found[filtered].append(cpu["scope"])
@@ -317,6 +326,9 @@ def main() -> None:
     parser.add_argument(
         "--scope-filters", type=int, default=0, help="compare the scope's filters at N channels"
     )
+    parser.add_argument(
+        "--scope-page", type=int, default=256, help="channels on the scope's page (256)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     print(
@@ -325,7 +337,9 @@ def main() -> None:
         f"{platform.system()} {platform.release()}, python {sys.version.split()[0]}"
     )
     if args.scope_filters:
-        scope_filter_table(args.scope_filters, args.repeats, args.warmup, args.seconds)
+        scope_filter_table(
+            args.scope_filters, args.repeats, args.warmup, args.seconds, args.scope_page
+        )
         return
     sizes = [int(c) for c in args.channels.split(",")]
     without_at = None if args.without == "none" else int(args.without)
