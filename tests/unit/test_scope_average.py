@@ -75,6 +75,21 @@ def test_a_trigger_whose_window_has_not_arrived_waits_for_it() -> None:
     assert average.events == 1
 
 
+def test_after_time_goes_back_the_history_before_it_is_not_used() -> None:
+    """A source whose device clock restarted (a new generation): its new timestamps are
+    below the old ones, and a window is never taken across the two."""
+    timestamps, samples = _recording(0.6, np.array([5_000]), noise=0.0)
+    old = 10**10 + np.arange(15_000, dtype=np.int64) * PERIOD_NS  # 1.5 s of the old clock
+    average = TriggeredAverage(RATE, before_ms=1.0, after_ms=3.0)
+    average.add(old, np.full(len(old), 1000.0))
+    average.add(timestamps, samples)  # the new clock starts again, lower
+    average.trigger(timestamps[[5_000]])
+    assert (average.events, average.skipped) == (1, 0)
+    assert average.mean is not None
+    assert np.array_equal(average.mean[10 : 10 + len(RESPONSE)], RESPONSE)
+    assert average.mean[:10].max() == 0.0  # none of the old clock's 1000s
+
+
 def test_onsets_are_each_run_of_active_frames_once_across_chunks() -> None:
     active = np.zeros((40, 2), np.float32)
     active[3:6, 0] = 5.0  # a run

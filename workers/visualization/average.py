@@ -106,6 +106,8 @@ class TriggeredAverage:
                 values[-self.kept :],
                 self.kept,
             )
+        if count and self._end and timestamps_ns[0] <= self._times[self._end - 1]:
+            self._end = 0  # time went back (a device clock reset): the history is another's
         if self._end + count > len(self._times):  # move what is kept to the front
             keep = self.kept - count
             self._times[:keep] = self._times[self._end - keep : self._end]
