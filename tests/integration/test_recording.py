@@ -479,7 +479,10 @@ def test_a_flood_of_refusals_is_recorded_once_a_second_with_its_count(rigs) -> N
     assert sum(e.payload.get("repeats", 1) for e in refused) == sent  # every one accounted
     # Once a second, or at each flush (flush_s = 0.5 here): the file then holds every event
     # read so far, which is what lets a restarted recorder resume the event log exactly.
-    most = 2 + flood_s / 0.5
+    # So: the first refusal, a row at each flush while repeats are held (flushes are not
+    # aligned with the flood, and the recorder reads the log a little behind it: up to
+    # flood_s / 0.5 + 2 of them), and the last ones at close. 60 refusals are not 60 rows.
+    most = 4 + flood_s / 0.5
     assert 2 <= len(refused) <= most, [e.payload.get("repeats") for e in refused]
     assert any(e.payload.get("text") == "after the flood" for e in events)
     held = [e for e in refused if "repeats" in e.payload]
